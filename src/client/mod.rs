@@ -1,0 +1,654 @@
+//! The client: an async API for programs (the terminal program, tests, the benchmark, bots) and
+//! the terminal program itself in [`repl`].
+//!
+//! One UDP socket serves both the coordinator requests and the peer-to-peer private messages, so
+//! the address the coordinator observes for our requests is exactly the address peers must send
+//! private messages to (that is what makes the STUN-like `observed` field useful behind a NAT).
+//! A hub task reads that socket and routes each datagram: coordinator answers to the request that
+//! waits for them, acknowledgements to the private message that waits for them, and private
+//! messages to the application as [`Event::Private`].
+
+mod link;
+pub mod repl;
+mod roster;
+pub mod text;
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use roster::Roster;
+
+use crate::expiring::ExpiringMap;
+use crate::protocol::{
+    ChatLine, Departure, DirectoryEntry, ErrorBody, Member, PeerMsg, Request, RequestBody,
+    Response, ResponseBody, SessionInfo, limits,
+};
+use link::Link;
+
+/// How often to try, and how long to wait between tries (doubling up to a cap).
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Wait after the first try.
+    pub first: Duration,
+    /// Longest wait between tries.
+    pub max_delay: Duration,
+    /// Tries in all, the first included.
+    pub attempts: u32,
+}
+
+impl Retry {
+    fn delays(self) -> impl Iterator<Item = Duration> {
+        let mut delay = self.first;
+        (0..self.attempts).map(move |_| {
+            let d = delay;
+            delay = (delay * 2).min(self.max_delay);
+            d
+        })
+    }
+
+    /// The longest the whole retry sequence can take.
+    pub fn total(self) -> Duration {
+        self.delays().sum()
+    }
+}
+
+/// What a client needs to know before it starts.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The name to appear under.
+    pub user: String,
+    /// The coordinator's UDP address.
+    pub coordinator: SocketAddr,
+    /// Local UDP address; by default any interface, port chosen by the OS.
+    pub bind: Option<SocketAddr>,
+    /// Endpoint to announce to peers instead of the one the coordinator observed (a port forward,
+    /// or a relay in tests).
+    pub advertise: Option<SocketAddr>,
+    /// Retries of coordinator requests.
+    pub request_retry: Retry,
+    /// Retries of private messages.
+    pub dm_retry: Retry,
+    /// A ping goes to the session server after this much quiet, and a server silent for three
+    /// times as long counts as gone.
+    pub heartbeat: Duration,
+    /// Events buffered for the application before the client stops reading the session.
+    pub event_queue: usize,
+}
+
+impl ClientConfig {
+    /// Defaults for `user` talking to the coordinator at `coordinator`.
+    pub fn new(user: impl Into<String>, coordinator: SocketAddr) -> Self {
+        Self {
+            user: user.into(),
+            coordinator,
+            bind: None,
+            advertise: None,
+            // 200 ms, 400, 800, then 1 s: 15 tries cover about 13 s and survive heavy loss.
+            request_retry: Retry {
+                first: Duration::from_millis(200),
+                max_delay: Duration::from_secs(1),
+                attempts: 15,
+            },
+            dm_retry: Retry {
+                first: Duration::from_millis(200),
+                max_delay: Duration::from_secs(1),
+                attempts: 15,
+            },
+            heartbeat: Duration::from_secs(3),
+            event_queue: 10_000,
+        }
+    }
+}
+
+/// Everything that can go wrong for a client, in words a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The local UDP socket could not be opened.
+    #[error("cannot open a UDP socket on {addr}: {source}")]
+    Bind {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The coordinator never answered.
+    #[error("the coordinator at {addr} did not answer after {attempts} tries")]
+    CoordinatorTimeout {
+        /// Its address.
+        addr: SocketAddr,
+        /// How often we asked.
+        attempts: u32,
+    },
+    /// The coordinator or the session server said no.
+    #[error("{0}")]
+    Refused(ErrorBody),
+    /// The session server could not be reached.
+    #[error("cannot connect to the session server at {addr}: {source}")]
+    Connect {
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The session server went away.
+    #[error("the session server closed the connection: {0}")]
+    Closed(String),
+    /// The operation needs a session.
+    #[error("not in a session; use /start or /join first")]
+    NotInSession,
+    /// `@name` named nobody present.
+    #[error("no member named {0} is in this session")]
+    NoSuchMember(String),
+    /// The peer never acknowledged a private message.
+    #[error("private message to {to} was not delivered: no answer after {attempts} tries")]
+    NotDelivered {
+        /// Who it was for.
+        to: String,
+        /// How often we sent it.
+        attempts: u32,
+    },
+    /// Something the user typed breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+    /// An answer that does not fit the question.
+    #[error("unexpected answer from the coordinator")]
+    Unexpected,
+    /// Socket trouble.
+    #[error("network error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Things that happen to a client without being asked for, in the order they happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A group chat line (the client's own included).
+    Message(ChatLine),
+    /// Earlier lines, oldest first, answering [`Client::history`] or replayed on rejoin.
+    History(Vec<ChatLine>),
+    /// Members arrived or left; [`Client::members`] has the new roster.
+    Presence {
+        /// Who came.
+        joined: Vec<Member>,
+        /// Who went.
+        left: Vec<Departure>,
+    },
+    /// A private message, shown once however often it was sent.
+    Private {
+        /// Its id.
+        id: Uuid,
+        /// The sender.
+        from: String,
+        /// When it was sent.
+        time: DateTime<Utc>,
+        /// What it says.
+        text: String,
+    },
+    /// The session server refused something (a rate limit, a text too long).
+    ServerError(ErrorBody),
+    /// The connection to the session ended without us leaving.
+    Disconnected {
+        /// Why, as far as we know.
+        reason: String,
+    },
+}
+
+/// Proof that a private message arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmReceipt {
+    /// The message id.
+    pub id: Uuid,
+    /// The recipient's name as the session spells it.
+    pub to: String,
+    /// The timestamp the message carried.
+    pub time: DateTime<Utc>,
+}
+
+/// Waiters keyed by id: whoever registered gets the first value delivered for it.
+struct Waiters<K, V> {
+    map: Arc<Mutex<HashMap<K, oneshot::Sender<V>>>>,
+}
+
+impl<K, V> Clone for Waiters<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> Waiters<K, V> {
+    fn new() -> Self {
+        Self {
+            map: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, oneshot::Sender<V>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, key: K) -> oneshot::Receiver<V> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(key, tx);
+        rx
+    }
+
+    fn complete(&self, key: &K, value: V) {
+        if let Some(tx) = self.lock().remove(key) {
+            let _ = tx.send(value);
+        }
+    }
+
+    fn forget(&self, key: &K) {
+        self.lock().remove(key);
+    }
+}
+
+/// A connected client. Cheap to clone; all clones share one socket and one session.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    udp: Arc<UdpSocket>,
+    local: SocketAddr,
+    next_id: AtomicU64,
+    requests: Waiters<u64, Response>,
+    /// Acks are accepted only from the endpoint the message went to.
+    acks: Waiters<(Uuid, SocketAddr), ()>,
+    roster: Roster,
+    events: mpsc::Sender<Event>,
+    observed: Mutex<Option<SocketAddr>>,
+    link: Mutex<Option<Link>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Client {
+    /// Opens the UDP socket and starts listening for answers and private messages.
+    /// Events arrive on the returned receiver; read it, or the session stalls and drops you.
+    pub async fn start(
+        config: ClientConfig,
+    ) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
+        crate::auth::validate_user_name(&config.user)
+            .map_err(|e| ClientError::Invalid(format!("user name: {e}")))?;
+        let bind = config.bind.unwrap_or(match config.coordinator {
+            SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("valid address"),
+            SocketAddr::V6(_) => "[::]:0".parse().expect("valid address"),
+        });
+        let udp = UdpSocket::bind(bind)
+            .await
+            .map_err(|source| ClientError::Bind { addr: bind, source })?;
+        let local = udp.local_addr()?;
+        let udp = Arc::new(udp);
+        let (events, events_rx) = mpsc::channel(config.event_queue);
+        // Random start: a restarted client on a reused port must not hit cached answers.
+        let first_id = Uuid::new_v4().as_u64_pair().0 >> 12;
+        let inner = Arc::new(Inner {
+            config,
+            udp: udp.clone(),
+            local,
+            next_id: AtomicU64::new(first_id),
+            requests: Waiters::new(),
+            acks: Waiters::new(),
+            roster: Roster::default(),
+            events: events.clone(),
+            observed: Mutex::new(None),
+            link: Mutex::new(None),
+            stop: CancellationToken::new(),
+        });
+        let hub = Hub {
+            udp,
+            user: inner.config.user.clone(),
+            coordinator: inner.config.coordinator,
+            requests: inner.requests.clone(),
+            acks: inner.acks.clone(),
+            roster: inner.roster.clone(),
+            events,
+            seen: ExpiringMap::new(Duration::from_secs(600), 100_000),
+        };
+        tokio::spawn(hub.run(inner.stop.clone()));
+        Ok((Client { inner }, events_rx))
+    }
+
+    /// Our user name.
+    pub fn user(&self) -> &str {
+        &self.inner.config.user
+    }
+
+    /// The local UDP address (what peers must reach, unless a NAT or relay stands between).
+    pub fn local_udp(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// The endpoint announced to peers: the advertised one, else the one the coordinator saw.
+    pub fn endpoint(&self) -> SocketAddr {
+        self.inner
+            .config
+            .advertise
+            .or(*lock(&self.inner.observed))
+            .unwrap_or(self.inner.local)
+    }
+
+    /// Sends one request to the coordinator, retrying with backoff until it answers.
+    async fn request(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
+        let inner = &self.inner;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = serde_json::to_vec(&Request { id, body }).expect("protocol types serialize");
+        let mut answer = inner.requests.register(id);
+        let coordinator = inner.config.coordinator;
+        for delay in inner.config.request_retry.delays() {
+            if let Err(e) = inner.udp.send_to(&bytes, coordinator).await {
+                tracing::debug!(error = %e, "request send failed");
+            }
+            if let Ok(Ok(resp)) = tokio::time::timeout(delay, &mut answer).await {
+                *lock(&inner.observed) = Some(resp.observed);
+                return match resp.body {
+                    ResponseBody::Error(e) => Err(ClientError::Refused(e)),
+                    body => Ok(body),
+                };
+            }
+        }
+        inner.requests.forget(&id);
+        Err(ClientError::CoordinatorTimeout {
+            addr: coordinator,
+            attempts: inner.config.request_retry.attempts,
+        })
+    }
+
+    /// Asks the coordinator for a new session.
+    pub async fn create(&self, name: Option<&str>) -> Result<SessionInfo, ClientError> {
+        let body = RequestBody::Create {
+            name: name.map(String::from),
+        };
+        match self.request(body).await? {
+            ResponseBody::Session { session } => Ok(session),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Looks a session up by id, id prefix or name.
+    pub async fn find(&self, session: &str) -> Result<SessionInfo, ClientError> {
+        let body = RequestBody::Join {
+            session: session.to_string(),
+        };
+        match self.request(body).await? {
+            ResponseBody::Session { session } => Ok(session),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// The whole directory, fetched page by page.
+    pub async fn list(&self) -> Result<Vec<DirectoryEntry>, ClientError> {
+        let mut all = Vec::new();
+        let mut cursor = 0;
+        // Bounded: the directory cannot have more pages than entries.
+        for _ in 0..100_000 {
+            match self.request(RequestBody::List { cursor }).await? {
+                ResponseBody::Sessions { sessions, next, .. } => {
+                    all.extend(sessions);
+                    match next {
+                        Some(n) if n > cursor => cursor = n,
+                        _ => break,
+                    }
+                }
+                _ => return Err(ClientError::Unexpected),
+            }
+        }
+        Ok(all)
+    }
+
+    /// Creates a session and joins it.
+    pub async fn start_session(&self, name: Option<&str>) -> Result<Joined, ClientError> {
+        let info = self.create(name).await?;
+        self.join_info(info).await
+    }
+
+    /// Finds a session and joins it, leaving the current one first.
+    pub async fn join(&self, session: &str) -> Result<Joined, ClientError> {
+        let info = self.find(session).await?;
+        self.join_info(info).await
+    }
+
+    /// Joins a session whose server is known.
+    pub async fn join_info(&self, info: SessionInfo) -> Result<Joined, ClientError> {
+        self.leave().await;
+        let inner = &self.inner;
+        let (link, members, seq) = Link::open(
+            info.clone(),
+            &inner.config,
+            self.endpoint(),
+            inner.roster.clone(),
+            inner.events.clone(),
+        )
+        .await?;
+        *lock(&inner.link) = Some(link);
+        Ok(Joined {
+            session: info,
+            members,
+            seq,
+        })
+    }
+
+    /// Leaves the current session, if any, and waits briefly for the server to confirm.
+    pub async fn leave(&self) -> Option<SessionInfo> {
+        let link = lock(&self.inner.link).take()?;
+        let info = link.session.clone();
+        link.close().await;
+        self.inner.roster.clear();
+        Some(info)
+    }
+
+    /// The session we are in.
+    pub fn session(&self) -> Option<SessionInfo> {
+        lock(&self.inner.link).as_ref().map(|l| l.session.clone())
+    }
+
+    /// The current roster, sorted by name.
+    pub fn members(&self) -> Vec<Member> {
+        self.inner.roster.members()
+    }
+
+    /// Sends a line to the whole group; it comes back as [`Event::Message`] in its place in the
+    /// session's order.
+    pub async fn say(&self, text: &str) -> Result<(), ClientError> {
+        if text.trim().is_empty() {
+            return Err(ClientError::Invalid("empty message".into()));
+        }
+        if text.len() > limits::MAX_TEXT {
+            return Err(ClientError::Invalid(format!(
+                "message too long: {} bytes, limit {}",
+                text.len(),
+                limits::MAX_TEXT
+            )));
+        }
+        let link = self.link_sender()?;
+        link.say(text).await
+    }
+
+    /// Asks for up to `limit` messages before sequence number `before` (the newest if `None`);
+    /// they arrive as [`Event::History`].
+    pub async fn history(&self, before: Option<u64>, limit: usize) -> Result<(), ClientError> {
+        self.link_sender()?.history(before, limit).await
+    }
+
+    fn link_sender(&self) -> Result<link::LinkSender, ClientError> {
+        lock(&self.inner.link)
+            .as_ref()
+            .map(|l| l.sender())
+            .ok_or(ClientError::NotInSession)
+    }
+
+    /// Sends a private message straight to a member's UDP endpoint and waits for its
+    /// acknowledgement, retrying with backoff.
+    pub async fn dm(&self, to: &str, text: &str) -> Result<DmReceipt, ClientError> {
+        let inner = &self.inner;
+        if lock(&inner.link).is_none() {
+            return Err(ClientError::NotInSession);
+        }
+        let member = inner
+            .roster
+            .get(to)
+            .ok_or_else(|| ClientError::NoSuchMember(to.to_string()))?;
+        if text.trim().is_empty() {
+            return Err(ClientError::Invalid("empty message".into()));
+        }
+        if text.len() > limits::MAX_DM_TEXT {
+            return Err(ClientError::Invalid(format!(
+                "private message too long: {} bytes, limit {}",
+                text.len(),
+                limits::MAX_DM_TEXT
+            )));
+        }
+        let id = Uuid::new_v4();
+        let time = Utc::now().trunc_subsecs(0);
+        let msg = PeerMsg::Dm {
+            id,
+            from: inner.config.user.clone(),
+            to: member.user.clone(),
+            time,
+            text: text.to_string(),
+        };
+        let bytes = serde_json::to_vec(&msg).expect("protocol types serialize");
+        let key = (id, member.udp);
+        let mut acked = inner.acks.register(key);
+        for delay in inner.config.dm_retry.delays() {
+            if let Err(e) = inner.udp.send_to(&bytes, member.udp).await {
+                tracing::debug!(error = %e, to = %member.user, "private message send failed");
+            }
+            if let Ok(Ok(())) = tokio::time::timeout(delay, &mut acked).await {
+                return Ok(DmReceipt {
+                    id,
+                    to: member.user,
+                    time,
+                });
+            }
+        }
+        inner.acks.forget(&key);
+        Err(ClientError::NotDelivered {
+            to: member.user,
+            attempts: inner.config.dm_retry.attempts,
+        })
+    }
+}
+
+/// The result of joining a session.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The session.
+    pub session: SessionInfo,
+    /// Everyone in it, us included.
+    pub members: Vec<Member>,
+    /// Sequence number of its newest message.
+    pub seq: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads the client's UDP socket and routes every datagram.
+struct Hub {
+    udp: Arc<UdpSocket>,
+    user: String,
+    coordinator: SocketAddr,
+    requests: Waiters<u64, Response>,
+    acks: Waiters<(Uuid, SocketAddr), ()>,
+    roster: Roster,
+    events: mpsc::Sender<Event>,
+    /// Private messages already shown, by sender and id.
+    seen: ExpiringMap<(String, Uuid), ()>,
+}
+
+impl Hub {
+    async fn run(mut self, stop: CancellationToken) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let received = tokio::select! {
+                r = self.udp.recv_from(&mut buf) => r,
+                _ = stop.cancelled() => break,
+            };
+            match received {
+                Ok((len, from)) => self.route(&buf[..len], from).await,
+                // ICMP "port unreachable" from an earlier send to a vanished peer lands here.
+                Err(e) => tracing::debug!(error = %e, "udp receive failed"),
+            }
+        }
+    }
+
+    async fn route(&mut self, datagram: &[u8], from: SocketAddr) {
+        if from == self.coordinator {
+            match serde_json::from_slice::<Response>(datagram) {
+                Ok(resp) => {
+                    if let Some(id) = resp.id {
+                        self.requests.complete(&id, resp);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "unreadable coordinator answer"),
+            }
+            return;
+        }
+        if datagram.len() > limits::MAX_DATAGRAM {
+            tracing::debug!(%from, len = datagram.len(), "oversized peer datagram dropped");
+            return;
+        }
+        match serde_json::from_slice::<PeerMsg>(datagram) {
+            Ok(PeerMsg::Ack { id, .. }) => self.acks.complete(&(id, from), ()),
+            Ok(PeerMsg::Dm {
+                id,
+                from: sender,
+                to,
+                time,
+                text,
+            }) => {
+                if !to.eq_ignore_ascii_case(&self.user) {
+                    tracing::debug!(%from, %to, "private message for someone else dropped");
+                    return;
+                }
+                if !self.roster.is_at(&sender, from) {
+                    // Not from the endpoint the session says the sender has: forged, or from
+                    // someone not (yet) in our roster. No ack, so a real sender will retry.
+                    tracing::warn!(%from, claimed = %sender, "private message from wrong endpoint rejected");
+                    return;
+                }
+                if self.seen.get(&(sender.clone(), id)).is_none() {
+                    let event = Event::Private {
+                        id,
+                        from: sender.clone(),
+                        time,
+                        text,
+                    };
+                    if self.events.try_send(event).is_err() {
+                        // The application is not keeping up; without an ack the sender retries.
+                        return;
+                    }
+                    self.seen.insert((sender, id), ());
+                }
+                let ack = PeerMsg::Ack {
+                    id,
+                    from: self.user.clone(),
+                };
+                let bytes = serde_json::to_vec(&ack).expect("protocol types serialize");
+                let _ = self.udp.send_to(&bytes, from).await;
+            }
+            Err(e) => tracing::debug!(%from, error = %e, "malformed peer datagram dropped"),
+        }
+    }
+}

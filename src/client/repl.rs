@@ -1,0 +1,371 @@
+//! The terminal program: a `rustyline` prompt over the client API.
+//!
+//! Three parts run side by side: the line editor on its own thread (it blocks), a printer task that
+//! shows events as they come, and the command loop that runs what the person typed, one command at
+//! a time and in order. Output goes through rustyline's external printer, which redraws the prompt
+//! and the half-typed line below each message instead of garbling them. When stdin is not a
+//! terminal (a script, a pipe, a test), lines are read plainly and output goes straight to stdout.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+
+use rustyline::error::ReadlineError;
+use rustyline::{DefaultEditor, ExternalPrinter};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use super::text::{clean, stamp};
+use super::{Client, ClientConfig, ClientError, Event, Joined};
+use crate::protocol::{DirectoryEntry, Member};
+
+/// Roster lines printed at most; the rest are summarised.
+const ROSTER_SHOWN: usize = 20;
+
+const HELP: &str = "\
+commands:
+  /start [name]     create a session (optionally named) and join it
+  /join <id|name>   join a session by id, id prefix or name
+  /leave            leave the current session
+  /sessions         list all sessions: id, name, server, members
+  /who              show who is in this session, with their UDP endpoints
+  /history [n]      show the last n group messages (default 50)
+  /help             this text
+  /quit             leave and exit (also Ctrl-D)
+  text              say text to everyone in the session
+  @name text        say text to name only, peer to peer (private)";
+
+/// Where output goes: above the prompt when a person is typing, else plain stdout.
+#[derive(Clone)]
+pub struct Output {
+    printer: Option<Arc<Mutex<Box<dyn ExternalPrinter + Send>>>>,
+}
+
+impl Output {
+    /// Prints one line (or several, separated by newlines).
+    pub fn line(&self, text: impl Into<String>) {
+        let text = text.into();
+        if let Some(p) = &self.printer {
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            if p.print(text.clone()).is_ok() {
+                return;
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+}
+
+/// One line typed by the person; the editor waits for `go_on` before prompting again, so the
+/// program can stop it cleanly (restoring the terminal) after `/quit`.
+struct Typed {
+    line: String,
+    go_on: Option<oneshot::Sender<bool>>,
+}
+
+/// Runs the terminal client until `/quit`, Ctrl-D or the end of input.
+pub async fn run(config: ClientConfig) -> Result<(), ClientError> {
+    let (client, events) = Client::start(config).await?;
+    let (lines_tx, mut lines) = mpsc::channel::<Typed>(64);
+    let out = if std::io::stdin().is_terminal() {
+        start_editor(lines_tx)?
+    } else {
+        start_plain_reader(lines_tx);
+        Output { printer: None }
+    };
+    out.line(format!(
+        "* confab: you are {}; type /help for commands",
+        client.user()
+    ));
+    let printer = tokio::spawn(print_events(client.clone(), events, out.clone()));
+    let pending = TaskTracker::new();
+
+    while let Some(Typed { line, go_on }) = lines.recv().await {
+        let line = line.trim().to_string();
+        let quit = line == "/quit" || line == "/exit";
+        if let Some(go_on) = go_on {
+            let _ = go_on.send(!quit);
+        }
+        if quit {
+            break;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        command(&client, &line, &out, &pending).await;
+    }
+
+    pending.close();
+    if !pending.is_empty() {
+        out.line("* waiting for private messages to be acknowledged…");
+        let _ = tokio::time::timeout(client.inner.config.dm_retry.total(), pending.wait()).await;
+    }
+    if let Some(info) = client.leave().await {
+        out.line(format!(
+            "* left {}",
+            session_label(&info.id.to_string(), info.name.as_deref())
+        ));
+    }
+    printer.abort();
+    out.line("* bye");
+    Ok(())
+}
+
+fn start_editor(lines: mpsc::Sender<Typed>) -> Result<Output, ClientError> {
+    let io = |e: ReadlineError| ClientError::Io(std::io::Error::other(e.to_string()));
+    let mut editor = DefaultEditor::new().map_err(io)?;
+    let printer = editor.create_external_printer().map_err(io)?;
+    std::thread::Builder::new()
+        .name("confab-readline".into())
+        .spawn(move || {
+            loop {
+                let line = match editor.readline("> ") {
+                    Ok(line) => line,
+                    Err(ReadlineError::Interrupted) | Err(ReadlineError::Eof) => "/quit".into(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "terminal input failed");
+                        "/quit".into()
+                    }
+                };
+                if !line.trim().is_empty() {
+                    let _ = editor.add_history_entry(line.as_str());
+                }
+                let (go_on, answer) = oneshot::channel();
+                let typed = Typed {
+                    line,
+                    go_on: Some(go_on),
+                };
+                if lines.blocking_send(typed).is_err() || !answer.blocking_recv().unwrap_or(false) {
+                    break;
+                }
+            }
+        })?;
+    Ok(Output {
+        printer: Some(Arc::new(Mutex::new(Box::new(printer)))),
+    })
+}
+
+fn start_plain_reader(lines: mpsc::Sender<Typed>) {
+    tokio::spawn(async move {
+        let mut input = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        loop {
+            let line = match input.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) | Err(_) => "/quit".to_string(),
+            };
+            let quit = line.trim() == "/quit";
+            if lines.send(Typed { line, go_on: None }).await.is_err() || quit {
+                break;
+            }
+        }
+    });
+}
+
+async fn command(client: &Client, line: &str, out: &Output, pending: &TaskTracker) {
+    let (word, rest) = match line.split_once(char::is_whitespace) {
+        Some((w, r)) => (w, r.trim()),
+        None => (line, ""),
+    };
+    let result = match word {
+        "/help" => {
+            out.line(HELP);
+            Ok(())
+        }
+        "/start" => {
+            let name = (!rest.is_empty()).then_some(rest);
+            client
+                .start_session(name)
+                .await
+                .map(|j| show_joined(client, &j, out))
+        }
+        "/join" if rest.is_empty() => Err(ClientError::Invalid("usage: /join <id or name>".into())),
+        "/join" => client
+            .join(rest)
+            .await
+            .map(|j| show_joined(client, &j, out)),
+        "/leave" => {
+            match client.leave().await {
+                Some(info) => out.line(format!(
+                    "* left {}",
+                    session_label(&info.id.to_string(), info.name.as_deref())
+                )),
+                None => out.line("* you are not in a session"),
+            }
+            Ok(())
+        }
+        "/sessions" => client.list().await.map(|list| show_sessions(&list, out)),
+        "/who" => match client.session() {
+            Some(_) => {
+                show_roster(&client.members(), out);
+                Ok(())
+            }
+            None => Err(ClientError::NotInSession),
+        },
+        "/history" => match rest.parse::<usize>() {
+            Ok(n) if n > 0 => client.history(None, n).await,
+            _ if rest.is_empty() => client.history(None, 50).await,
+            _ => Err(ClientError::Invalid("usage: /history [n]".into())),
+        },
+        w if w.starts_with('/') => Err(ClientError::Invalid(format!(
+            "unknown command {w}; /help lists them"
+        ))),
+        w if w.starts_with('@') && w.len() > 1 => {
+            private(client, &w[1..], rest, out, pending);
+            Ok(())
+        }
+        _ => client.say(line).await,
+    };
+    if let Err(e) = result {
+        out.line(format!("! {e}"));
+    }
+}
+
+/// Sends a private message in the background: the prompt stays free while it is retried.
+fn private(client: &Client, to: &str, text: &str, out: &Output, pending: &TaskTracker) {
+    let Some(member) = client.inner.roster.get(to) else {
+        let err = match client.session() {
+            Some(_) => ClientError::NoSuchMember(to.to_string()),
+            None => ClientError::NotInSession,
+        };
+        out.line(format!("! {err}"));
+        return;
+    };
+    if text.is_empty() {
+        out.line("! usage: @name text");
+        return;
+    }
+    let (client, text, out) = (client.clone(), text.to_string(), out.clone());
+    pending.spawn(async move {
+        match client.dm(&member.user, &text).await {
+            Ok(receipt) => out.line(format!(
+                "{} [private] you → {}: {}",
+                stamp(receipt.time),
+                clean(&receipt.to),
+                clean(&text)
+            )),
+            Err(e) => out.line(format!("! {e}")),
+        }
+    });
+}
+
+async fn print_events(client: Client, mut events: mpsc::Receiver<Event>, out: Output) {
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Message(l) => out.line(format!(
+                "{} <{}> {}",
+                stamp(l.time),
+                clean(&l.from),
+                clean(&l.text)
+            )),
+            Event::History(lines) => {
+                if lines.is_empty() {
+                    out.line("* no earlier messages");
+                    continue;
+                }
+                out.line(format!("* {} earlier message(s):", lines.len()));
+                for l in lines {
+                    out.line(format!(
+                        "{} <{}> {}",
+                        stamp(l.time),
+                        clean(&l.from),
+                        clean(&l.text)
+                    ));
+                }
+            }
+            Event::Presence { joined, left } => {
+                let now = stamp(chrono::Utc::now());
+                for m in &joined {
+                    out.line(format!("{now} * {} joined ({})", clean(&m.user), m.udp));
+                }
+                for d in &left {
+                    let how = match d.reason {
+                        crate::protocol::LeaveReason::Left => "left",
+                        crate::protocol::LeaveReason::Disconnected => "disconnected",
+                        crate::protocol::LeaveReason::TooSlow => "was dropped (too slow)",
+                    };
+                    out.line(format!("{now} * {} {how}", clean(&d.user)));
+                }
+                show_roster(&client.members(), &out);
+            }
+            Event::Private {
+                from, time, text, ..
+            } => out.line(format!(
+                "{} [private] {} → you: {}",
+                stamp(time),
+                clean(&from),
+                clean(&text)
+            )),
+            Event::ServerError(e) => out.line(format!("! {}", clean(&e.message))),
+            Event::Disconnected { reason } => out.line(format!(
+                "! disconnected from the session: {}",
+                clean(&reason)
+            )),
+        }
+    }
+}
+
+fn show_joined(client: &Client, joined: &Joined, out: &Output) {
+    let s = &joined.session;
+    out.line(format!(
+        "* joined {} at {} as {} (udp {})",
+        session_label(&s.id.to_string(), s.name.as_deref()),
+        s.server,
+        client.user(),
+        client.endpoint()
+    ));
+    show_roster(&client.members(), out);
+}
+
+fn show_roster(members: &[Member], out: &Output) {
+    let mut text = format!("  members ({}):", members.len());
+    for m in members.iter().take(ROSTER_SHOWN) {
+        text.push_str(&format!(" {} {},", clean(&m.user), m.udp));
+    }
+    if text.ends_with(',') {
+        text.pop();
+    }
+    if members.len() > ROSTER_SHOWN {
+        text.push_str(&format!(
+            " … and {} more (/who)",
+            members.len() - ROSTER_SHOWN
+        ));
+    }
+    out.line(text);
+}
+
+fn show_sessions(list: &[DirectoryEntry], out: &Output) {
+    if list.is_empty() {
+        out.line("* no sessions; /start [name] makes one");
+        return;
+    }
+    let mut text = format!("{:<36}  {:<16}  {:<21}  MEMBERS", "ID", "NAME", "SERVER");
+    for e in list {
+        let s = &e.session;
+        let mut members = e
+            .members
+            .iter()
+            .map(|m| clean(m))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if e.member_count > e.members.len() {
+            members.push_str(&format!(", … ({} more)", e.member_count - e.members.len()));
+        }
+        text.push_str(&format!(
+            "\n{:<36}  {:<16}  {:<21}  {}: {}",
+            s.id,
+            clean(s.name.as_deref().unwrap_or("-")),
+            s.server.to_string(),
+            e.member_count,
+            members
+        ));
+    }
+    out.line(text);
+}
+
+fn session_label(id: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("session {} ({id})", clean(n)),
+        None => format!("session {id}"),
+    }
+}

@@ -1,0 +1,109 @@
+//! A map whose entries expire after a fixed time and whose size is capped.
+//!
+//! Both ends of every retry scheme need one: the coordinator remembers answers so a retried
+//! request is answered again rather than run again, and clients remember private-message ids so a
+//! retried message is shown once. Entries leave in insertion order, so expiry is O(1) amortized.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// Bounded in time and in count; owned by one task, so it needs no lock.
+#[derive(Debug)]
+pub struct ExpiringMap<K, V> {
+    entries: HashMap<K, V>,
+    /// Insertion order, for expiry from the front.
+    order: VecDeque<(Instant, K)>,
+    ttl: Duration,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
+    /// Entries live for `ttl`; beyond `cap` entries the oldest go first.
+    pub fn new(ttl: Duration, cap: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            ttl,
+            cap: cap.max(1),
+        }
+    }
+
+    /// The live entry for `key`.
+    pub fn get(&mut self, key: &K) -> Option<&V> {
+        self.expire(Instant::now());
+        self.entries.get(key)
+    }
+
+    /// Adds an entry; returns false (and keeps the old value) if the key is already present.
+    pub fn insert(&mut self, key: K, value: V) -> bool {
+        let now = Instant::now();
+        self.expire(now);
+        if self.entries.contains_key(&key) {
+            return false;
+        }
+        while self.order.len() >= self.cap {
+            self.pop_oldest();
+        }
+        self.entries.insert(key.clone(), value);
+        self.order.push_back((now, key));
+        true
+    }
+
+    /// Number of live entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < self.ttl {
+                break;
+            }
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, key)) = self.order.pop_front() {
+            self.entries.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_first_value_of_a_key() {
+        let mut m = ExpiringMap::new(Duration::from_secs(60), 10);
+        assert!(m.insert(1, "a"));
+        assert!(!m.insert(1, "b"));
+        assert_eq!(m.get(&1), Some(&"a"));
+        assert_eq!(m.get(&2), None);
+    }
+
+    #[test]
+    fn cap_evicts_the_oldest() {
+        let mut m = ExpiringMap::new(Duration::from_secs(60), 2);
+        for k in 0..3 {
+            m.insert(k, ());
+        }
+        assert!(m.get(&0).is_none());
+        assert!(m.get(&1).is_some() && m.get(&2).is_some());
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn entries_expire() {
+        let mut m = ExpiringMap::new(Duration::ZERO, 10);
+        m.insert(1, ());
+        assert!(m.get(&1).is_none());
+    }
+}

@@ -1,0 +1,23 @@
+//! confab: a chat system for groups of people on a network.
+//!
+//! # Layout
+//!
+//! - [`coordinator`]: the UDP front door. Clients create, find and list sessions here; it starts
+//!   one [`session`] server per session and keeps the directory true.
+//! - [`session`]: one TCP server per session. A single room task orders every message and presence
+//!   change; each member has a reader and a writer with a bounded queue.
+//! - [`client`]: the async client API (used by the terminal program, the tests, the benchmark and
+//!   the example bot) and the terminal program itself. Private messages go peer to peer over UDP.
+//! - [`protocol`]: every message on the wire, mirrored in `protocol.md`; [`codec`] frames TCP lines.
+//! - [`auth`]: name rules.
+//! - [`presence_log`]: the human-readable join/leave log.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod client;
+pub mod codec;
+pub mod coordinator;
+pub mod expiring;
+pub mod presence_log;
+pub mod protocol;
+pub mod session;

@@ -1,0 +1,387 @@
+//! Every message confab puts on the wire, on all three transports.
+//!
+//! This module is the code twin of `protocol.md`: if a field changes here, it changes there. All
+//! messages are JSON objects; the coordinator speaks one object per UDP datagram, session servers
+//! speak newline-delimited objects over TCP, and clients speak one object per UDP datagram to each
+//! other for private messages.
+
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Limits that a peer can rely on; protocol.md and README.md list the same numbers.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Largest datagram the coordinator reads or writes; an answer never exceeds it, so it travels
+    /// unfragmented over any path with the IPv6 minimum MTU.
+    pub const MAX_DATAGRAM: usize = 1200;
+    /// Longest line a session server accepts from a member, newline excluded.
+    pub const MAX_LINE: usize = 8 * 1024;
+    /// Longest line a client accepts from a session server (a welcome carries the whole roster).
+    pub const MAX_SERVER_LINE: usize = 4 * 1024 * 1024;
+    /// Longest group chat text, in bytes of UTF-8.
+    pub const MAX_TEXT: usize = 4000;
+    /// Longest private message text, in bytes: the whole datagram must stay under `MAX_DATAGRAM`.
+    pub const MAX_DM_TEXT: usize = 800;
+    /// Longest user name, in characters.
+    pub const MAX_USER_NAME: usize = 32;
+    /// Longest session name, in characters.
+    pub const MAX_SESSION_NAME: usize = 64;
+    /// Most history lines one request returns.
+    pub const MAX_HISTORY: usize = 500;
+    /// How long a new TCP connection may take to say hello.
+    pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// A request to the coordinator: one per datagram.
+///
+/// `id` is chosen by the client and unique per client socket; a repeated id from the same address
+/// gets the cached answer instead of running the request again, which makes retries safe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Client-chosen request id, echoed in the response.
+    pub id: u64,
+    /// What is asked.
+    #[serde(flatten)]
+    pub body: RequestBody,
+}
+
+/// The operations the coordinator offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RequestBody {
+    /// Start a new session and its server.
+    Create {
+        /// Optional unique name; without one the session is known by its id only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// Look up a session to join, by id, unique id prefix, or name.
+    Join {
+        /// Id, id prefix (at least 4 characters) or name.
+        session: String,
+    },
+    /// One page of the session directory.
+    List {
+        /// Index of the first entry wanted; the previous page's `next`.
+        #[serde(default)]
+        cursor: usize,
+    },
+}
+
+/// The coordinator's answer to one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id, or `null` when the request was too broken to carry one.
+    pub id: Option<u64>,
+    /// The UDP address the coordinator saw the request come from, as STUN reports it: the client
+    /// advertises it to peers so that private messages reach it through simple NATs.
+    pub observed: SocketAddr,
+    /// The answer itself.
+    #[serde(flatten)]
+    pub body: ResponseBody,
+}
+
+/// The answers the coordinator gives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseBody {
+    /// Answer to `create` and `join`: where the session is served.
+    Session {
+        /// The session.
+        session: SessionInfo,
+    },
+    /// Answer to `list`: one page of the directory.
+    Sessions {
+        /// The entries of this page.
+        sessions: Vec<DirectoryEntry>,
+        /// Cursor of the next page, absent on the last page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<usize>,
+        /// Number of sessions in the whole directory.
+        total: usize,
+    },
+    /// The request failed.
+    Error(ErrorBody),
+}
+
+/// Where a session lives and what it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Stable identifier.
+    pub id: Uuid,
+    /// Unique name, if it was given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// TCP address of its session server.
+    pub server: SocketAddr,
+    /// When it was created.
+    pub created: DateTime<Utc>,
+}
+
+/// One line of the directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    /// The session.
+    #[serde(flatten)]
+    pub session: SessionInfo,
+    /// How many members are in it now.
+    pub member_count: usize,
+    /// Member names, possibly only the first few so that the page fits one datagram;
+    /// `member_count` is always exact.
+    pub members: Vec<String>,
+}
+
+/// Machine-readable error codes, shared by every transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not valid JSON, or not a message this side understands.
+    Malformed,
+    /// The datagram or line is larger than the documented limit.
+    TooLarge,
+    /// No session matches the given id or name.
+    SessionNotFound,
+    /// An id prefix matches more than one session.
+    Ambiguous,
+    /// The session name, or the member name within a session, is in use.
+    NameTaken,
+    /// A name breaks the naming rules.
+    InvalidName,
+    /// A text is empty or too long.
+    InvalidText,
+    /// A limit of the server was reached (sessions, members).
+    Full,
+    /// The member sent faster than allowed.
+    RateLimited,
+    /// A message arrived out of turn (for example `say` before `hello`).
+    Unexpected,
+    /// Something failed inside the server.
+    Internal,
+}
+
+/// An error answer: a code for programs and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// What happened, in words a person can act on.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error with its message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A member as everyone else sees it: a name and where to send private messages.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's user name.
+    pub user: String,
+    /// The UDP endpoint that receives the member's private messages.
+    pub udp: SocketAddr,
+}
+
+/// Why a member left a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The member said `leave`.
+    Left,
+    /// The connection closed or broke without a goodbye.
+    Disconnected,
+    /// The member could not keep up with the session and its queue overflowed.
+    TooSlow,
+}
+
+/// Messages a member sends to its session server, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// The first line of every connection.
+    Hello {
+        /// Name to appear under; unique within the session.
+        user: String,
+        /// UDP endpoint for private messages.
+        udp: SocketAddr,
+        /// Replay the group messages after this sequence number (for a client that reconnects).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
+    /// A line for the whole group.
+    Say {
+        /// The text.
+        text: String,
+    },
+    /// Ask for earlier group messages.
+    History {
+        /// Only messages with a smaller sequence number; absent means the newest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        /// How many at most.
+        limit: usize,
+    },
+    /// Liveness check; answered with `pong`.
+    Ping,
+    /// Leave the session; the server closes the connection after telling the others.
+    Leave,
+}
+
+/// A group chat line as the session server stamped it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatLine {
+    /// Position in the session's single order, starting at 1 and without gaps.
+    pub seq: u64,
+    /// When the server received it.
+    pub time: DateTime<Utc>,
+    /// Who sent it.
+    pub from: String,
+    /// What was said.
+    pub text: String,
+}
+
+/// A member that left, as the others are told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departure {
+    /// Who left.
+    pub user: String,
+    /// The endpoint they had, so clients can forget it.
+    pub udp: SocketAddr,
+    /// Why.
+    pub reason: LeaveReason,
+}
+
+/// Messages a session server sends to a member, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// The answer to a good `hello`: the whole roster, the member included.
+    Welcome {
+        /// Which session this is.
+        session: Uuid,
+        /// Its name, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Everyone present, with endpoints.
+        members: Vec<Member>,
+        /// Sequence number of the newest group message so far (0 if none).
+        seq: u64,
+    },
+    /// A group chat line, sent to every member including its sender.
+    Msg(ChatLine),
+    /// Who arrived and who left since the last presence notice.
+    Presence {
+        /// Members that joined.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        joined: Vec<Member>,
+        /// Members that left.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left: Vec<Departure>,
+    },
+    /// Earlier group messages, oldest first, answering `history` or replaying after `since`.
+    History {
+        /// The messages.
+        messages: Vec<ChatLine>,
+    },
+    /// Answer to `ping`.
+    Pong,
+    /// A request failed; the connection stays open unless a `bye` follows.
+    Error(ErrorBody),
+    /// The server is about to close this connection.
+    Bye {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// Datagrams clients send each other directly for private messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PeerMsg {
+    /// A private message. Retries carry the same `id`; the receiver shows each id once.
+    Dm {
+        /// Unique per message.
+        id: Uuid,
+        /// Sender's user name.
+        from: String,
+        /// Recipient's user name.
+        to: String,
+        /// When the sender sent it.
+        time: DateTime<Utc>,
+        /// The text.
+        text: String,
+    },
+    /// The receiver got the message with this id (sent for every copy, so a lost ack is repaired
+    /// by the next retry).
+    Ack {
+        /// The acknowledged message.
+        id: Uuid,
+        /// Who acknowledges.
+        from: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_with_flat_fields() {
+        let text = r#"{"id":7,"op":"create","name":"rust"}"#;
+        let req: Request = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            req,
+            Request {
+                id: 7,
+                body: RequestBody::Create {
+                    name: Some("rust".into())
+                }
+            }
+        );
+        assert_eq!(serde_json::to_string(&req).unwrap(), text);
+    }
+
+    #[test]
+    fn error_response_is_flat() {
+        let resp = Response {
+            id: Some(3),
+            observed: "127.0.0.1:9".parse().unwrap(),
+            body: ResponseBody::Error(ErrorBody::new(ErrorCode::SessionNotFound, "no")),
+        };
+        let text = serde_json::to_string(&resp).unwrap();
+        assert_eq!(
+            text,
+            r#"{"id":3,"observed":"127.0.0.1:9","type":"error","code":"session_not_found","message":"no"}"#
+        );
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), resp);
+    }
+
+    #[test]
+    fn chat_line_is_flat() {
+        let msg = ServerMsg::Msg(ChatLine {
+            seq: 1,
+            time: "2026-11-22T14:03:07Z".parse().unwrap(),
+            from: "alice".into(),
+            text: "hi".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&msg).unwrap(),
+            r#"{"type":"msg","seq":1,"time":"2026-11-22T14:03:07Z","from":"alice","text":"hi"}"#
+        );
+    }
+}

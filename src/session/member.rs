@@ -1,0 +1,359 @@
+//! One member's connection: a reader that turns lines into room events, and a writer that drains
+//! the member's bounded queue into the socket, many messages per write.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::SessionConfig;
+use super::room::{ConnId, RoomEvent};
+use crate::codec::{Frame, LineCodec, encode_line};
+use crate::protocol::{ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, limits};
+
+/// Limits on what one member may send; documented in README's "Limits and failure behaviour".
+#[derive(Debug, Clone)]
+pub struct MemberLimits {
+    /// A member that sends nothing (not even `ping`) for this long is taken for dead.
+    pub idle: Duration,
+    /// Group messages per second a member may send on average (token bucket refill rate);
+    /// `None` turns rate limiting off, as benchmarks at full speed want.
+    pub rate: Option<f64>,
+    /// Bucket size: how many messages a member may send in one burst.
+    pub burst: f64,
+    /// A write to the member that does not finish in this time drops the member.
+    pub write_timeout: Duration,
+}
+
+impl Default for MemberLimits {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(10),
+            rate: Some(20.0),
+            burst: 50.0,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Largest number of queued bytes gathered into one socket write.
+const WRITE_BATCH: usize = 256 * 1024;
+
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: ConnId,
+    room: mpsc::Sender<RoomEvent>,
+    config: Arc<SessionConfig>,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let mut reader = FramedRead::new(read, LineCodec::new(limits::MAX_LINE));
+
+    // Hello phase: the connection is nobody's yet; errors go straight to the socket.
+    let deadline = Instant::now() + limits::HELLO_TIMEOUT;
+    let (user, udp, since) = loop {
+        let frame = tokio::select! {
+            f = tokio::time::timeout_at(deadline, reader.next()) => f,
+            _ = stop.cancelled() => return,
+        };
+        let line = match frame {
+            Err(_) => {
+                let _ = send_now(&mut write, &bye("no hello within the time limit")).await;
+                tracing::debug!(%peer, "closed connection that never said hello");
+                return;
+            }
+            Ok(None) | Ok(Some(Err(_))) => return,
+            Ok(Some(Ok(Frame::Oversized))) => {
+                let _ = send_now(&mut write, &too_large()).await;
+                continue;
+            }
+            Ok(Some(Ok(Frame::Line(line)))) => line,
+        };
+        match serde_json::from_slice::<ClientMsg>(&line) {
+            Ok(ClientMsg::Hello { user, udp, since }) => {
+                if let Err(e) = crate::auth::validate_user_name(&user) {
+                    let err = error(ErrorCode::InvalidName, e.to_string());
+                    let _ = send_now(&mut write, &err).await;
+                    return;
+                }
+                break (user, udp, since);
+            }
+            Ok(ClientMsg::Ping) => {
+                let _ = send_now(&mut write, &encode_line(&ServerMsg::Pong)).await;
+            }
+            Ok(_) => {
+                let err = error(ErrorCode::Unexpected, "say hello first");
+                let _ = send_now(&mut write, &err).await;
+            }
+            Err(e) => {
+                let _ = send_now(&mut write, &malformed(&e)).await;
+            }
+        }
+    };
+
+    let (tx, rx) = mpsc::channel(config.member_queue);
+    let kick = stop.child_token();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let join = RoomEvent::Join {
+        conn,
+        user: user.clone(),
+        udp,
+        since,
+        tx: tx.clone(),
+        kick: kick.clone(),
+        reply: reply_tx,
+    };
+    if room.send(join).await.is_err() {
+        let _ = send_now(&mut write, &bye("the session is closing")).await;
+        return;
+    }
+    match reply_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = send_now(&mut write, &encode_line(&ServerMsg::Error(e))).await;
+            return;
+        }
+        Err(_) => return,
+    }
+
+    let writer = write_loop(
+        write,
+        rx,
+        kick.clone(),
+        stop.clone(),
+        config.member_limits.write_timeout,
+    );
+    let reader = read_loop(&mut reader, conn, &room, tx, &kick, &config);
+    let ((), ()) = tokio::join!(writer, reader);
+    tracing::debug!(%peer, %user, "connection closed");
+}
+
+async fn read_loop(
+    reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, LineCodec>,
+    conn: ConnId,
+    room: &mpsc::Sender<RoomEvent>,
+    tx: mpsc::Sender<Bytes>,
+    kick: &CancellationToken,
+    config: &SessionConfig,
+) {
+    let limits = &config.member_limits;
+    let mut bucket = TokenBucket::new(limits.rate, limits.burst);
+    let reason = loop {
+        let frame = tokio::select! {
+            f = tokio::time::timeout(limits.idle, reader.next()) => f,
+            _ = kick.cancelled() => break LeaveReason::Disconnected,
+        };
+        let line = match frame {
+            Err(_) => {
+                let _ = tx.try_send(bye("no message or ping within the heartbeat limit"));
+                break LeaveReason::Disconnected;
+            }
+            Ok(None) | Ok(Some(Err(_))) => break LeaveReason::Disconnected,
+            Ok(Some(Ok(Frame::Oversized))) => {
+                let _ = tx.try_send(too_large());
+                continue;
+            }
+            Ok(Some(Ok(Frame::Line(line)))) => line,
+        };
+        let event = match serde_json::from_slice::<ClientMsg>(&line) {
+            Ok(ClientMsg::Say { text }) => {
+                if let Err(e) = check_text(&text) {
+                    let _ = tx.try_send(encode_line(&ServerMsg::Error(e)));
+                    continue;
+                }
+                if let Err(wait) = bucket.take() {
+                    let msg = format!(
+                        "slow down: at most {} messages per second (burst {}); try again in {} ms; this message was not sent",
+                        limits.rate.unwrap_or_default(),
+                        limits.burst,
+                        wait.as_millis()
+                    );
+                    let _ = tx.try_send(error(ErrorCode::RateLimited, msg));
+                    continue;
+                }
+                RoomEvent::Say { conn, text }
+            }
+            Ok(ClientMsg::History { before, limit }) => RoomEvent::History {
+                conn,
+                before,
+                limit,
+            },
+            Ok(ClientMsg::Ping) => {
+                let _ = tx.try_send(encode_line(&ServerMsg::Pong));
+                continue;
+            }
+            Ok(ClientMsg::Leave) => break LeaveReason::Left,
+            Ok(ClientMsg::Hello { .. }) => {
+                let _ = tx.try_send(error(ErrorCode::Unexpected, "already joined"));
+                continue;
+            }
+            Err(e) => {
+                let _ = tx.try_send(malformed(&e));
+                continue;
+            }
+        };
+        if room.send(event).await.is_err() {
+            break LeaveReason::Disconnected;
+        }
+    };
+    if reason == LeaveReason::Left {
+        let _ = tx.try_send(bye("you left the session"));
+    }
+    // Our sender must go before the room's, so the writer sees the queue close after the last line.
+    drop(tx);
+    let _ = room.send(RoomEvent::Leave { conn, reason }).await;
+}
+
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+    kick: CancellationToken,
+    stop: CancellationToken,
+    timeout: Duration,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        let first = tokio::select! {
+            biased;
+            m = rx.recv() => m,
+            _ = kick.cancelled() => {
+                if !stop.is_cancelled() {
+                    break; // dropped for being slow: no point writing more
+                }
+                // Shutting down: deliver what is queued (the goodbye) and stop.
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else { break };
+        buf.extend_from_slice(&first);
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        match tokio::time::timeout(timeout, write.write_all(&buf)).await {
+            Ok(Ok(())) => buf.clear(),
+            _ => break,
+        }
+    }
+    // Whatever ended the writer ends the reader too.
+    kick.cancel();
+    let _ = tokio::time::timeout(Duration::from_millis(200), write.shutdown()).await;
+}
+
+async fn send_now(write: &mut OwnedWriteHalf, bytes: &Bytes) -> std::io::Result<()> {
+    tokio::time::timeout(Duration::from_secs(2), write.write_all(bytes))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+fn check_text(text: &str) -> Result<(), ErrorBody> {
+    if text.trim().is_empty() {
+        return Err(ErrorBody::new(ErrorCode::InvalidText, "empty message"));
+    }
+    if text.len() > limits::MAX_TEXT {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidText,
+            format!(
+                "message too long: {} bytes, limit {}",
+                text.len(),
+                limits::MAX_TEXT
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Bytes {
+    encode_line(&ServerMsg::Error(ErrorBody::new(code, message)))
+}
+
+fn malformed(e: &serde_json::Error) -> Bytes {
+    error(ErrorCode::Malformed, format!("malformed message: {e}"))
+}
+
+fn too_large() -> Bytes {
+    error(
+        ErrorCode::TooLarge,
+        format!("line longer than {} bytes skipped", limits::MAX_LINE),
+    )
+}
+
+fn bye(reason: &str) -> Bytes {
+    encode_line(&ServerMsg::Bye {
+        reason: reason.to_string(),
+    })
+}
+
+/// Classic token bucket: `rate` tokens per second, at most `burst` saved up.
+struct TokenBucket {
+    rate: Option<f64>,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: Option<f64>, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token, or says how long until one is there.
+    fn take(&mut self) -> Result<(), Duration> {
+        let Some(rate) = self.rate else { return Ok(()) };
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_burst_then_rate() {
+        let mut b = TokenBucket::new(Some(10.0), 3.0);
+        assert!(b.take().is_ok());
+        assert!(b.take().is_ok());
+        assert!(b.take().is_ok());
+        let wait = b.take().unwrap_err();
+        assert!(wait <= Duration::from_millis(100));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(b.take().is_ok());
+        assert!(b.take().is_err());
+    }
+
+    #[test]
+    fn text_limits() {
+        assert!(check_text("hi").is_ok());
+        assert_eq!(check_text("  ").unwrap_err().code, ErrorCode::InvalidText);
+        assert!(check_text(&"x".repeat(limits::MAX_TEXT)).is_ok());
+        assert!(check_text(&"x".repeat(limits::MAX_TEXT + 1)).is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! A session server: one TCP listener, one room, one handler per member.
+//!
+//! The coordinator runs one of these per session, as a task in its own process; nothing here knows
+//! about the coordinator except through the [`SessionObserver`] it may be given, so a session server
+//! can also be started on its own (tests do).
+
+mod member;
+mod room;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::presence_log::PresenceLog;
+use crate::protocol::ChatLine;
+
+pub use member::MemberLimits;
+
+/// Told about membership changes, so a directory can stay true without asking.
+pub trait SessionObserver: Send + Sync + 'static {
+    /// `user` is now in `session`.
+    fn member_joined(&self, session: Uuid, user: &str);
+    /// `user` is no longer in `session`.
+    fn member_left(&self, session: Uuid, user: &str);
+}
+
+/// Receives every group message as it is stamped, to keep history beyond the room's memory.
+pub trait HistorySink: Send + Sync + 'static {
+    /// Must not block: the room calls it on its hot path.
+    fn append(&self, session: Uuid, line: &ChatLine);
+}
+
+/// How one session server behaves.
+pub struct SessionConfig {
+    /// The session's id.
+    pub id: Uuid,
+    /// The session's name, if any.
+    pub name: Option<String>,
+    /// How long the session stays open with nobody in it.
+    pub idle_timeout: Duration,
+    /// Most members at once.
+    pub max_members: usize,
+    /// Messages queued for one member before it counts as too slow and is dropped.
+    pub member_queue: usize,
+    /// Group messages kept in memory for `history` and for reconnecting members.
+    pub recent_messages: usize,
+    /// Per-member input limits.
+    pub member_limits: MemberLimits,
+    /// Where joins and leaves are written for people to read.
+    pub presence_log: Option<PresenceLog>,
+    /// Who to tell about joins and leaves.
+    pub observer: Option<Arc<dyn SessionObserver>>,
+    /// Where group messages are kept for good.
+    pub history_sink: Option<Arc<dyn HistorySink>>,
+    /// Newest sequence number already used, when the session is restarted from storage.
+    pub start_seq: u64,
+    /// Messages to seed the in-memory history with (oldest first).
+    pub start_recent: Vec<ChatLine>,
+}
+
+impl SessionConfig {
+    /// Defaults for a session with this id and name.
+    pub fn new(id: Uuid, name: Option<String>) -> Self {
+        Self {
+            id,
+            name,
+            idle_timeout: Duration::from_secs(300),
+            max_members: 20_000,
+            member_queue: 4096,
+            recent_messages: 1000,
+            member_limits: MemberLimits::default(),
+            presence_log: None,
+            observer: None,
+            history_sink: None,
+            start_seq: 0,
+            start_recent: Vec::new(),
+        }
+    }
+
+    /// How the session appears in logs: its name, or its id.
+    fn label(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{name}({})", self.id),
+            None => self.id.to_string(),
+        }
+    }
+}
+
+/// Why a session server stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Nobody was in it for the idle timeout.
+    Idle,
+    /// It was told to stop.
+    Shutdown,
+}
+
+/// Serves one session on `listener` until shutdown or until it has been idle too long.
+pub async fn run(
+    listener: TcpListener,
+    config: SessionConfig,
+    shutdown: CancellationToken,
+) -> Ended {
+    let config = Arc::new(config);
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(session = %config.id, addr = ?local, "session server listening");
+    let (tx, rx) = mpsc::channel(4096);
+    let room = room::Room::new(
+        config.clone(),
+        config.start_seq,
+        config.start_recent.clone(),
+    );
+    // Members are told to go when the room ends, whatever the reason.
+    let members_stop = shutdown.child_token();
+    let room_task = tokio::spawn(room.run(rx, members_stop.clone()));
+    let tracker = TaskTracker::new();
+    let next_conn = AtomicU64::new(1);
+    let mut room_task = std::pin::pin!(room_task);
+    let ended = loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+                    let handler = member::serve(
+                        stream, peer, conn, tx.clone(), config.clone(), members_stop.clone(),
+                    );
+                    tracker.spawn(handler);
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(session = %config.id, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut room_task => {
+                break if shutdown.is_cancelled() { Ended::Shutdown } else { Ended::Idle };
+            }
+        }
+    };
+    drop(listener);
+    members_stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    ended
+}

@@ -1,0 +1,360 @@
+//! The room: one task that owns a session's members and its order of messages.
+//!
+//! Member handlers never touch each other; they send [`RoomEvent`]s here. Because one task applies
+//! every join, leave and line, all members see the same order, and no lock is ever held across an
+//! `.await`. Broadcasts are encoded once and the same `Bytes` go to every member's bounded queue; a
+//! member whose queue is full is dropped rather than allowed to slow the others down.
+//!
+//! Presence is batched: the room drains whatever events are waiting before it tells anyone about
+//! joins and leaves, so a burst of joins costs one roster per new member's batch and one notice per
+//! old member, not one notice per join per member.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{SubsecRound, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::encode_line;
+use crate::protocol::{
+    ChatLine, Departure, ErrorBody, ErrorCode, LeaveReason, Member, ServerMsg, limits,
+};
+
+use super::SessionConfig;
+
+/// Identifies one connection for the lifetime of the room.
+pub(crate) type ConnId = u64;
+
+/// What member handlers ask of the room.
+pub(crate) enum RoomEvent {
+    Join {
+        conn: ConnId,
+        user: String,
+        udp: SocketAddr,
+        since: Option<u64>,
+        tx: mpsc::Sender<Bytes>,
+        kick: CancellationToken,
+        reply: oneshot::Sender<Result<(), ErrorBody>>,
+    },
+    Say {
+        conn: ConnId,
+        text: String,
+    },
+    History {
+        conn: ConnId,
+        before: Option<u64>,
+        limit: usize,
+    },
+    Leave {
+        conn: ConnId,
+        reason: LeaveReason,
+    },
+}
+
+struct MemberSlot {
+    user: Arc<str>,
+    udp: SocketAddr,
+    tx: mpsc::Sender<Bytes>,
+    kick: CancellationToken,
+}
+
+/// Most events applied before presence is flushed, so a flood cannot postpone notices forever.
+const BATCH: usize = 512;
+
+pub(crate) struct Room {
+    config: Arc<SessionConfig>,
+    members: HashMap<ConnId, MemberSlot>,
+    /// Lowercased names present, for case-insensitive uniqueness.
+    names: HashMap<String, ConnId>,
+    seq: u64,
+    recent: VecDeque<ChatLine>,
+    recent_cap: usize,
+    /// Joined in this batch: they get a welcome at the flush, the others a presence notice.
+    pending_joined: Vec<(ConnId, Option<u64>)>,
+    pending_left: Vec<Departure>,
+}
+
+impl Room {
+    pub(crate) fn new(config: Arc<SessionConfig>, seq: u64, recent: Vec<ChatLine>) -> Self {
+        let recent_cap = config.recent_messages.max(1);
+        Self {
+            config,
+            members: HashMap::new(),
+            names: HashMap::new(),
+            seq,
+            recent: recent.into(),
+            recent_cap,
+            pending_joined: Vec::new(),
+            pending_left: Vec::new(),
+        }
+    }
+
+    /// Runs until shutdown, or until the room has been empty for the idle timeout.
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<RoomEvent>,
+        shutdown: CancellationToken,
+    ) {
+        let idle = self.config.idle_timeout;
+        loop {
+            let idle_sleep = idle_deadline(self.members.is_empty(), idle);
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                _ = idle_sleep => {
+                    tracing::info!(session = %self.config.id, "closing idle session");
+                    break;
+                }
+                _ = shutdown.cancelled() => {
+                    self.close_all("the server is shutting down");
+                    break;
+                }
+            };
+            let Some(event) = event else { break };
+            self.apply(event);
+            for _ in 1..BATCH {
+                match rx.try_recv() {
+                    Ok(event) => self.apply(event),
+                    Err(_) => break,
+                }
+            }
+            self.flush_presence();
+        }
+    }
+
+    fn apply(&mut self, event: RoomEvent) {
+        match event {
+            RoomEvent::Join {
+                conn,
+                user,
+                udp,
+                since,
+                tx,
+                kick,
+                reply,
+            } => {
+                let result = self.join(conn, user, udp, since, tx, kick);
+                let _ = reply.send(result);
+            }
+            RoomEvent::Say { conn, text } => self.say(conn, text),
+            RoomEvent::History {
+                conn,
+                before,
+                limit,
+            } => self.history(conn, before, limit),
+            RoomEvent::Leave { conn, reason } => self.leave(conn, reason),
+        }
+    }
+
+    fn join(
+        &mut self,
+        conn: ConnId,
+        user: String,
+        udp: SocketAddr,
+        since: Option<u64>,
+        tx: mpsc::Sender<Bytes>,
+        kick: CancellationToken,
+    ) -> Result<(), ErrorBody> {
+        let key = user.to_lowercase();
+        if self.names.contains_key(&key) {
+            return Err(ErrorBody::new(
+                ErrorCode::NameTaken,
+                format!("{user} is already in this session"),
+            ));
+        }
+        if self.members.len() >= self.config.max_members {
+            return Err(ErrorBody::new(
+                ErrorCode::Full,
+                format!("this session is full ({} members)", self.config.max_members),
+            ));
+        }
+        self.names.insert(key, conn);
+        let user: Arc<str> = user.into();
+        if let Some(log) = &self.config.presence_log {
+            log.record(&self.config.label(), "joined", &user, udp);
+        }
+        if let Some(obs) = &self.config.observer {
+            obs.member_joined(self.config.id, &user);
+        }
+        tracing::info!(session = %self.config.id, user = %user, %udp, "member joined");
+        self.members.insert(
+            conn,
+            MemberSlot {
+                user,
+                udp,
+                tx,
+                kick,
+            },
+        );
+        self.pending_joined.push((conn, since));
+        Ok(())
+    }
+
+    fn leave(&mut self, conn: ConnId, reason: LeaveReason) {
+        let Some(slot) = self.members.remove(&conn) else {
+            return;
+        };
+        self.names.remove(&slot.user.to_lowercase());
+        if let Some(log) = &self.config.presence_log {
+            let event = match reason {
+                LeaveReason::Left => "left",
+                LeaveReason::Disconnected => "disconnected",
+                LeaveReason::TooSlow => "dropped (too slow)",
+            };
+            log.record(&self.config.label(), event, &slot.user, slot.udp);
+        }
+        if let Some(obs) = &self.config.observer {
+            obs.member_left(self.config.id, &slot.user);
+        }
+        tracing::info!(session = %self.config.id, user = %slot.user, ?reason, "member left");
+        if reason == LeaveReason::TooSlow {
+            slot.kick.cancel();
+        }
+        if let Some(i) = self.pending_joined.iter().position(|&(c, _)| c == conn) {
+            // Nobody was told it arrived, so nobody needs to be told it went.
+            self.pending_joined.swap_remove(i);
+        } else {
+            self.pending_left.push(Departure {
+                user: slot.user.to_string(),
+                udp: slot.udp,
+                reason,
+            });
+        }
+    }
+
+    fn say(&mut self, conn: ConnId, text: String) {
+        let Some(from) = self.members.get(&conn).map(|s| s.user.to_string()) else {
+            return;
+        };
+        // Members joining in this batch must get their welcome before any line after it.
+        self.flush_presence();
+        self.seq += 1;
+        let line = ChatLine {
+            seq: self.seq,
+            time: Utc::now().trunc_subsecs(3),
+            from,
+            text,
+        };
+        let bytes = encode_line(&ServerMsg::Msg(line.clone()));
+        if let Some(sink) = &self.config.history_sink {
+            sink.append(self.config.id, &line);
+        }
+        if self.recent.len() == self.recent_cap {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(line);
+        self.broadcast(&bytes, |_| true);
+    }
+
+    fn history(&mut self, conn: ConnId, before: Option<u64>, limit: usize) {
+        let limit = limit.min(limits::MAX_HISTORY);
+        let before = before.unwrap_or(u64::MAX);
+        let end = self.recent.partition_point(|l| l.seq < before);
+        let start = end.saturating_sub(limit);
+        let messages: Vec<ChatLine> = self.recent.range(start..end).cloned().collect();
+        self.send_to(conn, encode_line(&ServerMsg::History { messages }));
+    }
+
+    fn replay_after(&mut self, conn: ConnId, since: u64) {
+        let start = self.recent.partition_point(|l| l.seq <= since);
+        let messages: Vec<ChatLine> = self.recent.range(start..).cloned().collect();
+        if !messages.is_empty() {
+            self.send_to(conn, encode_line(&ServerMsg::History { messages }));
+        }
+    }
+
+    fn flush_presence(&mut self) {
+        if self.pending_joined.is_empty() && self.pending_left.is_empty() {
+            return;
+        }
+        let joined_conns = std::mem::take(&mut self.pending_joined);
+        let left = std::mem::take(&mut self.pending_left);
+        let joined: Vec<Member> = joined_conns
+            .iter()
+            .filter_map(|(c, _)| self.members.get(c))
+            .map(|s| Member {
+                user: s.user.to_string(),
+                udp: s.udp,
+            })
+            .collect();
+        let notice_is_empty = joined.is_empty() && left.is_empty();
+        let notice = encode_line(&ServerMsg::Presence { joined, left });
+        if !joined_conns.is_empty() {
+            let welcome = encode_line(&ServerMsg::Welcome {
+                session: self.config.id,
+                name: self.config.name.clone(),
+                members: self
+                    .members
+                    .values()
+                    .map(|s| Member {
+                        user: s.user.to_string(),
+                        udp: s.udp,
+                    })
+                    .collect(),
+                seq: self.seq,
+            });
+            for &(conn, since) in &joined_conns {
+                self.send_to(conn, welcome.clone());
+                if let Some(since) = since {
+                    self.replay_after(conn, since);
+                }
+            }
+        }
+        if !notice_is_empty {
+            self.broadcast(&notice, |conn| {
+                !joined_conns.iter().any(|&(c, _)| c == conn)
+            });
+        }
+    }
+
+    /// Queues `bytes` for every member that `to` selects, dropping members whose queue is full.
+    fn broadcast(&mut self, bytes: &Bytes, to: impl Fn(ConnId) -> bool) {
+        let mut slow = Vec::new();
+        for (&conn, slot) in &self.members {
+            if !to(conn) {
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(bytes.clone()) {
+                slow.push(conn);
+            }
+        }
+        for conn in slow {
+            self.leave(conn, LeaveReason::TooSlow);
+        }
+    }
+
+    fn send_to(&mut self, conn: ConnId, bytes: Bytes) {
+        let full = match self.members.get(&conn) {
+            Some(slot) => matches!(
+                slot.tx.try_send(bytes),
+                Err(mpsc::error::TrySendError::Full(_))
+            ),
+            None => false,
+        };
+        if full {
+            self.leave(conn, LeaveReason::TooSlow);
+        }
+    }
+
+    fn close_all(&mut self, reason: &str) {
+        let bye = encode_line(&ServerMsg::Bye {
+            reason: reason.to_string(),
+        });
+        for slot in self.members.values() {
+            let _ = slot.tx.try_send(bye.clone());
+        }
+        self.members.clear();
+        self.names.clear();
+    }
+}
+
+async fn idle_deadline(empty: bool, idle: Duration) {
+    if empty {
+        tokio::time::sleep(idle).await
+    } else {
+        std::future::pending().await
+    }
+}
