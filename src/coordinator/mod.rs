@@ -137,10 +137,9 @@ pub async fn run(
                 continue;
             }
         };
-        if let Some(answer) = coordinator.handle(&buf[..len], from).await {
-            if let Err(e) = socket.send_to(&answer, from).await {
-                tracing::debug!(%from, error = %e, "send_to failed");
-            }
+        let answer = coordinator.handle(&buf[..len], from).await;
+        if let Err(e) = socket.send_to(&answer, from).await {
+            tracing::debug!(%from, error = %e, "send_to failed");
         }
     }
     tracing::info!("coordinator shutting down");
@@ -167,7 +166,7 @@ struct IdOnly {
 
 impl Coordinator {
     /// Turns one datagram into the bytes of its answer.
-    async fn handle(&mut self, datagram: &[u8], from: SocketAddr) -> Option<Bytes> {
+    async fn handle(&mut self, datagram: &[u8], from: SocketAddr) -> Bytes {
         let id_of = |d: &[u8]| serde_json::from_slice::<IdOnly>(d).ok().and_then(|r| r.id);
         if datagram.len() > limits::MAX_DATAGRAM {
             let err = ErrorBody::new(
@@ -178,18 +177,18 @@ impl Coordinator {
                     limits::MAX_DATAGRAM
                 ),
             );
-            return Some(encode(id_of(datagram), from, ResponseBody::Error(err)));
+            return encode(id_of(datagram), from, ResponseBody::Error(err));
         }
         let request = match serde_json::from_slice::<Request>(datagram) {
             Ok(r) => r,
             Err(e) => {
                 let err = ErrorBody::new(ErrorCode::Malformed, format!("malformed request: {e}"));
-                return Some(encode(id_of(datagram), from, ResponseBody::Error(err)));
+                return encode(id_of(datagram), from, ResponseBody::Error(err));
             }
         };
         if let Some(cached) = self.replies.get(&(from, request.id)).cloned() {
             tracing::debug!(%from, id = request.id, "repeated request answered from cache");
-            return Some(cached);
+            return cached;
         }
         let body = match request.body {
             RequestBody::Create { name } => self.create(name).await,
@@ -202,7 +201,7 @@ impl Coordinator {
         let body = body.unwrap_or_else(ResponseBody::Error);
         let answer = encode(Some(request.id), from, body);
         self.replies.insert((from, request.id), answer.clone());
-        Some(answer)
+        answer
     }
 
     async fn create(&mut self, name: Option<String>) -> Result<ResponseBody, ErrorBody> {

@@ -1,0 +1,180 @@
+//! The real `confab` binary, driven through its stdin like a script would.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+use confab::client::Event;
+use confab::protocol::LeaveReason;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+struct Program {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+    seen: Vec<String>,
+}
+
+impl Program {
+    fn client(user: &str, coordinator: std::net::SocketAddr) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args([
+                "client",
+                "--user",
+                user,
+                "--coordinator",
+                &coordinator.to_string(),
+            ])
+            .args(["--bind", "127.0.0.1:0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("confab binary starts");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            stdin,
+            stdout,
+            seen: Vec::new(),
+        }
+    }
+
+    async fn type_line(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// Reads output until a line contains `needle`; returns that line.
+    async fn wait_for(&mut self, needle: &str) -> String {
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.stdout.next_line().await.unwrap() {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!(
+                "no output containing {needle:?}; saw:\n{}",
+                self.seen.join("\n")
+            ),
+        }
+    }
+}
+
+fn is_stamped(line: &str) -> bool {
+    line.len() > 19
+        && chrono::NaiveDateTime::parse_from_str(&line[..19], "%Y-%m-%d %H:%M:%S").is_ok()
+}
+
+#[tokio::test]
+async fn the_binary_starts_joins_chats_and_sends_privately() {
+    let coord = TestCoordinator::start().await;
+    let mut alice = Program::client("alice", coord.addr);
+    alice.wait_for("you are alice").await;
+    alice.type_line("/start lobby").await;
+    alice.wait_for("joined session lobby").await;
+
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    bob.join("lobby").await.unwrap();
+    let joined = alice.wait_for("bob joined").await;
+    assert!(is_stamped(&joined), "{joined}");
+    assert!(
+        joined.contains(&bob.endpoint().to_string()),
+        "endpoint shown: {joined}"
+    );
+    alice.wait_for("members (2)").await;
+
+    bob.say("hi alice").await.unwrap();
+    let line = alice.wait_for("<bob> hi alice").await;
+    assert!(is_stamped(&line), "{line}");
+
+    alice.type_line("hello bob").await;
+    let got = messages(&mut b_ev, 2).await;
+    assert_eq!(got[1].from, "alice");
+    assert_eq!(got[1].text, "hello bob");
+
+    alice.type_line("@bob just between us").await;
+    let text = expect(&mut b_ev, "alice's private message", |e| match e {
+        Event::Private { from, text, .. } if from == "alice" => Some(text.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(text, "just between us");
+    let mine = alice.wait_for("[private] you → bob: just between us").await;
+    assert!(is_stamped(&mine), "{mine}");
+
+    bob.dm("alice", "back at you").await.unwrap();
+    let theirs = alice.wait_for("[private] bob → you: back at you").await;
+    assert!(is_stamped(&theirs));
+
+    alice.type_line("@nobody hi").await;
+    alice.wait_for("no member named nobody").await;
+    alice.type_line("/nonsense").await;
+    alice.wait_for("unknown command /nonsense").await;
+    alice.type_line("/sessions").await;
+    alice.wait_for("2: alice, bob").await;
+    alice.type_line("/who").await;
+    alice.wait_for("members (2)").await;
+
+    alice.type_line("/quit").await;
+    let status = tokio::time::timeout(WAIT, alice.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let gone = expect(&mut b_ev, "alice leaving", |e| match e {
+        Event::Presence { left, .. } => left.first().cloned(),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (gone.user.as_str(), gone.reason),
+        ("alice", LeaveReason::Left)
+    );
+}
+
+#[tokio::test]
+async fn a_client_killed_without_goodbye_leaves_every_roster() {
+    let coord = TestCoordinator::start().await;
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    bob.start_session(Some("room")).await.unwrap();
+    let mut carol = Program::client("carol", coord.addr);
+    carol.type_line("/join room").await;
+    carol.wait_for("joined session room").await;
+    eventually("bob sees carol", || async { bob.members().len() == 2 }).await;
+    carol.child.start_kill().unwrap(); // SIGKILL: no goodbye
+    let gone = expect(&mut b_ev, "carol's departure", |e| match e {
+        Event::Presence { left, .. } => left.iter().find(|d| d.user == "carol").cloned(),
+        _ => None,
+    })
+    .await;
+    assert_eq!(gone.reason, LeaveReason::Disconnected);
+    assert_eq!(bob.members().len(), 1);
+}
+
+#[tokio::test]
+async fn end_of_input_exits_cleanly() {
+    let coord = TestCoordinator::start().await;
+    let mut dave = Program::client("dave", coord.addr);
+    dave.type_line("/start").await;
+    dave.wait_for("joined session").await;
+    drop(dave.stdin);
+    let status = tokio::time::timeout(WAIT, dave.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

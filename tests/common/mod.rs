@@ -1,0 +1,363 @@
+//! Shared test scaffolding: real coordinators on 127.0.0.1:0, clients, and a lossy UDP relay.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use confab::client::{Client, ClientConfig, Event};
+use confab::coordinator::{self, CoordinatorConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Generous bound for anything that should happen "at once" on a loaded CI machine.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A coordinator running as a task; stopped when dropped.
+pub struct TestCoordinator {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: Option<JoinHandle<()>>,
+}
+
+impl TestCoordinator {
+    pub async fn start() -> Self {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(config: CoordinatorConfig) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            coordinator::run(socket, config, stop).await.unwrap();
+        });
+        Self {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the coordinator and waits until every session server has finished.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("coordinator stops")
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestCoordinator {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Defaults for tests: no rate limit surprises, quick idle close not wanted by default.
+pub fn test_config() -> CoordinatorConfig {
+    CoordinatorConfig::default()
+}
+
+/// Client config with quicker retries, so lossy tests finish fast.
+pub fn client_config(user: &str, coordinator: SocketAddr) -> ClientConfig {
+    let mut c = ClientConfig::new(user, coordinator);
+    c.bind = Some("127.0.0.1:0".parse().unwrap());
+    c.request_retry.first = Duration::from_millis(100);
+    c.request_retry.max_delay = Duration::from_millis(400);
+    c.request_retry.attempts = 30;
+    c.dm_retry.first = Duration::from_millis(100);
+    c.dm_retry.max_delay = Duration::from_millis(400);
+    c.dm_retry.attempts = 30;
+    c
+}
+
+pub async fn client(user: &str, coordinator: SocketAddr) -> (Client, mpsc::Receiver<Event>) {
+    Client::start(client_config(user, coordinator))
+        .await
+        .unwrap()
+}
+
+/// Waits for the first event `pick` accepts, skipping others; panics after `WAIT`.
+pub async fn expect<T>(
+    events: &mut mpsc::Receiver<Event>,
+    what: &str,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(e) = events.recv().await {
+            if let Some(t) = pick(&e) {
+                return Some(t);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(t)) => t,
+        Ok(None) => panic!("event stream ended while waiting for {what}"),
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Collects group messages until `n` have arrived.
+pub async fn messages(
+    events: &mut mpsc::Receiver<Event>,
+    n: usize,
+) -> Vec<confab::protocol::ChatLine> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let line = expect(events, "a group message", |e| match e {
+            Event::Message(l) => Some(l.clone()),
+            _ => None,
+        })
+        .await;
+        out.push(line);
+    }
+    out
+}
+
+/// Asserts that nothing matching `pick` arrives within `quiet`.
+pub async fn expect_none(
+    events: &mut mpsc::Receiver<Event>,
+    quiet: Duration,
+    mut pick: impl FnMut(&Event) -> bool,
+) {
+    let _ = tokio::time::timeout(quiet, async {
+        while let Some(e) = events.recv().await {
+            assert!(!pick(&e), "unexpected event {e:?}");
+        }
+    })
+    .await;
+}
+
+/// Polls `check` until it is true or `WAIT` passes.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// A small deterministic random source, so a failing lossy run can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+    /// xorshift64*
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// True with probability `num/den`.
+    pub fn chance(&mut self, num: u64, den: u64) -> bool {
+        self.next() % den < num
+    }
+}
+
+/// What a relay did, to prove the faults really happened.
+#[derive(Default)]
+pub struct RelayStats {
+    pub forwarded: AtomicU64,
+    pub dropped: AtomicU64,
+    pub duplicated: AtomicU64,
+    pub delayed: AtomicU64,
+}
+
+/// How a relay mistreats datagrams: drop `drop` in `den`, duplicate `dup` in `den`, and delay
+/// `delay` in `den` by a few milliseconds (which reorders them).
+#[derive(Clone, Copy)]
+pub struct Faults {
+    pub drop: u64,
+    pub dup: u64,
+    pub delay: u64,
+    pub den: u64,
+    pub seed: u64,
+}
+
+impl Faults {
+    /// A third dropped, a sixth duplicated, a sixth delayed.
+    pub fn harsh(seed: u64) -> Self {
+        Self {
+            drop: 2,
+            dup: 1,
+            delay: 1,
+            den: 6,
+            seed,
+        }
+    }
+}
+
+/// Sends `data` to `to` from `socket`, mistreated according to `faults`.
+async fn forward(
+    socket: &Arc<UdpSocket>,
+    data: &[u8],
+    to: SocketAddr,
+    rng: &mut Rng,
+    faults: Faults,
+    stats: &Arc<RelayStats>,
+) {
+    if rng.chance(faults.drop, faults.den) {
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let copies = if rng.chance(faults.dup, faults.den) {
+        stats.duplicated.fetch_add(1, Ordering::Relaxed);
+        2
+    } else {
+        1
+    };
+    if rng.chance(faults.delay, faults.den) {
+        stats.delayed.fetch_add(1, Ordering::Relaxed);
+        let (socket, data) = (socket.clone(), data.to_vec());
+        let ms = 5 + rng.next() % 40;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            for _ in 0..copies {
+                let _ = socket.send_to(&data, to).await;
+            }
+        });
+    } else {
+        for _ in 0..copies {
+            let _ = socket.send_to(data, to).await;
+        }
+    }
+    stats.forwarded.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A lossy relay in front of a UDP server, like a NAT: clients talk to `addr`; each client gets
+/// its own upstream socket, so the server sees one stable address per client.
+pub struct LossyNat {
+    pub addr: SocketAddr,
+    pub stats: Arc<RelayStats>,
+    stop: CancellationToken,
+}
+
+impl Drop for LossyNat {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl LossyNat {
+    pub async fn start(server: SocketAddr, faults: Faults) -> Self {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = front.local_addr().unwrap();
+        let stats = Arc::new(RelayStats::default());
+        let stop = CancellationToken::new();
+        let (st, stop2) = (stats.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut rng = Rng::new(faults.seed);
+            let mut uplinks: std::collections::HashMap<SocketAddr, Arc<UdpSocket>> =
+                Default::default();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let (n, from) = tokio::select! {
+                    r = front.recv_from(&mut buf) => match r { Ok(r) => r, Err(_) => continue },
+                    _ = stop2.cancelled() => break,
+                };
+                let up = match uplinks.get(&from) {
+                    Some(up) => up.clone(),
+                    None => {
+                        let up = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                        uplinks.insert(from, up.clone());
+                        // Answers coming back to this uplink go to the client, just as lossy.
+                        let (front, up2, st2, stop3) =
+                            (front.clone(), up.clone(), st.clone(), stop2.clone());
+                        let mut rng_back = Rng::new(faults.seed ^ from.port() as u64);
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 65536];
+                            loop {
+                                let n = tokio::select! {
+                                    r = up2.recv_from(&mut buf) => match r { Ok((n, _)) => n, Err(_) => continue },
+                                    _ = stop3.cancelled() => break,
+                                };
+                                forward(&front, &buf[..n], from, &mut rng_back, faults, &st2).await;
+                            }
+                        });
+                        up
+                    }
+                };
+                forward(&up, &buf[..n], server, &mut rng, faults, &st).await;
+            }
+        });
+        Self { addr, stats, stop }
+    }
+}
+
+/// A lossy relay between two peers A and B that keeps source addresses consistent: A is known to
+/// everyone as `a_face`, B as `b_face`. A datagram sent to `b_face` reaches B from `a_face`, and one
+/// sent to `a_face` reaches A from `b_face`. Clients advertise their face as their endpoint.
+pub struct LossyPair {
+    pub a_face: SocketAddr,
+    pub b_face: SocketAddr,
+    pub stats: Arc<RelayStats>,
+    stop: CancellationToken,
+}
+
+impl Drop for LossyPair {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl LossyPair {
+    pub async fn start(a_real: SocketAddr, b_real: SocketAddr, faults: Faults) -> Self {
+        let a_face = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let b_face = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let stats = Arc::new(RelayStats::default());
+        let stop = CancellationToken::new();
+        let pair = Self {
+            a_face: a_face.local_addr().unwrap(),
+            b_face: b_face.local_addr().unwrap(),
+            stats: stats.clone(),
+            stop: stop.clone(),
+        };
+        // Into b_face (meant for B) → out of a_face to B; into a_face (meant for A) → out of b_face to A.
+        for (inbound, outbound, target, seed) in [
+            (b_face.clone(), a_face.clone(), b_real, faults.seed),
+            (
+                a_face.clone(),
+                b_face.clone(),
+                a_real,
+                faults.seed.wrapping_add(7),
+            ),
+        ] {
+            let (stats, stop) = (stats.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng::new(seed);
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = tokio::select! {
+                        r = inbound.recv_from(&mut buf) => match r { Ok((n, _)) => n, Err(_) => continue },
+                        _ = stop.cancelled() => break,
+                    };
+                    forward(&outbound, &buf[..n], target, &mut rng, faults, &stats).await;
+                }
+            });
+        }
+        pair
+    }
+}

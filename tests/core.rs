@@ -1,0 +1,694 @@
+//! The core system end to end, over real sockets on 127.0.0.1.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use confab::client::{ClientError, Event};
+use confab::coordinator::CoordinatorConfig;
+use confab::protocol::{ErrorCode, LeaveReason, Response, ResponseBody};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UdpSocket};
+
+#[tokio::test]
+async fn six_clients_two_sessions_each_message_reaches_exactly_its_session_in_one_order() {
+    let coord = TestCoordinator::start().await;
+    let names = ["alice", "bob", "carol", "dave", "erin", "frank"];
+    let mut clients = Vec::new();
+    for n in names {
+        clients.push(client(n, coord.addr).await);
+    }
+    clients[0].0.start_session(Some("red")).await.unwrap();
+    clients[4].0.start_session(Some("blue")).await.unwrap();
+    for i in [1, 2, 3] {
+        clients[i].0.join("red").await.unwrap();
+    }
+    clients[5].0.join("blue").await.unwrap();
+    // Everyone sees the full roster of their own session only.
+    for (i, (c, _)) in clients.iter().enumerate() {
+        let want = if i < 4 { 4 } else { 2 };
+        eventually("rosters are complete", || async {
+            c.members().len() == want
+        })
+        .await;
+    }
+
+    // Everyone talks at once.
+    let per_client = 20;
+    let mut sends = Vec::new();
+    for (i, (c, _)) in clients.iter().enumerate() {
+        let c = c.clone();
+        sends.push(tokio::spawn(async move {
+            for k in 0..per_client {
+                c.say(&format!("{} {k}", names[i])).await.unwrap();
+            }
+        }));
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+    let mut red_orders = Vec::new();
+    let mut blue_orders = Vec::new();
+    for (i, (_, events)) in clients.iter_mut().enumerate() {
+        let (members, orders): (&[&str], _) = if i < 4 {
+            (&names[..4], &mut red_orders)
+        } else {
+            (&names[4..], &mut blue_orders)
+        };
+        let got = messages(events, members.len() * per_client).await;
+        for line in &got {
+            assert!(
+                members.contains(&line.from.as_str()),
+                "{} leaked into the wrong session",
+                line.from
+            );
+            assert!(line.text.starts_with(&line.from));
+        }
+        let seqs: Vec<u64> = got.iter().map(|l| l.seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "sequence has gaps or disorder"
+        );
+        orders.push(got.iter().map(|l| l.text.clone()).collect::<Vec<_>>());
+        expect_none(events, Duration::from_millis(200), |e| {
+            matches!(e, Event::Message(_))
+        })
+        .await;
+    }
+    for orders in [&red_orders, &blue_orders] {
+        assert!(
+            orders.windows(2).all(|w| w[0] == w[1]),
+            "members saw different orders"
+        );
+        // Each sender's own lines stay in the order it sent them.
+        for n in names {
+            let mine: Vec<&String> = orders[0].iter().filter(|t| t.starts_with(n)).collect();
+            let expected: Vec<String> = (0..mine.len()).map(|k| format!("{n} {k}")).collect();
+            assert_eq!(
+                mine.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                expected
+            );
+        }
+    }
+    coord.stop().await;
+}
+
+#[tokio::test]
+async fn joining_an_unknown_session_says_so() {
+    let coord = TestCoordinator::start().await;
+    let (alice, _ev) = client("alice", coord.addr).await;
+    match alice.join("nowhere").await {
+        Err(ClientError::Refused(e)) => {
+            assert_eq!(e.code, ErrorCode::SessionNotFound);
+            assert!(e.message.contains("nowhere"));
+        }
+        other => panic!("expected session_not_found, got {other:?}"),
+    }
+    assert!(alice.session().is_none());
+}
+
+#[tokio::test]
+async fn a_name_already_in_the_session_is_refused_in_any_case() {
+    let coord = TestCoordinator::start().await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    alice.start_session(Some("room")).await.unwrap();
+    let (alice2, _b) = client("ALICE", coord.addr).await;
+    match alice2.join("room").await {
+        Err(ClientError::Refused(e)) => assert_eq!(e.code, ErrorCode::NameTaken),
+        other => panic!("expected name_taken, got {other:?}"),
+    }
+    assert_eq!(alice.members().len(), 1);
+}
+
+#[tokio::test]
+async fn session_names_are_unique_and_validated() {
+    let coord = TestCoordinator::start().await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    alice.create(Some("Lobby")).await.unwrap();
+    match alice.create(Some("lobby")).await {
+        Err(ClientError::Refused(e)) => assert_eq!(e.code, ErrorCode::NameTaken),
+        other => panic!("expected name_taken, got {other:?}"),
+    }
+    match alice.create(Some("no spaces!")).await {
+        Err(ClientError::Refused(e)) => assert_eq!(e.code, ErrorCode::InvalidName),
+        other => panic!("expected invalid_name, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn leave_updates_every_roster_with_who_and_endpoint() {
+    let coord = TestCoordinator::start().await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    let (carol, _c_ev) = client("carol", coord.addr).await;
+    alice.start_session(Some("room")).await.unwrap();
+    bob.join("room").await.unwrap();
+    carol.join("room").await.unwrap();
+    let carol_udp = carol.endpoint();
+    // Presence carries the joining member's endpoint.
+    let joined = expect(&mut a_ev, "carol's arrival", |e| match e {
+        Event::Presence { joined, .. } => joined.iter().find(|m| m.user == "carol").cloned(),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined.udp, carol_udp);
+
+    carol.leave().await.unwrap();
+    for events in [&mut a_ev, &mut b_ev] {
+        let gone = expect(events, "carol's departure", |e| match e {
+            Event::Presence { left, .. } => left.iter().find(|d| d.user == "carol").cloned(),
+            _ => None,
+        })
+        .await;
+        assert_eq!(gone.udp, carol_udp);
+        assert_eq!(gone.reason, LeaveReason::Left);
+    }
+    let names =
+        |c: &confab::client::Client| c.members().into_iter().map(|m| m.user).collect::<Vec<_>>();
+    assert_eq!(names(&alice), ["alice", "bob"]);
+    assert_eq!(names(&bob), ["alice", "bob"]);
+    // The directory agrees.
+    let list = alice.list().await.unwrap();
+    assert_eq!(list[0].members, ["alice", "bob"]);
+    assert_eq!(list[0].member_count, 2);
+}
+
+#[tokio::test]
+async fn a_connection_that_drops_without_goodbye_leaves_the_roster() {
+    let coord = TestCoordinator::start().await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let info = alice.start_session(Some("room")).await.unwrap().session;
+    let mut raw = TcpStream::connect(info.server).await.unwrap();
+    raw.write_all(b"{\"type\":\"hello\",\"user\":\"ghost\",\"udp\":\"127.0.0.1:9\"}\n")
+        .await
+        .unwrap();
+    expect(&mut a_ev, "ghost's arrival", |e| match e {
+        Event::Presence { joined, .. } => joined.iter().any(|m| m.user == "ghost").then_some(()),
+        _ => None,
+    })
+    .await;
+    drop(raw);
+    let gone = expect(&mut a_ev, "ghost's departure", |e| match e {
+        Event::Presence { left, .. } => left.iter().find(|d| d.user == "ghost").cloned(),
+        _ => None,
+    })
+    .await;
+    assert_eq!(gone.reason, LeaveReason::Disconnected);
+    assert_eq!(alice.members().len(), 1);
+}
+
+#[tokio::test]
+async fn a_private_message_reaches_only_its_target_once_with_its_timestamp() {
+    let coord = TestCoordinator::start().await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    let (carol, mut c_ev) = client("carol", coord.addr).await;
+    alice.start_session(Some("room")).await.unwrap();
+    bob.join("room").await.unwrap();
+    carol.join("room").await.unwrap();
+    eventually("alice knows everyone", || async {
+        alice.members().len() == 3
+    })
+    .await;
+
+    let receipt = alice.dm("BOB", "just for you").await.unwrap();
+    assert_eq!(receipt.to, "bob");
+    let (from, time, text) = expect(&mut b_ev, "the private message", |e| match e {
+        Event::Private {
+            from, time, text, ..
+        } => Some((from.clone(), *time, text.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!((from.as_str(), text.as_str()), ("alice", "just for you"));
+    assert_eq!(time, receipt.time);
+    expect_none(&mut b_ev, Duration::from_millis(300), |e| {
+        matches!(e, Event::Private { .. })
+    })
+    .await;
+    expect_none(&mut c_ev, Duration::from_millis(10), |e| {
+        matches!(e, Event::Private { .. })
+    })
+    .await;
+
+    match alice.dm("nobody", "hi").await {
+        Err(ClientError::NoSuchMember(n)) => assert_eq!(n, "nobody"),
+        other => panic!("expected no such member, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_private_message_survives_a_relay_that_drops_duplicates_and_reorders() {
+    let coord = TestCoordinator::start().await;
+    let mut a_cfg = client_config("alice", coord.addr);
+    let mut b_cfg = client_config("bob", coord.addr);
+    // Learn the real local ports first, then put the lossy relay between them.
+    let probe_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let probe_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (a_real, b_real) = (probe_a.local_addr().unwrap(), probe_b.local_addr().unwrap());
+    drop((probe_a, probe_b));
+    let relay = LossyPair::start(a_real, b_real, Faults::harsh(42)).await;
+    a_cfg.bind = Some(a_real);
+    b_cfg.bind = Some(b_real);
+    a_cfg.advertise = Some(relay.a_face);
+    b_cfg.advertise = Some(relay.b_face);
+    let (alice, mut a_ev) = confab::client::Client::start(a_cfg).await.unwrap();
+    let (bob, mut b_ev) = confab::client::Client::start(b_cfg).await.unwrap();
+    alice.start_session(Some("lossy")).await.unwrap();
+    bob.join("lossy").await.unwrap();
+    eventually("alice sees bob", || async { alice.members().len() == 2 }).await;
+
+    let n = 30;
+    let (a2, b2) = (alice.clone(), bob.clone());
+    let sender_a = tokio::spawn(async move {
+        for i in 0..n {
+            a2.dm("bob", &format!("a{i}")).await.unwrap();
+        }
+    });
+    let sender_b = tokio::spawn(async move {
+        for i in 0..n {
+            b2.dm("alice", &format!("b{i}")).await.unwrap();
+        }
+    });
+    sender_a.await.unwrap();
+    sender_b.await.unwrap();
+    for (events, prefix) in [(&mut b_ev, "a"), (&mut a_ev, "b")] {
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.push(
+                expect(events, "a private message", |e| match e {
+                    Event::Private { text, .. } => Some(text.clone()),
+                    _ => None,
+                })
+                .await,
+            );
+        }
+        let unique: HashSet<_> = got.iter().collect();
+        assert_eq!(unique.len(), n, "a message was shown twice: {got:?}");
+        // Each send waited for its ack, so order is kept too.
+        let expected: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(got, expected);
+        expect_none(events, Duration::from_millis(300), |e| {
+            matches!(e, Event::Private { .. })
+        })
+        .await;
+    }
+    assert!(
+        relay.stats.dropped.load(Ordering::Relaxed) > 10,
+        "the relay really dropped"
+    );
+    assert!(
+        relay.stats.duplicated.load(Ordering::Relaxed) > 3,
+        "the relay really duplicated"
+    );
+}
+
+#[tokio::test]
+async fn a_private_message_to_a_vanished_peer_is_reported_undelivered() {
+    let coord = TestCoordinator::start().await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    // A member whose UDP endpoint answers nothing.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let info = alice.start_session(Some("room")).await.unwrap().session;
+    let mut raw = TcpStream::connect(info.server).await.unwrap();
+    let hello = format!(
+        "{{\"type\":\"hello\",\"user\":\"mute\",\"udp\":\"{}\"}}\n",
+        silent.local_addr().unwrap()
+    );
+    raw.write_all(hello.as_bytes()).await.unwrap();
+    eventually("alice sees mute", || async { alice.members().len() == 2 }).await;
+    let attempts = {
+        // The client under test uses quick retries: 30 attempts at most 400 ms apart.
+        let err = alice.dm("mute", "are you there?").await.unwrap_err();
+        match err {
+            ClientError::NotDelivered { to, attempts } => {
+                assert_eq!(to, "mute");
+                attempts
+            }
+            other => panic!("expected not delivered, got {other:?}"),
+        }
+    };
+    assert_eq!(attempts, 30);
+    // Every try really went out.
+    let mut buf = [0u8; 2048];
+    let mut copies = 0;
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(50), silent.recv_from(&mut buf)).await
+    {
+        copies += 1;
+    }
+    assert_eq!(copies, 30);
+}
+
+#[tokio::test]
+async fn a_forged_private_message_is_rejected() {
+    let coord = TestCoordinator::start().await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    alice.start_session(Some("room")).await.unwrap();
+    bob.join("room").await.unwrap();
+    eventually("bob sees alice", || async { bob.members().len() == 2 }).await;
+    let mallory = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let forged = format!(
+        "{{\"type\":\"dm\",\"id\":\"{}\",\"from\":\"alice\",\"to\":\"bob\",\"time\":\"2026-11-22T14:03:07Z\",\"text\":\"send me your password\"}}",
+        uuid::Uuid::new_v4()
+    );
+    mallory
+        .send_to(forged.as_bytes(), bob.endpoint())
+        .await
+        .unwrap();
+    expect_none(&mut b_ev, Duration::from_millis(500), |e| {
+        matches!(e, Event::Private { .. })
+    })
+    .await;
+    // No ack for the forger either.
+    let mut buf = [0u8; 2048];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), mallory.recv_from(&mut buf))
+            .await
+            .is_err()
+    );
+    // The real alice still gets through.
+    alice.dm("bob", "real").await.unwrap();
+}
+
+async fn raw_request(
+    socket: &UdpSocket,
+    coordinator: std::net::SocketAddr,
+    body: &str,
+) -> Response {
+    socket.send_to(body.as_bytes(), coordinator).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        n <= 1200,
+        "answer of {n} bytes is larger than one safe datagram"
+    );
+    serde_json::from_slice(&buf[..n]).unwrap()
+}
+
+#[tokio::test]
+async fn a_retried_create_makes_one_session() {
+    let coord = TestCoordinator::start().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let req = r#"{"id":41,"op":"create","name":"once"}"#;
+    let first = raw_request(&socket, coord.addr, req).await;
+    let second = raw_request(&socket, coord.addr, req).await;
+    assert_eq!(first, second, "the retry got the same answer");
+    assert!(matches!(first.body, ResponseBody::Session { .. }));
+    assert_eq!(first.observed, socket.local_addr().unwrap());
+    let list = raw_request(&socket, coord.addr, r#"{"id":42,"op":"list"}"#).await;
+    match list.body {
+        ResponseBody::Sessions {
+            sessions, total, ..
+        } => {
+            assert_eq!(total, 1);
+            assert_eq!(sessions.len(), 1);
+        }
+        other => panic!("expected sessions, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_request_succeeds_once_through_a_lossy_relay() {
+    let coord = TestCoordinator::start().await;
+    let nat = LossyNat::start(coord.addr, Faults::harsh(7)).await;
+    let (alice, _a) = client("alice", nat.addr).await;
+    for i in 0..15 {
+        alice.create(Some(&format!("s{i}"))).await.unwrap();
+    }
+    let list = alice.list().await.unwrap();
+    assert_eq!(list.len(), 15, "no create ran twice, none was lost");
+    assert!(nat.stats.dropped.load(Ordering::Relaxed) > 3);
+    // The observed endpoint is the relay's upstream socket, as a NAT would make it.
+    assert_ne!(alice.endpoint(), alice.local_udp());
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_datagrams_get_errors_and_harm_nobody() {
+    let coord = TestCoordinator::start().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let r = raw_request(&socket, coord.addr, "this is not json").await;
+    assert!(matches!(&r.body, ResponseBody::Error(e) if e.code == ErrorCode::Malformed));
+    assert_eq!(r.id, None);
+    let r = raw_request(&socket, coord.addr, r#"{"id":5,"op":"explode"}"#).await;
+    assert!(matches!(&r.body, ResponseBody::Error(e) if e.code == ErrorCode::Malformed));
+    assert_eq!(r.id, Some(5));
+    let r = raw_request(&socket, coord.addr, r#"{"id":6,"op":"join","session":12}"#).await;
+    assert!(matches!(&r.body, ResponseBody::Error(e) if e.code == ErrorCode::Malformed));
+    let big = format!(r#"{{"id":7,"op":"create","name":"{}"}}"#, "x".repeat(5000));
+    let r = raw_request(&socket, coord.addr, &big).await;
+    assert!(matches!(&r.body, ResponseBody::Error(e) if e.code == ErrorCode::TooLarge));
+    assert_eq!(r.id, Some(7));
+    socket
+        .send_to(&[0xff, 0xfe, 0x00], coord.addr)
+        .await
+        .unwrap();
+    // The coordinator still serves a real client.
+    let (alice, _a) = client("alice", coord.addr).await;
+    alice.start_session(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_long_directory_comes_in_pages_that_fit_one_datagram() {
+    let coord = TestCoordinator::start().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..40u64 {
+        let req =
+            format!(r#"{{"id":{i},"op":"create","name":"a-rather-long-session-name-number-{i}"}}"#);
+        raw_request(&socket, coord.addr, &req).await;
+    }
+    let mut cursor = 0;
+    let mut seen = 0;
+    let mut pages = 0;
+    loop {
+        let req = format!(r#"{{"id":{},"op":"list","cursor":{cursor}}}"#, 1000 + pages);
+        let r = raw_request(&socket, coord.addr, &req).await; // asserts ≤ 1200 bytes
+        pages += 1;
+        let ResponseBody::Sessions {
+            sessions,
+            next,
+            total,
+        } = r.body
+        else {
+            panic!()
+        };
+        assert_eq!(total, 40);
+        seen += sessions.len();
+        match next {
+            Some(n) => cursor = n,
+            None => break,
+        }
+    }
+    assert_eq!(seen, 40);
+    assert!(pages > 1);
+}
+
+#[tokio::test]
+async fn bad_lines_get_errors_and_the_session_carries_on() {
+    let coord = TestCoordinator::start().await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let info = alice.start_session(Some("room")).await.unwrap().session;
+    let stream = TcpStream::connect(info.server).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let mut next = async || {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    write
+        .write_all(b"{\"type\":\"say\",\"text\":\"too early\"}\n")
+        .await
+        .unwrap();
+    assert_eq!(next().await["code"], "unexpected");
+    write
+        .write_all(b"{\"type\":\"hello\",\"user\":\"bad name!\",\"udp\":\"127.0.0.1:9\"}\n")
+        .await
+        .unwrap();
+    assert_eq!(next().await["code"], "invalid_name");
+
+    let stream = TcpStream::connect(info.server).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let mut next = async || {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    write
+        .write_all(b"{\"type\":\"hello\",\"user\":\"eve\",\"udp\":\"127.0.0.1:9\"}\n")
+        .await
+        .unwrap();
+    assert_eq!(next().await["type"], "welcome");
+    write.write_all(b"{not json\n").await.unwrap();
+    assert_eq!(next().await["code"], "malformed");
+    write
+        .write_all(b"{\"type\":\"say\",\"text\":5}\n")
+        .await
+        .unwrap();
+    assert_eq!(next().await["code"], "malformed");
+    write.write_all(&[0xff, 0xfe, b'\n']).await.unwrap();
+    assert_eq!(next().await["code"], "malformed");
+    let huge = format!("{{\"type\":\"say\",\"text\":\"{}\"}}\n", "x".repeat(20_000));
+    write.write_all(huge.as_bytes()).await.unwrap();
+    assert_eq!(next().await["code"], "too_large");
+    write
+        .write_all(b"{\"type\":\"say\",\"text\":\"\"}\n")
+        .await
+        .unwrap();
+    assert_eq!(next().await["code"], "invalid_text");
+    // Still a member, still heard; alice saw none of the noise.
+    write
+        .write_all(b"{\"type\":\"say\",\"text\":\"still here\"}\n")
+        .await
+        .unwrap();
+    let line = messages(&mut a_ev, 1).await.remove(0);
+    assert_eq!(
+        (line.from.as_str(), line.text.as_str()),
+        ("eve", "still here")
+    );
+    assert_eq!(alice.members().len(), 2);
+}
+
+#[tokio::test]
+async fn a_member_that_stops_reading_is_dropped_and_the_others_never_wait() {
+    let config = CoordinatorConfig {
+        member_queue: 256,
+        member_limits: confab::session::MemberLimits {
+            rate: None,
+            ..Default::default()
+        },
+        ..CoordinatorConfig::default()
+    };
+    let coord = TestCoordinator::start_with(config).await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let info = alice.start_session(Some("room")).await.unwrap().session;
+    // A member that never reads: its socket buffers fill, then its queue.
+    let mut sloth = TcpStream::connect(info.server).await.unwrap();
+    sloth
+        .write_all(b"{\"type\":\"hello\",\"user\":\"sloth\",\"udp\":\"127.0.0.1:9\"}\n")
+        .await
+        .unwrap();
+    eventually("sloth joined", || async { alice.members().len() == 2 }).await;
+    // Alice waits for her own echo every 50 lines, so her queue never holds more than that;
+    // the sloth's socket buffers and then its queue of 256 fill up.
+    let text = "y".repeat(3000);
+    let n = 4000;
+    let mut got = 0;
+    let mut dropped = false;
+    while got < n {
+        for _ in 0..50 {
+            alice.say(&text).await.unwrap();
+        }
+        let target = got + 50;
+        while got < target {
+            match tokio::time::timeout(WAIT, a_ev.recv())
+                .await
+                .expect("alice keeps receiving")
+                .unwrap()
+            {
+                Event::Message(_) => got += 1,
+                Event::Presence { left, .. } => {
+                    dropped |= left
+                        .iter()
+                        .any(|d| d.user == "sloth" && d.reason == LeaveReason::TooSlow)
+                }
+                _ => {}
+            }
+        }
+        if dropped {
+            break;
+        }
+    }
+    assert!(dropped, "the slow member was dropped");
+    drop(sloth);
+}
+
+#[tokio::test]
+async fn an_empty_session_closes_after_the_grace_period() {
+    let config = CoordinatorConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..CoordinatorConfig::default()
+    };
+    let coord = TestCoordinator::start_with(config).await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    alice.start_session(Some("brief")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        alice.list().await.unwrap().len(),
+        1,
+        "open while alice is in it"
+    );
+    alice.leave().await.unwrap();
+    eventually("the session is gone", || async {
+        alice.list().await.unwrap().is_empty()
+    })
+    .await;
+    match alice.join("brief").await {
+        Err(ClientError::Refused(e)) => assert_eq!(e.code, ErrorCode::SessionNotFound),
+        other => panic!("expected not found, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_presence_log_records_joins_and_leaves_with_timestamps() {
+    let path = std::env::temp_dir().join(format!("confab-presence-{}.log", uuid::Uuid::new_v4()));
+    let config = CoordinatorConfig {
+        presence_log: Some(path.clone()),
+        ..CoordinatorConfig::default()
+    };
+    let coord = TestCoordinator::start_with(config).await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let (bob, _b) = client("bob", coord.addr).await;
+    alice.start_session(Some("logged")).await.unwrap();
+    bob.join("logged").await.unwrap();
+    bob.leave().await.unwrap();
+    coord.stop().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().any(|l| l.contains("joined user=alice")));
+    assert!(lines.iter().any(|l| l.contains("joined user=bob")));
+    assert!(lines.iter().any(|l| l.contains("left user=bob")));
+    for l in &lines {
+        // "2026-11-22 14:03:07 session=…"
+        assert!(
+            chrono::NaiveDateTime::parse_from_str(&l[..19], "%Y-%m-%d %H:%M:%S").is_ok(),
+            "{l}"
+        );
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_says_hello_is_closed() {
+    // Uses the documented hello timeout (10 s); the test waits for it once.
+    let coord = TestCoordinator::start().await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let info = alice.start_session(None).await.unwrap().session;
+    let stream = TcpStream::connect(info.server).await.unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let bye = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(bye.contains("\"type\":\"bye\""), "{bye}");
+    let end = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(end.is_none());
+}
