@@ -35,6 +35,12 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
         self.entries.get(key)
     }
 
+    /// The live entry for `key`, to change in place (its expiry stays as it was).
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.expire(Instant::now());
+        self.entries.get_mut(key)
+    }
+
     /// Adds an entry; returns false (and keeps the old value) if the key is already present.
     pub fn insert(&mut self, key: K, value: V) -> bool {
         let now = Instant::now();

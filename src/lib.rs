@@ -9,7 +9,9 @@
 //! - [`client`]: the async client API (used by the terminal program, the tests, the benchmark and
 //!   the example bot) and the terminal program itself. Private messages go peer to peer over UDP.
 //! - [`protocol`]: every message on the wire, mirrored in `protocol.md`; [`codec`] frames TCP lines.
-//! - [`auth`]: name rules.
+//! - [`auth`]: name rules, password hashes, login tokens, login throttling.
+//! - [`store`]: the SQLite database (users, sessions, history) and its migrations; [`db`] runs
+//!   it on its own thread behind an async handle.
 //! - [`presence_log`]: the human-readable join/leave log.
 #![warn(missing_docs)]
 
@@ -17,7 +19,9 @@ pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod coordinator;
+pub mod db;
 pub mod expiring;
 pub mod presence_log;
 pub mod protocol;
 pub mod session;
+pub mod store;

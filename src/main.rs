@@ -33,6 +33,12 @@ enum Command {
         /// File that gets one line per join and leave.
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// SQLite database file (created if missing); `:memory:` keeps nothing.
+        #[arg(long, env = "CONFAB_DB")]
+        db: Option<String>,
+        /// Hours a login token stays valid.
+        #[arg(long, default_value_t = 24)]
+        token_hours: u64,
         /// IP address session servers listen on and announce (default: the --listen address,
         /// or 127.0.0.1 when that is 0.0.0.0).
         #[arg(long)]
@@ -52,6 +58,9 @@ enum Command {
         /// Endpoint to announce to peers instead of the one the coordinator sees.
         #[arg(long)]
         advertise: Option<SocketAddr>,
+        /// Create the account first.
+        #[arg(long)]
+        register: bool,
     },
 }
 
@@ -64,6 +73,8 @@ async fn main() -> anyhow::Result<()> {
             idle_timeout,
             log_file,
             session_host,
+            db,
+            token_hours,
         } => {
             init_tracing("info");
             let socket = tokio::net::UdpSocket::bind(listen)
@@ -73,6 +84,12 @@ async fn main() -> anyhow::Result<()> {
                 idle_timeout: Duration::from_secs(idle_timeout),
                 presence_log: log_file,
                 session_host,
+                db: match db.as_deref() {
+                    Some(":memory:") => None,
+                    Some(path) => Some(PathBuf::from(path)),
+                    None => Some(coordinator::default_db_path()),
+                },
+                token_ttl: Duration::from_secs(token_hours * 3600),
                 ..CoordinatorConfig::default()
             };
             let shutdown = CancellationToken::new();
@@ -89,16 +106,31 @@ async fn main() -> anyhow::Result<()> {
             coordinator,
             bind,
             advertise,
+            register,
         } => {
             // Logs would garble the prompt; only warnings, and only if asked for with RUST_LOG.
             init_tracing("off");
+            let password = password_for(&user)?;
             let mut config = ClientConfig::new(user, coordinator);
             config.bind = bind;
             config.advertise = advertise;
-            repl::run(config).await?;
+            repl::run(config, repl::Credentials { password, register }).await?;
         }
     }
     Ok(())
+}
+
+/// `CONFAB_PASSWORD`, or asked for without echo when a person is at the terminal.
+fn password_for(user: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if let Ok(password) = std::env::var("CONFAB_PASSWORD") {
+        return Ok(password);
+    }
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password(format!("password for {user}: "))
+            .context("cannot read the password");
+    }
+    anyhow::bail!("no password: set CONFAB_PASSWORD, or run in a terminal to be asked")
 }
 
 fn init_tracing(default: &str) {

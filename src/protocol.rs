@@ -27,9 +27,11 @@ pub mod limits {
     /// Longest private message text, in bytes: the whole datagram must stay under `MAX_DATAGRAM`.
     pub const MAX_DM_TEXT: usize = 800;
     /// Longest user name, in characters.
-    pub const MAX_USER_NAME: usize = 32;
+    pub const MAX_USER_NAME: usize = crate::auth::MAX_USER_NAME_LEN;
     /// Longest session name, in characters.
-    pub const MAX_SESSION_NAME: usize = 64;
+    pub const MAX_SESSION_NAME: usize = crate::auth::MAX_SESSION_NAME_LEN;
+    /// Longest password, in bytes.
+    pub const MAX_PASSWORD: usize = 512;
     /// Most history lines one request returns.
     pub const MAX_HISTORY: usize = 500;
     /// How long a new TCP connection may take to say hello.
@@ -53,16 +55,43 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum RequestBody {
+    /// Create an account.
+    Register {
+        /// The name to register (1–32 of letters, digits, `_`, `-`, `.`; unique without regard
+        /// to case).
+        user: String,
+        /// The password; stored only as an argon2id hash.
+        password: Password,
+    },
+    /// Exchange a name and password for a token.
+    Login {
+        /// The registered name, in any case.
+        user: String,
+        /// The password.
+        password: Password,
+    },
     /// Start a new session and its server.
     Create {
         /// Optional unique name; without one the session is known by its id only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        /// A token from `login`.
+        token: String,
     },
-    /// Look up a session to join, by id, unique id prefix, or name.
+    /// Look up a session to join, by id, unique id prefix, or name; starts its server if it was
+    /// closed for being idle.
     Join {
         /// Id, id prefix (at least 4 characters) or name.
         session: String,
+        /// A token from `login`.
+        token: String,
+    },
+    /// Remove a session for good, with its history. Only its creator may.
+    Close {
+        /// Id, id prefix or name.
+        session: String,
+        /// A token from `login`.
+        token: String,
     },
     /// One page of the session directory.
     List {
@@ -70,6 +99,18 @@ pub enum RequestBody {
         #[serde(default)]
         cursor: usize,
     },
+}
+
+/// A password on its way to the coordinator. Its `Debug` form is redacted, so a request that
+/// ends up in a log line never carries the password with it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
 }
 
 /// The coordinator's answer to one request.
@@ -89,10 +130,29 @@ pub struct Response {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ResponseBody {
+    /// Answer to `register`.
+    Registered {
+        /// The name as registered.
+        user: String,
+    },
+    /// Answer to `login`.
+    LoggedIn {
+        /// The name as registered (its case may differ from what was typed).
+        user: String,
+        /// Goes with `create`, `join`, `close` and the session server's `hello`.
+        token: String,
+        /// After this the token is refused; log in again.
+        expires: DateTime<Utc>,
+    },
     /// Answer to `create` and `join`: where the session is served.
     Session {
         /// The session.
         session: SessionInfo,
+    },
+    /// Answer to `close`.
+    Closed {
+        /// The session that is gone.
+        session: Uuid,
     },
     /// Answer to `list`: one page of the directory.
     Sessions {
@@ -118,6 +178,8 @@ pub struct SessionInfo {
     pub name: Option<String>,
     /// TCP address of its session server.
     pub server: SocketAddr,
+    /// Who created it (and alone may close it).
+    pub creator: String,
     /// When it was created.
     pub created: DateTime<Utc>,
 }
@@ -125,9 +187,19 @@ pub struct SessionInfo {
 /// One line of the directory listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectoryEntry {
-    /// The session.
-    #[serde(flatten)]
-    pub session: SessionInfo,
+    /// Stable identifier.
+    pub id: Uuid,
+    /// Unique name, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// TCP address of its server; absent while the session is idle and its server stopped
+    /// (joining starts it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<SocketAddr>,
+    /// Who created it.
+    pub creator: String,
+    /// When it was created.
+    pub created: DateTime<Utc>,
     /// How many members are in it now.
     pub member_count: usize,
     /// Member names, possibly only the first few so that the page fits one datagram;
@@ -159,6 +231,16 @@ pub enum ErrorCode {
     RateLimited,
     /// A message arrived out of turn (for example `say` before `hello`).
     Unexpected,
+    /// No token, or a token that is forged, altered or expired.
+    Unauthorized,
+    /// Login failed: unknown user or wrong password (deliberately not saying which).
+    InvalidCredentials,
+    /// The password is empty or too long.
+    InvalidPassword,
+    /// Too many failed logins; wait and try again.
+    Throttled,
+    /// Allowed only to someone else (closing a session one did not create).
+    Forbidden,
     /// Something failed inside the server.
     Internal,
 }
@@ -215,10 +297,15 @@ pub enum LeaveReason {
 pub enum ClientMsg {
     /// The first line of every connection.
     Hello {
-        /// Name to appear under; unique within the session.
+        /// Name to appear under; must be the token's user.
         user: String,
+        /// A token from the coordinator's `login`.
+        token: String,
         /// UDP endpoint for private messages.
         udp: SocketAddr,
+        /// Send this many of the newest group messages right after the welcome.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        history: Option<usize>,
         /// Replay the group messages after this sequence number (for a client that reconnects).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
@@ -342,18 +429,28 @@ mod tests {
 
     #[test]
     fn request_round_trips_with_flat_fields() {
-        let text = r#"{"id":7,"op":"create","name":"rust"}"#;
+        let text = r#"{"id":7,"op":"create","name":"rust","token":"t"}"#;
         let req: Request = serde_json::from_str(text).unwrap();
         assert_eq!(
             req,
             Request {
                 id: 7,
                 body: RequestBody::Create {
-                    name: Some("rust".into())
+                    name: Some("rust".into()),
+                    token: "t".into(),
                 }
             }
         );
         assert_eq!(serde_json::to_string(&req).unwrap(), text);
+    }
+
+    #[test]
+    fn passwords_never_show_in_debug_output() {
+        let req = RequestBody::Login {
+            user: "alice".into(),
+            password: Password("hunter2".into()),
+        };
+        assert!(!format!("{req:?}").contains("hunter2"));
     }
 
     #[test]

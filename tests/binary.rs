@@ -27,7 +27,8 @@ impl Program {
                 "--coordinator",
                 &coordinator.to_string(),
             ])
-            .args(["--bind", "127.0.0.1:0"])
+            .args(["--bind", "127.0.0.1:0", "--register"])
+            .env("CONFAB_PASSWORD", password(user))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -83,7 +84,7 @@ fn is_stamped(line: &str) -> bool {
 async fn the_binary_starts_joins_chats_and_sends_privately() {
     let coord = TestCoordinator::start().await;
     let mut alice = Program::client("alice", coord.addr);
-    alice.wait_for("you are alice").await;
+    alice.wait_for("logged in as alice").await;
     alice.type_line("/start lobby").await;
     alice.wait_for("joined session lobby").await;
 

@@ -115,7 +115,8 @@ async fn a_name_already_in_the_session_is_refused_in_any_case() {
     let coord = TestCoordinator::start().await;
     let (alice, _a) = client("alice", coord.addr).await;
     alice.start_session(Some("room")).await.unwrap();
-    let (alice2, _b) = client("ALICE", coord.addr).await;
+    // The same account from a second device, typed in another case.
+    let (alice2, _b) = logged_in(client_config("ALICE", coord.addr)).await;
     match alice2.join("room").await {
         Err(ClientError::Refused(e)) => assert_eq!(e.code, ErrorCode::NameTaken),
         other => panic!("expected name_taken, got {other:?}"),
@@ -182,7 +183,8 @@ async fn a_connection_that_drops_without_goodbye_leaves_the_roster() {
     let (alice, mut a_ev) = client("alice", coord.addr).await;
     let info = alice.start_session(Some("room")).await.unwrap().session;
     let mut raw = TcpStream::connect(info.server).await.unwrap();
-    raw.write_all(b"{\"type\":\"hello\",\"user\":\"ghost\",\"udp\":\"127.0.0.1:9\"}\n")
+    let token = token_for("ghost", coord.addr).await;
+    raw.write_all(hello("ghost", &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
         .await
         .unwrap();
     expect(&mut a_ev, "ghost's arrival", |e| match e {
@@ -255,8 +257,8 @@ async fn a_private_message_survives_a_relay_that_drops_duplicates_and_reorders()
     b_cfg.bind = Some(b_real);
     a_cfg.advertise = Some(relay.a_face);
     b_cfg.advertise = Some(relay.b_face);
-    let (alice, mut a_ev) = confab::client::Client::start(a_cfg).await.unwrap();
-    let (bob, mut b_ev) = confab::client::Client::start(b_cfg).await.unwrap();
+    let (alice, mut a_ev) = logged_in(a_cfg).await;
+    let (bob, mut b_ev) = logged_in(b_cfg).await;
     alice.start_session(Some("lossy")).await.unwrap();
     bob.join("lossy").await.unwrap();
     eventually("alice sees bob", || async { alice.members().len() == 2 }).await;
@@ -314,11 +316,10 @@ async fn a_private_message_to_a_vanished_peer_is_reported_undelivered() {
     let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let info = alice.start_session(Some("room")).await.unwrap().session;
     let mut raw = TcpStream::connect(info.server).await.unwrap();
-    let hello = format!(
-        "{{\"type\":\"hello\",\"user\":\"mute\",\"udp\":\"{}\"}}\n",
-        silent.local_addr().unwrap()
-    );
-    raw.write_all(hello.as_bytes()).await.unwrap();
+    let token = token_for("mute", coord.addr).await;
+    raw.write_all(hello("mute", &token, silent.local_addr().unwrap()).as_bytes())
+        .await
+        .unwrap();
     eventually("alice sees mute", || async { alice.members().len() == 2 }).await;
     let attempts = {
         // The client under test uses quick retries: 30 attempts at most 400 ms apart.
@@ -397,9 +398,10 @@ async fn raw_request(
 async fn a_retried_create_makes_one_session() {
     let coord = TestCoordinator::start().await;
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let req = r#"{"id":41,"op":"create","name":"once"}"#;
-    let first = raw_request(&socket, coord.addr, req).await;
-    let second = raw_request(&socket, coord.addr, req).await;
+    let token = token_for("alice", coord.addr).await;
+    let req = format!(r#"{{"id":41,"op":"create","name":"once","token":"{token}"}}"#);
+    let first = raw_request(&socket, coord.addr, &req).await;
+    let second = raw_request(&socket, coord.addr, &req).await;
     assert_eq!(first, second, "the retry got the same answer");
     assert!(matches!(first.body, ResponseBody::Session { .. }));
     assert_eq!(first.observed, socket.local_addr().unwrap());
@@ -458,10 +460,12 @@ async fn malformed_and_oversized_datagrams_get_errors_and_harm_nobody() {
 #[tokio::test]
 async fn a_long_directory_comes_in_pages_that_fit_one_datagram() {
     let coord = TestCoordinator::start().await;
+    let token = token_for("alice", coord.addr).await;
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for i in 0..40u64 {
-        let req =
-            format!(r#"{{"id":{i},"op":"create","name":"a-rather-long-session-name-number-{i}"}}"#);
+        let req = format!(
+            r#"{{"id":{i},"op":"create","name":"a-rather-long-session-name-number-{i}","token":"{token}"}}"#
+        );
         raw_request(&socket, coord.addr, &req).await;
     }
     let mut cursor = 0;
@@ -512,7 +516,7 @@ async fn bad_lines_get_errors_and_the_session_carries_on() {
         .unwrap();
     assert_eq!(next().await["code"], "unexpected");
     write
-        .write_all(b"{\"type\":\"hello\",\"user\":\"bad name!\",\"udp\":\"127.0.0.1:9\"}\n")
+        .write_all(hello("bad name!", "x", "127.0.0.1:9".parse().unwrap()).as_bytes())
         .await
         .unwrap();
     assert_eq!(next().await["code"], "invalid_name");
@@ -528,8 +532,9 @@ async fn bad_lines_get_errors_and_the_session_carries_on() {
             .unwrap();
         serde_json::from_str::<serde_json::Value>(&line).unwrap()
     };
+    let token = token_for("eve", coord.addr).await;
     write
-        .write_all(b"{\"type\":\"hello\",\"user\":\"eve\",\"udp\":\"127.0.0.1:9\"}\n")
+        .write_all(hello("eve", &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
         .await
         .unwrap();
     assert_eq!(next().await["type"], "welcome");
@@ -571,15 +576,16 @@ async fn a_member_that_stops_reading_is_dropped_and_the_others_never_wait() {
             rate: None,
             ..Default::default()
         },
-        ..CoordinatorConfig::default()
+        ..test_config()
     };
     let coord = TestCoordinator::start_with(config).await;
     let (alice, mut a_ev) = client("alice", coord.addr).await;
     let info = alice.start_session(Some("room")).await.unwrap().session;
     // A member that never reads: its socket buffers fill, then its queue.
     let mut sloth = TcpStream::connect(info.server).await.unwrap();
+    let token = token_for("sloth", coord.addr).await;
     sloth
-        .write_all(b"{\"type\":\"hello\",\"user\":\"sloth\",\"udp\":\"127.0.0.1:9\"}\n")
+        .write_all(hello("sloth", &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
         .await
         .unwrap();
     eventually("sloth joined", || async { alice.members().len() == 2 }).await;
@@ -618,29 +624,43 @@ async fn a_member_that_stops_reading_is_dropped_and_the_others_never_wait() {
 }
 
 #[tokio::test]
-async fn an_empty_session_closes_after_the_grace_period() {
+async fn an_empty_session_stops_its_server_after_the_grace_period_and_restarts_on_join() {
     let config = CoordinatorConfig {
         idle_timeout: Duration::from_millis(300),
-        ..CoordinatorConfig::default()
+        ..test_config()
     };
     let coord = TestCoordinator::start_with(config).await;
     let (alice, _a) = client("alice", coord.addr).await;
-    alice.start_session(Some("brief")).await.unwrap();
+    let first = alice.start_session(Some("brief")).await.unwrap().session;
+    alice.say("before the pause").await.unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        alice.list().await.unwrap().len(),
-        1,
+    assert!(
+        alice.list().await.unwrap()[0].server.is_some(),
         "open while alice is in it"
     );
     alice.leave().await.unwrap();
-    eventually("the session is gone", || async {
-        alice.list().await.unwrap().is_empty()
+    eventually("the server is stopped", || async {
+        alice.list().await.unwrap()[0].server.is_none()
     })
     .await;
-    match alice.join("brief").await {
-        Err(ClientError::Refused(e)) => assert_eq!(e.code, ErrorCode::SessionNotFound),
-        other => panic!("expected not found, got {other:?}"),
-    }
+    assert!(
+        TcpStream::connect(first.server).await.is_err(),
+        "nothing listens at the old address"
+    );
+    // Still listed; joining starts it again, history intact.
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    let again = bob.join("brief").await.unwrap().session;
+    assert_eq!(again.id, first.id);
+    let history = expect(&mut b_ev, "history on join", |e| match e {
+        Event::History(lines) => Some(lines.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].text, "before the pause");
+    bob.say("after").await.unwrap();
+    let line = messages(&mut b_ev, 1).await.remove(0);
+    assert_eq!(line.seq, 2, "sequence numbers continue");
 }
 
 #[tokio::test]
@@ -648,7 +668,7 @@ async fn the_presence_log_records_joins_and_leaves_with_timestamps() {
     let path = std::env::temp_dir().join(format!("confab-presence-{}.log", uuid::Uuid::new_v4()));
     let config = CoordinatorConfig {
         presence_log: Some(path.clone()),
-        ..CoordinatorConfig::default()
+        ..test_config()
     };
     let coord = TestCoordinator::start_with(config).await;
     let (alice, _a) = client("alice", coord.addr).await;

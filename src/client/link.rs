@@ -68,6 +68,7 @@ impl Link {
     pub(super) async fn open(
         session: SessionInfo,
         config: &ClientConfig,
+        token: String,
         endpoint: SocketAddr,
         roster: Roster,
         events: mpsc::Sender<Event>,
@@ -85,8 +86,10 @@ impl Link {
         let mut reader = FramedRead::new(read, LineCodec::new(limits::MAX_SERVER_LINE));
         let hello = ClientMsg::Hello {
             user: config.user.clone(),
+            token,
             udp: endpoint,
             since: None,
+            history: (config.history_on_join > 0).then_some(config.history_on_join),
         };
         write.write_all(&encode_line(&hello)).await?;
         let (members, seq) = tokio::time::timeout(JOIN_TIMEOUT, await_welcome(&mut reader))

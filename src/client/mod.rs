@@ -30,8 +30,8 @@ pub use roster::Roster;
 
 use crate::expiring::ExpiringMap;
 use crate::protocol::{
-    ChatLine, Departure, DirectoryEntry, ErrorBody, Member, PeerMsg, Request, RequestBody,
-    Response, ResponseBody, SessionInfo, limits,
+    ChatLine, Departure, DirectoryEntry, ErrorBody, Member, Password, PeerMsg, Request,
+    RequestBody, Response, ResponseBody, SessionInfo, limits,
 };
 use link::Link;
 
@@ -83,6 +83,8 @@ pub struct ClientConfig {
     pub heartbeat: Duration,
     /// Events buffered for the application before the client stops reading the session.
     pub event_queue: usize,
+    /// Newest group messages to show on joining.
+    pub history_on_join: usize,
 }
 
 impl ClientConfig {
@@ -106,6 +108,7 @@ impl ClientConfig {
             },
             heartbeat: Duration::from_secs(3),
             event_queue: 10_000,
+            history_on_join: 50,
         }
     }
 }
@@ -146,6 +149,9 @@ pub enum ClientError {
     /// The operation needs a session.
     #[error("not in a session; use /start or /join first")]
     NotInSession,
+    /// The operation needs a login.
+    #[error("not logged in")]
+    NotLoggedIn,
     /// `@name` named nobody present.
     #[error("no member named {0} is in this session")]
     NoSuchMember(String),
@@ -271,6 +277,8 @@ struct Inner {
     roster: Roster,
     events: mpsc::Sender<Event>,
     observed: Mutex<Option<SocketAddr>>,
+    /// From the last login.
+    token: Mutex<Option<String>>,
     link: Mutex<Option<Link>>,
     stop: CancellationToken,
 }
@@ -311,6 +319,7 @@ impl Client {
             roster: Roster::default(),
             events: events.clone(),
             observed: Mutex::new(None),
+            token: Mutex::new(None),
             link: Mutex::new(None),
             stop: CancellationToken::new(),
         });
@@ -373,10 +382,50 @@ impl Client {
         })
     }
 
+    /// Creates an account for our user name.
+    pub async fn register(&self, password: &str) -> Result<String, ClientError> {
+        let body = RequestBody::Register {
+            user: self.user().to_string(),
+            password: Password(password.to_string()),
+        };
+        match self.request(body).await? {
+            ResponseBody::Registered { user } => Ok(user),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Logs in; the token is kept for the requests and joins that need it.
+    /// Returns the user name as registered.
+    pub async fn login(&self, password: &str) -> Result<String, ClientError> {
+        let body = RequestBody::Login {
+            user: self.user().to_string(),
+            password: Password(password.to_string()),
+        };
+        match self.request(body).await? {
+            ResponseBody::LoggedIn { user, token, .. } => {
+                *lock(&self.inner.token) = Some(token);
+                Ok(user)
+            }
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Uses a token obtained elsewhere (a test forging one, a tool sharing one).
+    pub fn set_token(&self, token: impl Into<String>) {
+        *lock(&self.inner.token) = Some(token.into());
+    }
+
+    fn token(&self) -> Result<String, ClientError> {
+        lock(&self.inner.token)
+            .clone()
+            .ok_or(ClientError::NotLoggedIn)
+    }
+
     /// Asks the coordinator for a new session.
     pub async fn create(&self, name: Option<&str>) -> Result<SessionInfo, ClientError> {
         let body = RequestBody::Create {
             name: name.map(String::from),
+            token: self.token()?,
         };
         match self.request(body).await? {
             ResponseBody::Session { session } => Ok(session),
@@ -388,9 +437,22 @@ impl Client {
     pub async fn find(&self, session: &str) -> Result<SessionInfo, ClientError> {
         let body = RequestBody::Join {
             session: session.to_string(),
+            token: self.token()?,
         };
         match self.request(body).await? {
             ResponseBody::Session { session } => Ok(session),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Removes a session we created, for good.
+    pub async fn close_session(&self, session: &str) -> Result<uuid::Uuid, ClientError> {
+        let body = RequestBody::Close {
+            session: session.to_string(),
+            token: self.token()?,
+        };
+        match self.request(body).await? {
+            ResponseBody::Closed { session } => Ok(session),
             _ => Err(ClientError::Unexpected),
         }
     }
@@ -434,6 +496,7 @@ impl Client {
         let (link, members, seq) = Link::open(
             info.clone(),
             &inner.config,
+            self.token()?,
             self.endpoint(),
             inner.roster.clone(),
             inner.events.clone(),

@@ -30,6 +30,7 @@ commands:
   /sessions         list all sessions: id, name, server, members
   /who              show who is in this session, with their UDP endpoints
   /history [n]      show the last n group messages (default 50)
+  /close [id|name]  remove a session you created, with its history (default: this one)
   /help             this text
   /quit             leave and exit (also Ctrl-D)
   text              say text to everyone in the session
@@ -64,9 +65,24 @@ struct Typed {
     go_on: Option<oneshot::Sender<bool>>,
 }
 
+/// How the terminal client proves who it is.
+pub struct Credentials {
+    /// The password (from `CONFAB_PASSWORD` or asked for without echo).
+    pub password: String,
+    /// Create the account before logging in.
+    pub register: bool,
+}
+
 /// Runs the terminal client until `/quit`, Ctrl-D or the end of input.
-pub async fn run(config: ClientConfig) -> Result<(), ClientError> {
+pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), ClientError> {
     let (client, events) = Client::start(config).await?;
+    if credentials.register {
+        let user = client.register(&credentials.password).await?;
+        println!("* registered {user}");
+    }
+    let user = client.login(&credentials.password).await?;
+    drop(credentials);
+    println!("* logged in as {user}; type /help for commands");
     let (lines_tx, mut lines) = mpsc::channel::<Typed>(64);
     let out = if std::io::stdin().is_terminal() {
         start_editor(lines_tx)?
@@ -74,10 +90,6 @@ pub async fn run(config: ClientConfig) -> Result<(), ClientError> {
         start_plain_reader(lines_tx);
         Output { printer: None }
     };
-    out.line(format!(
-        "* confab: you are {}; type /help for commands",
-        client.user()
-    ));
     let printer = tokio::spawn(print_events(client.clone(), events, out.clone()));
     let pending = TaskTracker::new();
 
@@ -195,6 +207,20 @@ async fn command(client: &Client, line: &str, out: &Output, pending: &TaskTracke
             Ok(())
         }
         "/sessions" => client.list().await.map(|list| show_sessions(&list, out)),
+        "/close" => {
+            let target = match (rest, client.session()) {
+                ("", Some(s)) => Ok(s.id.to_string()),
+                ("", None) => Err(ClientError::Invalid("usage: /close <id or name>".into())),
+                (r, _) => Ok(r.to_string()),
+            };
+            match target {
+                Ok(t) => client
+                    .close_session(&t)
+                    .await
+                    .map(|id| out.line(format!("* closed session {id} for good"))),
+                Err(e) => Err(e),
+            }
+        }
         "/who" => match client.session() {
             Some(_) => {
                 show_roster(&client.members(), out);
@@ -340,23 +366,23 @@ fn show_sessions(list: &[DirectoryEntry], out: &Output) {
         return;
     }
     let mut text = format!("{:<36}  {:<16}  {:<21}  MEMBERS", "ID", "NAME", "SERVER");
-    for e in list {
-        let s = &e.session;
-        let mut members = e
+    for s in list {
+        let mut members = s
             .members
             .iter()
             .map(|m| clean(m))
             .collect::<Vec<_>>()
             .join(", ");
-        if e.member_count > e.members.len() {
-            members.push_str(&format!(", … ({} more)", e.member_count - e.members.len()));
+        if s.member_count > s.members.len() {
+            members.push_str(&format!(", … ({} more)", s.member_count - s.members.len()));
         }
         text.push_str(&format!(
             "\n{:<36}  {:<16}  {:<21}  {}: {}",
             s.id,
             clean(s.name.as_deref().unwrap_or("-")),
-            s.server.to_string(),
-            e.member_count,
+            s.server
+                .map_or_else(|| "(idle)".to_string(), |a| a.to_string()),
+            s.member_count,
             members
         ));
     }

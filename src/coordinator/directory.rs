@@ -5,8 +5,11 @@
 //! an `.await`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::protocol::{DirectoryEntry, ErrorBody, ErrorCode, SessionInfo};
@@ -16,6 +19,34 @@ use crate::session::SessionObserver;
 const MEMBERS_PER_ENTRY: usize = 8;
 /// Shortest id prefix accepted by `join`, so a typo does not land in a random session.
 const MIN_PREFIX: usize = 4;
+
+/// A session as the directory knows it, running or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Stable identifier.
+    pub id: Uuid,
+    /// Unique name, if any.
+    pub name: Option<String>,
+    /// Who created it.
+    pub creator: String,
+    /// When.
+    pub created: DateTime<Utc>,
+    /// Its server's address while one runs.
+    pub server: Option<SocketAddr>,
+}
+
+impl Listed {
+    /// The join answer for a running session.
+    pub fn info(&self) -> Option<SessionInfo> {
+        Some(SessionInfo {
+            id: self.id,
+            name: self.name.clone(),
+            server: self.server?,
+            creator: self.creator.clone(),
+            created: self.created,
+        })
+    }
+}
 
 /// Shared handle to the directory.
 #[derive(Clone, Default)]
@@ -32,8 +63,16 @@ struct State {
 }
 
 struct Entry {
-    info: SessionInfo,
+    listed: Listed,
+    running: Option<Running>,
     members: BTreeSet<String>,
+}
+
+struct Running {
+    /// Tells apart one run of a session's server from the next, so a server that stopped late
+    /// cannot mark its successor as stopped.
+    generation: u64,
+    close: CancellationToken,
 }
 
 impl Directory {
@@ -52,51 +91,92 @@ impl Directory {
         self.len() == 0
     }
 
+    /// Number of sessions whose server runs.
+    pub fn running(&self) -> usize {
+        self.lock()
+            .by_id
+            .values()
+            .filter(|e| e.running.is_some())
+            .count()
+    }
+
     /// Whether a session of this name exists (names compare without regard to case).
     pub fn name_taken(&self, name: &str) -> bool {
         self.lock().by_name.contains_key(&name.to_lowercase())
     }
 
-    /// Adds a session; refuses a name already in use.
-    pub fn insert(&self, info: SessionInfo) -> Result<(), ErrorBody> {
+    /// Adds a session (with no server yet); refuses a name already in use.
+    pub fn insert(&self, listed: Listed) -> Result<(), ErrorBody> {
         let mut state = self.lock();
-        if let Some(name) = &info.name {
+        if let Some(name) = &listed.name {
             let key = name.to_lowercase();
             if state.by_name.contains_key(&key) {
                 return Err(name_taken(name));
             }
-            state.by_name.insert(key, info.id);
+            state.by_name.insert(key, listed.id);
         }
-        state.order.push(info.id);
+        state.order.push(listed.id);
         state.by_id.insert(
-            info.id,
+            listed.id,
             Entry {
-                info,
+                listed,
+                running: None,
                 members: BTreeSet::new(),
             },
         );
         Ok(())
     }
 
-    /// Takes a session out of the directory.
-    pub fn remove(&self, id: Uuid) -> Option<SessionInfo> {
+    /// Records that a server for `id` runs at `server`.
+    pub fn set_running(
+        &self,
+        id: Uuid,
+        server: SocketAddr,
+        generation: u64,
+        close: CancellationToken,
+    ) {
+        if let Some(entry) = self.lock().by_id.get_mut(&id) {
+            entry.listed.server = Some(server);
+            entry.running = Some(Running { generation, close });
+        }
+    }
+
+    /// Records that the server of that generation stopped; its members are gone with it.
+    pub fn set_stopped(&self, id: Uuid, generation: u64) {
+        if let Some(entry) = self.lock().by_id.get_mut(&id)
+            && entry
+                .running
+                .as_ref()
+                .is_some_and(|r| r.generation == generation)
+        {
+            entry.listed.server = None;
+            entry.running = None;
+            entry.members.clear();
+        }
+    }
+
+    /// Takes a session out of the directory and stops its server, if one runs.
+    pub fn remove(&self, id: Uuid) -> Option<Listed> {
         let mut state = self.lock();
         let entry = state.by_id.remove(&id)?;
-        if let Some(name) = &entry.info.name {
+        if let Some(name) = &entry.listed.name {
             state.by_name.remove(&name.to_lowercase());
         }
         state.order.retain(|i| *i != id);
-        Some(entry.info)
+        if let Some(running) = entry.running {
+            running.close.cancel();
+        }
+        Some(entry.listed)
     }
 
     /// Finds a session by exact id, by name (without regard to case), or by a unique id prefix.
-    pub fn find(&self, key: &str) -> Result<SessionInfo, ErrorBody> {
+    pub fn find(&self, key: &str) -> Result<Listed, ErrorBody> {
         let state = self.lock();
         if let Some(entry) = key.parse::<Uuid>().ok().and_then(|id| state.by_id.get(&id)) {
-            return Ok(entry.info.clone());
+            return Ok(entry.listed.clone());
         }
         if let Some(id) = state.by_name.get(&key.to_lowercase()) {
-            return Ok(state.by_id[id].info.clone());
+            return Ok(state.by_id[id].listed.clone());
         }
         let not_found = || {
             ErrorBody::new(
@@ -113,7 +193,7 @@ impl Directory {
             .iter()
             .filter(|id| id.to_string().starts_with(&prefix));
         match (matches.next(), matches.next()) {
-            (Some(id), None) => Ok(state.by_id[id].info.clone()),
+            (Some(id), None) => Ok(state.by_id[id].listed.clone()),
             (Some(_), Some(_)) => Err(ErrorBody::new(
                 ErrorCode::Ambiguous,
                 format!("{key} matches more than one session; give more of the id"),
@@ -136,8 +216,13 @@ impl Directory {
         let mut next = cursor;
         for id in state.order.iter().skip(cursor) {
             let entry = &state.by_id[id];
+            let l = &entry.listed;
             let item = DirectoryEntry {
-                session: entry.info.clone(),
+                id: l.id,
+                name: l.name.clone(),
+                server: l.server,
+                creator: l.creator.clone(),
+                created: l.created,
                 member_count: entry.members.len(),
                 members: entry
                     .members
@@ -183,13 +268,13 @@ fn name_taken(name: &str) -> ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
 
-    fn info(name: Option<&str>) -> SessionInfo {
-        SessionInfo {
+    fn info(name: Option<&str>) -> Listed {
+        Listed {
             id: Uuid::new_v4(),
             name: name.map(String::from),
-            server: "127.0.0.1:1".parse().unwrap(),
+            creator: "alice".into(),
+            server: Some("127.0.0.1:1".parse().unwrap()),
             created: Utc::now(),
         }
     }

@@ -1,8 +1,11 @@
-//! The coordinator: a UDP request loop, the session directory, and the session servers it starts.
+//! The coordinator: a UDP request loop, accounts, the session directory, and the session servers
+//! it starts.
 //!
 //! One task reads every datagram and answers it, so requests from all clients are applied in one
 //! order. Answers are cached per (address, request id) for a while: UDP loses answers, clients
-//! retry with the same id, and a retried `create` must not make a second session.
+//! retry with the same id, and a retried `create` must not make a second session. Password hashing
+//! is slow on purpose, so `register` and `login` run in their own tasks and report back to the
+//! loop, which answers them then; a retry that arrives meanwhile is ignored, not run twice.
 
 mod directory;
 
@@ -15,18 +18,23 @@ use bytes::Bytes;
 use chrono::{SubsecRound, Utc};
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-pub use directory::Directory;
+pub use directory::{Directory, Listed};
 
+use crate::auth::{self, Claims, LoginThrottle, PasswordCost, TokenKey};
+use crate::db::{Db, to_line};
 use crate::expiring::ExpiringMap;
 use crate::presence_log::PresenceLog;
 use crate::protocol::{
-    ErrorBody, ErrorCode, Request, RequestBody, Response, ResponseBody, SessionInfo, limits,
+    ErrorBody, ErrorCode, Password, Request, RequestBody, Response, ResponseBody, SessionInfo,
+    limits,
 };
-use crate::session::{self, MemberLimits, SessionConfig};
+use crate::session::{self, MemberLimits, SessionConfig, Stop};
+use crate::store::{SessionRecord, Store, StoreError};
 
 /// Why the coordinator could not run.
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +50,21 @@ pub enum CoordinatorError {
     /// The UDP socket has no local address.
     #[error("coordinator socket: {0}")]
     Socket(std::io::Error),
+    /// The database could not be opened or read at start.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// The database thread could not be started or went away.
+    #[error("database thread: {0}")]
+    Db(String),
 }
 
 /// How the coordinator and the session servers it starts behave.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
-    /// A session nobody is in is closed after this long.
+    /// A session nobody is in has its server stopped after this long (it stays in the directory
+    /// and starts again when someone joins).
     pub idle_timeout: Duration,
-    /// Most sessions at once.
+    /// Most session servers running at once.
     pub max_sessions: usize,
     /// Most members per session.
     pub max_members: usize,
@@ -62,6 +77,14 @@ pub struct CoordinatorConfig {
     pub member_limits: MemberLimits,
     /// Messages queued per member before it is dropped as too slow.
     pub member_queue: usize,
+    /// The SQLite database; `None` keeps everything in memory, gone at exit.
+    pub db: Option<PathBuf>,
+    /// How long a login token is good for.
+    pub token_ttl: Duration,
+    /// Cost of new password hashes.
+    pub password_cost: PasswordCost,
+    /// Registrations and logins being hashed at once; more are not answered (clients retry).
+    pub max_pending_logins: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -74,7 +97,28 @@ impl Default for CoordinatorConfig {
             presence_log: None,
             member_limits: MemberLimits::default(),
             member_queue: 4096,
+            db: None,
+            token_ttl: Duration::from_secs(24 * 3600),
+            password_cost: PasswordCost::default(),
+            max_pending_logins: 64,
         }
+    }
+}
+
+/// Where the database lives unless `--db` says otherwise: `$XDG_DATA_HOME/confab/confab.db`,
+/// else `~/.local/share/confab/confab.db`, else `./confab.db`.
+pub fn default_db_path() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/share"))
+        });
+    match base {
+        Some(dir) => dir.join("confab").join("confab.db"),
+        None => PathBuf::from("confab.db"),
     }
 }
 
@@ -84,9 +128,11 @@ const REPLY_TTL: Duration = Duration::from_secs(120);
 const REPLY_CAP: usize = 100_000;
 /// Backlog of session listeners: bursts of thousands of joins must not be reset.
 const LISTEN_BACKLOG: u32 = 4096;
+/// Messages a restarted session server keeps in memory from its stored history.
+const RECENT: usize = 1000;
 
 /// Runs the coordinator on `socket` until `shutdown` is cancelled; then stops every session server
-/// (telling members why) and returns once they have finished.
+/// (telling members why), finishes the database writes, and returns.
 pub async fn run(
     socket: UdpSocket,
     config: CoordinatorConfig,
@@ -105,6 +151,18 @@ pub async fn run(
         ),
         None => None,
     };
+    let path = config.db.clone();
+    let store = tokio::task::spawn_blocking(move || match path {
+        Some(path) => Store::open(&path),
+        None => Store::open_in_memory(),
+    })
+    .await
+    .map_err(|e| CoordinatorError::Db(e.to_string()))??;
+    let (db, db_thread) = Db::start(store).map_err(|e| CoordinatorError::Db(e.to_string()))?;
+    let gone = |e: crate::db::DbGone| CoordinatorError::Db(e.to_string());
+    let secret = db.call(|s| s.token_secret()).await.map_err(gone)??;
+    let stored = db.call(|s| s.sessions()).await.map_err(gone)??;
+
     let session_host = config
         .session_host
         .unwrap_or(if local.ip().is_unspecified() {
@@ -112,7 +170,9 @@ pub async fn run(
         } else {
             local.ip()
         });
+    let (done_tx, mut done_rx) = mpsc::channel(1024);
     let mut coordinator = Coordinator {
+        logins: Arc::new(Semaphore::new(config.max_pending_logins.max(1))),
         config,
         session_host,
         directory: Directory::default(),
@@ -120,32 +180,66 @@ pub async fn run(
         shutdown: shutdown.clone(),
         presence_log,
         replies: ExpiringMap::new(REPLY_TTL, REPLY_CAP),
+        db,
+        keys: Arc::new(TokenKey::new(secret)),
+        throttle: LoginThrottle::new(),
+        done: done_tx,
+        generation: 0,
     };
-    tracing::info!(%local, "coordinator listening");
-    // One byte more than the largest datagram we accept, to tell "too large" from "just fits".
+    for rec in stored {
+        let listed = Listed {
+            id: rec.id,
+            name: rec.name,
+            creator: rec.creator,
+            created: rec.created,
+            server: None,
+        };
+        if let Err(e) = coordinator.directory.insert(listed) {
+            tracing::warn!(session = %rec.id, error = %e, "stored session skipped");
+        }
+    }
+    tracing::info!(%local, sessions = coordinator.directory.len(), "coordinator listening");
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let received = tokio::select! {
-            r = socket.recv_from(&mut buf) => r,
+        let (answer, to) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((len, from)) => (coordinator.handle(&buf[..len], from).await, from),
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here; they concern one peer only.
+                    tracing::debug!(error = %e, "recv_from failed");
+                    continue;
+                }
+            },
+            Some(done) = done_rx.recv() => {
+                let to = done.from;
+                (Some(coordinator.finish(done)), to)
+            }
             _ = shutdown.cancelled() => break,
         };
-        let (len, from) = match received {
-            Ok(r) => r,
-            Err(e) => {
-                // ICMP errors from earlier sends surface here; they concern one peer only.
-                tracing::debug!(error = %e, "recv_from failed");
-                continue;
-            }
-        };
-        let answer = coordinator.handle(&buf[..len], from).await;
-        if let Err(e) = socket.send_to(&answer, from).await {
-            tracing::debug!(%from, error = %e, "send_to failed");
+        if let Some(answer) = answer
+            && let Err(e) = socket.send_to(&answer, to).await
+        {
+            tracing::debug!(%to, error = %e, "send_to failed");
         }
     }
     tracing::info!("coordinator shutting down");
+    drop(coordinator);
+    drop(done_rx);
     tracker.close();
     tracker.wait().await;
+    // Every session has stopped and dropped its handle; the thread writes what is queued and ends.
+    let _ = tokio::task::spawn_blocking(move || db_thread.join()).await;
+    tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// An account request that finished in its own task.
+struct Done {
+    from: SocketAddr,
+    id: u64,
+    body: ResponseBody,
+    /// For logins: (name, whether it succeeded), for the throttle.
+    login: Option<(String, bool)>,
 }
 
 struct Coordinator {
@@ -155,7 +249,14 @@ struct Coordinator {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     presence_log: Option<PresenceLog>,
-    replies: ExpiringMap<(SocketAddr, u64), Bytes>,
+    /// `None` while the answer is still being worked out.
+    replies: ExpiringMap<(SocketAddr, u64), Option<Bytes>>,
+    db: Db,
+    keys: Arc<TokenKey>,
+    throttle: LoginThrottle,
+    logins: Arc<Semaphore>,
+    done: mpsc::Sender<Done>,
+    generation: u64,
 }
 
 /// Just enough of a request to answer it with its id even when the rest is broken.
@@ -164,12 +265,22 @@ struct IdOnly {
     id: Option<u64>,
 }
 
+fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(code, message)
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorBody {
+    tracing::error!(error = %e, "request failed");
+    err(ErrorCode::Internal, "internal error; try again")
+}
+
 impl Coordinator {
-    /// Turns one datagram into the bytes of its answer.
-    async fn handle(&mut self, datagram: &[u8], from: SocketAddr) -> Bytes {
+    /// Turns one datagram into its answer, or `None` when the answer comes later (or never, for
+    /// a request we are too busy to start: the client's retry will find room).
+    async fn handle(&mut self, datagram: &[u8], from: SocketAddr) -> Option<Bytes> {
         let id_of = |d: &[u8]| serde_json::from_slice::<IdOnly>(d).ok().and_then(|r| r.id);
         if datagram.len() > limits::MAX_DATAGRAM {
-            let err = ErrorBody::new(
+            let e = err(
                 ErrorCode::TooLarge,
                 format!(
                     "datagram of {} bytes is larger than the limit of {}",
@@ -177,86 +288,349 @@ impl Coordinator {
                     limits::MAX_DATAGRAM
                 ),
             );
-            return encode(id_of(datagram), from, ResponseBody::Error(err));
+            return Some(encode(id_of(datagram), from, ResponseBody::Error(e)));
         }
         let request = match serde_json::from_slice::<Request>(datagram) {
             Ok(r) => r,
             Err(e) => {
-                let err = ErrorBody::new(ErrorCode::Malformed, format!("malformed request: {e}"));
-                return encode(id_of(datagram), from, ResponseBody::Error(err));
+                let e = err(ErrorCode::Malformed, format!("malformed request: {e}"));
+                return Some(encode(id_of(datagram), from, ResponseBody::Error(e)));
             }
         };
-        if let Some(cached) = self.replies.get(&(from, request.id)).cloned() {
-            tracing::debug!(%from, id = request.id, "repeated request answered from cache");
-            return cached;
+        let key = (from, request.id);
+        match self.replies.get(&key) {
+            Some(Some(cached)) => {
+                tracing::debug!(%from, id = request.id, "repeated request answered from cache");
+                return Some(cached.clone());
+            }
+            Some(None) => return None, // still working on it
+            None => {}
         }
         let body = match request.body {
-            RequestBody::Create { name } => self.create(name).await,
-            RequestBody::Join { session } => self
-                .directory
-                .find(&session)
-                .map(|session| ResponseBody::Session { session }),
+            RequestBody::Register { user, password } => {
+                return self.register(from, request.id, user, password);
+            }
+            RequestBody::Login { user, password } => {
+                return self.login(from, request.id, user, password);
+            }
+            RequestBody::Create { name, token } => self.create(name, &token).await,
+            RequestBody::Join { session, token } => self.join(&session, &token).await,
+            RequestBody::Close { session, token } => self.close(&session, &token).await,
             RequestBody::List { cursor } => Ok(self.list(cursor, from)),
         };
-        let body = body.unwrap_or_else(ResponseBody::Error);
-        let answer = encode(Some(request.id), from, body);
-        self.replies.insert((from, request.id), answer.clone());
+        let answer = encode(
+            Some(request.id),
+            from,
+            body.unwrap_or_else(ResponseBody::Error),
+        );
+        self.replies.insert(key, Some(answer.clone()));
+        Some(answer)
+    }
+
+    /// Records and encodes the answer of an account request that finished.
+    fn finish(&mut self, done: Done) -> Bytes {
+        if let Some((name, ok)) = &done.login {
+            if *ok {
+                self.throttle.record_success(name, done.from.ip());
+            } else {
+                self.throttle
+                    .record_failure(name, done.from.ip(), std::time::Instant::now());
+            }
+        }
+        let answer = encode(Some(done.id), done.from, done.body);
+        match self.replies.get_mut(&(done.from, done.id)) {
+            Some(slot) => *slot = Some(answer.clone()),
+            None => {
+                self.replies
+                    .insert((done.from, done.id), Some(answer.clone()));
+            }
+        }
         answer
     }
 
-    async fn create(&mut self, name: Option<String>) -> Result<ResponseBody, ErrorBody> {
+    fn verify(&self, token: &str) -> Result<Claims, ErrorBody> {
+        self.keys
+            .verify(token, Utc::now())
+            .map_err(|e| err(ErrorCode::Unauthorized, e.to_string()))
+    }
+
+    /// Starts `work` in its own task if there is room, marking the request as in progress.
+    fn spawn_account_task(
+        &mut self,
+        from: SocketAddr,
+        id: u64,
+        work: impl Future<Output = Done> + Send + 'static,
+    ) -> Option<Bytes> {
+        let Ok(permit) = self.logins.clone().try_acquire_owned() else {
+            tracing::debug!(%from, "too many logins in progress; request left for its retry");
+            return None;
+        };
+        self.replies.insert((from, id), None);
+        let done = self.done.clone();
+        self.tracker.spawn(async move {
+            let result = work.await;
+            drop(permit);
+            let _ = done.send(result).await;
+        });
+        None
+    }
+
+    fn register(
+        &mut self,
+        from: SocketAddr,
+        id: u64,
+        user: String,
+        password: Password,
+    ) -> Option<Bytes> {
+        if let Err(e) = check_credentials(&user, &password) {
+            return Some(self.answer_now(from, id, Err(e)));
+        }
+        let (db, cost) = (self.db.clone(), self.config.password_cost);
+        self.spawn_account_task(from, id, async move {
+            let body = async {
+                let hash = tokio::task::spawn_blocking(move || {
+                    auth::hash_password_with(&password.0, cost)
+                })
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+                let name = user.clone();
+                match db
+                    .call(move |s| s.create_user(&name, &hash, Utc::now()))
+                    .await
+                {
+                    Ok(Ok(rec)) => {
+                        tracing::info!(user = %rec.name, "registered");
+                        Ok(ResponseBody::Registered { user: rec.name })
+                    }
+                    Ok(Err(StoreError::NameTaken)) => Err(err(
+                        ErrorCode::NameTaken,
+                        format!("the name {user} is already registered"),
+                    )),
+                    Ok(Err(e)) => Err(internal(e)),
+                    Err(e) => Err(internal(e)),
+                }
+            }
+            .await;
+            Done {
+                from,
+                id,
+                body: body.unwrap_or_else(ResponseBody::Error),
+                login: None,
+            }
+        })
+    }
+
+    fn login(
+        &mut self,
+        from: SocketAddr,
+        id: u64,
+        user: String,
+        password: Password,
+    ) -> Option<Bytes> {
+        if let Err(e) = check_credentials(&user, &password) {
+            return Some(self.answer_now(from, id, Err(e)));
+        }
+        if let Err(wait) = self
+            .throttle
+            .check(&user, from.ip(), std::time::Instant::now())
+        {
+            let e = err(
+                ErrorCode::Throttled,
+                format!(
+                    "too many failed logins; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            );
+            return Some(self.answer_now(from, id, Err(e)));
+        }
+        let (db, keys, ttl) = (self.db.clone(), self.keys.clone(), self.config.token_ttl);
+        self.spawn_account_task(from, id, async move {
+            let name = user.clone();
+            let found = db.call(move |s| s.user(&name)).await;
+            let result = match found {
+                Ok(Ok(rec)) => {
+                    let checked = tokio::task::spawn_blocking(move || match rec {
+                        Some(rec) => auth::verify_password(&password.0, &rec.password_hash)
+                            .then_some(rec.name),
+                        None => {
+                            auth::dummy_verify(&password.0);
+                            None
+                        }
+                    })
+                    .await;
+                    match checked {
+                        Ok(Some(name)) => {
+                            let expires = Utc::now().trunc_subsecs(0)
+                                + chrono::Duration::from_std(ttl).unwrap_or_default();
+                            let token = keys.issue(&name, expires);
+                            tracing::info!(user = %name, "logged in");
+                            Ok(ResponseBody::LoggedIn {
+                                user: name,
+                                token,
+                                expires,
+                            })
+                        }
+                        Ok(None) => Err(err(
+                            ErrorCode::InvalidCredentials,
+                            "unknown user or wrong password",
+                        )),
+                        Err(e) => Err(internal(e)),
+                    }
+                }
+                Ok(Err(e)) => Err(internal(e)),
+                Err(e) => Err(internal(e)),
+            };
+            let ok = result.is_ok();
+            // Internal errors say nothing about the password; do not count them against anyone.
+            let counted =
+                ok || matches!(&result, Err(e) if e.code == ErrorCode::InvalidCredentials);
+            Done {
+                from,
+                id,
+                body: result.unwrap_or_else(ResponseBody::Error),
+                login: counted.then_some((user, ok)),
+            }
+        })
+    }
+
+    fn answer_now(
+        &mut self,
+        from: SocketAddr,
+        id: u64,
+        body: Result<ResponseBody, ErrorBody>,
+    ) -> Bytes {
+        let answer = encode(Some(id), from, body.unwrap_or_else(ResponseBody::Error));
+        self.replies.insert((from, id), Some(answer.clone()));
+        answer
+    }
+
+    async fn create(
+        &mut self,
+        name: Option<String>,
+        token: &str,
+    ) -> Result<ResponseBody, ErrorBody> {
+        let claims = self.verify(token)?;
         if let Some(name) = &name {
-            crate::auth::validate_session_name(name)
-                .map_err(|e| ErrorBody::new(ErrorCode::InvalidName, e.to_string()))?;
+            auth::validate_session_name(name)
+                .map_err(|e| err(ErrorCode::InvalidName, e.to_string()))?;
             if self.directory.name_taken(name) {
-                return Err(ErrorBody::new(
-                    ErrorCode::NameTaken,
-                    format!("a session named {name} already exists"),
-                ));
+                return Err(name_taken(name));
             }
         }
-        if self.directory.len() >= self.config.max_sessions {
-            return Err(ErrorBody::new(
+        let listed = Listed {
+            id: Uuid::new_v4(),
+            name,
+            creator: claims.user,
+            created: Utc::now().trunc_subsecs(0),
+            server: None,
+        };
+        let rec = SessionRecord {
+            id: listed.id,
+            name: listed.name.clone(),
+            creator: listed.creator.clone(),
+            created: listed.created,
+        };
+        match self.db.call(move |s| s.insert_session(&rec)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(StoreError::NameTaken)) => {
+                return Err(name_taken(listed.name.as_deref().unwrap_or_default()));
+            }
+            Ok(Err(e)) => return Err(internal(e)),
+            Err(e) => return Err(internal(e)),
+        }
+        self.directory.insert(listed.clone())?;
+        tracing::info!(session = %listed.id, name = ?listed.name, creator = %listed.creator, "session created");
+        let session = self.start_session(listed).await?;
+        Ok(ResponseBody::Session { session })
+    }
+
+    async fn join(&mut self, key: &str, token: &str) -> Result<ResponseBody, ErrorBody> {
+        self.verify(token)?;
+        let listed = self.directory.find(key)?;
+        let session = match listed.info() {
+            Some(info) => info,
+            None => self.start_session(listed).await?,
+        };
+        Ok(ResponseBody::Session { session })
+    }
+
+    async fn close(&mut self, key: &str, token: &str) -> Result<ResponseBody, ErrorBody> {
+        let claims = self.verify(token)?;
+        let listed = self.directory.find(key)?;
+        if !listed.creator.eq_ignore_ascii_case(&claims.user) {
+            return Err(err(
+                ErrorCode::Forbidden,
+                format!("only {} may close this session", listed.creator),
+            ));
+        }
+        let id = listed.id;
+        match self.db.call(move |s| s.delete_session(id)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(internal(e)),
+            Err(e) => return Err(internal(e)),
+        }
+        self.directory.remove(id);
+        tracing::info!(session = %id, by = %claims.user, "session closed for good");
+        Ok(ResponseBody::Closed { session: id })
+    }
+
+    /// Starts (or restarts) the server of a listed session, with its stored history.
+    async fn start_session(&mut self, listed: Listed) -> Result<SessionInfo, ErrorBody> {
+        if self.directory.running() >= self.config.max_sessions {
+            return Err(err(
                 ErrorCode::Full,
                 format!(
-                    "the coordinator already serves {} sessions, its limit",
+                    "the coordinator already runs {} sessions, its limit",
                     self.config.max_sessions
                 ),
             ));
         }
-        let listener = bind_listener(SocketAddr::new(self.session_host, 0)).map_err(|e| {
-            tracing::error!(error = %e, "cannot bind a session server");
-            ErrorBody::new(ErrorCode::Internal, "could not start a session server")
-        })?;
-        let server = listener
-            .local_addr()
-            .map_err(|_| ErrorBody::new(ErrorCode::Internal, "session server has no address"))?;
-        let info = SessionInfo {
-            id: Uuid::new_v4(),
-            name,
-            server,
-            created: Utc::now().trunc_subsecs(0),
+        let listener = bind_listener(SocketAddr::new(self.session_host, 0)).map_err(internal)?;
+        let server = listener.local_addr().map_err(internal)?;
+        let id = listed.id;
+        let (seq, recent) = match self
+            .db
+            .call(move |s| Ok::<_, StoreError>((s.last_seq(id)?, s.history(id, None, RECENT)?)))
+            .await
+        {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => return Err(internal(e)),
+            Err(e) => return Err(internal(e)),
         };
-        self.directory.insert(info.clone())?;
-        self.start_session(info.clone(), listener);
-        Ok(ResponseBody::Session { session: info })
-    }
-
-    fn start_session(&self, info: SessionInfo, listener: TcpListener) {
-        let mut config = SessionConfig::new(info.id, info.name.clone());
+        let mut config = SessionConfig::new(id, listed.name.clone());
         config.idle_timeout = self.config.idle_timeout;
         config.max_members = self.config.max_members;
         config.member_queue = self.config.member_queue;
         config.member_limits = self.config.member_limits.clone();
         config.presence_log = self.presence_log.clone();
         config.observer = Some(Arc::new(self.directory.clone()));
+        config.history = Some(Arc::new(self.db.clone()));
+        config.tokens = Some(self.keys.clone());
+        config.start_seq = seq;
+        config.start_recent = recent.into_iter().map(to_line).collect();
+
+        self.generation += 1;
+        let generation = self.generation;
+        let stop = Stop {
+            shutdown: self.shutdown.clone(),
+            close: CancellationToken::new(),
+        };
+        self.directory
+            .set_running(id, server, generation, stop.close.clone());
         let directory = self.directory.clone();
-        let stop = self.shutdown.child_token();
         self.tracker.spawn(async move {
             let ended = session::run(listener, config, stop).await;
-            tracing::info!(session = %info.id, ?ended, "session server stopped");
-            directory.remove(info.id);
+            tracing::info!(session = %id, ?ended, "session server stopped");
+            directory.set_stopped(id, generation);
         });
+        Ok(SessionInfo {
+            id,
+            name: listed.name,
+            server,
+            creator: listed.creator,
+            created: listed.created,
+        })
     }
 
     fn list(&self, cursor: usize, from: SocketAddr) -> ResponseBody {
@@ -278,6 +652,27 @@ impl Coordinator {
             total,
         }
     }
+}
+
+fn check_credentials(user: &str, password: &Password) -> Result<(), ErrorBody> {
+    auth::validate_user_name(user).map_err(|e| err(ErrorCode::InvalidName, e.to_string()))?;
+    if password.0.is_empty() {
+        return Err(err(ErrorCode::InvalidPassword, "password is empty"));
+    }
+    if password.0.len() > limits::MAX_PASSWORD {
+        return Err(err(
+            ErrorCode::InvalidPassword,
+            format!("password is longer than {} bytes", limits::MAX_PASSWORD),
+        ));
+    }
+    Ok(())
+}
+
+fn name_taken(name: &str) -> ErrorBody {
+    err(
+        ErrorCode::NameTaken,
+        format!("a session named {name} already exists"),
+    )
 }
 
 fn encode(id: Option<u64>, observed: SocketAddr, body: ResponseBody) -> Bytes {

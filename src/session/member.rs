@@ -16,7 +16,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::SessionConfig;
-use super::room::{ConnId, RoomEvent};
+use super::room::{ConnId, Replay, RoomEvent};
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, limits};
 
@@ -62,7 +62,7 @@ pub(crate) async fn serve(
 
     // Hello phase: the connection is nobody's yet; errors go straight to the socket.
     let deadline = Instant::now() + limits::HELLO_TIMEOUT;
-    let (user, udp, since) = loop {
+    let (user, udp, replay) = loop {
         let frame = tokio::select! {
             f = tokio::time::timeout_at(deadline, reader.next()) => f,
             _ = stop.cancelled() => return,
@@ -81,14 +81,28 @@ pub(crate) async fn serve(
             Ok(Some(Ok(Frame::Line(line)))) => line,
         };
         match serde_json::from_slice::<ClientMsg>(&line) {
-            Ok(ClientMsg::Hello { user, udp, since }) => {
-                if let Err(e) = crate::auth::validate_user_name(&user) {
-                    let err = error(ErrorCode::InvalidName, e.to_string());
-                    let _ = send_now(&mut write, &err).await;
+            Ok(ClientMsg::Hello {
+                user,
+                token,
+                udp,
+                since,
+                history,
+            }) => match admit(&config, user, &token) {
+                Ok(user) => {
+                    break (
+                        user,
+                        udp,
+                        Replay {
+                            since,
+                            last: history,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let _ = send_now(&mut write, &encode_line(&ServerMsg::Error(e))).await;
                     return;
                 }
-                break (user, udp, since);
-            }
+            },
             Ok(ClientMsg::Ping) => {
                 let _ = send_now(&mut write, &encode_line(&ServerMsg::Pong)).await;
             }
@@ -109,7 +123,7 @@ pub(crate) async fn serve(
         conn,
         user: user.clone(),
         udp,
-        since,
+        replay,
         tx: tx.clone(),
         kick: kick.clone(),
         reply: reply_tx,
@@ -258,6 +272,25 @@ async fn send_now(write: &mut OwnedWriteHalf, bytes: &Bytes) -> std::io::Result<
     tokio::time::timeout(Duration::from_secs(2), write.write_all(bytes))
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// Checks a hello's name and token; returns the name as registered.
+fn admit(config: &SessionConfig, user: String, token: &str) -> Result<String, ErrorBody> {
+    crate::auth::validate_user_name(&user)
+        .map_err(|e| ErrorBody::new(ErrorCode::InvalidName, e.to_string()))?;
+    let Some(keys) = &config.tokens else {
+        return Ok(user);
+    };
+    let claims = keys
+        .verify(token, chrono::Utc::now())
+        .map_err(|e| ErrorBody::new(ErrorCode::Unauthorized, e.to_string()))?;
+    if !claims.user.eq_ignore_ascii_case(&user) {
+        return Err(ErrorBody::new(
+            ErrorCode::Unauthorized,
+            format!("this token belongs to {}, not {user}", claims.user),
+        ));
+    }
+    Ok(claims.user)
 }
 
 fn check_text(text: &str) -> Result<(), ErrorBody> {

@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use futures::future::BoxFuture;
+
+use crate::auth::TokenKey;
 use crate::presence_log::PresenceLog;
 use crate::protocol::ChatLine;
 
@@ -31,10 +34,13 @@ pub trait SessionObserver: Send + Sync + 'static {
     fn member_left(&self, session: Uuid, user: &str);
 }
 
-/// Receives every group message as it is stamped, to keep history beyond the room's memory.
-pub trait HistorySink: Send + Sync + 'static {
-    /// Must not block: the room calls it on its hot path.
+/// Keeps group messages beyond the room's memory (the database, in the coordinator).
+pub trait HistoryStore: Send + Sync + 'static {
+    /// Stores one message. Must not block: the room calls it on its hot path.
     fn append(&self, session: Uuid, line: &ChatLine);
+    /// Up to `limit` messages with a sequence number below `before`, oldest first.
+    fn before(&self, session: Uuid, before: u64, limit: usize)
+    -> BoxFuture<'static, Vec<ChatLine>>;
 }
 
 /// How one session server behaves.
@@ -58,7 +64,10 @@ pub struct SessionConfig {
     /// Who to tell about joins and leaves.
     pub observer: Option<Arc<dyn SessionObserver>>,
     /// Where group messages are kept for good.
-    pub history_sink: Option<Arc<dyn HistorySink>>,
+    pub history: Option<Arc<dyn HistoryStore>>,
+    /// Checks the token in every hello; `None` lets anyone in under any free name (tests of the
+    /// session server alone).
+    pub tokens: Option<Arc<TokenKey>>,
     /// Newest sequence number already used, when the session is restarted from storage.
     pub start_seq: u64,
     /// Messages to seed the in-memory history with (oldest first).
@@ -78,7 +87,8 @@ impl SessionConfig {
             member_limits: MemberLimits::default(),
             presence_log: None,
             observer: None,
-            history_sink: None,
+            history: None,
+            tokens: None,
             start_seq: 0,
             start_recent: Vec::new(),
         }
@@ -100,14 +110,21 @@ pub enum Ended {
     Idle,
     /// It was told to stop.
     Shutdown,
+    /// Its room task failed (a bug); members were disconnected.
+    Failed,
 }
 
-/// Serves one session on `listener` until shutdown or until it has been idle too long.
-pub async fn run(
-    listener: TcpListener,
-    config: SessionConfig,
-    shutdown: CancellationToken,
-) -> Ended {
+/// How a session server is told to stop, and what its members are told.
+#[derive(Clone, Default)]
+pub struct Stop {
+    /// The whole server is going down.
+    pub shutdown: CancellationToken,
+    /// This session was removed for good.
+    pub close: CancellationToken,
+}
+
+/// Serves one session on `listener` until stopped or until it has been idle too long.
+pub async fn run(listener: TcpListener, config: SessionConfig, stop: Stop) -> Ended {
     let config = Arc::new(config);
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(session = %config.id, addr = ?local, "session server listening");
@@ -118,8 +135,8 @@ pub async fn run(
         config.start_recent.clone(),
     );
     // Members are told to go when the room ends, whatever the reason.
-    let members_stop = shutdown.child_token();
-    let room_task = tokio::spawn(room.run(rx, members_stop.clone()));
+    let members_stop = CancellationToken::new();
+    let room_task = tokio::spawn(room.run(rx, stop.clone()));
     let tracker = TaskTracker::new();
     let next_conn = AtomicU64::new(1);
     let mut room_task = std::pin::pin!(room_task);
@@ -139,8 +156,15 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = &mut room_task => {
-                break if shutdown.is_cancelled() { Ended::Shutdown } else { Ended::Idle };
+            result = &mut room_task => {
+                break match result {
+                    Err(e) => {
+                        tracing::error!(session = %config.id, error = %e, "room task failed");
+                        Ended::Failed
+                    }
+                    Ok(()) if stop.shutdown.is_cancelled() || stop.close.is_cancelled() => Ended::Shutdown,
+                    Ok(()) => Ended::Idle,
+                };
             }
         }
     };

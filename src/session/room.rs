@@ -24,10 +24,19 @@ use crate::protocol::{
     ChatLine, Departure, ErrorBody, ErrorCode, LeaveReason, Member, ServerMsg, limits,
 };
 
-use super::SessionConfig;
+use super::{SessionConfig, Stop};
 
 /// Identifies one connection for the lifetime of the room.
 pub(crate) type ConnId = u64;
+
+/// Earlier messages a joining member asked for, sent right after its welcome.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Replay {
+    /// Everything after this sequence number (a reconnecting client).
+    pub(crate) since: Option<u64>,
+    /// The newest this many (a client joining fresh).
+    pub(crate) last: Option<usize>,
+}
 
 /// What member handlers ask of the room.
 pub(crate) enum RoomEvent {
@@ -35,7 +44,7 @@ pub(crate) enum RoomEvent {
         conn: ConnId,
         user: String,
         udp: SocketAddr,
-        since: Option<u64>,
+        replay: Replay,
         tx: mpsc::Sender<Bytes>,
         kick: CancellationToken,
         reply: oneshot::Sender<Result<(), ErrorBody>>,
@@ -74,7 +83,7 @@ pub(crate) struct Room {
     recent: VecDeque<ChatLine>,
     recent_cap: usize,
     /// Joined in this batch: they get a welcome at the flush, the others a presence notice.
-    pending_joined: Vec<(ConnId, Option<u64>)>,
+    pending_joined: Vec<(ConnId, Replay)>,
     pending_left: Vec<Departure>,
 }
 
@@ -94,11 +103,7 @@ impl Room {
     }
 
     /// Runs until shutdown, or until the room has been empty for the idle timeout.
-    pub(crate) async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<RoomEvent>,
-        shutdown: CancellationToken,
-    ) {
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<RoomEvent>, stop: Stop) {
         let idle = self.config.idle_timeout;
         loop {
             let idle_sleep = idle_deadline(self.members.is_empty(), idle);
@@ -108,8 +113,12 @@ impl Room {
                     tracing::info!(session = %self.config.id, "closing idle session");
                     break;
                 }
-                _ = shutdown.cancelled() => {
+                _ = stop.shutdown.cancelled() => {
                     self.close_all("the server is shutting down");
+                    break;
+                }
+                _ = stop.close.cancelled() => {
+                    self.close_all("this session was closed by its creator");
                     break;
                 }
             };
@@ -131,12 +140,12 @@ impl Room {
                 conn,
                 user,
                 udp,
-                since,
+                replay,
                 tx,
                 kick,
                 reply,
             } => {
-                let result = self.join(conn, user, udp, since, tx, kick);
+                let result = self.join(conn, user, udp, replay, tx, kick);
                 let _ = reply.send(result);
             }
             RoomEvent::Say { conn, text } => self.say(conn, text),
@@ -154,7 +163,7 @@ impl Room {
         conn: ConnId,
         user: String,
         udp: SocketAddr,
-        since: Option<u64>,
+        replay: Replay,
         tx: mpsc::Sender<Bytes>,
         kick: CancellationToken,
     ) -> Result<(), ErrorBody> {
@@ -189,7 +198,7 @@ impl Room {
                 kick,
             },
         );
-        self.pending_joined.push((conn, since));
+        self.pending_joined.push((conn, replay));
         Ok(())
     }
 
@@ -239,8 +248,8 @@ impl Room {
             text,
         };
         let bytes = encode_line(&ServerMsg::Msg(line.clone()));
-        if let Some(sink) = &self.config.history_sink {
-            sink.append(self.config.id, &line);
+        if let Some(store) = &self.config.history {
+            store.append(self.config.id, &line);
         }
         if self.recent.len() == self.recent_cap {
             self.recent.pop_front();
@@ -251,11 +260,30 @@ impl Room {
 
     fn history(&mut self, conn: ConnId, before: Option<u64>, limit: usize) {
         let limit = limit.min(limits::MAX_HISTORY);
-        let before = before.unwrap_or(u64::MAX);
+        let before = before.unwrap_or(u64::MAX).min(self.seq + 1);
         let end = self.recent.partition_point(|l| l.seq < before);
         let start = end.saturating_sub(limit);
-        let messages: Vec<ChatLine> = self.recent.range(start..end).cloned().collect();
-        self.send_to(conn, encode_line(&ServerMsg::History { messages }));
+        let oldest_kept = self.recent.front().map_or(self.seq + 1, |l| l.seq);
+        let from_memory = end - start;
+        let missing = limit - from_memory;
+        match (&self.config.history, self.members.get(&conn)) {
+            // Older than memory reaches: ask the store, answer when it has looked.
+            (Some(store), Some(slot)) if missing > 0 && oldest_kept > 1 && before > 1 => {
+                let older_than = before.min(oldest_kept);
+                let fetch = store.before(self.config.id, older_than, missing);
+                let mut messages: Vec<ChatLine> = self.recent.range(start..end).cloned().collect();
+                let tx = slot.tx.clone();
+                tokio::spawn(async move {
+                    let mut lines = fetch.await;
+                    lines.append(&mut messages);
+                    let _ = tx.try_send(encode_line(&ServerMsg::History { messages: lines }));
+                });
+            }
+            _ => {
+                let messages: Vec<ChatLine> = self.recent.range(start..end).cloned().collect();
+                self.send_to(conn, encode_line(&ServerMsg::History { messages }));
+            }
+        }
     }
 
     fn replay_after(&mut self, conn: ConnId, since: u64) {
@@ -296,10 +324,12 @@ impl Room {
                     .collect(),
                 seq: self.seq,
             });
-            for &(conn, since) in &joined_conns {
+            for &(conn, replay) in &joined_conns {
                 self.send_to(conn, welcome.clone());
-                if let Some(since) = since {
+                if let Some(since) = replay.since {
                     self.replay_after(conn, since);
+                } else if let Some(last) = replay.last {
+                    self.history(conn, None, last);
                 }
             }
         }

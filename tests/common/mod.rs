@@ -62,9 +62,18 @@ impl Drop for TestCoordinator {
     }
 }
 
-/// Defaults for tests: no rate limit surprises, quick idle close not wanted by default.
+/// Defaults for tests: an in-memory database and cheap password hashes (tests register many
+/// accounts; the real default cost is tested in the accounts tests).
 pub fn test_config() -> CoordinatorConfig {
-    CoordinatorConfig::default()
+    CoordinatorConfig {
+        password_cost: confab::auth::PasswordCost::INSECURE_FAST,
+        ..CoordinatorConfig::default()
+    }
+}
+
+/// The password every test user gets.
+pub fn password(user: &str) -> String {
+    format!("pw-of-{}", user.to_lowercase())
 }
 
 /// Client config with quicker retries, so lossy tests finish fast.
@@ -80,10 +89,53 @@ pub fn client_config(user: &str, coordinator: SocketAddr) -> ClientConfig {
     c
 }
 
+/// A client that is registered (if it was not yet) and logged in.
 pub async fn client(user: &str, coordinator: SocketAddr) -> (Client, mpsc::Receiver<Event>) {
-    Client::start(client_config(user, coordinator))
-        .await
-        .unwrap()
+    logged_in(client_config(user, coordinator)).await
+}
+
+/// Starts a client with `config`, registers its user if needed, and logs in.
+pub async fn logged_in(config: ClientConfig) -> (Client, mpsc::Receiver<Event>) {
+    let user = config.user.clone();
+    let (c, ev) = Client::start(config).await.unwrap();
+    match c.register(&password(&user)).await {
+        Ok(_) => {}
+        Err(confab::client::ClientError::Refused(e))
+            if e.code == confab::protocol::ErrorCode::NameTaken => {}
+        Err(e) => panic!("register {user}: {e}"),
+    }
+    c.login(&password(&user)).await.unwrap();
+    (c, ev)
+}
+
+/// A valid token for `user` (registered if needed), for tests that speak the protocol by hand.
+pub async fn token_for(user: &str, coordinator: SocketAddr) -> String {
+    let (c, _) = client(user, coordinator).await;
+    drop(c);
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let req = format!(
+        r#"{{"id":1,"op":"login","user":"{user}","password":"{}"}}"#,
+        password(user)
+    );
+    for _ in 0..50 {
+        socket.send_to(req.as_bytes(), coordinator).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
+        {
+            let v: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+            return v["token"]
+                .as_str()
+                .expect("login answer has a token")
+                .to_string();
+        }
+    }
+    panic!("no login answer");
+}
+
+/// The first line a raw TCP member sends.
+pub fn hello(user: &str, token: &str, udp: SocketAddr) -> String {
+    format!(r#"{{"type":"hello","user":"{user}","token":"{token}","udp":"{udp}"}}"#) + "\n"
 }
 
 /// Waits for the first event `pick` accepts, skipping others; panics after `WAIT`.

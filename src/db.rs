@@ -1,0 +1,156 @@
+//! The database on its own thread, with an async handle.
+//!
+//! SQLite calls block, so they never run on the async runtime: one thread owns the [`Store`] and
+//! works through a bounded queue of jobs. Group messages are queued without waiting and written in
+//! batches, one transaction per batch, which is what lets history keep up with a busy session.
+
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::protocol::ChatLine;
+use crate::session::HistoryStore;
+use crate::store::{Store, StoredMessage};
+
+/// Jobs waiting for the database thread; appends beyond this are dropped with an error logged.
+const QUEUE: usize = 100_000;
+/// Most messages written in one transaction.
+const BATCH: usize = 10_000;
+
+type Call = Box<dyn FnOnce(&Store) + Send>;
+
+enum Job {
+    Call(Call),
+    Append(StoredMessage),
+}
+
+/// The database thread is gone (it panicked, or shutdown has begun).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the database is not available")]
+pub struct DbGone;
+
+/// Cheap to clone; the thread ends when the last handle is dropped, after finishing its queue.
+#[derive(Clone)]
+pub struct Db {
+    tx: SyncSender<Job>,
+}
+
+impl Db {
+    /// Moves `store` to a new thread and returns the handle and the thread, so that shutdown can
+    /// wait for the last writes.
+    pub fn start(store: Store) -> std::io::Result<(Db, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("confab-db".into())
+            .spawn(move || work(store, rx))?;
+        Ok((Db { tx }, thread))
+    }
+
+    /// Runs `f` on the database thread and returns its result.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> R + Send + 'static,
+    ) -> Result<R, DbGone> {
+        let (reply, result) = oneshot::channel();
+        let job = Job::Call(Box::new(move |store| {
+            let _ = reply.send(f(store));
+        }));
+        // The queue is bounded; waiting for room must not block the runtime.
+        let tx = self.tx.clone();
+        match tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => tokio::task::spawn_blocking(move || tx.send(job))
+                .await
+                .map_err(|_| DbGone)?
+                .map_err(|_| DbGone)?,
+            Err(TrySendError::Disconnected(_)) => return Err(DbGone),
+        }
+        result.await.map_err(|_| DbGone)
+    }
+}
+
+impl HistoryStore for Db {
+    fn append(&self, session: Uuid, line: &ChatLine) {
+        let msg = StoredMessage {
+            session,
+            seq: line.seq,
+            time: line.time,
+            sender: line.from.clone(),
+            text: line.text.clone(),
+        };
+        if let Err(e) = self.tx.try_send(Job::Append(msg)) {
+            tracing::error!(%session, seq = line.seq, error = %e, "history write queue full; message not stored");
+        }
+    }
+
+    fn before(
+        &self,
+        session: Uuid,
+        before: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Vec<ChatLine>> {
+        let db = self.clone();
+        Box::pin(async move {
+            match db
+                .call(move |s| s.history(session, Some(before), limit))
+                .await
+            {
+                Ok(Ok(msgs)) => msgs.into_iter().map(to_line).collect(),
+                Ok(Err(e)) => {
+                    tracing::error!(%session, error = %e, "history read failed");
+                    Vec::new()
+                }
+                Err(DbGone) => Vec::new(),
+            }
+        })
+    }
+}
+
+/// A stored message as the protocol carries it.
+pub fn to_line(m: StoredMessage) -> ChatLine {
+    ChatLine {
+        seq: m.seq,
+        time: m.time,
+        from: m.sender,
+        text: m.text,
+    }
+}
+
+fn work(store: Store, rx: Receiver<Job>) {
+    let mut batch = Vec::new();
+    while let Ok(job) = rx.recv() {
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Append(m) => {
+                    batch.push(m);
+                    if batch.len() < BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                Job::Call(f) => {
+                    // Earlier appends first, so a read sees every message queued before it.
+                    flush(&store, &mut batch);
+                    f(&store);
+                    next = rx.try_recv().ok();
+                }
+            }
+        }
+        flush(&store, &mut batch);
+    }
+    flush(&store, &mut batch);
+    tracing::debug!("database thread finished");
+}
+
+fn flush(store: &Store, batch: &mut Vec<StoredMessage>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = store.append_messages(batch) {
+        tracing::error!(error = %e, count = batch.len(), "could not store messages");
+    }
+    batch.clear();
+}
