@@ -522,7 +522,7 @@ impl Coordinator {
             id: Uuid::new_v4(),
             name,
             creator: claims.user,
-            created: Utc::now().trunc_subsecs(0),
+            created: Utc::now().trunc_subsecs(3),
             server: None,
         };
         let rec = SessionRecord {

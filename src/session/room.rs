@@ -114,6 +114,11 @@ impl Room {
                     break;
                 }
                 _ = stop.shutdown.cancelled() => {
+                    // What members already sent is still applied (and stored) before goodbye.
+                    while let Ok(event) = rx.try_recv() {
+                        self.apply(event);
+                    }
+                    self.flush_presence();
                     self.close_all("the server is shutting down");
                     break;
                 }
