@@ -80,6 +80,7 @@ impl HistoryStore for Db {
             time: line.time,
             sender: line.from.clone(),
             text: line.text.clone(),
+            client_id: line.id,
         };
         if let Err(e) = self.tx.try_send(Job::Append(msg)) {
             tracing::error!(%session, seq = line.seq, error = %e, "history write queue full; message not stored");
@@ -116,6 +117,7 @@ pub fn to_line(m: StoredMessage) -> ChatLine {
         time: m.time,
         from: m.sender,
         text: m.text,
+        id: m.client_id,
     }
 }
 

@@ -314,6 +314,11 @@ pub enum ClientMsg {
     Say {
         /// The text.
         text: String,
+        /// The sender's own id for this line, increasing per sender. A line whose id the session
+        /// has already seen from this user is dropped, so a client can resend whatever it has not
+        /// seen echoed after a reconnect without making duplicates.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
     },
     /// Ask for earlier group messages.
     History {
@@ -340,6 +345,9 @@ pub struct ChatLine {
     pub from: String,
     /// What was said.
     pub text: String,
+    /// The sender's id for the line, if it gave one (see `say`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
 }
 
 /// A member that left, as the others are told.
@@ -475,6 +483,7 @@ mod tests {
             time: "2026-11-22T14:03:07Z".parse().unwrap(),
             from: "alice".into(),
             text: "hi".into(),
+            id: None,
         });
         assert_eq!(
             serde_json::to_string(&msg).unwrap(),

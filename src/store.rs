@@ -67,6 +67,9 @@ const MIGRATIONS: &[&str] = &[
          key   TEXT PRIMARY KEY NOT NULL,
          value BLOB NOT NULL
      );",
+    // 2: the sender's own id for each line, so a line resent after a reconnect is recognised
+    //    even by a restarted server.
+    "ALTER TABLE messages ADD COLUMN client_id INTEGER;",
 ];
 
 /// Errors returned by [`Store`]. Callers mostly care about [`NameTaken`]
@@ -177,6 +180,8 @@ pub struct StoredMessage {
     pub sender: String,
     /// Message body.
     pub text: String,
+    /// The id the sender gave the line, if any (see `protocol::ChatLine::id`).
+    pub client_id: Option<u64>,
 }
 
 /// Handle to the confab database. Owns one SQLite connection; not `Sync`, so
@@ -393,8 +398,8 @@ impl Store {
         let tx = self.conn.unchecked_transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO messages (session_id, seq, time, sender, text)
-                 SELECT ?1, ?2, ?3, ?4, ?5
+                "INSERT OR IGNORE INTO messages (session_id, seq, time, sender, text, client_id)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6
                  WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?1)",
             )?;
             for m in batch {
@@ -404,6 +409,7 @@ impl Store {
                     fmt_time(m.time),
                     m.sender,
                     m.text,
+                    m.client_id.map(|id| id as i64),
                 ])?;
             }
         }
@@ -438,7 +444,7 @@ impl Store {
             None | Some(Err(_)) => i64::MAX,
         };
         let mut out = self.query_messages(
-            "SELECT seq, time, sender, text FROM messages
+            "SELECT seq, time, sender, text, client_id FROM messages
              WHERE session_id = ?1 AND seq <= ?2 ORDER BY seq DESC LIMIT ?3",
             session,
             max_seq,
@@ -461,7 +467,7 @@ impl Store {
             return Ok(Vec::new());
         };
         self.query_messages(
-            "SELECT seq, time, sender, text FROM messages
+            "SELECT seq, time, sender, text, client_id FROM messages
              WHERE session_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3",
             session,
             after,
@@ -485,17 +491,20 @@ impl Store {
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
+                r.get::<_, Option<i64>>(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, time, sender, text) = row?;
+            let (seq, time, sender, text, client_id) = row?;
             out.push(StoredMessage {
                 session,
                 seq: seq_from_sql(seq)?,
                 time: parse_time(&time)?,
                 sender,
                 text,
+                // Stored from a u64 bit for bit.
+                client_id: client_id.map(|id| id as u64),
             });
         }
         Ok(out)
@@ -611,6 +620,7 @@ mod tests {
             time: t(seq as i64),
             sender: "alice".to_owned(),
             text: format!("message {seq}"),
+            client_id: (seq % 2 == 0).then_some(u64::MAX - seq),
         }
     }
 

@@ -213,7 +213,10 @@ async fn only_the_creator_closes_a_session_and_its_members_are_told() {
     );
     alice.close_session("mine").await.unwrap();
     let reason = expect(&mut b_ev, "the close notice", |e| match e {
-        Event::Disconnected { reason } => Some(reason.clone()),
+        Event::Disconnected {
+            reason,
+            retrying: false,
+        } => Some(reason.clone()),
         _ => None,
     })
     .await;

@@ -1,7 +1,15 @@
-//! The client's TCP connection to one session server: hello, then a reader task that turns lines
-//! into events and keeps the roster, and a writer task that sends what we say plus heartbeats.
+//! The client's tie to one session: a TCP connection to its server that survives the server.
+//!
+//! One task per joined session reads and writes the connection. When the connection breaks
+//! (network blip, server restart, coordinator restart, being dropped as too slow) the task says
+//! so, asks the coordinator again where the session is served, reconnects with backoff, and says
+//! hello with the last sequence number it saw; the server replays what came after. Lines already
+//! shown are recognised by sequence number and never shown twice. What the person types while
+//! the link is down waits in the outgoing queue and goes out after the rejoin.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,37 +22,118 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientConfig, ClientError, Event, Roster};
+use super::{ClientConfig, ClientError, Coord, Event, Roster};
 use crate::codec::{Frame, LineCodec, encode_line};
-use crate::protocol::{ClientMsg, Member, ServerMsg, SessionInfo, limits};
+use crate::protocol::{
+    ClientMsg, ErrorCode, Member, RequestBody, ResponseBody, ServerMsg, SessionInfo, limits,
+};
 
 /// Lines we may queue towards the server before `say` waits.
 const OUT_QUEUE: usize = 1024;
 /// How long joining may take, from connect to welcome.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reconnect backoff: first wait, longest wait, and when to give up.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(3);
+const RETRY_GIVE_UP: Duration = Duration::from_secs(300);
+/// The server's goodbye when we left on purpose.
+const LEFT: &str = "you left the session";
 
 type Reader = FramedRead<OwnedReadHalf, LineCodec>;
 
-/// An open session connection.
+/// A line on its way to the server; group lines carry their id so they can be resent.
+pub(super) struct Outgoing {
+    bytes: Bytes,
+    line_id: Option<u64>,
+}
+
+/// Group lines sent but not yet seen echoed, resent after a rejoin. Bounded: beyond this the
+/// oldest are forgotten (they were almost certainly applied long ago).
+const PENDING_CAP: usize = 4096;
+
+/// What a session task needs to (re)join.
+#[derive(Clone)]
+pub(super) struct Joiner {
+    pub(super) config: ClientConfig,
+    pub(super) coord: Coord,
+    pub(super) token: String,
+    pub(super) local: SocketAddr,
+}
+
+impl Joiner {
+    fn endpoint(&self) -> SocketAddr {
+        self.config
+            .advertise
+            .or(self.coord.observed())
+            .unwrap_or(self.local)
+    }
+
+    /// Connects, says hello, and waits for the welcome.
+    async fn connect(
+        &self,
+        server: SocketAddr,
+        since: Option<u64>,
+    ) -> Result<(OwnedWriteHalf, Reader, Vec<Member>, u64), ClientError> {
+        let stream = tokio::time::timeout(JOIN_TIMEOUT, TcpStream::connect(server))
+            .await
+            .map_err(|_| ClientError::Connect {
+                addr: server,
+                source: std::io::ErrorKind::TimedOut.into(),
+            })?
+            .map_err(|source| ClientError::Connect {
+                addr: server,
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (read, mut write) = stream.into_split();
+        let mut reader = FramedRead::new(read, LineCodec::new(limits::MAX_SERVER_LINE));
+        let history = self.config.history_on_join;
+        let hello = ClientMsg::Hello {
+            user: self.config.user.clone(),
+            token: self.token.clone(),
+            udp: self.endpoint(),
+            since,
+            history: (since.is_none() && history > 0).then_some(history),
+        };
+        write.write_all(&encode_line(&hello)).await?;
+        let (members, seq) = tokio::time::timeout(JOIN_TIMEOUT, await_welcome(&mut reader))
+            .await
+            .map_err(|_| ClientError::Closed("no welcome from the session server".into()))??;
+        Ok((write, reader, members, seq))
+    }
+}
+
+/// An open session.
 pub(super) struct Link {
     pub(super) session: SessionInfo,
-    out: mpsc::Sender<Bytes>,
+    out: mpsc::Sender<Outgoing>,
+    next_line_id: Arc<AtomicU64>,
     stop: CancellationToken,
-    reader: JoinHandle<()>,
-    writer: JoinHandle<()>,
+    task: JoinHandle<()>,
 }
 
 /// What `say` needs, taken out of the client's lock before awaiting.
 pub(super) struct LinkSender {
-    out: mpsc::Sender<Bytes>,
+    out: mpsc::Sender<Outgoing>,
+    next_line_id: Arc<AtomicU64>,
 }
 
 impl LinkSender {
     pub(super) async fn say(&self, text: &str) -> Result<(), ClientError> {
-        self.send(&ClientMsg::Say {
+        let id = self.next_line_id.fetch_add(1, Ordering::Relaxed);
+        let msg = ClientMsg::Say {
             text: text.to_string(),
-        })
-        .await
+            id: Some(id),
+        };
+        let out = Outgoing {
+            bytes: encode_line(&msg),
+            line_id: Some(id),
+        };
+        self.out.send(out).await.map_err(|_| Self::ended())
+    }
+
+    fn ended() -> ClientError {
+        ClientError::Closed("the session link has ended".into())
     }
 
     pub(super) async fn history(
@@ -56,63 +145,44 @@ impl LinkSender {
     }
 
     async fn send(&self, msg: &ClientMsg) -> Result<(), ClientError> {
-        self.out
-            .send(encode_line(msg))
-            .await
-            .map_err(|_| ClientError::Closed("the connection is gone".into()))
+        let out = Outgoing {
+            bytes: encode_line(msg),
+            line_id: None,
+        };
+        self.out.send(out).await.map_err(|_| Self::ended())
     }
 }
 
 impl Link {
-    /// Connects, says hello, waits for the welcome, and starts the reader and writer.
+    /// Joins `session` and starts the task that keeps the link up.
     pub(super) async fn open(
         session: SessionInfo,
-        config: &ClientConfig,
-        token: String,
-        endpoint: SocketAddr,
+        joiner: Joiner,
         roster: Roster,
         events: mpsc::Sender<Event>,
     ) -> Result<(Link, Vec<Member>, u64), ClientError> {
-        let addr = session.server;
-        let stream = tokio::time::timeout(JOIN_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ClientError::Connect {
-                addr,
-                source: std::io::ErrorKind::TimedOut.into(),
-            })?
-            .map_err(|source| ClientError::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
-        let (read, mut write) = stream.into_split();
-        let mut reader = FramedRead::new(read, LineCodec::new(limits::MAX_SERVER_LINE));
-        let hello = ClientMsg::Hello {
-            user: config.user.clone(),
-            token,
-            udp: endpoint,
-            since: None,
-            history: (config.history_on_join > 0).then_some(config.history_on_join),
-        };
-        write.write_all(&encode_line(&hello)).await?;
-        let (members, seq) = tokio::time::timeout(JOIN_TIMEOUT, await_welcome(&mut reader))
-            .await
-            .map_err(|_| ClientError::Closed("no welcome from the session server".into()))??;
+        let (write, reader, members, seq) = joiner.connect(session.server, None).await?;
         roster.replace(&members);
-
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
         let stop = CancellationToken::new();
-        let writer = tokio::spawn(write_loop(write, out_rx, config.heartbeat, stop.clone()));
-        let reader = tokio::spawn(read_loop(
-            reader,
+        let keeper = Keeper {
+            session: session.clone(),
+            joiner,
             roster,
             events,
-            config.heartbeat * 3,
-            stop.clone(),
-        ));
+            last_seq: Arc::new(AtomicU64::new(seq)),
+            pending: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            stop: stop.clone(),
+        };
+        let task = tokio::spawn(keeper.run(write, reader, out_rx));
+        // Random start: ids must not repeat those of an earlier run within the server's memory.
+        let first_id = uuid::Uuid::new_v4().as_u64_pair().0 >> 12;
         let link = Link {
             session,
             out,
+            next_line_id: Arc::new(AtomicU64::new(first_id)),
             stop,
-            reader,
-            writer,
+            task,
         };
         Ok((link, members, seq))
     }
@@ -120,24 +190,271 @@ impl Link {
     pub(super) fn sender(&self) -> LinkSender {
         LinkSender {
             out: self.out.clone(),
+            next_line_id: self.next_line_id.clone(),
         }
     }
 
-    /// Says goodbye and waits (briefly) until the server has closed the connection.
+    /// Says goodbye and waits (briefly) until the server has confirmed.
     pub(super) async fn close(self) {
-        let _ = self.out.try_send(encode_line(&ClientMsg::Leave));
+        let _ = self.out.try_send(Outgoing {
+            bytes: encode_line(&ClientMsg::Leave),
+            line_id: None,
+        });
         drop(self.out);
-        let wait = async {
-            let _ = self.writer.await;
-            let _ = self.reader.await;
-        };
-        if tokio::time::timeout(Duration::from_secs(2), wait)
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
             .await
             .is_err()
         {
             tracing::debug!("session server did not confirm leave in time");
         }
         self.stop.cancel();
+        task.abort();
+    }
+}
+
+/// How one connection ended.
+enum Broken {
+    /// We left; the server said goodbye (or the queue closed and it did not answer in time).
+    Left,
+    /// The session is gone for good (closed by its creator).
+    Gone(String),
+    /// The connection broke; reconnect.
+    Lost(String),
+}
+
+struct Keeper {
+    session: SessionInfo,
+    joiner: Joiner,
+    roster: Roster,
+    events: mpsc::Sender<Event>,
+    /// Newest sequence number shown; replays and duplicates at or below it are dropped.
+    last_seq: Arc<AtomicU64>,
+    /// Our group lines not yet seen echoed: (line id, encoded line).
+    pending: std::sync::Mutex<std::collections::VecDeque<(u64, Bytes)>>,
+    stop: CancellationToken,
+}
+
+impl Keeper {
+    fn pending(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, Bytes)>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn run(
+        self,
+        mut write: OwnedWriteHalf,
+        mut reader: Reader,
+        mut out: mpsc::Receiver<Outgoing>,
+    ) {
+        loop {
+            let broken = tokio::select! {
+                b = self.connected(&mut write, &mut reader, &mut out) => b,
+                _ = self.stop.cancelled() => return,
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(200), write.shutdown()).await;
+            let reason = match broken {
+                Broken::Left => return,
+                Broken::Gone(reason) => {
+                    let _ = self
+                        .events
+                        .send(Event::Disconnected {
+                            reason,
+                            retrying: false,
+                        })
+                        .await;
+                    return;
+                }
+                Broken::Lost(reason) => reason,
+            };
+            let _ = self
+                .events
+                .send(Event::Disconnected {
+                    reason,
+                    retrying: true,
+                })
+                .await;
+            match self.rejoin().await {
+                Ok((mut w, r, members)) => {
+                    // Lines that may not have reached the server go again, first; the server
+                    // drops those it already has.
+                    let resend: Vec<u8> = self
+                        .pending()
+                        .iter()
+                        .flat_map(|(_, b)| b.to_vec())
+                        .collect();
+                    if !resend.is_empty() {
+                        let _ = w.write_all(&resend).await;
+                    }
+                    (write, reader) = (w, r);
+                    self.roster.replace(&members);
+                    let _ = self.events.send(Event::Reconnected { members }).await;
+                }
+                Err(reason) => {
+                    let _ = self
+                        .events
+                        .send(Event::Disconnected {
+                            reason,
+                            retrying: false,
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Asks the coordinator where the session is now and reconnects, with backoff.
+    async fn rejoin(&self) -> Result<(OwnedWriteHalf, Reader, Vec<Member>), String> {
+        let started = tokio::time::Instant::now();
+        let mut delay = RETRY_FIRST;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.stop.cancelled() => return Err("left".into()),
+            }
+            delay = (delay * 2).min(RETRY_MAX);
+            let body = RequestBody::Join {
+                session: self.session.id.to_string(),
+                token: self.joiner.token.clone(),
+            };
+            let server = match self.joiner.coord.request(body).await {
+                Ok(ResponseBody::Session { session }) => session.server,
+                Err(ClientError::Refused(e))
+                    if matches!(e.code, ErrorCode::SessionNotFound | ErrorCode::Unauthorized) =>
+                {
+                    return Err(e.message);
+                }
+                // The coordinator may be restarting; the old address may still answer.
+                _ => self.session.server,
+            };
+            let since = Some(self.last_seq.load(Ordering::Relaxed));
+            match self.joiner.connect(server, since).await {
+                Ok((w, r, members, _)) => return Ok((w, r, members)),
+                Err(e) => tracing::debug!(error = %e, "rejoin attempt failed"),
+            }
+            if started.elapsed() > RETRY_GIVE_UP {
+                return Err(format!(
+                    "gave up reconnecting after {} s",
+                    RETRY_GIVE_UP.as_secs()
+                ));
+            }
+        }
+    }
+
+    /// Runs one connection until it breaks or we leave.
+    async fn connected(
+        &self,
+        write: &mut OwnedWriteHalf,
+        reader: &mut Reader,
+        out: &mut mpsc::Receiver<Outgoing>,
+    ) -> Broken {
+        let heartbeat = self.joiner.config.heartbeat;
+        let silence = heartbeat * 3;
+        let read = async {
+            loop {
+                let line = match tokio::time::timeout(silence, reader.next()).await {
+                    Err(_) => {
+                        return Broken::Lost(format!(
+                            "no word from the session server for {} s",
+                            silence.as_secs()
+                        ));
+                    }
+                    Ok(None) => {
+                        return Broken::Lost("the session server closed the connection".into());
+                    }
+                    Ok(Some(Err(e))) => return Broken::Lost(format!("connection error: {e}")),
+                    Ok(Some(Ok(Frame::Oversized))) => continue,
+                    Ok(Some(Ok(Frame::Line(line)))) => line,
+                };
+                let event = match serde_json::from_slice::<ServerMsg>(&line) {
+                    Ok(ServerMsg::Msg(line)) => {
+                        if let Some(id) = line.id
+                            && line.from.eq_ignore_ascii_case(&self.joiner.config.user)
+                        {
+                            // Ours, and every line of ours before it, reached the order.
+                            let mut pending = self.pending();
+                            while pending.front().is_some_and(|(p, _)| *p <= id) {
+                                pending.pop_front();
+                            }
+                        }
+                        // Replays after a rejoin overlap what we showed; show each line once.
+                        if line.seq <= self.last_seq.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        self.last_seq.store(line.seq, Ordering::Relaxed);
+                        Event::Message(line)
+                    }
+                    Ok(ServerMsg::Presence { joined, left }) => {
+                        self.roster.apply(&joined, &left);
+                        Event::Presence { joined, left }
+                    }
+                    Ok(ServerMsg::History { messages }) => Event::History(messages),
+                    Ok(ServerMsg::Error(e)) => Event::ServerError(e),
+                    Ok(ServerMsg::Bye { reason }) if reason == LEFT => return Broken::Left,
+                    Ok(ServerMsg::Bye { reason }) if reason.contains("closed by its creator") => {
+                        return Broken::Gone(reason);
+                    }
+                    Ok(ServerMsg::Bye { reason }) => return Broken::Lost(reason),
+                    Ok(ServerMsg::Welcome { members, .. }) => {
+                        self.roster.replace(&members);
+                        continue;
+                    }
+                    Ok(ServerMsg::Pong) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "unreadable line from session server");
+                        continue;
+                    }
+                };
+                // Waiting here when the application is slow is right: the server's queue for us
+                // absorbs the wait, and if it overflows the server drops us and we rejoin.
+                if self.events.send(event).await.is_err() {
+                    return Broken::Left;
+                }
+            }
+        };
+        let send = async {
+            let ping = encode_line(&ClientMsg::Ping);
+            let mut buf = Vec::with_capacity(8 * 1024);
+            loop {
+                let first = match tokio::time::timeout(heartbeat, out.recv()).await {
+                    Ok(Some(item)) => item,
+                    Ok(None) => return None, // leaving: the last line queued was `leave`
+                    Err(_) => Outgoing {
+                        bytes: ping.clone(),
+                        line_id: None,
+                    },
+                };
+                let mut item = Some(first);
+                while let Some(Outgoing { bytes, line_id }) = item.take() {
+                    buf.extend_from_slice(&bytes);
+                    if let Some(id) = line_id {
+                        let mut pending = self.pending();
+                        if pending.len() == PENDING_CAP {
+                            pending.pop_front();
+                        }
+                        pending.push_back((id, bytes));
+                    }
+                    if buf.len() < 64 * 1024 {
+                        item = out.try_recv().ok();
+                    }
+                }
+                if let Err(e) = write.write_all(&buf).await {
+                    return Some(Broken::Lost(format!("connection error: {e}")));
+                }
+                buf.clear();
+            }
+        };
+        tokio::pin!(read);
+        tokio::select! {
+            broken = &mut read => broken,
+            sent = send => match sent {
+                Some(broken) => broken,
+                // Everything, `leave` included, is written: wait for the server's goodbye.
+                None => tokio::time::timeout(Duration::from_secs(2), read)
+                    .await
+                    .unwrap_or(Broken::Left),
+            },
+        }
     }
 }
 
@@ -157,96 +474,4 @@ async fn await_welcome(reader: &mut Reader) -> Result<(Vec<Member>, u64), Client
             Err(e) => tracing::debug!(error = %e, "unreadable line from session server"),
         }
     }
-}
-
-async fn read_loop(
-    mut reader: Reader,
-    roster: Roster,
-    events: mpsc::Sender<Event>,
-    silence: Duration,
-    stop: CancellationToken,
-) {
-    let reason = loop {
-        let next = tokio::select! {
-            n = tokio::time::timeout(silence, reader.next()) => n,
-            _ = stop.cancelled() => return,
-        };
-        let line = match next {
-            Err(_) => {
-                break format!(
-                    "no word from the session server for {} s",
-                    silence.as_secs()
-                );
-            }
-            Ok(None) => break "the session server closed the connection".to_string(),
-            Ok(Some(Err(e))) => break format!("connection error: {e}"),
-            Ok(Some(Ok(Frame::Oversized))) => continue,
-            Ok(Some(Ok(Frame::Line(line)))) => line,
-        };
-        let event = match serde_json::from_slice::<ServerMsg>(&line) {
-            Ok(ServerMsg::Msg(line)) => Event::Message(line),
-            Ok(ServerMsg::Presence { joined, left }) => {
-                roster.apply(&joined, &left);
-                Event::Presence { joined, left }
-            }
-            Ok(ServerMsg::History { messages }) => Event::History(messages),
-            Ok(ServerMsg::Error(e)) => Event::ServerError(e),
-            Ok(ServerMsg::Bye { reason }) => {
-                if reason == "you left the session" {
-                    return;
-                }
-                break reason;
-            }
-            Ok(ServerMsg::Welcome { members, .. }) => {
-                roster.replace(&members);
-                continue;
-            }
-            Ok(ServerMsg::Pong) => continue,
-            Err(e) => {
-                tracing::debug!(error = %e, "unreadable line from session server");
-                continue;
-            }
-        };
-        // Waiting here when the application is slow is right: the server's queue for us absorbs
-        // the wait, and if it overflows the server drops us rather than slowing everyone.
-        if events.send(event).await.is_err() {
-            return;
-        }
-    };
-    if !stop.is_cancelled() {
-        let _ = events.send(Event::Disconnected { reason }).await;
-    }
-    stop.cancel();
-}
-
-async fn write_loop(
-    mut write: OwnedWriteHalf,
-    mut out: mpsc::Receiver<Bytes>,
-    heartbeat: Duration,
-    stop: CancellationToken,
-) {
-    let ping = encode_line(&ClientMsg::Ping);
-    let mut buf = Vec::with_capacity(8 * 1024);
-    loop {
-        let first = tokio::select! {
-            m = tokio::time::timeout(heartbeat, out.recv()) => match m {
-                Ok(Some(bytes)) => bytes,
-                Ok(None) => break,
-                Err(_) => ping.clone(),
-            },
-            _ = stop.cancelled() => break,
-        };
-        buf.extend_from_slice(&first);
-        while buf.len() < 64 * 1024 {
-            match out.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        if write.write_all(&buf).await.is_err() {
-            break;
-        }
-        buf.clear();
-    }
-    let _ = write.shutdown().await;
 }

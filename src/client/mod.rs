@@ -106,7 +106,7 @@ impl ClientConfig {
                 max_delay: Duration::from_secs(1),
                 attempts: 15,
             },
-            heartbeat: Duration::from_secs(3),
+            heartbeat: Duration::from_secs(2),
             event_queue: 10_000,
             history_on_join: 50,
         }
@@ -205,6 +205,14 @@ pub enum Event {
     Disconnected {
         /// Why, as far as we know.
         reason: String,
+        /// Whether the client is reconnecting (it will say [`Event::Reconnected`]); if not, the
+        /// session is over for us.
+        retrying: bool,
+    },
+    /// Back in the session after a [`Event::Disconnected`]; missed lines follow as messages.
+    Reconnected {
+        /// The roster now.
+        members: Vec<Member>,
     },
 }
 
@@ -260,6 +268,49 @@ impl<K: Hash + Eq, V> Waiters<K, V> {
     }
 }
 
+/// Sends requests to the coordinator over the client's UDP socket and waits for the answers,
+/// retrying with backoff. Shared by the client and its session links (which rejoin through it).
+#[derive(Clone)]
+pub(crate) struct Coord {
+    udp: Arc<UdpSocket>,
+    addr: SocketAddr,
+    retry: Retry,
+    next_id: Arc<AtomicU64>,
+    requests: Waiters<u64, Response>,
+    observed: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+impl Coord {
+    /// The address the coordinator last saw our requests come from.
+    fn observed(&self) -> Option<SocketAddr> {
+        *lock(&self.observed)
+    }
+
+    /// Sends one request, retrying with backoff until the coordinator answers.
+    async fn request(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = serde_json::to_vec(&Request { id, body }).expect("protocol types serialize");
+        let mut answer = self.requests.register(id);
+        for delay in self.retry.delays() {
+            if let Err(e) = self.udp.send_to(&bytes, self.addr).await {
+                tracing::debug!(error = %e, "request send failed");
+            }
+            if let Ok(Ok(resp)) = tokio::time::timeout(delay, &mut answer).await {
+                *lock(&self.observed) = Some(resp.observed);
+                return match resp.body {
+                    ResponseBody::Error(e) => Err(ClientError::Refused(e)),
+                    body => Ok(body),
+                };
+            }
+        }
+        self.requests.forget(&id);
+        Err(ClientError::CoordinatorTimeout {
+            addr: self.addr,
+            attempts: self.retry.attempts,
+        })
+    }
+}
+
 /// A connected client. Cheap to clone; all clones share one socket and one session.
 #[derive(Clone)]
 pub struct Client {
@@ -270,13 +321,11 @@ struct Inner {
     config: ClientConfig,
     udp: Arc<UdpSocket>,
     local: SocketAddr,
-    next_id: AtomicU64,
-    requests: Waiters<u64, Response>,
+    coord: Coord,
     /// Acks are accepted only from the endpoint the message went to.
     acks: Waiters<(Uuid, SocketAddr), ()>,
     roster: Roster,
     events: mpsc::Sender<Event>,
-    observed: Mutex<Option<SocketAddr>>,
     /// From the last login.
     token: Mutex<Option<String>>,
     link: Mutex<Option<Link>>,
@@ -309,16 +358,22 @@ impl Client {
         let (events, events_rx) = mpsc::channel(config.event_queue);
         // Random start: a restarted client on a reused port must not hit cached answers.
         let first_id = Uuid::new_v4().as_u64_pair().0 >> 12;
+        let coord = Coord {
+            udp: udp.clone(),
+            addr: config.coordinator,
+            retry: config.request_retry,
+            next_id: Arc::new(AtomicU64::new(first_id)),
+            requests: Waiters::new(),
+            observed: Arc::new(Mutex::new(None)),
+        };
         let inner = Arc::new(Inner {
             config,
             udp: udp.clone(),
             local,
-            next_id: AtomicU64::new(first_id),
-            requests: Waiters::new(),
+            coord,
             acks: Waiters::new(),
             roster: Roster::default(),
             events: events.clone(),
-            observed: Mutex::new(None),
             token: Mutex::new(None),
             link: Mutex::new(None),
             stop: CancellationToken::new(),
@@ -327,7 +382,7 @@ impl Client {
             udp,
             user: inner.config.user.clone(),
             coordinator: inner.config.coordinator,
-            requests: inner.requests.clone(),
+            requests: inner.coord.requests.clone(),
             acks: inner.acks.clone(),
             roster: inner.roster.clone(),
             events,
@@ -352,34 +407,12 @@ impl Client {
         self.inner
             .config
             .advertise
-            .or(*lock(&self.inner.observed))
+            .or(self.inner.coord.observed())
             .unwrap_or(self.inner.local)
     }
 
-    /// Sends one request to the coordinator, retrying with backoff until it answers.
     async fn request(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
-        let inner = &self.inner;
-        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = serde_json::to_vec(&Request { id, body }).expect("protocol types serialize");
-        let mut answer = inner.requests.register(id);
-        let coordinator = inner.config.coordinator;
-        for delay in inner.config.request_retry.delays() {
-            if let Err(e) = inner.udp.send_to(&bytes, coordinator).await {
-                tracing::debug!(error = %e, "request send failed");
-            }
-            if let Ok(Ok(resp)) = tokio::time::timeout(delay, &mut answer).await {
-                *lock(&inner.observed) = Some(resp.observed);
-                return match resp.body {
-                    ResponseBody::Error(e) => Err(ClientError::Refused(e)),
-                    body => Ok(body),
-                };
-            }
-        }
-        inner.requests.forget(&id);
-        Err(ClientError::CoordinatorTimeout {
-            addr: coordinator,
-            attempts: inner.config.request_retry.attempts,
-        })
+        self.inner.coord.request(body).await
     }
 
     /// Creates an account for our user name.
@@ -493,11 +526,15 @@ impl Client {
     pub async fn join_info(&self, info: SessionInfo) -> Result<Joined, ClientError> {
         self.leave().await;
         let inner = &self.inner;
+        let joiner = link::Joiner {
+            config: inner.config.clone(),
+            coord: inner.coord.clone(),
+            token: self.token()?,
+            local: inner.local,
+        };
         let (link, members, seq) = Link::open(
             info.clone(),
-            &inner.config,
-            self.token()?,
-            self.endpoint(),
+            joiner,
             inner.roster.clone(),
             inner.events.clone(),
         )

@@ -323,10 +323,15 @@ async fn print_events(client: Client, mut events: mpsc::Receiver<Event>, out: Ou
                 clean(&text)
             )),
             Event::ServerError(e) => out.line(format!("! {}", clean(&e.message))),
-            Event::Disconnected { reason } => out.line(format!(
-                "! disconnected from the session: {}",
-                clean(&reason)
+            Event::Disconnected { reason, retrying } => out.line(format!(
+                "! disconnected from the session: {}{}",
+                clean(&reason),
+                if retrying { "; reconnecting…" } else { "" }
             )),
+            Event::Reconnected { members } => {
+                out.line("* reconnected; missed messages follow");
+                show_roster(&members, &out);
+            }
         }
     }
 }

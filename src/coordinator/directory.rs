@@ -9,11 +9,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::protocol::{DirectoryEntry, ErrorBody, ErrorCode, SessionInfo};
-use crate::session::SessionObserver;
+use crate::session::{SessionObserver, Stop};
 
 /// Names shown per session in a listing; `member_count` tells the rest.
 const MEMBERS_PER_ENTRY: usize = 8;
@@ -54,6 +53,14 @@ pub struct Directory {
     inner: Arc<Mutex<State>>,
 }
 
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("sessions", &self.len())
+            .finish()
+    }
+}
+
 #[derive(Default)]
 struct State {
     by_id: HashMap<Uuid, Entry>,
@@ -72,7 +79,7 @@ struct Running {
     /// Tells apart one run of a session's server from the next, so a server that stopped late
     /// cannot mark its successor as stopped.
     generation: u64,
-    close: CancellationToken,
+    stop: Stop,
 }
 
 impl Directory {
@@ -128,16 +135,21 @@ impl Directory {
     }
 
     /// Records that a server for `id` runs at `server`.
-    pub fn set_running(
-        &self,
-        id: Uuid,
-        server: SocketAddr,
-        generation: u64,
-        close: CancellationToken,
-    ) {
+    pub fn set_running(&self, id: Uuid, server: SocketAddr, generation: u64, stop: Stop) {
         if let Some(entry) = self.lock().by_id.get_mut(&id) {
             entry.listed.server = Some(server);
-            entry.running = Some(Running { generation, close });
+            entry.running = Some(Running { generation, stop });
+        }
+    }
+
+    /// Fault injection: kills the running server of `id` as a panic would. Returns whether one ran.
+    pub fn crash(&self, id: Uuid) -> bool {
+        match self.lock().by_id.get(&id).and_then(|e| e.running.as_ref()) {
+            Some(running) => {
+                running.stop.crash.cancel();
+                true
+            }
+            None => false,
         }
     }
 
@@ -164,7 +176,7 @@ impl Directory {
         }
         state.order.retain(|i| *i != id);
         if let Some(running) = entry.running {
-            running.close.cancel();
+            running.stop.close.cancel();
         }
         Some(entry.listed)
     }

@@ -85,6 +85,9 @@ pub struct CoordinatorConfig {
     pub password_cost: PasswordCost,
     /// Registrations and logins being hashed at once; more are not answered (clients retry).
     pub max_pending_logins: usize,
+    /// Use this directory instead of a new one, so that the embedding program (or a
+    /// fault-injection test) can read it and act on it.
+    pub directory: Option<Directory>,
 }
 
 impl Default for CoordinatorConfig {
@@ -101,6 +104,7 @@ impl Default for CoordinatorConfig {
             token_ttl: Duration::from_secs(24 * 3600),
             password_cost: PasswordCost::default(),
             max_pending_logins: 64,
+            directory: None,
         }
     }
 }
@@ -171,11 +175,12 @@ pub async fn run(
             local.ip()
         });
     let (done_tx, mut done_rx) = mpsc::channel(1024);
+    let directory = config.directory.clone().unwrap_or_default();
     let mut coordinator = Coordinator {
         logins: Arc::new(Semaphore::new(config.max_pending_logins.max(1))),
         config,
         session_host,
-        directory: Directory::default(),
+        directory,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         presence_log,
@@ -615,9 +620,10 @@ impl Coordinator {
         let stop = Stop {
             shutdown: self.shutdown.clone(),
             close: CancellationToken::new(),
+            crash: CancellationToken::new(),
         };
         self.directory
-            .set_running(id, server, generation, stop.close.clone());
+            .set_running(id, server, generation, stop.clone());
         let directory = self.directory.clone();
         self.tracker.spawn(async move {
             let ended = session::run(listener, config, stop).await;

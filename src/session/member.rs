@@ -37,7 +37,7 @@ pub struct MemberLimits {
 impl Default for MemberLimits {
     fn default() -> Self {
         Self {
-            idle: Duration::from_secs(10),
+            idle: Duration::from_secs(6),
             rate: Some(20.0),
             burst: 50.0,
             write_timeout: Duration::from_secs(10),
@@ -181,7 +181,7 @@ async fn read_loop(
             Ok(Some(Ok(Frame::Line(line)))) => line,
         };
         let event = match serde_json::from_slice::<ClientMsg>(&line) {
-            Ok(ClientMsg::Say { text }) => {
+            Ok(ClientMsg::Say { text, id }) => {
                 if let Err(e) = check_text(&text) {
                     let _ = tx.try_send(encode_line(&ServerMsg::Error(e)));
                     continue;
@@ -196,7 +196,7 @@ async fn read_loop(
                     let _ = tx.try_send(error(ErrorCode::RateLimited, msg));
                     continue;
                 }
-                RoomEvent::Say { conn, text }
+                RoomEvent::Say { conn, text, id }
             }
             Ok(ClientMsg::History { before, limit }) => RoomEvent::History {
                 conn,

@@ -121,6 +121,10 @@ pub struct Stop {
     pub shutdown: CancellationToken,
     /// This session was removed for good.
     pub close: CancellationToken,
+    /// Fault injection: kills the room task mid-flight, as a panic would, without a word to
+    /// anyone. The fault-injection tests use it to prove that the coordinator and the clients
+    /// recover from a session server that dies.
+    pub crash: CancellationToken,
 }
 
 /// Serves one session on `listener` until stopped or until it has been idle too long.
@@ -156,6 +160,10 @@ pub async fn run(listener: TcpListener, config: SessionConfig, stop: Stop) -> En
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            _ = stop.crash.cancelled(), if !room_task.is_finished() => {
+                tracing::warn!(session = %config.id, "fault injection: killing the room task");
+                room_task.abort();
+            }
             result = &mut room_task => {
                 break match result {
                     Err(e) => {

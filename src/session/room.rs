@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::encode_line;
+use crate::expiring::ExpiringMap;
 use crate::protocol::{
     ChatLine, Departure, ErrorBody, ErrorCode, LeaveReason, Member, ServerMsg, limits,
 };
@@ -52,6 +53,7 @@ pub(crate) enum RoomEvent {
     Say {
         conn: ConnId,
         text: String,
+        id: Option<u64>,
     },
     History {
         conn: ConnId,
@@ -73,6 +75,9 @@ struct MemberSlot {
 
 /// Most events applied before presence is flushed, so a flood cannot postpone notices forever.
 const BATCH: usize = 512;
+/// How long, and for how many lines, resent lines are recognised.
+const LINE_ID_TTL: Duration = Duration::from_secs(3600);
+const LINE_ID_CAP: usize = 100_000;
 
 pub(crate) struct Room {
     config: Arc<SessionConfig>,
@@ -85,12 +90,21 @@ pub(crate) struct Room {
     /// Joined in this batch: they get a welcome at the flush, the others a presence notice.
     pending_joined: Vec<(ConnId, Replay)>,
     pending_left: Vec<Departure>,
+    /// Line ids seen per sender, to drop lines a reconnecting client resends.
+    line_ids: ExpiringMap<(Arc<str>, u64), ()>,
 }
 
 impl Room {
     pub(crate) fn new(config: Arc<SessionConfig>, seq: u64, recent: Vec<ChatLine>) -> Self {
         let recent_cap = config.recent_messages.max(1);
+        let mut line_ids = ExpiringMap::new(LINE_ID_TTL, LINE_ID_CAP);
+        for line in &recent {
+            if let Some(id) = line.id {
+                line_ids.insert((Arc::from(line.from.as_str()), id), ());
+            }
+        }
         Self {
+            line_ids,
             config,
             members: HashMap::new(),
             names: HashMap::new(),
@@ -153,7 +167,7 @@ impl Room {
                 let result = self.join(conn, user, udp, replay, tx, kick);
                 let _ = reply.send(result);
             }
-            RoomEvent::Say { conn, text } => self.say(conn, text),
+            RoomEvent::Say { conn, text, id } => self.say(conn, text, id),
             RoomEvent::History {
                 conn,
                 before,
@@ -239,10 +253,16 @@ impl Room {
         }
     }
 
-    fn say(&mut self, conn: ConnId, text: String) {
-        let Some(from) = self.members.get(&conn).map(|s| s.user.to_string()) else {
+    fn say(&mut self, conn: ConnId, text: String, id: Option<u64>) {
+        let Some(user) = self.members.get(&conn).map(|s| s.user.clone()) else {
             return;
         };
+        if let Some(id) = id
+            && !self.line_ids.insert((user.clone(), id), ())
+        {
+            return; // a resend of a line already in the order
+        }
+        let from = user.to_string();
         // Members joining in this batch must get their welcome before any line after it.
         self.flush_presence();
         self.seq += 1;
@@ -251,6 +271,7 @@ impl Room {
             time: Utc::now().trunc_subsecs(3),
             from,
             text,
+            id,
         };
         let bytes = encode_line(&ServerMsg::Msg(line.clone()));
         if let Some(store) = &self.config.history {
@@ -291,11 +312,17 @@ impl Room {
         }
     }
 
+    /// Sends a rejoining member the lines it missed, as ordinary `msg` lines in their place in the
+    /// order (the client drops any it already has). Only what memory holds is replayed.
     fn replay_after(&mut self, conn: ConnId, since: u64) {
         let start = self.recent.partition_point(|l| l.seq <= since);
-        let messages: Vec<ChatLine> = self.recent.range(start..).cloned().collect();
-        if !messages.is_empty() {
-            self.send_to(conn, encode_line(&ServerMsg::History { messages }));
+        let lines: Vec<Bytes> = self
+            .recent
+            .range(start..)
+            .map(|l| encode_line(&ServerMsg::Msg(l.clone())))
+            .collect();
+        for line in lines {
+            self.send_to(conn, line);
         }
     }
 
