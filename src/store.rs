@@ -620,7 +620,7 @@ mod tests {
             time: t(seq as i64),
             sender: "alice".to_owned(),
             text: format!("message {seq}"),
-            client_id: (seq % 2 == 0).then_some(u64::MAX - seq),
+            client_id: seq.is_multiple_of(2).then_some(u64::MAX - seq),
         }
     }
 
