@@ -56,7 +56,7 @@ impl PresenceLog {
         Ok(Self { tx })
     }
 
-    /// Records one event: `2026-11-22 14:03:07 <session> joined alice 127.0.0.1:5000`.
+    /// Records one event: `2026-11-22 14:03:07 session=lobby(<id>) joined user=alice udp=127.0.0.1:5000`.
     pub fn record(&self, session: &str, event: &str, user: &str, udp: std::net::SocketAddr) {
         let line = format!(
             "{} session={session} {event} user={user} udp={udp}\n",

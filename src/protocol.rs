@@ -241,6 +241,8 @@ pub enum ErrorCode {
     Throttled,
     /// Allowed only to someone else (closing a session one did not create).
     Forbidden,
+    /// A rejoining member missed more lines than the server replays; `history` has them.
+    Gap,
     /// Something failed inside the server.
     Internal,
 }
@@ -361,6 +363,22 @@ pub struct Departure {
     pub reason: LeaveReason,
 }
 
+/// Why a session server closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByeReason {
+    /// The member sent `leave`; everything it sent before was applied.
+    Left,
+    /// The session was removed for good by its creator; do not reconnect.
+    Closed,
+    /// The server is shutting down (or the session is stopping); reconnecting later may work.
+    Shutdown,
+    /// Nothing (not even `ping`) arrived within the heartbeat limit.
+    Silent,
+    /// No `hello` arrived within the hello timeout.
+    HelloTimeout,
+}
+
 /// Messages a session server sends to a member, one JSON object per line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -399,8 +417,10 @@ pub enum ServerMsg {
     Error(ErrorBody),
     /// The server is about to close this connection.
     Bye {
+        /// Why, for programs: decides whether a client should reconnect.
+        reason: ByeReason,
         /// Why, in words.
-        reason: String,
+        message: String,
     },
 }
 
@@ -489,5 +509,44 @@ mod tests {
             serde_json::to_string(&msg).unwrap(),
             r#"{"type":"msg","seq":1,"time":"2026-11-22T14:03:07Z","from":"alice","text":"hi"}"#
         );
+    }
+
+    mod decoders {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn decode_all(bytes: &[u8]) {
+            let _ = serde_json::from_slice::<Request>(bytes);
+            let _ = serde_json::from_slice::<Response>(bytes);
+            let _ = serde_json::from_slice::<ClientMsg>(bytes);
+            let _ = serde_json::from_slice::<ServerMsg>(bytes);
+            let _ = serde_json::from_slice::<PeerMsg>(bytes);
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_decode_to_a_value_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                decode_all(&bytes);
+            }
+
+            #[test]
+            fn json_shaped_noise_never_panics(
+                kind in prop_oneof!["hello", "say", "msg", "dm", "ack", "create", "join", "list", "welcome", "presence"],
+                field in "[a-z_]{1,8}",
+                value in prop_oneof![Just("1".to_string()), Just("null".to_string()), Just("[]".to_string()), Just("{}".to_string()), "\"[ -~]{0,20}\"".prop_map(|s| s)],
+            ) {
+                for tag in ["type", "op"] {
+                    let text = format!(r#"{{"{tag}":"{kind}","id":1,"{field}":{value}}}"#);
+                    decode_all(text.as_bytes());
+                }
+            }
+
+            #[test]
+            fn say_round_trips(text in "\\PC{0,100}", id in proptest::option::of(any::<u64>())) {
+                let msg = ClientMsg::Say { text, id };
+                let back: ClientMsg = serde_json::from_str(&serde_json::to_string(&msg).unwrap()).unwrap();
+                prop_assert_eq!(back, msg);
+            }
+        }
     }
 }

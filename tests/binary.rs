@@ -101,11 +101,20 @@ async fn the_binary_starts_joins_chats_and_sends_privately() {
     bob.say("hi alice").await.unwrap();
     let line = alice.wait_for("<bob> hi alice").await;
     assert!(is_stamped(&line), "{line}");
+    // A line that tries to clear the screen and retitle the window is shown inert.
+    bob.say("evil\x1b[2J\x1b]0;pwned\x07\u{202e}gnp.exe")
+        .await
+        .unwrap();
+    let line = alice.wait_for("<bob> evil").await;
+    assert!(
+        !line.contains('\x1b') && !line.contains('\x07') && !line.contains('\u{202e}'),
+        "{line:?}"
+    );
 
     alice.type_line("hello bob").await;
-    let got = messages(&mut b_ev, 2).await;
-    assert_eq!(got[1].from, "alice");
-    assert_eq!(got[1].text, "hello bob");
+    let got = messages(&mut b_ev, 3).await;
+    assert_eq!(got[2].from, "alice");
+    assert_eq!(got[2].text, "hello bob");
 
     alice.type_line("@bob just between us").await;
     let text = expect(&mut b_ev, "alice's private message", |e| match e {

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use super::{ClientConfig, ClientError, Coord, Event, Roster};
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{
-    ClientMsg, ErrorCode, Member, RequestBody, ResponseBody, ServerMsg, SessionInfo, limits,
+    ByeReason, ClientMsg, ErrorCode, Member, RequestBody, ResponseBody, ServerMsg, SessionInfo,
+    limits,
 };
 
 /// Lines we may queue towards the server before `say` waits.
@@ -36,8 +37,6 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(3);
 const RETRY_GIVE_UP: Duration = Duration::from_secs(300);
-/// The server's goodbye when we left on purpose.
-const LEFT: &str = "you left the session";
 
 type Reader = FramedRead<OwnedReadHalf, LineCodec>;
 
@@ -329,7 +328,12 @@ impl Keeper {
             };
             let since = Some(self.last_seq.load(Ordering::Relaxed));
             match self.joiner.connect(server, since).await {
-                Ok((w, r, members, _)) => return Ok((w, r, members)),
+                Ok((w, r, members, seq)) => {
+                    // A server that crashed may have lost its newest lines; what it numbers
+                    // next is new to us even if we saw those numbers before.
+                    self.last_seq.fetch_min(seq, Ordering::Relaxed);
+                    return Ok((w, r, members));
+                }
                 Err(e) => tracing::debug!(error = %e, "rejoin attempt failed"),
             }
             if started.elapsed() > RETRY_GIVE_UP {
@@ -390,11 +394,13 @@ impl Keeper {
                     }
                     Ok(ServerMsg::History { messages }) => Event::History(messages),
                     Ok(ServerMsg::Error(e)) => Event::ServerError(e),
-                    Ok(ServerMsg::Bye { reason }) if reason == LEFT => return Broken::Left,
-                    Ok(ServerMsg::Bye { reason }) if reason.contains("closed by its creator") => {
-                        return Broken::Gone(reason);
+                    Ok(ServerMsg::Bye { reason, message }) => {
+                        return match reason {
+                            ByeReason::Left => Broken::Left,
+                            ByeReason::Closed => Broken::Gone(message),
+                            _ => Broken::Lost(message),
+                        };
                     }
-                    Ok(ServerMsg::Bye { reason }) => return Broken::Lost(reason),
                     Ok(ServerMsg::Welcome { members, .. }) => {
                         self.roster.replace(&members);
                         continue;
@@ -469,7 +475,7 @@ async fn await_welcome(reader: &mut Reader) -> Result<(Vec<Member>, u64), Client
         match serde_json::from_slice::<ServerMsg>(&line) {
             Ok(ServerMsg::Welcome { members, seq, .. }) => return Ok((members, seq)),
             Ok(ServerMsg::Error(e)) => return Err(ClientError::Refused(e)),
-            Ok(ServerMsg::Bye { reason }) => return Err(ClientError::Closed(reason)),
+            Ok(ServerMsg::Bye { message, .. }) => return Err(ClientError::Closed(message)),
             Ok(_) => continue,
             Err(e) => tracing::debug!(error = %e, "unreadable line from session server"),
         }

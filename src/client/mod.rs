@@ -627,6 +627,14 @@ impl Client {
             text: text.to_string(),
         };
         let bytes = serde_json::to_vec(&msg).expect("protocol types serialize");
+        if bytes.len() > limits::MAX_DATAGRAM {
+            // Escaping can make a text within MAX_DM_TEXT too big for one datagram.
+            return Err(ClientError::Invalid(format!(
+                "private message too long once encoded: {} bytes, limit {}",
+                bytes.len(),
+                limits::MAX_DATAGRAM
+            )));
+        }
         let key = (id, member.udp);
         let mut acked = inner.acks.register(key);
         for delay in inner.config.dm_retry.delays() {

@@ -681,9 +681,26 @@ fn name_taken(name: &str) -> ErrorBody {
     )
 }
 
+/// Encodes an answer as one line (the newline keeps `nc` output readable). Error messages quote
+/// what the client sent, so one that would not fit a datagram is shortened until it does.
 fn encode(id: Option<u64>, observed: SocketAddr, body: ResponseBody) -> Bytes {
-    let resp = Response { id, observed, body };
-    Bytes::from(serde_json::to_vec(&resp).expect("protocol types serialize"))
+    let mut resp = Response { id, observed, body };
+    loop {
+        let mut bytes = serde_json::to_vec(&resp).expect("protocol types serialize");
+        bytes.push(b'\n');
+        let excess = bytes.len().saturating_sub(limits::MAX_DATAGRAM);
+        match &mut resp.body {
+            ResponseBody::Error(e) if excess > 0 && !e.message.is_empty() => {
+                let mut keep = e.message.len().saturating_sub(excess + 3);
+                while !e.message.is_char_boundary(keep) {
+                    keep -= 1;
+                }
+                e.message.truncate(keep);
+                e.message.push('…');
+            }
+            _ => return Bytes::from(bytes),
+        }
+    }
 }
 
 /// A listener with a backlog deep enough for thousands of simultaneous joins.

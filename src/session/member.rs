@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::SessionConfig;
 use super::room::{ConnId, Replay, RoomEvent};
 use crate::codec::{Frame, LineCodec, encode_line};
-use crate::protocol::{ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, limits};
+use crate::protocol::{ByeReason, ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, limits};
 
 /// Limits on what one member may send; documented in README's "Limits and failure behaviour".
 #[derive(Debug, Clone)]
@@ -69,7 +69,11 @@ pub(crate) async fn serve(
         };
         let line = match frame {
             Err(_) => {
-                let _ = send_now(&mut write, &bye("no hello within the time limit")).await;
+                let _ = send_now(
+                    &mut write,
+                    &bye(ByeReason::HelloTimeout, "no hello within the time limit"),
+                )
+                .await;
                 tracing::debug!(%peer, "closed connection that never said hello");
                 return;
             }
@@ -129,7 +133,11 @@ pub(crate) async fn serve(
         reply: reply_tx,
     };
     if room.send(join).await.is_err() {
-        let _ = send_now(&mut write, &bye("the session is closing")).await;
+        let _ = send_now(
+            &mut write,
+            &bye(ByeReason::Shutdown, "the session is closing"),
+        )
+        .await;
         return;
     }
     match reply_rx.await {
@@ -170,7 +178,10 @@ async fn read_loop(
         };
         let line = match frame {
             Err(_) => {
-                let _ = tx.try_send(bye("no message or ping within the heartbeat limit"));
+                let _ = tx.try_send(bye(
+                    ByeReason::Silent,
+                    "no message or ping within the heartbeat limit",
+                ));
                 break LeaveReason::Disconnected;
             }
             Ok(None) | Ok(Some(Err(_))) => break LeaveReason::Disconnected,
@@ -198,11 +209,21 @@ async fn read_loop(
                 }
                 RoomEvent::Say { conn, text, id }
             }
-            Ok(ClientMsg::History { before, limit }) => RoomEvent::History {
-                conn,
-                before,
-                limit,
-            },
+            Ok(ClientMsg::History { before, limit }) => {
+                // History can reach the database: it costs a token like a line does.
+                if bucket.take().is_err() {
+                    let _ = tx.try_send(error(
+                        ErrorCode::RateLimited,
+                        "slow down: too many requests",
+                    ));
+                    continue;
+                }
+                RoomEvent::History {
+                    conn,
+                    before,
+                    limit,
+                }
+            }
             Ok(ClientMsg::Ping) => {
                 let _ = tx.try_send(encode_line(&ServerMsg::Pong));
                 continue;
@@ -221,9 +242,6 @@ async fn read_loop(
             break LeaveReason::Disconnected;
         }
     };
-    if reason == LeaveReason::Left {
-        let _ = tx.try_send(bye("you left the session"));
-    }
     // Our sender must go before the room's, so the writer sees the queue close after the last line.
     drop(tx);
     let _ = room.send(RoomEvent::Leave { conn, reason }).await;
@@ -240,7 +258,6 @@ async fn write_loop(
     loop {
         let first = tokio::select! {
             biased;
-            m = rx.recv() => m,
             _ = kick.cancelled() => {
                 if !stop.is_cancelled() {
                     break; // dropped for being slow: no point writing more
@@ -249,6 +266,7 @@ async fn write_loop(
                 rx.close();
                 rx.recv().await
             }
+            m = rx.recv() => m,
         };
         let Some(first) = first else { break };
         buf.extend_from_slice(&first);
@@ -325,9 +343,10 @@ fn too_large() -> Bytes {
     )
 }
 
-fn bye(reason: &str) -> Bytes {
+fn bye(reason: ByeReason, message: &str) -> Bytes {
     encode_line(&ServerMsg::Bye {
-        reason: reason.to_string(),
+        reason,
+        message: message.to_string(),
     })
 }
 

@@ -160,9 +160,11 @@ pub async fn run(listener: TcpListener, config: SessionConfig, stop: Stop) -> En
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = stop.crash.cancelled(), if !room_task.is_finished() => {
+            _ = stop.crash.cancelled() => {
                 tracing::warn!(session = %config.id, "fault injection: killing the room task");
                 room_task.abort();
+                let _ = (&mut room_task).await;
+                break Ended::Failed;
             }
             result = &mut room_task => {
                 break match result {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::encode_line;
 use crate::expiring::ExpiringMap;
 use crate::protocol::{
-    ChatLine, Departure, ErrorBody, ErrorCode, LeaveReason, Member, ServerMsg, limits,
+    ByeReason, ChatLine, Departure, ErrorBody, ErrorCode, LeaveReason, Member, ServerMsg, limits,
 };
 
 use super::{SessionConfig, Stop};
@@ -133,11 +133,11 @@ impl Room {
                         self.apply(event);
                     }
                     self.flush_presence();
-                    self.close_all("the server is shutting down");
+                    self.close_all(ByeReason::Shutdown, "the server is shutting down");
                     break;
                 }
                 _ = stop.close.cancelled() => {
-                    self.close_all("this session was closed by its creator");
+                    self.close_all(ByeReason::Closed, "this session was closed by its creator");
                     break;
                 }
             };
@@ -225,6 +225,13 @@ impl Room {
         let Some(slot) = self.members.remove(&conn) else {
             return;
         };
+        if reason == LeaveReason::Left {
+            // Through the room, so it comes after every line the member sent before leaving.
+            let _ = slot.tx.try_send(encode_line(&ServerMsg::Bye {
+                reason: ByeReason::Left,
+                message: "you left the session".into(),
+            }));
+        }
         self.names.remove(&slot.user.to_lowercase());
         if let Some(log) = &self.config.presence_log {
             let event = match reason {
@@ -315,6 +322,15 @@ impl Room {
     /// Sends a rejoining member the lines it missed, as ordinary `msg` lines in their place in the
     /// order (the client drops any it already has). Only what memory holds is replayed.
     fn replay_after(&mut self, conn: ConnId, since: u64) {
+        let oldest = self.recent.front().map_or(self.seq + 1, |l| l.seq);
+        if since + 1 < oldest {
+            let missed = oldest - since - 1;
+            let notice = ErrorBody::new(
+                ErrorCode::Gap,
+                format!("{missed} earlier message(s) are not replayed; use history to read them"),
+            );
+            self.send_to(conn, encode_line(&ServerMsg::Error(notice)));
+        }
         let start = self.recent.partition_point(|l| l.seq <= since);
         let lines: Vec<Bytes> = self
             .recent
@@ -401,9 +417,10 @@ impl Room {
         }
     }
 
-    fn close_all(&mut self, reason: &str) {
+    fn close_all(&mut self, reason: ByeReason, message: &str) {
         let bye = encode_line(&ServerMsg::Bye {
-            reason: reason.to_string(),
+            reason,
+            message: message.to_string(),
         });
         for slot in self.members.values() {
             let _ = slot.tx.try_send(bye.clone());

@@ -30,7 +30,12 @@ impl TestCoordinator {
     }
 
     pub async fn start_with(config: CoordinatorConfig) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    /// Starts on a given address, so a restarted coordinator can take its predecessor's port.
+    pub async fn start_on(addr: SocketAddr, config: CoordinatorConfig) -> Self {
+        let socket = UdpSocket::bind(addr).await.unwrap();
         let addr = socket.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
