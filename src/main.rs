@@ -37,6 +37,13 @@ enum Command {
         /// or 127.0.0.1 when that is 0.0.0.0).
         #[arg(long)]
         session_host: Option<std::net::IpAddr>,
+        /// Print the bound UDP address as the first line on stdout, so a parent process that
+        /// asked for port 0 (the benchmark) learns where to send requests.
+        #[arg(long)]
+        print_addr: bool,
+        /// Let members send as fast as they like: benchmarks at full speed need this.
+        #[arg(long)]
+        no_rate_limit: bool,
     },
     /// Run the terminal client.
     Client {
@@ -64,17 +71,25 @@ async fn main() -> anyhow::Result<()> {
             idle_timeout,
             log_file,
             session_host,
+            print_addr,
+            no_rate_limit,
         } => {
             init_tracing("info");
             let socket = tokio::net::UdpSocket::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on UDP {listen}"))?;
-            let config = CoordinatorConfig {
+            if print_addr {
+                println!("{}", socket.local_addr()?);
+            }
+            let mut config = CoordinatorConfig {
                 idle_timeout: Duration::from_secs(idle_timeout),
                 presence_log: log_file,
                 session_host,
                 ..CoordinatorConfig::default()
             };
+            if no_rate_limit {
+                config.member_limits.rate = None;
+            }
             let shutdown = CancellationToken::new();
             let on_signal = shutdown.clone();
             tokio::spawn(async move {
