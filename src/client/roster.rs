@@ -61,7 +61,7 @@ impl Roster {
     /// Everyone, sorted by name.
     pub fn members(&self) -> Vec<Member> {
         let mut v: Vec<Member> = self.lock().values().cloned().collect();
-        v.sort_by(|a, b| a.user.to_lowercase().cmp(&b.user.to_lowercase()));
+        v.sort_by_key(|m| m.user.to_lowercase());
         v
     }
 

@@ -92,10 +92,10 @@ impl Directory {
     /// Finds a session by exact id, by name (without regard to case), or by a unique id prefix.
     pub fn find(&self, key: &str) -> Result<SessionInfo, ErrorBody> {
         let state = self.lock();
-        if let Ok(id) = key.parse::<Uuid>() {
-            if let Some(entry) = state.by_id.get(&id) {
-                return Ok(entry.info.clone());
-            }
+        if let Ok(id) = key.parse::<Uuid>()
+            && let Some(entry) = state.by_id.get(&id)
+        {
+            return Ok(entry.info.clone());
         }
         if let Some(id) = state.by_name.get(&key.to_lowercase()) {
             return Ok(state.by_id[id].info.clone());

@@ -137,10 +137,10 @@ pub async fn run(
                 continue;
             }
         };
-        if let Some(answer) = coordinator.handle(&buf[..len], from).await {
-            if let Err(e) = socket.send_to(&answer, from).await {
-                tracing::debug!(%from, error = %e, "send_to failed");
-            }
+        if let Some(answer) = coordinator.handle(&buf[..len], from).await
+            && let Err(e) = socket.send_to(&answer, from).await
+        {
+            tracing::debug!(%from, error = %e, "send_to failed");
         }
     }
     tracing::info!("coordinator shutting down");
