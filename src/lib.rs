@@ -11,7 +11,7 @@
 //! - [`protocol`]: every message on the wire, mirrored in `protocol.md`; [`codec`] frames TCP lines.
 //! - [`auth`]: name rules.
 //! - [`presence_log`]: the human-readable join/leave log.
-//! - [`bench`]: `confab bench`, load scenarios that measure the above and check that nothing is
+//! - [`bench`](mod@bench): `confab bench`, load scenarios that measure the above and check that nothing is
 //!   lost, duplicated or reordered on the way.
 #![warn(missing_docs)]
 

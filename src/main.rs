@@ -99,6 +99,10 @@ enum Scenario {
         /// Messages per second per sender (default: as fast as possible).
         #[arg(long)]
         rate: Option<f64>,
+        /// Most messages a sender has on the way before it waits for its own to come back
+        /// (0: no limit, and the server drops whoever falls 4096 lines behind).
+        #[arg(long, default_value_t = 64)]
+        window: usize,
     },
     /// Many members joining one session.
     Join {
@@ -126,6 +130,9 @@ enum Scenario {
         /// Messages per second per sender (default: as fast as possible).
         #[arg(long)]
         rate: Option<f64>,
+        /// Most messages a sender has on the way before it waits for its own to come back.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
     },
     /// Pairs of members exchanging private messages peer to peer.
     Dm {
@@ -229,6 +236,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             senders,
             messages,
             rate,
+            window,
         } => {
             let opts = bench::FanoutOpts {
                 sessions: 1,
@@ -236,6 +244,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 senders,
                 messages,
                 rate,
+                window,
             };
             bench::render(&bench::fanout(&env, &opts).await?, args.json)
         }
@@ -245,6 +254,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             senders,
             messages,
             rate,
+            window,
         } => {
             let opts = bench::FanoutOpts {
                 sessions,
@@ -252,6 +262,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 senders: senders.unwrap_or(members),
                 messages,
                 rate,
+                window,
             };
             bench::render(&bench::sessions(&env, &opts).await?, args.json)
         }

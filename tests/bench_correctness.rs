@@ -21,6 +21,7 @@ async fn short_fanout_delivers_everything_once_and_in_order() {
         senders: 5,
         messages: 20,
         rate: None,
+        window: 0,
     };
     let report = bench::fanout(&in_process(), &opts).await.unwrap();
     assert_eq!(report.expected, 5 * 5 * 20);
@@ -43,6 +44,7 @@ async fn short_sessions_run_keeps_every_session_apart() {
         senders: 2,
         messages: 10,
         rate: None,
+        window: 4,
     };
     let report = bench::sessions(&in_process(), &opts).await.unwrap();
     assert_eq!(report.expected, 3 * 3 * 2 * 10);

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::stats::{Histogram, LatencySummary};
 use super::{
@@ -30,8 +31,15 @@ pub struct FanoutOpts {
     pub senders: usize,
     /// Messages each sender sends.
     pub messages: usize,
-    /// Messages per second per sender; `None` sends as fast as the connection takes them.
+    /// Messages per second per sender; `None` sends as fast as the server keeps up.
     pub rate: Option<f64>,
+    /// Most messages one sender has on the way (sent, not yet back to itself); 0 for no limit.
+    ///
+    /// Nothing in the protocol slows a sender down for the sake of slow receivers: the server
+    /// drops a member whose queue (4096 lines) overflows. Unlimited senders at full speed thus
+    /// measure how many members get dropped, not throughput; a window keeps the run closed-loop,
+    /// as a real sender that waits to see its own line would be.
+    pub window: usize,
 }
 
 impl Default for FanoutOpts {
@@ -43,6 +51,7 @@ impl Default for FanoutOpts {
             senders: 50,
             messages: 200,
             rate: None,
+            window: 64,
         }
     }
 }
@@ -164,17 +173,22 @@ async fn run_on(
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     let mut clients = Vec::new();
+    let senders_done = CancellationToken::new();
     for (s, room) in rooms.into_iter().enumerate() {
         for (i, member) in room.into_iter().enumerate() {
             let Member { client, events } = member;
-            receivers.push(tokio::spawn(receive(
-                events,
-                opts.senders,
-                opts.messages,
+            let window = (i < opts.senders && opts.window > 0)
+                .then(|| Arc::new(Semaphore::new(opts.window)));
+            let listen = Listen {
+                senders: opts.senders,
+                messages: opts.messages,
                 epoch,
                 deadline,
-                delivered.clone(),
-            )));
+                delivered: delivered.clone(),
+                own: window.clone().map(|w| (i, w)),
+                senders_done: senders_done.clone(),
+            };
+            receivers.push(tokio::spawn(receive(events, listen)));
             if i < opts.senders {
                 // Senders at a fixed rate start spread over one period, as independent people
                 // would; all ticking at the same instant would measure a burst, not a rate.
@@ -185,8 +199,7 @@ async fn run_on(
                     client.clone(),
                     (s, i),
                     opts.messages,
-                    opts.rate,
-                    offset,
+                    (opts.rate, offset, window),
                     epoch,
                     deadline,
                 )));
@@ -203,6 +216,7 @@ async fn run_on(
         sent[s][i] = n;
         send_failures += failed;
     }
+    senders_done.cancel();
     let mut tally = Tally::new(opts.senders, opts.messages);
     let mut per_session = vec![Tally::new(opts.senders, opts.messages); opts.sessions];
     for (n, task) in receivers.into_iter().enumerate() {
@@ -351,8 +365,7 @@ async fn send(
     client: Client,
     (session, sender): (usize, usize),
     messages: usize,
-    rate: Option<f64>,
-    offset: Duration,
+    (rate, offset, window): (Option<f64>, Duration, Option<Arc<Semaphore>>),
     epoch: Instant,
     deadline: tokio::time::Instant,
 ) -> (usize, usize, u64, u64) {
@@ -367,6 +380,13 @@ async fn send(
         for m in 0..messages {
             if let Some(t) = &mut ticker {
                 t.tick().await;
+            }
+            if let Some(w) = &window {
+                // Given back by our own receiver when the line comes back from the server.
+                match w.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return (sent, 1),
+                }
             }
             let text = format!("{sender} {m} {}", epoch.elapsed().as_nanos());
             if client.say(&text).await.is_err() {
@@ -488,21 +508,36 @@ impl Tally {
     }
 }
 
-async fn receive(
-    mut events: mpsc::Receiver<Event>,
+/// What a receiver needs to know.
+struct Listen {
     senders: usize,
     messages: usize,
     epoch: Instant,
     deadline: tokio::time::Instant,
     delivered: Arc<AtomicU64>,
-) -> Tally {
-    let expected = (senders * messages) as u64;
-    let mut tally = Tally::new(senders, messages);
+    /// If this member also sends: its sender index, and the window its own lines refill.
+    own: Option<(usize, Arc<Semaphore>)>,
+    /// Cancelled when every sender is done; from then on a receiver that hears nothing for
+    /// [`QUIET`] stops waiting (its missing messages are lost, and counted so).
+    senders_done: CancellationToken,
+}
+
+/// See [`Listen::senders_done`].
+const QUIET: Duration = Duration::from_secs(2);
+
+async fn receive(mut events: mpsc::Receiver<Event>, listen: Listen) -> Tally {
+    let expected = (listen.senders * listen.messages) as u64;
+    let mut tally = Tally::new(listen.senders, listen.messages);
     let handle = |tally: &mut Tally, event: Event| -> bool {
         match event {
             Event::Message(line) => {
-                tally.record(&line.text, epoch);
-                delivered.fetch_add(1, Ordering::Relaxed);
+                tally.record(&line.text, listen.epoch);
+                listen.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some((me, window)) = &listen.own
+                    && parse(&line.text).is_some_and(|(from, _, _)| from == *me)
+                {
+                    window.add_permits(1);
+                }
             }
             Event::ServerError(_) => tally.server_errors += 1,
             Event::Disconnected { .. } => {
@@ -513,8 +548,21 @@ async fn receive(
         }
         true
     };
+    let mut quiet = false;
     while tally.received < expected {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
+        let until = if quiet {
+            listen.deadline.min(tokio::time::Instant::now() + QUIET)
+        } else {
+            listen.deadline
+        };
+        let event = tokio::select! {
+            e = tokio::time::timeout_at(until, events.recv()) => e,
+            _ = listen.senders_done.cancelled(), if !quiet => {
+                quiet = true;
+                continue;
+            }
+        };
+        match event {
             Ok(Some(event)) => {
                 if !handle(&mut tally, event) {
                     return tally;

@@ -16,10 +16,10 @@
 //! went missing rather than hanging.
 //!
 //! # Scenarios
-//! - [`fanout`] and [`sessions`]: group messages, one session or many at once ([`fanout`](mod@fanout)).
-//! - [`join`]: thousands of members arriving at once ([`join`](mod@join)).
-//! - [`dm`]: peer-to-peer private messages with acknowledgements ([`dm`](mod@dm)).
-//! - [`requests`]: coordinator `list` and `join` requests per second ([`requests`](mod@requests)).
+//! - [`fanout`] and [`sessions`]: group messages, one session or many at once.
+//! - [`join`]: thousands of members arriving at once, on lean raw-protocol members.
+//! - [`dm`]: peer-to-peer private messages with acknowledgements.
+//! - [`requests`]: coordinator `list` and `join` requests per second.
 
 mod dm;
 mod fanout;
@@ -158,7 +158,8 @@ impl Progress {
             let label = label.to_string();
             tokio::spawn(async move {
                 let start = tokio::time::Instant::now();
-                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                let period = Duration::from_millis(250);
+                let mut tick = tokio::time::interval_at(start + period, period);
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}

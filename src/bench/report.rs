@@ -85,9 +85,12 @@ fn usage_rows(rows: &mut Vec<(String, String)>, server: Option<&ProcUsage>, benc
 impl Render for FanoutReport {
     fn rows(&self) -> Vec<(String, String)> {
         let o = &self.opts;
-        let rate_text = o.rate.map_or("full speed".to_string(), |r| {
+        let mut rate_text = o.rate.map_or("full speed".to_string(), |r| {
             format!("{r} msg/s per sender")
         });
+        if o.window > 0 {
+            rate_text += &format!(", window {}", o.window);
+        }
         let mut rows = vec![
             row(
                 "scenario",
@@ -116,7 +119,7 @@ impl Render for FanoutReport {
                 ),
             ),
             row(
-                "disconnected / server errors / send failures / timed out",
+                "dropped / errors / failed sends / timeouts",
                 format!(
                     "{} / {} / {} / {}",
                     self.disconnected,
