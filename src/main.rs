@@ -43,7 +43,20 @@ enum Command {
         /// or 127.0.0.1 when that is 0.0.0.0).
         #[arg(long)]
         session_host: Option<std::net::IpAddr>,
+        /// Print the bound UDP address as the first line on stdout, so a parent process that
+        /// asked for port 0 (the benchmark) learns where to send requests.
+        #[arg(long)]
+        print_addr: bool,
+        /// Let members send as fast as they like: benchmarks at full speed need this.
+        #[arg(long)]
+        no_rate_limit: bool,
+        /// Hash new passwords at the cheapest argon2 cost. For benchmarks and tests that register
+        /// thousands of accounts; never for real ones.
+        #[arg(long)]
+        fast_passwords: bool,
     },
+    /// Measure the server: throughput, latency, joins, private messages, coordinator requests.
+    Bench(BenchArgs),
     /// Run the terminal client.
     Client {
         /// Your user name.
@@ -64,6 +77,102 @@ enum Command {
     },
 }
 
+/// Where the server runs and how results are shown; scenario options follow the scenario name.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Use this running coordinator instead of starting one (no server CPU or memory figures).
+    #[arg(long, global = true, conflicts_with = "in_process")]
+    coordinator: Option<SocketAddr>,
+    /// Run the coordinator inside the benchmark process (no server CPU or memory figures).
+    #[arg(long, global = true)]
+    in_process: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds any one phase may take before it is reported as failed.
+    #[arg(long, global = true, default_value_t = 120)]
+    timeout: u64,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// One session: every member receives what the senders send.
+    Fanout {
+        /// Members in the session.
+        #[arg(long, default_value_t = 50)]
+        members: usize,
+        /// Members that send (every member receives).
+        #[arg(long, default_value_t = 50)]
+        senders: usize,
+        /// Messages per sender.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        /// Messages per second per sender (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Most messages a sender has on the way before it waits for its own to come back
+        /// (0: no limit, and the server drops whoever falls 4096 lines behind).
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+    },
+    /// Many members joining one session.
+    Join {
+        /// Members that join.
+        #[arg(long, default_value_t = 2000)]
+        members: usize,
+        /// Members connecting at the same time (default: all).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Many sessions at once, every member sending.
+    Sessions {
+        /// Sessions.
+        #[arg(long, default_value_t = 200)]
+        sessions: usize,
+        /// Members per session.
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        /// Senders per session (default: every member).
+        #[arg(long)]
+        senders: Option<usize>,
+        /// Messages per sender.
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+        /// Messages per second per sender (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Most messages a sender has on the way before it waits for its own to come back.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+    },
+    /// Pairs of members exchanging private messages peer to peer.
+    Dm {
+        /// Pairs.
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Messages each member sends its partner.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+    },
+    /// Coordinator `list` and `join` requests per second.
+    Coordinator {
+        /// Requests of each kind.
+        #[arg(long, default_value_t = 100_000)]
+        requests: usize,
+        /// Sockets sending at once.
+        #[arg(long, default_value_t = 4)]
+        sockets: usize,
+        /// Requests in flight per socket.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Sessions in the directory.
+        #[arg(long, default_value_t = 20)]
+        sessions: usize,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -75,12 +184,18 @@ async fn main() -> anyhow::Result<()> {
             session_host,
             db,
             token_hours,
+            print_addr,
+            no_rate_limit,
+            fast_passwords,
         } => {
             init_tracing("info");
             let socket = tokio::net::UdpSocket::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on UDP {listen}"))?;
-            let config = CoordinatorConfig {
+            if print_addr {
+                println!("{}", socket.local_addr()?);
+            }
+            let mut config = CoordinatorConfig {
                 idle_timeout: Duration::from_secs(idle_timeout),
                 presence_log: log_file,
                 session_host,
@@ -92,6 +207,12 @@ async fn main() -> anyhow::Result<()> {
                 token_ttl: Duration::from_secs(token_hours * 3600),
                 ..CoordinatorConfig::default()
             };
+            if no_rate_limit {
+                config.member_limits.rate = None;
+            }
+            if fast_passwords {
+                config.password_cost = confab::auth::PasswordCost::INSECURE_FAST;
+            }
             let shutdown = CancellationToken::new();
             let on_signal = shutdown.clone();
             tokio::spawn(async move {
@@ -116,6 +237,10 @@ async fn main() -> anyhow::Result<()> {
             config.advertise = advertise;
             repl::run(config, repl::Credentials { password, register }).await?;
         }
+        Command::Bench(args) => {
+            init_tracing("warn");
+            bench(args).await?;
+        }
     }
     Ok(())
 }
@@ -131,6 +256,87 @@ fn password_for(user: &str) -> anyhow::Result<String> {
             .context("cannot read the password");
     }
     anyhow::bail!("no password: set CONFAB_PASSWORD, or run in a terminal to be asked")
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use confab::bench;
+    bench::raise_fd_limit().context("cannot raise the open-file limit")?;
+    let env = bench::BenchEnv {
+        server: match (args.coordinator, args.in_process) {
+            (Some(addr), _) => bench::ServerChoice::External(addr),
+            (None, true) => bench::ServerChoice::InProcess,
+            (None, false) => bench::ServerChoice::Child,
+        },
+        timeout: Duration::from_secs(args.timeout),
+        progress: true,
+    };
+    let output = match args.scenario {
+        Scenario::Fanout {
+            members,
+            senders,
+            messages,
+            rate,
+            window,
+        } => {
+            let opts = bench::FanoutOpts {
+                sessions: 1,
+                members,
+                senders,
+                messages,
+                rate,
+                window,
+            };
+            bench::render(&bench::fanout(&env, &opts).await?, args.json)
+        }
+        Scenario::Sessions {
+            sessions,
+            members,
+            senders,
+            messages,
+            rate,
+            window,
+        } => {
+            let opts = bench::FanoutOpts {
+                sessions,
+                members,
+                senders: senders.unwrap_or(members),
+                messages,
+                rate,
+                window,
+            };
+            bench::render(&bench::sessions(&env, &opts).await?, args.json)
+        }
+        Scenario::Join {
+            members,
+            concurrency,
+        } => {
+            let opts = bench::JoinOpts {
+                members,
+                concurrency: concurrency.unwrap_or(members),
+            };
+            bench::render(&bench::join(&env, &opts).await?, args.json)
+        }
+        Scenario::Dm { pairs, messages } => bench::render(
+            &bench::dm(&env, &bench::DmOpts { pairs, messages }).await?,
+            args.json,
+        ),
+        Scenario::Coordinator {
+            requests,
+            sockets,
+            window,
+            sessions,
+        } => {
+            let opts = bench::RequestsOpts {
+                requests,
+                sockets,
+                window,
+                sessions,
+            };
+            bench::render(&bench::requests(&env, &opts).await?, args.json)
+        }
+    };
+    print!("{output}");
+    Ok(())
 }
 
 fn init_tracing(default: &str) {

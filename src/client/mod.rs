@@ -448,6 +448,11 @@ impl Client {
         *lock(&self.inner.token) = Some(token.into());
     }
 
+    /// The token of the last login, for programs that speak to a session server themselves.
+    pub fn session_token(&self) -> Option<String> {
+        lock(&self.inner.token).clone()
+    }
+
     fn token(&self) -> Result<String, ClientError> {
         lock(&self.inner.token)
             .clone()

@@ -1,0 +1,206 @@
+//! `confab bench`: load scenarios against a real coordinator and the session servers it starts.
+//!
+//! Every scenario drives the server through the paths real users take (the [`crate::client`] API,
+//! or the wire protocol itself where thousands of full clients would measure the load generator
+//! instead of the server) and reports correctness beside speed: a broker that is fast because it
+//! loses or reorders messages is not fast. Senders and receivers live in this one process, so a
+//! message can carry its send instant in its text and be timed against the same monotonic clock
+//! when it arrives.
+//!
+//! Where the server runs is a [`ServerChoice`]: by default a child process (the real `confab
+//! coordinator` binary), so that its CPU time and memory can be read from `/proc` apart from the
+//! load generator's; in this process (what the tests use, no server figures); or a coordinator
+//! that is already running.
+//!
+//! Every wait is bounded by [`BenchEnv::timeout`]: a scenario that stalls ends and reports what
+//! went missing rather than hanging.
+//!
+//! # Scenarios
+//! - [`fanout`] and [`sessions`]: group messages, one session or many at once.
+//! - [`join`]: thousands of members arriving at once, on lean raw-protocol members.
+//! - [`dm`]: peer-to-peer private messages with acknowledgements.
+//! - [`requests`]: coordinator `list` and `join` requests per second.
+
+mod dm;
+mod fanout;
+mod join;
+mod report;
+mod requests;
+mod server;
+mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, ClientConfig, ClientError, Event};
+
+pub use dm::{DmOpts, DmReport, dm};
+pub use fanout::{FanoutOpts, FanoutReport, SenderStats, fanout, sessions};
+pub use join::{JoinOpts, JoinReport, join};
+pub use report::{Render, render};
+pub use requests::{OpStats, RequestsOpts, RequestsReport, requests};
+pub use server::{ProcUsage, Server, ServerChoice, raise_fd_limit};
+pub use stats::LatencySummary;
+
+/// What every scenario needs besides its own options.
+#[derive(Debug, Clone)]
+pub struct BenchEnv {
+    /// Where the coordinator runs.
+    pub server: ServerChoice,
+    /// Longest any one phase (connecting, sending, draining) may take before it is reported as
+    /// failed.
+    pub timeout: Duration,
+    /// Rewrite a progress line on stderr while running; off in tests.
+    pub progress: bool,
+}
+
+impl Default for BenchEnv {
+    fn default() -> Self {
+        Self {
+            server: ServerChoice::Child,
+            timeout: Duration::from_secs(120),
+            progress: false,
+        }
+    }
+}
+
+/// Why a scenario could not produce a report at all (losses and timeouts of single messages are
+/// not errors: they are figures in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The coordinator child process could not be started or did not say where it listens.
+    #[error("cannot start the coordinator: {0}")]
+    Spawn(String),
+    /// A member could not be set up.
+    #[error("member {user}: {source}")]
+    Member {
+        /// The member's user name.
+        user: String,
+        /// What the client said.
+        source: ClientError,
+    },
+    /// A phase did not finish in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Socket trouble in the load generator itself.
+    #[error("benchmark I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shorthand for scenario results.
+pub type Result<T> = std::result::Result<T, BenchError>;
+
+/// How a member enters its session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Entry<'a> {
+    /// Create the session with this name and join it.
+    Create(&'a str),
+    /// Join the session with this name.
+    Join(&'a str),
+}
+
+/// One participant on the real client API, with the event stream it must keep reading.
+pub(crate) struct Member {
+    pub(crate) client: Client,
+    pub(crate) events: mpsc::Receiver<Event>,
+}
+
+/// Every benchmark account has this password (the bench's server hashes it at the cheapest cost).
+pub(crate) const PASSWORD: &str = "bench-password";
+
+/// Registers `client`'s user if it is new, and logs in.
+pub(crate) async fn account(client: &Client) -> std::result::Result<(), ClientError> {
+    match client.register(PASSWORD).await {
+        Ok(_) => {}
+        Err(ClientError::Refused(e)) if e.code == crate::protocol::ErrorCode::NameTaken => {}
+        Err(e) => return Err(e),
+    }
+    client.login(PASSWORD).await.map(|_| ())
+}
+
+/// The one place a benchmark member is set up on the client API.
+pub(crate) async fn connect_member(
+    coordinator: SocketAddr,
+    user: &str,
+    entry: Entry<'_>,
+) -> Result<Member> {
+    let failed = |source| BenchError::Member {
+        user: user.to_string(),
+        source,
+    };
+    let config = ClientConfig::new(user, coordinator);
+    let (client, events) = Client::start(config).await.map_err(failed)?;
+    account(&client).await.map_err(failed)?;
+    match entry {
+        Entry::Create(name) => client.start_session(Some(name)).await,
+        Entry::Join(name) => client.join(name).await,
+    }
+    .map_err(failed)?;
+    Ok(Member { client, events })
+}
+
+/// Joining members one after another is slow and not what the join scenario measures; this many
+/// set-ups run at once in the other scenarios.
+pub(crate) const CONNECT_CONCURRENCY: usize = 64;
+
+/// A short random tag, so that session names of two runs against one coordinator never collide.
+pub(crate) fn run_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+/// A progress line on stderr, rewritten in place with `\r` while a phase runs.
+pub(crate) struct Progress {
+    done: Arc<AtomicU64>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// Starts printing `label: done/total` four times a second, if `enabled`.
+    pub(crate) fn start(enabled: bool, label: &str, total: u64) -> Self {
+        let done = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let task = enabled.then(|| {
+            let done = done.clone();
+            let stop = stop.clone();
+            let label = label.to_string();
+            tokio::spawn(async move {
+                let start = tokio::time::Instant::now();
+                let period = Duration::from_millis(250);
+                let mut tick = tokio::time::interval_at(start + period, period);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    let n = done.load(Ordering::Relaxed);
+                    let secs = start.elapsed().as_secs_f64().max(1e-3);
+                    eprint!(
+                        "\r\x1b[2K{label}: {n}/{total} ({:.0}/s, {secs:.1} s)",
+                        n as f64 / secs
+                    );
+                }
+                eprint!("\r\x1b[2K");
+            })
+        });
+        Self { done, stop, task }
+    }
+
+    /// The counter the workers advance.
+    pub(crate) fn counter(&self) -> Arc<AtomicU64> {
+        self.done.clone()
+    }
+
+    /// Clears the line.
+    pub(crate) async fn finish(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The benchmark's own bookkeeping, checked on a short in-process run: if these figures were
+//! wrong, every number `confab bench` prints would be too.
+
+use std::time::Duration;
+
+use confab::bench::{self, BenchEnv, FanoutOpts, ServerChoice};
+
+fn in_process() -> BenchEnv {
+    BenchEnv {
+        server: ServerChoice::InProcess,
+        timeout: Duration::from_secs(60),
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_fanout_delivers_everything_once_and_in_order() {
+    let opts = FanoutOpts {
+        sessions: 1,
+        members: 5,
+        senders: 5,
+        messages: 20,
+        rate: None,
+        window: 0,
+    };
+    let report = bench::fanout(&in_process(), &opts).await.unwrap();
+    assert_eq!(report.expected, 5 * 5 * 20);
+    assert_eq!(report.delivered, report.expected);
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.duplicated, 0);
+    assert_eq!(report.out_of_order, 0);
+    assert_eq!(report.disconnected, 0);
+    assert_eq!(report.per_sender.len(), 5);
+    assert!(report.per_sender.iter().all(|s| s.sent == 20));
+    assert_eq!(report.latency.samples, report.expected);
+    assert!(report.is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_sessions_run_keeps_every_session_apart() {
+    let opts = FanoutOpts {
+        sessions: 3,
+        members: 3,
+        senders: 2,
+        messages: 10,
+        rate: None,
+        window: 4,
+    };
+    let report = bench::sessions(&in_process(), &opts).await.unwrap();
+    assert_eq!(report.expected, 3 * 3 * 2 * 10);
+    assert_eq!(report.delivered, report.expected);
+    assert_eq!(report.per_sender.len(), 3 * 2);
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_join_seats_everyone() {
+    let opts = bench::JoinOpts {
+        members: 20,
+        concurrency: 20,
+    };
+    let report = bench::join(&in_process(), &opts).await.unwrap();
+    assert_eq!(report.welcomed, 20);
+    assert_eq!(report.seated, 20);
+    assert_eq!(report.failures, 0);
+    assert_eq!(report.dropped, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_dm_run_acks_and_shows_each_message_once() {
+    let opts = bench::DmOpts {
+        pairs: 2,
+        messages: 10,
+    };
+    let report = bench::dm(&in_process(), &opts).await.unwrap();
+    assert_eq!(report.sent, 2 * 2 * 10);
+    assert_eq!(report.acked, report.sent);
+    assert_eq!(report.received, report.sent);
+    assert_eq!(report.duplicated, 0);
+    assert_eq!(report.out_of_order, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_coordinator_run_answers_every_request() {
+    let opts = bench::RequestsOpts {
+        requests: 200,
+        sockets: 2,
+        window: 8,
+        sessions: 3,
+    };
+    let report = bench::requests(&in_process(), &opts).await.unwrap();
+    for op in &report.ops {
+        assert_eq!(op.answered, 200, "{op:?}");
+        assert_eq!(op.errors, 0, "{op:?}");
+    }
+}
