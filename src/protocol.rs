@@ -30,6 +30,13 @@ pub mod limits {
     pub const MAX_USER_NAME: usize = crate::auth::MAX_USER_NAME_LEN;
     /// Longest session name, in characters.
     pub const MAX_SESSION_NAME: usize = crate::auth::MAX_SESSION_NAME_LEN;
+    /// Largest session whose roster is sent whole: up to this many members, a welcome carries
+    /// everyone and presence notices name who came and went; above it a welcome carries no
+    /// roster, notices carry only the count, and clients look members up when they need them.
+    /// This keeps a burst of joins into a big session from costing members × joins.
+    pub const FULL_ROSTER_MAX: usize = 1000;
+    /// How often a large session tells its members the member count (at most).
+    pub const LARGE_PRESENCE_INTERVAL: Duration = Duration::from_millis(250);
     /// Longest password, in bytes.
     pub const MAX_PASSWORD: usize = 512;
     /// Most history lines one request returns.
@@ -322,6 +329,11 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// Ask for one member's endpoint (in large sessions, whose rosters are not sent whole).
+    Lookup {
+        /// The member's name, in any case.
+        user: String,
+    },
     /// Ask for earlier group messages.
     History {
         /// Only messages with a smaller sequence number; absent means the newest.
@@ -383,21 +395,25 @@ pub enum ByeReason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
-    /// The answer to a good `hello`: the whole roster, the member included.
+    /// The answer to a good `hello`: the roster, the member included.
     Welcome {
         /// Which session this is.
         session: Uuid,
         /// Its name, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
-        /// Everyone present, with endpoints.
+        /// Everyone present, with endpoints; empty in a session larger than
+        /// `FULL_ROSTER_MAX` (use `lookup`).
         members: Vec<Member>,
+        /// How many are present.
+        member_count: usize,
         /// Sequence number of the newest group message so far (0 if none).
         seq: u64,
     },
     /// A group chat line, sent to every member including its sender.
     Msg(ChatLine),
-    /// Who arrived and who left since the last presence notice.
+    /// Who arrived and who left since the last presence notice. In a session larger than
+    /// `FULL_ROSTER_MAX` both lists are empty and only the count changes.
     Presence {
         /// Members that joined.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -405,6 +421,16 @@ pub enum ServerMsg {
         /// Members that left.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         left: Vec<Departure>,
+        /// How many are present now.
+        member_count: usize,
+    },
+    /// Answer to `lookup`.
+    Member {
+        /// The name asked for.
+        user: String,
+        /// The member, if present.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member: Option<Member>,
     },
     /// Earlier group messages, oldest first, answering `history` or replaying after `since`.
     History {

@@ -712,3 +712,60 @@ async fn a_connection_that_never_says_hello_is_closed() {
         .unwrap();
     assert!(end.is_none());
 }
+
+#[tokio::test]
+async fn a_large_session_sends_counts_and_members_are_looked_up_when_needed() {
+    // The real threshold is 1000; a small one shows the same behaviour cheaply.
+    let config = CoordinatorConfig {
+        full_roster_max: 3,
+        ..test_config()
+    };
+    let coord = TestCoordinator::start_with(config).await;
+    let names = ["ann", "ben", "cat", "dan", "eve"];
+    let mut clients = Vec::new();
+    for n in names {
+        clients.push(client(n, coord.addr).await);
+    }
+    clients[0].0.start_session(Some("big")).await.unwrap();
+    for (c, _) in &clients[1..] {
+        c.join("big").await.unwrap();
+    }
+    let (eve, eve_events) = &mut clients[4];
+    // Eve joined a session of five: no roster, just the count.
+    assert!(eve.members().is_empty());
+    assert_eq!(eve.member_count(), 5);
+    let _ = eve_events;
+    // Ann learns the count without names once the session is large.
+    let (ann, ann_events) = &mut clients[0];
+    let count = expect(ann_events, "a count-only notice", |e| match e {
+        Event::Presence {
+            joined,
+            left,
+            member_count,
+        } if joined.is_empty() && left.is_empty() => Some(*member_count),
+        _ => None,
+    })
+    .await;
+    assert!(count > 3);
+    eventually("ann counts five", || async { ann.member_count() == 5 }).await;
+    assert!(ann.members().len() < 5, "ann was not told every name");
+    // Eve can write to ann, whom she was never told about, and ann (who never heard of eve by
+    // name) accepts it once she has looked eve up.
+    let eve = clients[4].0.clone();
+    eve.dm("ann", "found you").await.unwrap();
+    let (_, ann_events) = &mut clients[0];
+    let text = expect(ann_events, "eve's private message", |e| match e {
+        Event::Private { from, text, .. } if from == "eve" => Some(text.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(text, "found you");
+    match eve.dm("nobody", "hi").await {
+        Err(ClientError::NoSuchMember(_)) => {}
+        other => panic!("expected no such member, got {other:?}"),
+    }
+    // Group chat is unaffected.
+    clients[1].0.say("hello big room").await.unwrap();
+    let (_, eve_events) = &mut clients[4];
+    assert_eq!(messages(eve_events, 1).await[0].text, "hello big room");
+}

@@ -40,6 +40,13 @@ const RETRY_GIVE_UP: Duration = Duration::from_secs(300);
 
 type Reader = FramedRead<OwnedReadHalf, LineCodec>;
 
+/// What a welcome says.
+pub(super) struct Welcome {
+    pub(super) members: Vec<Member>,
+    pub(super) member_count: usize,
+    pub(super) seq: u64,
+}
+
 /// A line on its way to the server; group lines carry their id so they can be resent.
 pub(super) struct Outgoing {
     bytes: Bytes,
@@ -72,7 +79,7 @@ impl Joiner {
         &self,
         server: SocketAddr,
         since: Option<u64>,
-    ) -> Result<(OwnedWriteHalf, Reader, Vec<Member>, u64), ClientError> {
+    ) -> Result<(OwnedWriteHalf, Reader, Welcome), ClientError> {
         let stream = tokio::time::timeout(JOIN_TIMEOUT, TcpStream::connect(server))
             .await
             .map_err(|_| ClientError::Connect {
@@ -95,10 +102,10 @@ impl Joiner {
             history: (since.is_none() && history > 0).then_some(history),
         };
         write.write_all(&encode_line(&hello)).await?;
-        let (members, seq) = tokio::time::timeout(JOIN_TIMEOUT, await_welcome(&mut reader))
+        let welcome = tokio::time::timeout(JOIN_TIMEOUT, await_welcome(&mut reader))
             .await
             .map_err(|_| ClientError::Closed("no welcome from the session server".into()))??;
-        Ok((write, reader, members, seq))
+        Ok((write, reader, welcome))
     }
 }
 
@@ -159,10 +166,13 @@ impl Link {
         joiner: Joiner,
         roster: Roster,
         events: mpsc::Sender<Event>,
-    ) -> Result<(Link, Vec<Member>, u64), ClientError> {
-        let (write, reader, members, seq) = joiner.connect(session.server, None).await?;
-        roster.replace(&members);
+    ) -> Result<(Link, Welcome), ClientError> {
+        let (write, reader, welcome) = joiner.connect(session.server, None).await?;
+        roster.replace(&welcome.members, welcome.member_count);
+        let seq = welcome.seq;
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+        let (lookup_tx, lookup_rx) = mpsc::channel(64);
+        roster.set_lookups(lookup_tx);
         let stop = CancellationToken::new();
         let keeper = Keeper {
             session: session.clone(),
@@ -173,7 +183,7 @@ impl Link {
             pending: std::sync::Mutex::new(std::collections::VecDeque::new()),
             stop: stop.clone(),
         };
-        let task = tokio::spawn(keeper.run(write, reader, out_rx));
+        let task = tokio::spawn(keeper.run(write, reader, out_rx, lookup_rx));
         // Random start: ids must not repeat those of an earlier run within the server's memory.
         let first_id = uuid::Uuid::new_v4().as_u64_pair().0 >> 12;
         let link = Link {
@@ -183,7 +193,7 @@ impl Link {
             stop,
             task,
         };
-        Ok((link, members, seq))
+        Ok((link, welcome))
     }
 
     pub(super) fn sender(&self) -> LinkSender {
@@ -244,10 +254,11 @@ impl Keeper {
         mut write: OwnedWriteHalf,
         mut reader: Reader,
         mut out: mpsc::Receiver<Outgoing>,
+        mut lookups: mpsc::Receiver<String>,
     ) {
         loop {
             let broken = tokio::select! {
-                b = self.connected(&mut write, &mut reader, &mut out) => b,
+                b = self.connected(&mut write, &mut reader, &mut out, &mut lookups) => b,
                 _ = self.stop.cancelled() => return,
             };
             let _ = tokio::time::timeout(Duration::from_millis(200), write.shutdown()).await;
@@ -273,7 +284,7 @@ impl Keeper {
                 })
                 .await;
             match self.rejoin().await {
-                Ok((mut w, r, members)) => {
+                Ok((mut w, r, welcome)) => {
                     // Lines that may not have reached the server go again, first; the server
                     // drops those it already has.
                     let resend: Vec<u8> = self
@@ -285,7 +296,8 @@ impl Keeper {
                         let _ = w.write_all(&resend).await;
                     }
                     (write, reader) = (w, r);
-                    self.roster.replace(&members);
+                    self.roster.replace(&welcome.members, welcome.member_count);
+                    let members = welcome.members;
                     let _ = self.events.send(Event::Reconnected { members }).await;
                 }
                 Err(reason) => {
@@ -303,7 +315,7 @@ impl Keeper {
     }
 
     /// Asks the coordinator where the session is now and reconnects, with backoff.
-    async fn rejoin(&self) -> Result<(OwnedWriteHalf, Reader, Vec<Member>), String> {
+    async fn rejoin(&self) -> Result<(OwnedWriteHalf, Reader, Welcome), String> {
         let started = tokio::time::Instant::now();
         let mut delay = RETRY_FIRST;
         loop {
@@ -328,11 +340,11 @@ impl Keeper {
             };
             let since = Some(self.last_seq.load(Ordering::Relaxed));
             match self.joiner.connect(server, since).await {
-                Ok((w, r, members, seq)) => {
+                Ok((w, r, welcome)) => {
                     // A server that crashed may have lost its newest lines; what it numbers
                     // next is new to us even if we saw those numbers before.
-                    self.last_seq.fetch_min(seq, Ordering::Relaxed);
-                    return Ok((w, r, members));
+                    self.last_seq.fetch_min(welcome.seq, Ordering::Relaxed);
+                    return Ok((w, r, welcome));
                 }
                 Err(e) => tracing::debug!(error = %e, "rejoin attempt failed"),
             }
@@ -351,6 +363,7 @@ impl Keeper {
         write: &mut OwnedWriteHalf,
         reader: &mut Reader,
         out: &mut mpsc::Receiver<Outgoing>,
+        lookups: &mut mpsc::Receiver<String>,
     ) -> Broken {
         let heartbeat = self.joiner.config.heartbeat;
         let silence = heartbeat * 3;
@@ -388,9 +401,21 @@ impl Keeper {
                         self.last_seq.store(line.seq, Ordering::Relaxed);
                         Event::Message(line)
                     }
-                    Ok(ServerMsg::Presence { joined, left }) => {
-                        self.roster.apply(&joined, &left);
-                        Event::Presence { joined, left }
+                    Ok(ServerMsg::Presence {
+                        joined,
+                        left,
+                        member_count,
+                    }) => {
+                        self.roster.apply(&joined, &left, member_count);
+                        Event::Presence {
+                            joined,
+                            left,
+                            member_count,
+                        }
+                    }
+                    Ok(ServerMsg::Member { user, member }) => {
+                        self.roster.found(&user, member);
+                        continue;
                     }
                     Ok(ServerMsg::History { messages }) => Event::History(messages),
                     Ok(ServerMsg::Error(e)) => Event::ServerError(e),
@@ -401,8 +426,12 @@ impl Keeper {
                             _ => Broken::Lost(message),
                         };
                     }
-                    Ok(ServerMsg::Welcome { members, .. }) => {
-                        self.roster.replace(&members);
+                    Ok(ServerMsg::Welcome {
+                        members,
+                        member_count,
+                        ..
+                    }) => {
+                        self.roster.replace(&members, member_count);
                         continue;
                     }
                     Ok(ServerMsg::Pong) => continue,
@@ -422,13 +451,19 @@ impl Keeper {
             let ping = encode_line(&ClientMsg::Ping);
             let mut buf = Vec::with_capacity(8 * 1024);
             loop {
-                let first = match tokio::time::timeout(heartbeat, out.recv()).await {
-                    Ok(Some(item)) => item,
-                    Ok(None) => return None, // leaving: the last line queued was `leave`
-                    Err(_) => Outgoing {
+                let next = tokio::select! {
+                    item = out.recv() => item,
+                    Some(user) = lookups.recv() => Some(Outgoing {
+                        bytes: encode_line(&ClientMsg::Lookup { user }),
+                        line_id: None,
+                    }),
+                    _ = tokio::time::sleep(heartbeat) => Some(Outgoing {
                         bytes: ping.clone(),
                         line_id: None,
-                    },
+                    }),
+                };
+                let Some(first) = next else {
+                    return None; // leaving: the last line queued was `leave`
                 };
                 let mut item = Some(first);
                 while let Some(Outgoing { bytes, line_id }) = item.take() {
@@ -464,7 +499,7 @@ impl Keeper {
     }
 }
 
-async fn await_welcome(reader: &mut Reader) -> Result<(Vec<Member>, u64), ClientError> {
+async fn await_welcome(reader: &mut Reader) -> Result<Welcome, ClientError> {
     loop {
         let line = match reader.next().await {
             Some(Ok(Frame::Line(line))) => line,
@@ -473,7 +508,18 @@ async fn await_welcome(reader: &mut Reader) -> Result<(Vec<Member>, u64), Client
             None => return Err(ClientError::Closed("closed before welcome".into())),
         };
         match serde_json::from_slice::<ServerMsg>(&line) {
-            Ok(ServerMsg::Welcome { members, seq, .. }) => return Ok((members, seq)),
+            Ok(ServerMsg::Welcome {
+                members,
+                member_count,
+                seq,
+                ..
+            }) => {
+                return Ok(Welcome {
+                    members,
+                    member_count,
+                    seq,
+                });
+            }
             Ok(ServerMsg::Error(e)) => return Err(ClientError::Refused(e)),
             Ok(ServerMsg::Bye { message, .. }) => return Err(ClientError::Closed(message)),
             Ok(_) => continue,

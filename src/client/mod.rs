@@ -181,12 +181,15 @@ pub enum Event {
     Message(ChatLine),
     /// Earlier lines, oldest first, answering [`Client::history`] or replayed on rejoin.
     History(Vec<ChatLine>),
-    /// Members arrived or left; [`Client::members`] has the new roster.
+    /// Members arrived or left; [`Client::members`] has the new roster. In a large session the
+    /// lists are empty and only the count changes.
     Presence {
         /// Who came.
         joined: Vec<Member>,
         /// Who went.
         left: Vec<Departure>,
+        /// How many are present now.
+        member_count: usize,
     },
     /// A private message, shown once however often it was sent.
     Private {
@@ -537,7 +540,7 @@ impl Client {
             token: self.token()?,
             local: inner.local,
         };
-        let (link, members, seq) = Link::open(
+        let (link, welcome) = Link::open(
             info.clone(),
             joiner,
             inner.roster.clone(),
@@ -547,8 +550,9 @@ impl Client {
         *lock(&inner.link) = Some(link);
         Ok(Joined {
             session: info,
-            members,
-            seq,
+            members: welcome.members,
+            member_count: welcome.member_count,
+            seq: welcome.seq,
         })
     }
 
@@ -566,9 +570,14 @@ impl Client {
         lock(&self.inner.link).as_ref().map(|l| l.session.clone())
     }
 
-    /// The current roster, sorted by name.
+    /// The current roster, sorted by name (in a large session, only the members we know of).
     pub fn members(&self) -> Vec<Member> {
         self.inner.roster.members()
+    }
+
+    /// How many are in the session, by the server's count.
+    pub fn member_count(&self) -> usize {
+        self.inner.roster.count()
     }
 
     /// Sends a line to the whole group; it comes back as [`Event::Message`] in its place in the
@@ -610,7 +619,8 @@ impl Client {
         }
         let member = inner
             .roster
-            .get(to)
+            .find(to, Duration::from_secs(3))
+            .await
             .ok_or_else(|| ClientError::NoSuchMember(to.to_string()))?;
         if text.trim().is_empty() {
             return Err(ClientError::Invalid("empty message".into()));
@@ -667,8 +677,10 @@ impl Client {
 pub struct Joined {
     /// The session.
     pub session: SessionInfo,
-    /// Everyone in it, us included.
+    /// Everyone in it, us included (empty in a large session: see `member_count`).
     pub members: Vec<Member>,
+    /// How many are in it.
+    pub member_count: usize,
     /// Sequence number of its newest message.
     pub seq: u64,
 }
@@ -736,6 +748,11 @@ impl Hub {
                     return;
                 }
                 if !self.roster.is_at(&sender, from) {
+                    if self.roster.get(&sender).is_none() {
+                        // Perhaps a member of a large session we were not told about: ask, and
+                        // the sender's next try will find it known.
+                        self.roster.want(&sender);
+                    }
                     // Not from the endpoint the session says the sender has: forged, or from
                     // someone not (yet) in our roster. No ack, so a real sender will retry.
                     tracing::warn!(%from, claimed = %sender, "private message from wrong endpoint rejected");

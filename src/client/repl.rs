@@ -249,21 +249,18 @@ async fn command(client: &Client, line: &str, out: &Output, pending: &TaskTracke
 
 /// Sends a private message in the background: the prompt stays free while it is retried.
 fn private(client: &Client, to: &str, text: &str, out: &Output, pending: &TaskTracker) {
-    let Some(member) = client.inner.roster.get(to) else {
-        let err = match client.session() {
-            Some(_) => ClientError::NoSuchMember(to.to_string()),
-            None => ClientError::NotInSession,
-        };
-        out.line(format!("! {err}"));
-        return;
-    };
     if text.is_empty() {
         out.line("! usage: @name text");
         return;
     }
-    let (client, text, out) = (client.clone(), text.to_string(), out.clone());
+    let (client, to, text, out) = (
+        client.clone(),
+        to.to_string(),
+        text.to_string(),
+        out.clone(),
+    );
     pending.spawn(async move {
-        match client.dm(&member.user, &text).await {
+        match client.dm(&to, &text).await {
             Ok(receipt) => out.line(format!(
                 "{} [private] you → {}: {}",
                 stamp(receipt.time),
@@ -299,7 +296,15 @@ async fn print_events(client: Client, mut events: mpsc::Receiver<Event>, out: Ou
                     ));
                 }
             }
-            Event::Presence { joined, left } => {
+            Event::Presence {
+                joined,
+                left,
+                member_count,
+            } => {
+                if joined.is_empty() && left.is_empty() {
+                    out.line(format!("* {member_count} members"));
+                    continue;
+                }
                 let now = stamp(chrono::Utc::now());
                 for m in &joined {
                     out.line(format!("{now} * {} joined ({})", clean(&m.user), m.udp));

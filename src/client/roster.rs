@@ -1,73 +1,181 @@
 //! The client's copy of the session roster.
 //!
-//! The session reader task keeps it current from welcomes and presence notices; the private
-//! message code reads it to find a peer's endpoint and to check that a datagram claiming to come
-//! from a member really comes from that member's endpoint.
+//! The session task keeps it current from welcomes and presence notices; the private message
+//! code reads it to find a peer's endpoint and to check that a datagram claiming to come from a
+//! member really comes from that member's endpoint. In a large session the server sends counts
+//! instead of names, so the roster is partial: members we need are looked up on demand.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
 
 use crate::protocol::{Departure, Member};
 
 /// Shared handle; names compare without regard to case, as the server compares them.
 #[derive(Debug, Clone, Default)]
 pub struct Roster {
-    inner: Arc<Mutex<HashMap<String, Member>>>,
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    members: HashMap<String, Member>,
+    /// How many the server says are present (may exceed `members` in a large session).
+    count: usize,
+    /// Names the server said are not present, answering a lookup.
+    absent: HashSet<String>,
+    /// Where lookups go: the session task sends them to the server.
+    lookups: Option<mpsc::Sender<String>>,
 }
 
 impl Roster {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Member>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self) {
+        self.inner.changed.notify_waiters();
     }
 
     /// Replaces everything (a welcome).
-    pub fn replace(&self, members: &[Member]) {
-        let mut map = self.lock();
-        map.clear();
-        for m in members {
-            map.insert(m.user.to_lowercase(), m.clone());
+    pub fn replace(&self, members: &[Member], count: usize) {
+        {
+            let mut state = self.lock();
+            state.members.clear();
+            state.absent.clear();
+            for m in members {
+                state.members.insert(m.user.to_lowercase(), m.clone());
+            }
+            state.count = count.max(members.len());
         }
+        self.changed();
     }
 
     /// Applies a presence notice.
-    pub fn apply(&self, joined: &[Member], left: &[Departure]) {
-        let mut map = self.lock();
-        for d in left {
-            map.remove(&d.user.to_lowercase());
+    pub fn apply(&self, joined: &[Member], left: &[Departure], count: usize) {
+        {
+            let mut state = self.lock();
+            for d in left {
+                state.members.remove(&d.user.to_lowercase());
+            }
+            for m in joined {
+                let key = m.user.to_lowercase();
+                state.absent.remove(&key);
+                state.members.insert(key, m.clone());
+            }
+            state.count = count;
         }
-        for m in joined {
-            map.insert(m.user.to_lowercase(), m.clone());
+        self.changed();
+    }
+
+    /// Records the answer to a lookup.
+    pub fn found(&self, user: &str, member: Option<Member>) {
+        {
+            let mut state = self.lock();
+            let key = user.to_lowercase();
+            match member {
+                Some(m) => {
+                    state.absent.remove(&key);
+                    state.members.insert(key, m);
+                }
+                None => {
+                    state.members.remove(&key);
+                    state.absent.insert(key);
+                }
+            }
         }
+        self.changed();
     }
 
     /// Forgets everyone (after leaving).
     pub fn clear(&self) {
-        self.lock().clear();
+        *self.lock() = State::default();
+        self.changed();
     }
 
-    /// The member of this name, if present.
+    /// Where to send lookups while a session is joined.
+    pub(super) fn set_lookups(&self, tx: mpsc::Sender<String>) {
+        self.lock().lookups = Some(tx);
+    }
+
+    /// Asks the server for `user`'s endpoint; the answer arrives through [`Roster::found`].
+    pub fn want(&self, user: &str) {
+        if let Some(tx) = &self.lock().lookups {
+            let _ = tx.try_send(user.to_string());
+        }
+    }
+
+    /// True when the server knows members we have not been told about (a large session).
+    pub fn is_partial(&self) -> bool {
+        let state = self.lock();
+        state.count > state.members.len()
+    }
+
+    /// The member of this name, if known.
     pub fn get(&self, user: &str) -> Option<Member> {
-        self.lock().get(&user.to_lowercase()).cloned()
+        self.lock().members.get(&user.to_lowercase()).cloned()
     }
 
-    /// True if `user` is present and its endpoint is `addr`: the test against forged datagrams.
+    /// The member of this name, looking it up if the roster is partial; `None` if not present.
+    pub async fn find(&self, user: &str, wait: Duration) -> Option<Member> {
+        let key = user.to_lowercase();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut asked = false;
+        loop {
+            let notified = self.inner.changed.notified();
+            {
+                let state = self.lock();
+                if let Some(m) = state.members.get(&key) {
+                    return Some(m.clone());
+                }
+                if state.count <= state.members.len() || (asked && state.absent.contains(&key)) {
+                    return None;
+                }
+            }
+            if !asked {
+                self.lock().absent.remove(&key);
+                self.want(user);
+                asked = true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// True if `user` is known and its endpoint is `addr`: the test against forged datagrams.
     pub fn is_at(&self, user: &str, addr: SocketAddr) -> bool {
         self.lock()
+            .members
             .get(&user.to_lowercase())
             .is_some_and(|m| m.udp == addr)
     }
 
-    /// Everyone, sorted by name.
+    /// Everyone known, sorted by name.
     pub fn members(&self) -> Vec<Member> {
-        let mut v: Vec<Member> = self.lock().values().cloned().collect();
+        let mut v: Vec<Member> = self.lock().members.values().cloned().collect();
         v.sort_by_key(|m| m.user.to_lowercase());
         v
     }
 
-    /// Number of members.
+    /// How many are present, by the server's count.
+    pub fn count(&self) -> usize {
+        let state = self.lock();
+        state.count.max(state.members.len())
+    }
+
+    /// Number of members known by name.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().members.len()
     }
 
     /// True when nobody is known.

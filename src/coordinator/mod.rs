@@ -77,6 +77,8 @@ pub struct CoordinatorConfig {
     pub member_limits: MemberLimits,
     /// Messages queued per member before it is dropped as too slow.
     pub member_queue: usize,
+    /// Above this many members a session's roster is not sent whole.
+    pub full_roster_max: usize,
     /// The SQLite database; `None` keeps everything in memory, gone at exit.
     pub db: Option<PathBuf>,
     /// How long a login token is good for.
@@ -100,6 +102,7 @@ impl Default for CoordinatorConfig {
             presence_log: None,
             member_limits: MemberLimits::default(),
             member_queue: 4096,
+            full_roster_max: limits::FULL_ROSTER_MAX,
             db: None,
             token_ttl: Duration::from_secs(24 * 3600),
             password_cost: PasswordCost::default(),
@@ -607,6 +610,7 @@ impl Coordinator {
         config.idle_timeout = self.config.idle_timeout;
         config.max_members = self.config.max_members;
         config.member_queue = self.config.member_queue;
+        config.full_roster_max = self.config.full_roster_max;
         config.member_limits = self.config.member_limits.clone();
         config.presence_log = self.presence_log.clone();
         config.observer = Some(Arc::new(self.directory.clone()));

@@ -47,6 +47,10 @@ impl Default for MemberLimits {
 
 /// Largest number of queued bytes gathered into one socket write.
 const WRITE_BATCH: usize = 256 * 1024;
+/// A batch buffer larger than this is freed after use rather than kept.
+const KEEP_BUFFER: usize = 16 * 1024;
+/// Initial read buffer: hello and chat lines are small; it grows for long lines when needed.
+const READ_BUFFER: usize = 512;
 
 pub(crate) async fn serve(
     stream: TcpStream,
@@ -58,7 +62,7 @@ pub(crate) async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
-    let mut reader = FramedRead::new(read, LineCodec::new(limits::MAX_LINE));
+    let mut reader = FramedRead::with_capacity(read, LineCodec::new(limits::MAX_LINE), READ_BUFFER);
 
     // Hello phase: the connection is nobody's yet; errors go straight to the socket.
     let deadline = Instant::now() + limits::HELLO_TIMEOUT;
@@ -228,6 +232,7 @@ async fn read_loop(
                 let _ = tx.try_send(encode_line(&ServerMsg::Pong));
                 continue;
             }
+            Ok(ClientMsg::Lookup { user }) => RoomEvent::Lookup { conn, user },
             Ok(ClientMsg::Leave) => break LeaveReason::Left,
             Ok(ClientMsg::Hello { .. }) => {
                 let _ = tx.try_send(error(ErrorCode::Unexpected, "already joined"));
@@ -254,7 +259,9 @@ async fn write_loop(
     stop: CancellationToken,
     timeout: Duration,
 ) {
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    // Allocated only when several lines are ready at once, and given back when it grew large:
+    // thousands of idle members must not each keep a burst-sized buffer.
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -269,16 +276,28 @@ async fn write_loop(
             m = rx.recv() => m,
         };
         let Some(first) = first else { break };
-        buf.extend_from_slice(&first);
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
-                Err(_) => break,
+        let written = match rx.try_recv() {
+            // One line ready: write the shared bytes as they are, no copy.
+            Err(_) => tokio::time::timeout(timeout, write.write_all(&first)).await,
+            Ok(second) => {
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&second);
+                while buf.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => buf.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                let r = tokio::time::timeout(timeout, write.write_all(&buf)).await;
+                buf.clear();
+                if buf.capacity() > KEEP_BUFFER {
+                    buf = Vec::new();
+                }
+                r
             }
-        }
-        match tokio::time::timeout(timeout, write.write_all(&buf)).await {
-            Ok(Ok(())) => buf.clear(),
-            _ => break,
+        };
+        if !matches!(written, Ok(Ok(()))) {
+            break;
         }
     }
     // Whatever ended the writer ends the reader too.

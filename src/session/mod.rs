@@ -55,6 +55,8 @@ pub struct SessionConfig {
     pub max_members: usize,
     /// Messages queued for one member before it counts as too slow and is dropped.
     pub member_queue: usize,
+    /// Above this many members, rosters are not sent whole (see `limits::FULL_ROSTER_MAX`).
+    pub full_roster_max: usize,
     /// Group messages kept in memory for `history` and for reconnecting members.
     pub recent_messages: usize,
     /// Per-member input limits.
@@ -83,6 +85,7 @@ impl SessionConfig {
             idle_timeout: Duration::from_secs(300),
             max_members: 20_000,
             member_queue: 4096,
+            full_roster_max: crate::protocol::limits::FULL_ROSTER_MAX,
             recent_messages: 1000,
             member_limits: MemberLimits::default(),
             presence_log: None,

@@ -60,6 +60,10 @@ pub(crate) enum RoomEvent {
         before: Option<u64>,
         limit: usize,
     },
+    Lookup {
+        conn: ConnId,
+        user: String,
+    },
     Leave {
         conn: ConnId,
         reason: LeaveReason,
@@ -92,6 +96,8 @@ pub(crate) struct Room {
     pending_left: Vec<Departure>,
     /// Line ids seen per sender, to drop lines a reconnecting client resends.
     line_ids: ExpiringMap<(Arc<str>, u64), ()>,
+    /// A large session's count changed since members were last told.
+    count_dirty: bool,
 }
 
 impl Room {
@@ -105,6 +111,7 @@ impl Room {
         }
         Self {
             line_ids,
+            count_dirty: false,
             config,
             members: HashMap::new(),
             names: HashMap::new(),
@@ -119,10 +126,16 @@ impl Room {
     /// Runs until shutdown, or until the room has been empty for the idle timeout.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<RoomEvent>, stop: Stop) {
         let idle = self.config.idle_timeout;
+        let mut count_tick = tokio::time::interval(limits::LARGE_PRESENCE_INTERVAL);
+        count_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let idle_sleep = idle_deadline(self.members.is_empty(), idle);
             let event = tokio::select! {
                 event = rx.recv() => event,
+                _ = count_tick.tick(), if self.count_dirty => {
+                    self.flush_count();
+                    continue;
+                }
                 _ = idle_sleep => {
                     tracing::info!(session = %self.config.id, "closing idle session");
                     break;
@@ -174,6 +187,17 @@ impl Room {
                 limit,
             } => self.history(conn, before, limit),
             RoomEvent::Leave { conn, reason } => self.leave(conn, reason),
+            RoomEvent::Lookup { conn, user } => {
+                let member = self
+                    .names
+                    .get(&user.to_lowercase())
+                    .and_then(|c| self.members.get(c))
+                    .map(|s| Member {
+                        user: s.user.to_string(),
+                        udp: s.udp,
+                    });
+                self.send_to(conn, encode_line(&ServerMsg::Member { user, member }));
+            }
         }
     }
 
@@ -342,34 +366,36 @@ impl Room {
         }
     }
 
+    /// Whether the session is past the size where rosters are sent whole.
+    fn large(&self) -> bool {
+        self.members.len() > self.config.full_roster_max
+    }
+
     fn flush_presence(&mut self) {
         if self.pending_joined.is_empty() && self.pending_left.is_empty() {
             return;
         }
         let joined_conns = std::mem::take(&mut self.pending_joined);
         let left = std::mem::take(&mut self.pending_left);
-        let joined: Vec<Member> = joined_conns
-            .iter()
-            .filter_map(|(c, _)| self.members.get(c))
-            .map(|s| Member {
-                user: s.user.to_string(),
-                udp: s.udp,
-            })
-            .collect();
-        let notice_is_empty = joined.is_empty() && left.is_empty();
-        let notice = encode_line(&ServerMsg::Presence { joined, left });
+        let large = self.large();
+        let member_count = self.members.len();
         if !joined_conns.is_empty() {
-            let welcome = encode_line(&ServerMsg::Welcome {
-                session: self.config.id,
-                name: self.config.name.clone(),
-                members: self
-                    .members
+            let members = if large {
+                Vec::new()
+            } else {
+                self.members
                     .values()
                     .map(|s| Member {
                         user: s.user.to_string(),
                         udp: s.udp,
                     })
-                    .collect(),
+                    .collect()
+            };
+            let welcome = encode_line(&ServerMsg::Welcome {
+                session: self.config.id,
+                name: self.config.name.clone(),
+                members,
+                member_count,
                 seq: self.seq,
             });
             for &(conn, replay) in &joined_conns {
@@ -381,11 +407,40 @@ impl Room {
                 }
             }
         }
-        if !notice_is_empty {
-            self.broadcast(&notice, |conn| {
-                !joined_conns.iter().any(|&(c, _)| c == conn)
-            });
+        if large {
+            // Counts only, and at most every LARGE_PRESENCE_INTERVAL: see `flush_count`.
+            self.count_dirty = true;
+            return;
         }
+        let joined: Vec<Member> = joined_conns
+            .iter()
+            .filter_map(|(c, _)| self.members.get(c))
+            .map(|s| Member {
+                user: s.user.to_string(),
+                udp: s.udp,
+            })
+            .collect();
+        if joined.is_empty() && left.is_empty() {
+            return;
+        }
+        let notice = encode_line(&ServerMsg::Presence {
+            joined,
+            left,
+            member_count,
+        });
+        let new: std::collections::HashSet<ConnId> = joined_conns.iter().map(|&(c, _)| c).collect();
+        self.broadcast(&notice, |conn| !new.contains(&conn));
+    }
+
+    /// Tells every member of a large session how many are present now.
+    fn flush_count(&mut self) {
+        self.count_dirty = false;
+        let notice = encode_line(&ServerMsg::Presence {
+            joined: Vec::new(),
+            left: Vec::new(),
+            member_count: self.members.len(),
+        });
+        self.broadcast(&notice, |_| true);
     }
 
     /// Queues `bytes` for every member that `to` selects, dropping members whose queue is full.
