@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
                     println!("! cannot answer: {e}");
                 }
             }
-            Event::Presence { joined, left } => {
+            Event::Presence { joined, left, .. } => {
                 for m in joined {
                     println!("* {} joined", m.user);
                 }
