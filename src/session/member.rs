@@ -16,7 +16,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::SessionConfig;
-use super::room::{ConnId, Replay, RoomEvent};
+use super::room::{ConnId, Line, Replay, RoomEvent};
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{ByeReason, ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, limits};
 
@@ -50,7 +50,7 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// A batch buffer larger than this is freed after use rather than kept.
 const KEEP_BUFFER: usize = 16 * 1024;
 /// Initial read buffer: hello and chat lines are small; it grows for long lines when needed.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 256;
 
 pub(crate) async fn serve(
     stream: TcpStream,
@@ -169,7 +169,7 @@ async fn read_loop(
     reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, LineCodec>,
     conn: ConnId,
     room: &mpsc::Sender<RoomEvent>,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Line>,
     kick: &CancellationToken,
     config: &SessionConfig,
 ) {
@@ -182,15 +182,15 @@ async fn read_loop(
         };
         let line = match frame {
             Err(_) => {
-                let _ = tx.try_send(bye(
+                let _ = tx.try_send(Line::new(bye(
                     ByeReason::Silent,
                     "no message or ping within the heartbeat limit",
-                ));
+                )));
                 break LeaveReason::Disconnected;
             }
             Ok(None) | Ok(Some(Err(_))) => break LeaveReason::Disconnected,
             Ok(Some(Ok(Frame::Oversized))) => {
-                let _ = tx.try_send(too_large());
+                let _ = tx.try_send(Line::new(too_large()));
                 continue;
             }
             Ok(Some(Ok(Frame::Line(line)))) => line,
@@ -198,7 +198,7 @@ async fn read_loop(
         let event = match serde_json::from_slice::<ClientMsg>(&line) {
             Ok(ClientMsg::Say { text, id }) => {
                 if let Err(e) = check_text(&text) {
-                    let _ = tx.try_send(encode_line(&ServerMsg::Error(e)));
+                    let _ = tx.try_send(Line::new(encode_line(&ServerMsg::Error(e))));
                     continue;
                 }
                 if let Err(wait) = bucket.take() {
@@ -208,7 +208,7 @@ async fn read_loop(
                         limits.burst,
                         wait.as_millis()
                     );
-                    let _ = tx.try_send(error(ErrorCode::RateLimited, msg));
+                    let _ = tx.try_send(Line::new(error(ErrorCode::RateLimited, msg)));
                     continue;
                 }
                 RoomEvent::Say { conn, text, id }
@@ -216,10 +216,10 @@ async fn read_loop(
             Ok(ClientMsg::History { before, limit }) => {
                 // History can reach the database: it costs a token like a line does.
                 if bucket.take().is_err() {
-                    let _ = tx.try_send(error(
+                    let _ = tx.try_send(Line::new(error(
                         ErrorCode::RateLimited,
                         "slow down: too many requests",
-                    ));
+                    )));
                     continue;
                 }
                 RoomEvent::History {
@@ -229,17 +229,17 @@ async fn read_loop(
                 }
             }
             Ok(ClientMsg::Ping) => {
-                let _ = tx.try_send(encode_line(&ServerMsg::Pong));
+                let _ = tx.try_send(Line::new(encode_line(&ServerMsg::Pong)));
                 continue;
             }
             Ok(ClientMsg::Lookup { user }) => RoomEvent::Lookup { conn, user },
             Ok(ClientMsg::Leave) => break LeaveReason::Left,
             Ok(ClientMsg::Hello { .. }) => {
-                let _ = tx.try_send(error(ErrorCode::Unexpected, "already joined"));
+                let _ = tx.try_send(Line::new(error(ErrorCode::Unexpected, "already joined")));
                 continue;
             }
             Err(e) => {
-                let _ = tx.try_send(malformed(&e));
+                let _ = tx.try_send(Line::new(malformed(&e)));
                 continue;
             }
         };
@@ -254,7 +254,7 @@ async fn read_loop(
 
 async fn write_loop(
     mut write: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Line>,
     kick: CancellationToken,
     stop: CancellationToken,
     timeout: Duration,
