@@ -188,3 +188,29 @@ async fn end_of_input_exits_cleanly() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn joining_shows_the_last_fifty_and_history_pages_further_back() {
+    let mut config = test_config();
+    config.member_limits.rate = None;
+    let coord = TestCoordinator::start_with(config).await;
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    bob.start_session(Some("talky")).await.unwrap();
+    for i in 0..60 {
+        bob.say(&format!("line {i}")).await.unwrap();
+    }
+    messages(&mut b_ev, 60).await;
+    let mut erin = Program::client("erin", coord.addr);
+    erin.type_line("/join talky").await;
+    erin.wait_for("50 earlier message(s)").await;
+    erin.wait_for("<bob> line 10").await;
+    erin.wait_for("<bob> line 59").await;
+    erin.type_line("/history 20").await;
+    erin.wait_for("10 earlier message(s)").await;
+    erin.wait_for("<bob> line 0").await;
+    erin.wait_for("<bob> line 9").await;
+    erin.type_line("/history").await;
+    erin.wait_for("no earlier messages").await;
+    erin.type_line("/quit").await;
+    assert!(erin.child.wait().await.unwrap().success());
+}

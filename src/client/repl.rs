@@ -7,6 +7,7 @@
 //! terminal (a script, a pipe, a test), lines are read plainly and output goes straight to stdout.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustyline::error::ReadlineError;
@@ -29,7 +30,7 @@ commands:
   /leave            leave the current session
   /sessions         list all sessions: id, name, server, members
   /who              show who is in this session, with their UDP endpoints
-  /history [n]      show the last n group messages (default 50)
+  /history [n]      show n more earlier group messages (default 50)
   /close [id|name]  remove a session you created, with its history (default: this one)
   /help             this text
   /quit             leave and exit (also Ctrl-D)
@@ -90,7 +91,14 @@ pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), C
         start_plain_reader(lines_tx);
         Output { printer: None }
     };
-    let printer = tokio::spawn(print_events(client.clone(), events, out.clone()));
+    // Sequence number of the earliest group line shown, so /history pages further back.
+    let earliest = Arc::new(AtomicU64::new(0));
+    let printer = tokio::spawn(print_events(
+        client.clone(),
+        events,
+        out.clone(),
+        earliest.clone(),
+    ));
     let pending = TaskTracker::new();
 
     while let Some(Typed { line, go_on }) = lines.recv().await {
@@ -105,7 +113,7 @@ pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), C
         if line.is_empty() {
             continue;
         }
-        command(&client, &line, &out, &pending).await;
+        command(&client, &line, &out, &pending, &earliest).await;
     }
 
     pending.close();
@@ -174,7 +182,13 @@ fn start_plain_reader(lines: mpsc::Sender<Typed>) {
     });
 }
 
-async fn command(client: &Client, line: &str, out: &Output, pending: &TaskTracker) {
+async fn command(
+    client: &Client,
+    line: &str,
+    out: &Output,
+    pending: &TaskTracker,
+    earliest: &AtomicU64,
+) {
     let (word, rest) = match line.split_once(char::is_whitespace) {
         Some((w, r)) => (w, r.trim()),
         None => (line, ""),
@@ -185,6 +199,7 @@ async fn command(client: &Client, line: &str, out: &Output, pending: &TaskTracke
             Ok(())
         }
         "/start" => {
+            earliest.store(0, Ordering::Relaxed);
             let name = (!rest.is_empty()).then_some(rest);
             client
                 .start_session(name)
@@ -228,11 +243,18 @@ async fn command(client: &Client, line: &str, out: &Output, pending: &TaskTracke
             }
             None => Err(ClientError::NotInSession),
         },
-        "/history" => match rest.parse::<usize>() {
-            Ok(n) if n > 0 => client.history(None, n).await,
-            _ if rest.is_empty() => client.history(None, 50).await,
-            _ => Err(ClientError::Invalid("usage: /history [n]".into())),
-        },
+        "/history" => {
+            // Page backwards from the earliest line on screen.
+            let before = match earliest.load(Ordering::Relaxed) {
+                0 => None,
+                seq => Some(seq),
+            };
+            match rest.parse::<usize>() {
+                Ok(n) if n > 0 => client.history(before, n).await,
+                _ if rest.is_empty() => client.history(before, 50).await,
+                _ => Err(ClientError::Invalid("usage: /history [n]".into())),
+            }
+        }
         w if w.starts_with('/') => Err(ClientError::Invalid(format!(
             "unknown command {w}; /help lists them"
         ))),
@@ -272,20 +294,32 @@ fn private(client: &Client, to: &str, text: &str, out: &Output, pending: &TaskTr
     });
 }
 
-async fn print_events(client: Client, mut events: mpsc::Receiver<Event>, out: Output) {
+async fn print_events(
+    client: Client,
+    mut events: mpsc::Receiver<Event>,
+    out: Output,
+    earliest: Arc<AtomicU64>,
+) {
     while let Some(event) = events.recv().await {
         match event {
-            Event::Message(l) => out.line(format!(
-                "{} <{}> {}",
-                stamp(l.time),
-                clean(&l.from),
-                clean(&l.text)
-            )),
+            Event::Message(l) => {
+                let _ = earliest.compare_exchange(0, l.seq, Ordering::Relaxed, Ordering::Relaxed);
+                out.line(format!(
+                    "{} <{}> {}",
+                    stamp(l.time),
+                    clean(&l.from),
+                    clean(&l.text)
+                ));
+            }
             Event::History(lines) => {
-                if lines.is_empty() {
+                let Some(first) = lines.first() else {
                     out.line("* no earlier messages");
                     continue;
-                }
+                };
+                let seq = first.seq;
+                let _ = earliest.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
+                    (e == 0 || seq < e).then_some(seq)
+                });
                 out.line(format!("* {} earlier message(s):", lines.len()));
                 for l in lines {
                     out.line(format!(
