@@ -7,7 +7,7 @@
 //! terminal (a script, a pipe, a test), lines are read plainly and output goes straight to stdout.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustyline::error::ReadlineError;
@@ -93,11 +93,14 @@ pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), C
     };
     // Sequence number of the earliest group line shown, so /history pages further back.
     let earliest = Arc::new(AtomicU64::new(0));
+    // Whether the person asked for history (and so wants to hear if there is none).
+    let asked = Arc::new(AtomicBool::new(false));
     let printer = tokio::spawn(print_events(
         client.clone(),
         events,
         out.clone(),
         earliest.clone(),
+        asked.clone(),
     ));
     let pending = TaskTracker::new();
 
@@ -113,7 +116,7 @@ pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), C
         if line.is_empty() {
             continue;
         }
-        command(&client, &line, &out, &pending, &earliest).await;
+        command(&client, &line, &out, &pending, (&earliest, &asked)).await;
     }
 
     pending.close();
@@ -187,7 +190,7 @@ async fn command(
     line: &str,
     out: &Output,
     pending: &TaskTracker,
-    earliest: &AtomicU64,
+    (earliest, asked): (&AtomicU64, &AtomicBool),
 ) {
     let (word, rest) = match line.split_once(char::is_whitespace) {
         Some((w, r)) => (w, r.trim()),
@@ -249,6 +252,7 @@ async fn command(
                 0 => None,
                 seq => Some(seq),
             };
+            asked.store(true, Ordering::Relaxed);
             match rest.parse::<usize>() {
                 Ok(n) if n > 0 => client.history(before, n).await,
                 _ if rest.is_empty() => client.history(before, 50).await,
@@ -299,6 +303,7 @@ async fn print_events(
     mut events: mpsc::Receiver<Event>,
     out: Output,
     earliest: Arc<AtomicU64>,
+    earliest_asked: Arc<AtomicBool>,
 ) {
     while let Some(event) = events.recv().await {
         match event {
@@ -312,8 +317,12 @@ async fn print_events(
                 ));
             }
             Event::History(lines) => {
+                let asked = earliest_asked.swap(false, Ordering::Relaxed);
                 let Some(first) = lines.first() else {
-                    out.line("* no earlier messages");
+                    // On joining an empty session there is nothing to say.
+                    if asked {
+                        out.line("* no earlier messages");
+                    }
                     continue;
                 };
                 let seq = first.seq;
@@ -367,9 +376,9 @@ async fn print_events(
                 clean(&reason),
                 if retrying { "; reconnecting…" } else { "" }
             )),
-            Event::Reconnected { members } => {
+            Event::Reconnected { .. } => {
                 out.line("* reconnected; missed messages follow");
-                show_roster(&members, &out);
+                show_roster(&client.members(), &out);
             }
         }
     }
