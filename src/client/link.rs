@@ -264,25 +264,10 @@ impl Keeper {
             let _ = tokio::time::timeout(Duration::from_millis(200), write.shutdown()).await;
             let reason = match broken {
                 Broken::Left => return,
-                Broken::Gone(reason) => {
-                    let _ = self
-                        .events
-                        .send(Event::Disconnected {
-                            reason,
-                            retrying: false,
-                        })
-                        .await;
-                    return;
-                }
+                Broken::Gone(reason) => return self.disconnected(reason, false).await,
                 Broken::Lost(reason) => reason,
             };
-            let _ = self
-                .events
-                .send(Event::Disconnected {
-                    reason,
-                    retrying: true,
-                })
-                .await;
+            self.disconnected(reason, true).await;
             match self.rejoin().await {
                 Ok((mut w, r, welcome)) => {
                     // Lines that may not have reached the server go again, first; the server
@@ -300,18 +285,16 @@ impl Keeper {
                     let members = welcome.members;
                     let _ = self.events.send(Event::Reconnected { members }).await;
                 }
-                Err(reason) => {
-                    let _ = self
-                        .events
-                        .send(Event::Disconnected {
-                            reason,
-                            retrying: false,
-                        })
-                        .await;
-                    return;
-                }
+                Err(reason) => return self.disconnected(reason, false).await,
             }
         }
+    }
+
+    async fn disconnected(&self, reason: String, retrying: bool) {
+        let _ = self
+            .events
+            .send(Event::Disconnected { reason, retrying })
+            .await;
     }
 
     /// Asks the coordinator where the session is now and reconnects, with backoff.
