@@ -261,13 +261,10 @@ async fn ctrl_c_tells_members_finishes_writes_and_exits_within_two_seconds() {
     }
     let _ = lines_with_prefix(&mut a_ev, "s", 40, WAIT).await;
 
-    let pid = process.id().unwrap().to_string();
+    let pid = process.id().unwrap() as libc::pid_t;
     let started = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    // SAFETY: sending a signal to our own child process, whose pid we hold.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0, "Ctrl-C delivered");
     let mut process = process;
     let exit = tokio::time::timeout(Duration::from_secs(5), process.wait())
         .await
