@@ -686,3 +686,34 @@ async fn a_large_session_sends_counts_and_members_are_looked_up_when_needed() {
     let (_, eve_events) = &mut clients[4];
     assert_eq!(messages(eve_events, 1).await[0].text, "hello big room");
 }
+
+#[tokio::test]
+async fn a_resent_line_is_applied_once_and_costs_no_rate_limit() {
+    let coord = TestCoordinator::start().await; // burst of 50
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let info = alice.start_session(Some("room")).await.unwrap().session;
+    let token = token_for("rex", coord.addr).await;
+    let stream = TcpStream::connect(info.server).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(hello("rex", &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
+        .await
+        .unwrap();
+    // The same line, id 7, a hundred times (as a client resending after reconnects might).
+    let line = "{\"type\":\"say\",\"text\":\"once\",\"id\":7}\n".repeat(100);
+    write.write_all(line.as_bytes()).await.unwrap();
+    write
+        .write_all(b"{\"type\":\"say\",\"text\":\"next\",\"id\":8}\n")
+        .await
+        .unwrap();
+    let got = messages(&mut a_ev, 2).await;
+    assert_eq!(got[0].text, "once");
+    assert_eq!(got[0].id, Some(7));
+    assert_eq!(got[1].text, "next", "no second copy, and not rate limited");
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Ok(Some(l))) =
+        tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await
+    {
+        assert!(!l.contains("rate_limited"), "{l}");
+    }
+}

@@ -264,7 +264,11 @@ async fn ctrl_c_tells_members_finishes_writes_and_exits_within_two_seconds() {
     let pid = process.id().unwrap() as libc::pid_t;
     let started = Instant::now();
     // SAFETY: sending a signal to our own child process, whose pid we hold.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0, "Ctrl-C delivered");
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGINT) },
+        0,
+        "Ctrl-C delivered"
+    );
     let mut process = process;
     let exit = tokio::time::timeout(Duration::from_secs(5), process.wait())
         .await

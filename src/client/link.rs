@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ClientConfig, ClientError, Coord, Event, Roster};
 use crate::codec::{Frame, LineCodec, encode_line};
+use crate::expiring::ExpiringMap;
 use crate::protocol::{
     ByeReason, ClientMsg, ErrorCode, Member, RequestBody, ResponseBody, ServerMsg, SessionInfo,
     limits,
@@ -56,6 +57,9 @@ pub(super) struct Outgoing {
 /// Group lines sent but not yet seen echoed, resent after a rejoin. Bounded: beyond this the
 /// oldest are forgotten (they were almost certainly applied long ago).
 const PENDING_CAP: usize = 4096;
+/// How long, and for how many lines, shown line ids are remembered.
+const SHOWN_TTL: Duration = Duration::from_secs(3600);
+const SHOWN_CAP: usize = 20_000;
 
 /// What a session task needs to (re)join.
 #[derive(Clone)]
@@ -181,6 +185,8 @@ impl Link {
             events,
             last_seq: Arc::new(AtomicU64::new(seq)),
             pending: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            shown: std::sync::Mutex::new(ExpiringMap::new(SHOWN_TTL, SHOWN_CAP)),
+            server: std::sync::Mutex::new(session.server),
             stop: stop.clone(),
         };
         let task = tokio::spawn(keeper.run(write, reader, out_rx, lookup_rx));
@@ -241,12 +247,17 @@ struct Keeper {
     last_seq: Arc<AtomicU64>,
     /// Our group lines not yet seen echoed: (line id, encoded line).
     pending: std::sync::Mutex<std::collections::VecDeque<(u64, Bytes)>>,
+    /// Lines shown, by sender and the sender's line id: a server that crashed before storing a
+    /// line may accept its resend under a new sequence number, and it must not show twice.
+    shown: std::sync::Mutex<ExpiringMap<(String, u64), ()>>,
+    /// Where the session was last served, for when the coordinator cannot be asked.
+    server: std::sync::Mutex<SocketAddr>,
     stop: CancellationToken,
 }
 
 impl Keeper {
     fn pending(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, Bytes)>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.pending)
     }
 
     async fn run(
@@ -312,14 +323,17 @@ impl Keeper {
                 token: self.joiner.token.clone(),
             };
             let server = match self.joiner.coord.request(body).await {
-                Ok(ResponseBody::Session { session }) => session.server,
+                Ok(ResponseBody::Session { session }) => {
+                    *lock(&self.server) = session.server;
+                    session.server
+                }
                 Err(ClientError::Refused(e))
                     if matches!(e.code, ErrorCode::SessionNotFound | ErrorCode::Unauthorized) =>
                 {
                     return Err(e.message);
                 }
-                // The coordinator may be restarting; the old address may still answer.
-                _ => self.session.server,
+                // The coordinator may be restarting; the last address may still answer.
+                _ => *lock(&self.server),
             };
             let since = Some(self.last_seq.load(Ordering::Relaxed));
             match self.joiner.connect(server, since).await {
@@ -382,6 +396,11 @@ impl Keeper {
                             continue;
                         }
                         self.last_seq.store(line.seq, Ordering::Relaxed);
+                        if let Some(id) = line.id
+                            && !lock(&self.shown).insert((line.from.to_lowercase(), id), ())
+                        {
+                            continue;
+                        }
                         Event::Message(line)
                     }
                     Ok(ServerMsg::Presence {
@@ -480,6 +499,10 @@ impl Keeper {
             },
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn await_welcome(reader: &mut Reader) -> Result<Welcome, ClientError> {

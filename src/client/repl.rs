@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::text::{clean, stamp};
 use super::{Client, ClientConfig, ClientError, Event, Joined};
-use crate::protocol::{DirectoryEntry, Member};
+use crate::protocol::DirectoryEntry;
 
 /// Roster lines printed at most; the rest are summarised.
 const ROSTER_SHOWN: usize = 20;
@@ -241,7 +241,7 @@ async fn command(
         }
         "/who" => match client.session() {
             Some(_) => {
-                show_roster(&client.members(), out);
+                show_roster_upto(client, out, usize::MAX);
                 Ok(())
             }
             None => Err(ClientError::NotInSession),
@@ -360,7 +360,7 @@ async fn print_events(
                     };
                     out.line(format!("{now} * {} {how}", clean(&d.user)));
                 }
-                show_roster(&client.members(), &out);
+                show_roster(&client, &out);
             }
             Event::Private {
                 from, time, text, ..
@@ -370,7 +370,13 @@ async fn print_events(
                 clean(&from),
                 clean(&text)
             )),
-            Event::ServerError(e) => out.line(format!("! {}", clean(&e.message))),
+            Event::ServerError(e) => {
+                if e.code == crate::protocol::ErrorCode::Gap {
+                    // The replay that follows starts after the gap: page back from there.
+                    earliest.store(0, Ordering::Relaxed);
+                }
+                out.line(format!("! {}", clean(&e.message)));
+            }
             Event::Disconnected { reason, retrying } => out.line(format!(
                 "! disconnected from the session: {}{}",
                 clean(&reason),
@@ -378,7 +384,7 @@ async fn print_events(
             )),
             Event::Reconnected { .. } => {
                 out.line("* reconnected; missed messages follow");
-                show_roster(&client.members(), &out);
+                show_roster(&client, &out);
             }
         }
     }
@@ -393,12 +399,25 @@ fn show_joined(client: &Client, joined: &Joined, out: &Output) {
         client.user(),
         client.endpoint()
     ));
-    show_roster(&client.members(), out);
+    show_roster(client, out);
 }
 
-fn show_roster(members: &[Member], out: &Output) {
+fn show_roster(client: &Client, out: &Output) {
+    show_roster_upto(client, out, ROSTER_SHOWN);
+}
+
+fn show_roster_upto(client: &Client, out: &Output, shown: usize) {
+    let members = client.members();
+    let count = client.member_count();
+    if members.len() < count {
+        // A large session: the server sends counts, not names.
+        out.line(format!(
+            "  {count} members (a large session: members are looked up when you write to them)"
+        ));
+        return;
+    }
     let mut text = format!("  members ({}):", members.len());
-    for m in members.iter().take(ROSTER_SHOWN) {
+    for m in members.iter().take(shown) {
         text.push_str(&format!(" {} {},", clean(&m.user), m.udp));
     }
     if text.ends_with(',') {

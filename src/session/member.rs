@@ -16,6 +16,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::SessionConfig;
+use super::bucket::TokenBucket;
 use super::room::{ConnId, Line, Replay, RoomEvent};
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{ByeReason, ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, limits};
@@ -174,7 +175,7 @@ async fn read_loop(
     config: &SessionConfig,
 ) {
     let limits = &config.member_limits;
-    let mut bucket = TokenBucket::new(limits.rate, limits.burst);
+    let mut history_bucket = TokenBucket::new(limits.rate, limits.burst);
     let reason = loop {
         let frame = tokio::select! {
             f = tokio::time::timeout(limits.idle, reader.next()) => f,
@@ -201,21 +202,12 @@ async fn read_loop(
                     let _ = tx.try_send(Line::new(encode_line(&ServerMsg::Error(e))));
                     continue;
                 }
-                if let Err(wait) = bucket.take() {
-                    let msg = format!(
-                        "slow down: at most {} messages per second (burst {}); try again in {} ms; this message was not sent",
-                        limits.rate.unwrap_or_default(),
-                        limits.burst,
-                        wait.as_millis()
-                    );
-                    let _ = tx.try_send(Line::new(error(ErrorCode::RateLimited, msg)));
-                    continue;
-                }
+                // The room applies the rate limit, after recognising resends (which are free).
                 RoomEvent::Say { conn, text, id }
             }
             Ok(ClientMsg::History { before, limit }) => {
-                // History can reach the database: it costs a token like a line does.
-                if bucket.take().is_err() {
+                // History can reach the database: it has a bucket of its own.
+                if history_bucket.take().is_err() {
                     let _ = tx.try_send(Line::new(error(
                         ErrorCode::RateLimited,
                         "slow down: too many requests",
@@ -369,56 +361,9 @@ fn bye(reason: ByeReason, message: &str) -> Bytes {
     })
 }
 
-/// Classic token bucket: `rate` tokens per second, at most `burst` saved up.
-struct TokenBucket {
-    rate: Option<f64>,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: Option<f64>, burst: f64) -> Self {
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes one token, or says how long until one is there.
-    fn take(&mut self) -> Result<(), Duration> {
-        let Some(rate) = self.rate else { return Ok(()) };
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn token_bucket_allows_burst_then_rate() {
-        let mut b = TokenBucket::new(Some(10.0), 3.0);
-        assert!(b.take().is_ok());
-        assert!(b.take().is_ok());
-        assert!(b.take().is_ok());
-        let wait = b.take().unwrap_err();
-        assert!(wait <= Duration::from_millis(100));
-        tokio::time::advance(Duration::from_millis(100)).await;
-        assert!(b.take().is_ok());
-        assert!(b.take().is_err());
-    }
 
     #[test]
     fn text_limits() {

@@ -25,6 +25,7 @@ use crate::protocol::{
     ByeReason, ChatLine, Departure, ErrorBody, ErrorCode, LeaveReason, Member, ServerMsg, limits,
 };
 
+use super::bucket::TokenBucket;
 use super::{SessionConfig, Stop};
 
 /// Identifies one connection for the lifetime of the room.
@@ -84,6 +85,8 @@ struct MemberSlot {
     udp: SocketAddr,
     tx: mpsc::Sender<Line>,
     kick: CancellationToken,
+    /// The member's rate limit on group lines.
+    bucket: TokenBucket,
 }
 
 /// Most events applied before presence is flushed, so a flood cannot postpone notices forever.
@@ -241,6 +244,8 @@ impl Room {
             obs.member_joined(self.config.id, &user);
         }
         tracing::info!(session = %self.config.id, user = %user, %udp, "member joined");
+        let limits = &self.config.member_limits;
+        let bucket = TokenBucket::new(limits.rate, limits.burst);
         self.members.insert(
             conn,
             MemberSlot {
@@ -248,6 +253,7 @@ impl Room {
                 udp,
                 tx,
                 kick,
+                bucket,
             },
         );
         self.pending_joined.push((conn, replay));
@@ -294,13 +300,31 @@ impl Room {
     }
 
     fn say(&mut self, conn: ConnId, text: String, id: Option<u64>) {
-        let Some(user) = self.members.get(&conn).map(|s| s.user.clone()) else {
+        let Some(slot) = self.members.get_mut(&conn) else {
             return;
         };
+        let user = slot.user.clone();
         if let Some(id) = id
-            && !self.line_ids.insert((user.clone(), id), ())
+            && self.line_ids.get(&(user.clone(), id)).is_some()
         {
-            return; // a resend of a line already in the order
+            return; // a resend of a line already in the order: free, and dropped
+        }
+        if let Err(wait) = slot.bucket.take() {
+            let limits = &self.config.member_limits;
+            let msg = format!(
+                "slow down: at most {} messages per second (burst {}); try again in {} ms; this message was not sent",
+                limits.rate.unwrap_or_default(),
+                limits.burst,
+                wait.as_millis()
+            );
+            let _ = slot.tx.try_send(shared(&ServerMsg::Error(ErrorBody::new(
+                ErrorCode::RateLimited,
+                msg,
+            ))));
+            return;
+        }
+        if let Some(id) = id {
+            self.line_ids.insert((user.clone(), id), ());
         }
         let from = user.to_string();
         // Members joining in this batch must get their welcome before any line after it.
