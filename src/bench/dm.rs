@@ -5,15 +5,20 @@
 //! partner `messages` private messages one after another, each waiting for its ack, as a person
 //! typing would.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::fanout::{Tally, connect_rooms, parse, user_name};
+use super::fanout::{Tally, parse, user_name};
 use super::stats::{Histogram, LatencySummary};
-use super::{BenchEnv, Member, ProcUsage, Progress, Result, Server};
+use super::{
+    BenchEnv, BenchError, CONNECT_CONCURRENCY, Entry, Member, ProcUsage, Progress, Result, Server,
+    connect_member, run_tag,
+};
 use crate::client::{Client, Event};
 
 /// What a private-message run does.
@@ -219,4 +224,79 @@ async fn receive(
         }
     }
     tally
+}
+
+/// Connects `members` members to each of `sessions` new sessions and waits until each has seen a
+/// full roster, so the measured phase measures messages and not joins.
+pub(super) async fn connect_rooms(
+    env: &BenchEnv,
+    server: &Server,
+    sessions: usize,
+    members: usize,
+) -> Result<Vec<Vec<Member>>> {
+    let coordinator = server.addr();
+    let tag = run_tag();
+    let names: Vec<String> = (0..sessions).map(|s| format!("bench-{tag}-{s}")).collect();
+    let progress = Progress::start(env.progress, "connecting", (sessions * members) as u64);
+    let done = progress.counter();
+    let connect = |s: usize, i: usize| {
+        let names = &names;
+        let done = done.clone();
+        async move {
+            let entry = if i == 0 {
+                Entry::Create(&names[s])
+            } else {
+                Entry::Join(&names[s])
+            };
+            let member = connect_member(coordinator, &user_name(s, i), entry).await?;
+            done.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, BenchError>(member)
+        }
+    };
+    let setup = async {
+        // Creators first: nobody can join a session that does not exist yet.
+        let creators: Vec<Member> = stream::iter(0..sessions)
+            .map(|s| connect(s, 0))
+            .buffered(CONNECT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut rooms: Vec<Vec<Member>> = creators.into_iter().map(|m| vec![m]).collect();
+        let joiners: Vec<Member> =
+            stream::iter((0..sessions).flat_map(|s| (1..members).map(move |i| (s, i))))
+                .map(|(s, i)| connect(s, i))
+                .buffered(CONNECT_CONCURRENCY)
+                .try_collect()
+                .await?;
+        let mut joiners = joiners.into_iter();
+        for room in &mut rooms {
+            room.extend(joiners.by_ref().take(members - 1));
+        }
+        Ok::<_, BenchError>(rooms)
+    };
+    let rooms = tokio::time::timeout(env.timeout, setup)
+        .await
+        .map_err(|_| BenchError::Timeout("connecting members".into()))??;
+    progress.finish().await;
+    await_full_rosters(&rooms, members, env.timeout).await?;
+    Ok(rooms)
+}
+
+async fn await_full_rosters(rooms: &[Vec<Member>], size: usize, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let short = rooms
+            .iter()
+            .flatten()
+            .filter(|m| m.client.members().len() < size)
+            .count();
+        if short == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Timeout(format!(
+                "{short} members never saw all {size} members of their session"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -3,22 +3,27 @@
 //!
 //! Each message's text is `"<sender> <index> <send-nanos>"`; a receiver checks, per sender, that
 //! it saw every index exactly once and in increasing order, and times each from its send instant.
+//!
+//! Members get their accounts and tokens from the real client API and then speak to their session
+//! on the bare protocol ([`super::lean`]): one task per member reads, counts, pings and, if it is
+//! a sender, writes its `say` lines, so the load generator costs less than the server it measures.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::{Histogram, LatencySummary};
 use super::{
-    BenchEnv, BenchError, CONNECT_CONCURRENCY, Entry, Member, ProcUsage, Progress, Result, Server,
-    connect_member, run_tag,
+    BenchEnv, BenchError, CONNECT_CONCURRENCY, ProcUsage, Progress, Result, Server, lean, run_tag,
 };
-use crate::client::{Client, Event};
+use crate::client::{Client, ClientConfig};
 
 /// What a group-message run does.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -157,72 +162,41 @@ async fn run_on(
     opts: &FanoutOpts,
     server: &Server,
 ) -> Result<FanoutReport> {
+    let expected_per_receiver = (opts.senders * opts.messages) as u64;
+    let size = opts.sessions * opts.members;
+    let total = expected_per_receiver * size as u64;
+    let shared = Arc::new(Shared {
+        opts: opts.clone(),
+        epoch: Instant::now(),
+        timeout: env.timeout,
+        seated: AtomicU64::new(0),
+        failure: Mutex::new(None),
+        go: CancellationToken::new(),
+        senders_left: AtomicUsize::new(opts.sessions * opts.senders),
+        senders_done: CancellationToken::new(),
+        delivered: Arc::new(AtomicU64::new(0)),
+        stop: CancellationToken::new(),
+    });
+    // Whatever way this function ends, no member task outlives it.
+    let _stop = shared.stop.clone().drop_guard();
+
     let setup_start = Instant::now();
-    let rooms = connect_rooms(env, server, opts.sessions, opts.members).await?;
+    let members = connect_members(env, server, &shared).await?;
+    await_seated(&shared, size as u64).await?;
     let setup_secs = setup_start.elapsed().as_secs_f64();
 
-    let expected_per_receiver = (opts.senders * opts.messages) as u64;
-    let total = expected_per_receiver * (opts.sessions * opts.members) as u64;
-    let progress = Progress::start(env.progress, scenario, total);
-    let delivered = progress.counter();
-    let epoch = Instant::now();
-    let deadline = tokio::time::Instant::now() + env.timeout;
+    let progress = Progress::with_counter(env.progress, scenario, total, shared.delivered.clone());
     let server_before = server.usage();
     let bench_before = ProcUsage::own();
-
-    let mut receivers = Vec::new();
-    let mut senders = Vec::new();
-    let mut clients = Vec::new();
-    let senders_done = CancellationToken::new();
-    for (s, room) in rooms.into_iter().enumerate() {
-        for (i, member) in room.into_iter().enumerate() {
-            let Member { client, events } = member;
-            let window = (i < opts.senders && opts.window > 0)
-                .then(|| Arc::new(Semaphore::new(opts.window)));
-            let listen = Listen {
-                senders: opts.senders,
-                messages: opts.messages,
-                epoch,
-                deadline,
-                delivered: delivered.clone(),
-                own: window.clone().map(|w| (i, w)),
-                senders_done: senders_done.clone(),
-            };
-            receivers.push(tokio::spawn(receive(events, listen)));
-            if i < opts.senders {
-                // Senders at a fixed rate start spread over one period, as independent people
-                // would; all ticking at the same instant would measure a burst, not a rate.
-                let offset = opts.rate.map_or(Duration::ZERO, |r| {
-                    Duration::from_secs_f64(i as f64 / opts.senders as f64 / r)
-                });
-                senders.push(tokio::spawn(send(
-                    client.clone(),
-                    (s, i),
-                    opts.messages,
-                    (opts.rate, offset, window),
-                    epoch,
-                    deadline,
-                )));
-            }
-            // Receivers hold the event stream; the client must live until they are done.
-            clients.push(client);
-        }
+    let start = Instant::now();
+    shared.go.cancel();
+    if opts.senders == 0 {
+        shared.senders_done.cancel();
     }
 
-    let mut send_failures = 0;
-    let mut sent = vec![vec![0u64; opts.senders]; opts.sessions];
-    for task in senders {
-        let (s, i, n, failed) = task.await.expect("sender task does not panic");
-        sent[s][i] = n;
-        send_failures += failed;
-    }
-    senders_done.cancel();
-    let mut tally = Tally::new(opts.senders, opts.messages);
-    let mut per_session = vec![Tally::new(opts.senders, opts.messages); opts.sessions];
-    for (n, task) in receivers.into_iter().enumerate() {
-        let t = task.await.expect("receiver task does not panic");
-        per_session[n / opts.members].merge_counts(&t);
-        tally.merge(t);
+    let mut outcomes = Vec::with_capacity(members.len());
+    for task in members {
+        outcomes.push(task.await.expect("member task does not panic"));
     }
     progress.finish().await;
     let server_usage = match (server_before, server.usage()) {
@@ -236,7 +210,21 @@ async fn run_on(
         (Some(b), Some(a)) => Some(a.cpu_seconds - b.cpu_seconds),
         _ => None,
     };
-    drop(clients);
+
+    let mut tally = Tally::new(opts.senders, opts.messages);
+    let mut per_session = vec![Tally::new(opts.senders, opts.messages); opts.sessions];
+    let mut sent = vec![vec![0u64; opts.senders]; opts.sessions];
+    let mut send_failures = 0;
+    for o in outcomes {
+        if let Some(n) = sent[o.session].get_mut(o.index) {
+            *n = o.sent;
+        }
+        send_failures += o.send_failed;
+        per_session[o.session].merge_counts(&o.tally);
+        tally.merge(o.tally);
+        // Connections close only now, so that nobody's departure is work inside the run.
+        drop(o.conn);
+    }
 
     let mut per_sender = Vec::new();
     for (s, t) in per_session.iter().enumerate() {
@@ -253,7 +241,7 @@ async fn run_on(
     }
     let secs = tally
         .last
-        .map_or(0.0, |l| l.duration_since(epoch).as_secs_f64());
+        .map_or(0.0, |l| l.saturating_duration_since(start).as_secs_f64());
     let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let sum = |f: fn(&SenderStats) -> u64| per_sender.iter().map(f).sum::<u64>();
     Ok(FanoutReport {
@@ -280,59 +268,148 @@ async fn run_on(
     })
 }
 
-/// Connects `members` members to each of `sessions` new sessions and waits until each has seen a
-/// full roster, so the measured phase measures messages and not joins.
-pub(super) async fn connect_rooms(
+/// What every member task of one run shares.
+struct Shared {
+    opts: FanoutOpts,
+    /// Send instants in message texts are nanoseconds since this.
+    epoch: Instant,
+    /// Longest wait of any phase.
+    timeout: Duration,
+    /// Members that have seen a full roster.
+    seated: AtomicU64,
+    /// Why the first member that failed before the start failed.
+    failure: Mutex<Option<String>>,
+    /// Cancelled when every member is seated: senders start.
+    go: CancellationToken,
+    /// Senders still sending; the last one to finish cancels `senders_done`.
+    senders_left: AtomicUsize,
+    /// Cancelled when every sender is done; from then on a receiver that hears nothing for
+    /// [`QUIET`] stops waiting (its missing messages are lost, and counted so).
+    senders_done: CancellationToken,
+    /// Deliveries so far, for the progress line.
+    delivered: Arc<AtomicU64>,
+    /// Cancelled when the run ends for any reason.
+    stop: CancellationToken,
+}
+
+impl Shared {
+    fn sender_finished(&self) {
+        if self.senders_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.senders_done.cancel();
+        }
+    }
+
+    fn fail(&self, user: &str, why: impl std::fmt::Display) {
+        let mut failure = self
+            .failure
+            .lock()
+            .expect("no panic while holding the lock");
+        failure.get_or_insert_with(|| format!("member {user}: {why}"));
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .expect("no panic while holding the lock")
+            .clone()
+    }
+}
+
+/// See [`Shared::senders_done`].
+const QUIET: Duration = Duration::from_secs(2);
+
+/// Gets every member an account and a token on the real client API, connects it to its session
+/// on the bare protocol and starts its task (which from then on reads and pings, so nobody is
+/// dropped as silent while the others connect).
+async fn connect_members(
     env: &BenchEnv,
     server: &Server,
-    sessions: usize,
-    members: usize,
-) -> Result<Vec<Vec<Member>>> {
+    shared: &Arc<Shared>,
+) -> Result<Vec<JoinHandle<Outcome>>> {
     let coordinator = server.addr();
+    let opts = &shared.opts;
     let tag = run_tag();
-    let names: Vec<String> = (0..sessions).map(|s| format!("bench-{tag}-{s}")).collect();
-    let progress = Progress::start(env.progress, "connecting", (sessions * members) as u64);
+    let names: Vec<String> = (0..opts.sessions)
+        .map(|s| format!("bench-{tag}-{s}"))
+        .collect();
+    let progress = Progress::start(
+        env.progress,
+        "connecting",
+        (opts.sessions * opts.members) as u64,
+    );
     let done = progress.counter();
     let connect = |s: usize, i: usize| {
-        let names = &names;
+        let name = names[s].as_str();
         let done = done.clone();
+        let shared = shared.clone();
         async move {
-            let entry = if i == 0 {
-                Entry::Create(&names[s])
-            } else {
-                Entry::Join(&names[s])
+            let user = user_name(s, i);
+            let failed = |source| BenchError::Member {
+                user: user.clone(),
+                source,
             };
-            let member = connect_member(coordinator, &user_name(s, i), entry).await?;
+            let (client, _events) = Client::start(ClientConfig::new(user.clone(), coordinator))
+                .await
+                .map_err(failed)?;
+            super::account(&client).await.map_err(failed)?;
+            let info = if i == 0 {
+                client.create(Some(name)).await
+            } else {
+                client.find(name).await
+            }
+            .map_err(failed)?;
+            let token = client.session_token().unwrap_or_default();
+            let (lines, write) = lean::connect(info.server, &user, token)
+                .await
+                .map_err(|e| BenchError::Setup(format!("member {user}: connect: {e}")))?;
             done.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, BenchError>(member)
+            Ok::<_, BenchError>(tokio::spawn(member(lines, write, s, i, shared)))
         }
     };
     let setup = async {
         // Creators first: nobody can join a session that does not exist yet.
-        let creators: Vec<Member> = stream::iter(0..sessions)
+        let mut tasks: Vec<_> = stream::iter(0..opts.sessions)
             .map(|s| connect(s, 0))
             .buffered(CONNECT_CONCURRENCY)
             .try_collect()
             .await?;
-        let mut rooms: Vec<Vec<Member>> = creators.into_iter().map(|m| vec![m]).collect();
-        let joiners: Vec<Member> =
-            stream::iter((0..sessions).flat_map(|s| (1..members).map(move |i| (s, i))))
-                .map(|(s, i)| connect(s, i))
-                .buffered(CONNECT_CONCURRENCY)
-                .try_collect()
-                .await?;
-        let mut joiners = joiners.into_iter();
-        for room in &mut rooms {
-            room.extend(joiners.by_ref().take(members - 1));
-        }
-        Ok::<_, BenchError>(rooms)
+        let joiners = (0..opts.sessions).flat_map(|s| (1..opts.members).map(move |i| (s, i)));
+        let more: Vec<_> = stream::iter(joiners)
+            .map(|(s, i)| connect(s, i))
+            .buffered(CONNECT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        tasks.extend(more);
+        Ok::<_, BenchError>(tasks)
     };
-    let rooms = tokio::time::timeout(env.timeout, setup)
+    let tasks = tokio::time::timeout(env.timeout, setup)
         .await
         .map_err(|_| BenchError::Timeout("connecting members".into()))??;
     progress.finish().await;
-    await_full_rosters(&rooms, members, env.timeout).await?;
-    Ok(rooms)
+    Ok(tasks)
+}
+
+/// Waits until every member has seen a full roster, so the measured phase measures messages and
+/// not joins.
+async fn await_seated(shared: &Shared, size: u64) -> Result<()> {
+    let deadline = Instant::now() + shared.timeout;
+    loop {
+        if let Some(why) = shared.failure() {
+            return Err(BenchError::Setup(why));
+        }
+        let seated = shared.seated.load(Ordering::Acquire);
+        if seated >= size {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Timeout(format!(
+                "{} members never saw all {} members of their session",
+                size - seated,
+                shared.opts.members
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The user name of member `i` of session `s`.
@@ -340,65 +417,242 @@ pub(super) fn user_name(s: usize, i: usize) -> String {
     format!("s{s}m{i}")
 }
 
-async fn await_full_rosters(rooms: &[Vec<Member>], size: usize, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let short = rooms
-            .iter()
-            .flatten()
-            .filter(|m| m.client.members().len() < size)
-            .count();
-        if short == 0 {
-            return Ok(());
+/// What one member did and saw.
+struct Outcome {
+    session: usize,
+    index: usize,
+    tally: Tally,
+    /// Messages it sent (0 unless it is a sender).
+    sent: u64,
+    /// 1 if its sending broke off.
+    send_failed: u64,
+    /// Kept open until the run's figures are taken.
+    conn: Option<(lean::Lines, OwnedWriteHalf)>,
+}
+
+/// What woke a member up.
+enum Wake {
+    Read(std::io::Result<bool>),
+    Ping,
+    Tick,
+    Go,
+    SendersDone,
+    Timeout,
+    Stop,
+}
+
+/// Waits for the next tick of a fixed-rate sender.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
         }
-        if Instant::now() >= deadline {
-            return Err(BenchError::Timeout(format!(
-                "{short} members never saw all {size} members of their session"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        None => std::future::pending().await,
     }
 }
 
-/// Returns (session, sender, messages sent, failures).
-async fn send(
-    client: Client,
-    (session, sender): (usize, usize),
-    messages: usize,
-    (rate, offset, window): (Option<f64>, Duration, Option<Arc<Semaphore>>),
-    epoch: Instant,
-    deadline: tokio::time::Instant,
-) -> (usize, usize, u64, u64) {
-    let work = async {
-        let mut sent = 0;
-        let mut ticker = rate.map(|r| {
-            tokio::time::interval_at(
-                tokio::time::Instant::now() + offset,
-                Duration::from_secs_f64(1.0 / r),
-            )
-        });
-        for m in 0..messages {
-            if let Some(t) = &mut ticker {
-                t.tick().await;
-            }
-            if let Some(w) = &window {
-                // Given back by our own receiver when the line comes back from the server.
-                match w.acquire().await {
-                    Ok(permit) => permit.forget(),
-                    Err(_) => return (sent, 1),
-                }
-            }
-            let text = format!("{sender} {m} {}", epoch.elapsed().as_nanos());
-            if client.say(&text).await.is_err() {
-                return (sent, 1);
-            }
-            sent += 1;
-        }
-        (sent, 0)
+/// One member, from its hello to the end of the run: counts rosters until seated, then (if it is
+/// one of the first `senders`) sends its messages within its window and at its rate, and counts
+/// every group message it receives until it has them all or the run is over.
+async fn member(
+    mut lines: lean::Lines,
+    mut write: OwnedWriteHalf,
+    session: usize,
+    index: usize,
+    shared: Arc<Shared>,
+) -> Outcome {
+    let opts = &shared.opts;
+    let user = user_name(session, index);
+    let expected = (opts.senders * opts.messages) as u64;
+    let sends = index < opts.senders;
+    let mut tally = Tally::new(opts.senders, opts.messages);
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + lean::PING_EVERY,
+        lean::PING_EVERY,
+    );
+    let (mut welcomed, mut seated, mut started, mut quiet) = (false, false, false, false);
+    let mut roster: i64 = 0;
+    let mut ticker = None;
+    let mut deadline = tokio::time::Instant::now() + shared.timeout;
+    let mut last_read = tokio::time::Instant::now();
+    let (mut sent, mut in_flight, mut send_failed) = (0u64, 0usize, 0u64);
+    let mut sending = false;
+    let window = if opts.window == 0 {
+        usize::MAX
+    } else {
+        opts.window
     };
-    match tokio::time::timeout_at(deadline, work).await {
-        Ok((sent, failed)) => (session, sender, sent, failed),
-        Err(_) => (session, sender, 0, 1),
+    let finish_sending = |sending: &mut bool| {
+        if std::mem::take(sending) {
+            shared.sender_finished();
+        }
+    };
+    let mut alive = true;
+    while alive {
+        if sending && ticker.is_none() {
+            // Full speed: fill the window; one write takes it all.
+            while sent < opts.messages as u64 && in_flight < window {
+                let nanos = shared.epoch.elapsed().as_nanos() as u64;
+                lean::push_say(&mut out, index, sent as usize, nanos);
+                sent += 1;
+                in_flight += 1;
+            }
+        }
+        if sending && sent == opts.messages as u64 {
+            finish_sending(&mut sending);
+        }
+        if !out.is_empty() {
+            if let Err(e) = write.write_all(&out).await {
+                if !started {
+                    shared.fail(&user, format_args!("write: {e}"));
+                }
+                if sending {
+                    send_failed = 1;
+                    finish_sending(&mut sending);
+                }
+                tally.disconnected += 1;
+                break;
+            }
+            out.clear();
+        }
+        if started && !sending && tally.received >= expected {
+            break;
+        }
+        let until = if quiet {
+            deadline.min(last_read + QUIET)
+        } else {
+            deadline
+        };
+        let can_tick = sending && in_flight < window;
+        let wake = tokio::select! {
+            r = lines.fill() => Wake::Read(r),
+            _ = ping.tick() => Wake::Ping,
+            _ = tick(&mut ticker), if can_tick => Wake::Tick,
+            _ = shared.go.cancelled(), if !started => Wake::Go,
+            _ = shared.senders_done.cancelled(), if started && !quiet => Wake::SendersDone,
+            _ = tokio::time::sleep_until(until), if started || !seated => Wake::Timeout,
+            _ = shared.stop.cancelled() => Wake::Stop,
+        };
+        match wake {
+            Wake::Read(Ok(true)) => last_read = tokio::time::Instant::now(),
+            Wake::Read(r) => {
+                if !started {
+                    let why = r
+                        .err()
+                        .map_or("connection closed".into(), |e| e.to_string());
+                    shared.fail(&user, why);
+                }
+                tally.disconnected += 1;
+                break;
+            }
+            Wake::Ping => {
+                out.extend_from_slice(lean::PING);
+                continue;
+            }
+            Wake::Tick => {
+                let nanos = shared.epoch.elapsed().as_nanos() as u64;
+                lean::push_say(&mut out, index, sent as usize, nanos);
+                sent += 1;
+                in_flight += 1;
+                continue;
+            }
+            Wake::Go => {
+                started = true;
+                sending = sends;
+                deadline = tokio::time::Instant::now() + shared.timeout;
+                // Senders at a fixed rate start spread over one period, as independent people
+                // would; all ticking at the same instant would measure a burst, not a rate.
+                ticker = opts.rate.map(|r| {
+                    let offset = index as f64 / opts.senders as f64 / r;
+                    tokio::time::interval_at(
+                        tokio::time::Instant::now() + Duration::from_secs_f64(offset),
+                        Duration::from_secs_f64(1.0 / r),
+                    )
+                });
+                continue;
+            }
+            Wake::SendersDone => {
+                quiet = true;
+                continue;
+            }
+            Wake::Timeout => {
+                if started {
+                    tally.timed_out += 1;
+                } else {
+                    shared.fail(&user, "no full roster in time");
+                }
+                break;
+            }
+            Wake::Stop => break,
+        }
+
+        // One clock reading per read: every line in it arrived at the same instant.
+        let now = Instant::now();
+        let now_nanos = now.saturating_duration_since(shared.epoch).as_nanos() as u64;
+        let mut msgs = 0;
+        while let Some(line) = lines.next_line() {
+            let Some(line) = lean::ServerLine::parse(line) else {
+                continue;
+            };
+            match line.kind {
+                "msg" => {
+                    msgs += 1;
+                    match line.text.and_then(parse) {
+                        Some((from, i, sent_at)) => {
+                            tally.note_at(from, i, sent_at, now_nanos, now);
+                            if sends && from == index {
+                                in_flight = in_flight.saturating_sub(1);
+                            }
+                        }
+                        None => tally.note_other(now),
+                    }
+                }
+                "welcome" => {
+                    welcomed = true;
+                    roster = line.members.len() as i64;
+                }
+                "presence" => roster += line.joined.len() as i64 - line.left.len() as i64,
+                "error" if !welcomed => {
+                    shared.fail(
+                        &user,
+                        format_args!("refused: {}", line.message.unwrap_or_default()),
+                    );
+                    alive = false;
+                }
+                "error" => tally.server_errors += 1,
+                "bye" => {
+                    if !started {
+                        shared.fail(
+                            &user,
+                            format_args!("bye: {}", line.message.unwrap_or_default()),
+                        );
+                    }
+                    tally.disconnected += 1;
+                    alive = false;
+                }
+                _ => {}
+            }
+        }
+        if msgs > 0 {
+            shared.delivered.fetch_add(msgs, Ordering::Relaxed);
+        }
+        if welcomed && !seated && roster >= opts.members as i64 {
+            seated = true;
+            shared.seated.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+    if sending {
+        send_failed = 1;
+        finish_sending(&mut sending);
+    }
+    Outcome {
+        session,
+        index,
+        tally,
+        sent: if sends { sent } else { 0 },
+        send_failed,
+        conn: Some((lines, write)),
     }
 }
 
@@ -454,29 +708,37 @@ impl Tally {
         }
     }
 
-    /// Counts a message whose text is `"<sender> <index> <send-nanos>"`.
-    pub(super) fn record(&mut self, text: &str, epoch: Instant) {
-        match parse(text) {
-            Some((sender, index, sent)) => self.note(sender, index, sent, epoch),
-            None => {
-                self.received += 1;
-                self.last = Some(Instant::now());
-            }
-        }
+    /// Counts a message that is not one of the bench's, received at `now`.
+    pub(super) fn note_other(&mut self, now: Instant) {
+        self.received += 1;
+        self.last = Some(now);
     }
 
     /// Counts message `index` of sender slot `sender`, sent at `sent` nanoseconds after `epoch`.
     pub(super) fn note(&mut self, sender: usize, index: usize, sent: u64, epoch: Instant) {
-        let now = epoch.elapsed().as_nanos() as u64;
+        let now = Instant::now();
+        let now_nanos = now.saturating_duration_since(epoch).as_nanos() as u64;
+        self.note_at(sender, index, sent, now_nanos, now);
+    }
+
+    /// [`Tally::note`] with the clock already read: `now`, which is `now_nanos` after the epoch.
+    pub(super) fn note_at(
+        &mut self,
+        sender: usize,
+        index: usize,
+        sent: u64,
+        now_nanos: u64,
+        now: Instant,
+    ) {
         self.received += 1;
-        self.last = Some(Instant::now());
+        self.last = Some(now);
         let Some(seen) = self.senders.get_mut(sender) else {
             return;
         };
         let Some(got) = seen.got.get_mut(index) else {
             return;
         };
-        self.latency.record(now.saturating_sub(sent));
+        self.latency.record(now_nanos.saturating_sub(sent));
         if *got {
             seen.duplicated += 1;
             return;
@@ -506,80 +768,4 @@ impl Tally {
         self.server_errors += other.server_errors;
         self.timed_out += other.timed_out;
     }
-}
-
-/// What a receiver needs to know.
-struct Listen {
-    senders: usize,
-    messages: usize,
-    epoch: Instant,
-    deadline: tokio::time::Instant,
-    delivered: Arc<AtomicU64>,
-    /// If this member also sends: its sender index, and the window its own lines refill.
-    own: Option<(usize, Arc<Semaphore>)>,
-    /// Cancelled when every sender is done; from then on a receiver that hears nothing for
-    /// [`QUIET`] stops waiting (its missing messages are lost, and counted so).
-    senders_done: CancellationToken,
-}
-
-/// See [`Listen::senders_done`].
-const QUIET: Duration = Duration::from_secs(2);
-
-async fn receive(mut events: mpsc::Receiver<Event>, listen: Listen) -> Tally {
-    let expected = (listen.senders * listen.messages) as u64;
-    let mut tally = Tally::new(listen.senders, listen.messages);
-    let handle = |tally: &mut Tally, event: Event| -> bool {
-        match event {
-            Event::Message(line) => {
-                tally.record(&line.text, listen.epoch);
-                listen.delivered.fetch_add(1, Ordering::Relaxed);
-                if let Some((me, window)) = &listen.own
-                    && parse(&line.text).is_some_and(|(from, _, _)| from == *me)
-                {
-                    window.add_permits(1);
-                }
-            }
-            Event::ServerError(_) => tally.server_errors += 1,
-            Event::Disconnected { .. } => {
-                tally.disconnected += 1;
-                return false;
-            }
-            _ => {}
-        }
-        true
-    };
-    let mut quiet = false;
-    while tally.received < expected {
-        let until = if quiet {
-            listen.deadline.min(tokio::time::Instant::now() + QUIET)
-        } else {
-            listen.deadline
-        };
-        let event = tokio::select! {
-            e = tokio::time::timeout_at(until, events.recv()) => e,
-            _ = listen.senders_done.cancelled(), if !quiet => {
-                quiet = true;
-                continue;
-            }
-        };
-        match event {
-            Ok(Some(event)) => {
-                if !handle(&mut tally, event) {
-                    return tally;
-                }
-            }
-            Ok(None) => return tally,
-            Err(_) => {
-                tally.timed_out += 1;
-                return tally;
-            }
-        }
-    }
-    // Anything already queued past the expected count is a duplicate we must not miss.
-    while let Ok(event) = events.try_recv() {
-        if !handle(&mut tally, event) {
-            break;
-        }
-    }
-    tally
 }

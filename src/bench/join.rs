@@ -88,8 +88,6 @@ pub async fn join(env: &BenchEnv, opts: &JoinOpts) -> Result<JoinReport> {
 /// How long a stalled run (some members failed, the rest will never see a full roster) waits
 /// for any further change before it ends.
 const STALL: Duration = Duration::from_secs(5);
-/// The real client's heartbeat; the server takes a member silent for 6 s as dead.
-const PING_EVERY: Duration = Duration::from_secs(2);
 /// Connect plus welcome, per member.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -355,7 +353,7 @@ async fn lean_member(
     };
     let ping = encode_line(&ClientMsg::Ping);
     let mut roster: i64 = 0;
-    let mut heartbeat = tokio::time::interval(PING_EVERY);
+    let mut heartbeat = tokio::time::interval(super::lean::PING_EVERY);
     heartbeat.tick().await;
     let welcome_deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
     let mut permit = Some(permit);

@@ -16,7 +16,8 @@
 //! went missing rather than hanging.
 //!
 //! # Scenarios
-//! - [`fanout`] and [`sessions`]: group messages, one session or many at once.
+//! - [`fanout`] and [`sessions`]: group messages, one session or many at once, on lean
+//!   raw-protocol members (accounts and tokens from the client API).
 //! - [`join`]: thousands of members arriving at once, on lean raw-protocol members.
 //! - [`dm`]: peer-to-peer private messages with acknowledgements.
 //! - [`requests`]: coordinator `list` and `join` requests per second.
@@ -24,6 +25,7 @@
 mod dm;
 mod fanout;
 mod join;
+mod lean;
 mod report;
 mod requests;
 mod server;
@@ -84,6 +86,10 @@ pub enum BenchError {
         /// What the client said.
         source: ClientError,
     },
+    /// A member could not take its seat on the bare protocol (connection refused or closed,
+    /// hello refused).
+    #[error("setting up: {0}")]
+    Setup(String),
     /// A phase did not finish in time.
     #[error("timed out: {0}")]
     Timeout(String),
@@ -163,7 +169,16 @@ pub(crate) struct Progress {
 impl Progress {
     /// Starts printing `label: done/total` four times a second, if `enabled`.
     pub(crate) fn start(enabled: bool, label: &str, total: u64) -> Self {
-        let done = Arc::new(AtomicU64::new(0));
+        Self::with_counter(enabled, label, total, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// Like [`Progress::start`], on a counter the workers already advance.
+    pub(crate) fn with_counter(
+        enabled: bool,
+        label: &str,
+        total: u64,
+        done: Arc<AtomicU64>,
+    ) -> Self {
         let stop = CancellationToken::new();
         let task = enabled.then(|| {
             let done = done.clone();
