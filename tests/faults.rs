@@ -244,6 +244,10 @@ async fn a_member_that_goes_silent_leaves_every_roster_within_seconds() {
         took >= Duration::from_secs(4),
         "dropped too early: {took:?}"
     );
+    // Alice said nothing either, but her client pings: she is still in, and heard.
+    alice.say("still here").await.unwrap();
+    assert_eq!(messages(&mut a_ev, 1).await[0].text, "still here");
+    assert_eq!(alice.members().len(), 1);
     drop(zombie);
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SessionConfig;
 use super::bucket::TokenBucket;
+use super::outbox::Outbox;
 use super::room::{ConnId, Line, Replay, RoomEvent};
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{ByeReason, ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, limits};
@@ -46,8 +47,8 @@ impl Default for MemberLimits {
     }
 }
 
-/// Largest number of queued bytes gathered into one socket write.
-const WRITE_BATCH: usize = 256 * 1024;
+/// Most queued lines gathered into one socket write.
+const WRITE_LINES: usize = 256;
 /// A batch buffer larger than this is freed after use rather than kept.
 const KEEP_BUFFER: usize = 16 * 1024;
 /// Initial read buffer: hello and chat lines are small; it grows for long lines when needed.
@@ -62,15 +63,63 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let mut reader = FramedRead::with_capacity(read, LineCodec::new(limits::MAX_LINE), READ_BUFFER);
+    let (read, write) = stream.into_split();
+    let reader = FramedRead::with_capacity(read, LineCodec::new(limits::MAX_LINE), READ_BUFFER);
+    // The hello phase runs boxed: it is short, and keeping its state out of this long-lived
+    // future is what keeps an idle member small.
+    let admitted = Box::pin(admit_connection(
+        reader, write, peer, conn, &room, &config, &stop,
+    ))
+    .await;
+    let Some(Admitted {
+        mut reader,
+        write,
+        user,
+        outbox,
+        kick,
+    }) = admitted
+    else {
+        return;
+    };
+    let writer = write_loop(
+        write,
+        outbox.clone(),
+        kick.clone(),
+        stop.clone(),
+        config.member_limits.write_timeout,
+    );
+    let reader = read_loop(&mut reader, conn, &room, outbox, &kick, &config);
+    let ((), ()) = tokio::join!(writer, reader);
+    tracing::debug!(%peer, %user, "connection closed");
+}
 
-    // Hello phase: the connection is nobody's yet; errors go straight to the socket.
+type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, LineCodec>;
+
+/// A connection that said a good hello and is in the room.
+struct Admitted {
+    reader: Reader,
+    write: OwnedWriteHalf,
+    user: String,
+    outbox: Arc<Outbox>,
+    kick: CancellationToken,
+}
+
+/// Waits for a good hello and joins the room; errors go straight to the socket, since the
+/// connection is nobody's yet.
+async fn admit_connection(
+    mut reader: Reader,
+    mut write: OwnedWriteHalf,
+    peer: SocketAddr,
+    conn: ConnId,
+    room: &mpsc::Sender<RoomEvent>,
+    config: &SessionConfig,
+    stop: &CancellationToken,
+) -> Option<Admitted> {
     let deadline = Instant::now() + limits::HELLO_TIMEOUT;
     let (user, udp, replay) = loop {
         let frame = tokio::select! {
             f = tokio::time::timeout_at(deadline, reader.next()) => f,
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return None,
         };
         let line = match frame {
             Err(_) => {
@@ -80,9 +129,9 @@ pub(crate) async fn serve(
                 )
                 .await;
                 tracing::debug!(%peer, "closed connection that never said hello");
-                return;
+                return None;
             }
-            Ok(None) | Ok(Some(Err(_))) => return,
+            Ok(None) | Ok(Some(Err(_))) => return None,
             Ok(Some(Ok(Frame::Oversized))) => {
                 let _ = send_now(&mut write, &too_large()).await;
                 continue;
@@ -96,7 +145,7 @@ pub(crate) async fn serve(
                 udp,
                 since,
                 history,
-            }) => match admit(&config, user, &token) {
+            }) => match admit(config, user, &token) {
                 Ok(user) => {
                     break (
                         user,
@@ -109,7 +158,7 @@ pub(crate) async fn serve(
                 }
                 Err(e) => {
                     let _ = send_now(&mut write, &encode_line(&ServerMsg::Error(e))).await;
-                    return;
+                    return None;
                 }
             },
             Ok(ClientMsg::Ping) => {
@@ -125,7 +174,7 @@ pub(crate) async fn serve(
         }
     };
 
-    let (tx, rx) = mpsc::channel(config.member_queue);
+    let outbox = Arc::new(Outbox::new(config.member_queue));
     let kick = stop.child_token();
     let (reply_tx, reply_rx) = oneshot::channel();
     let join = RoomEvent::Join {
@@ -133,7 +182,7 @@ pub(crate) async fn serve(
         user: user.clone(),
         udp,
         replay,
-        tx: tx.clone(),
+        tx: outbox.clone(),
         kick: kick.clone(),
         reply: reply_tx,
     };
@@ -143,58 +192,48 @@ pub(crate) async fn serve(
             &bye(ByeReason::Shutdown, "the session is closing"),
         )
         .await;
-        return;
+        return None;
     }
     match reply_rx.await {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => Some(Admitted {
+            reader,
+            write,
+            user,
+            outbox,
+            kick,
+        }),
         Ok(Err(e)) => {
             let _ = send_now(&mut write, &encode_line(&ServerMsg::Error(e))).await;
-            return;
+            None
         }
-        Err(_) => return,
+        Err(_) => None,
     }
-
-    let writer = write_loop(
-        write,
-        rx,
-        kick.clone(),
-        stop.clone(),
-        config.member_limits.write_timeout,
-    );
-    let reader = read_loop(&mut reader, conn, &room, tx, &kick, &config);
-    let ((), ()) = tokio::join!(writer, reader);
-    tracing::debug!(%peer, %user, "connection closed");
 }
 
 async fn read_loop(
-    reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, LineCodec>,
+    reader: &mut Reader,
     conn: ConnId,
     room: &mpsc::Sender<RoomEvent>,
-    tx: mpsc::Sender<Line>,
+    tx: Arc<Outbox>,
     kick: &CancellationToken,
     config: &SessionConfig,
 ) {
     let limits = &config.member_limits;
     let mut history_bucket = TokenBucket::new(limits.rate, limits.burst);
+    // Silence is the room's to judge: it sweeps once a second (see `Room::sweep_silent`).
     let reason = loop {
         let frame = tokio::select! {
-            f = tokio::time::timeout(limits.idle, reader.next()) => f,
+            f = reader.next() => f,
             _ = kick.cancelled() => break LeaveReason::Disconnected,
         };
+        tx.heard();
         let line = match frame {
-            Err(_) => {
-                let _ = tx.try_send(Line::new(bye(
-                    ByeReason::Silent,
-                    "no message or ping within the heartbeat limit",
-                )));
-                break LeaveReason::Disconnected;
-            }
-            Ok(None) | Ok(Some(Err(_))) => break LeaveReason::Disconnected,
-            Ok(Some(Ok(Frame::Oversized))) => {
+            None | Some(Err(_)) => break LeaveReason::Disconnected,
+            Some(Ok(Frame::Oversized)) => {
                 let _ = tx.try_send(Line::new(too_large()));
                 continue;
             }
-            Ok(Some(Ok(Frame::Line(line)))) => line,
+            Some(Ok(Frame::Line(line))) => line,
         };
         let event = match serde_json::from_slice::<ClientMsg>(&line) {
             Ok(ClientMsg::Say { text, id }) => {
@@ -235,66 +274,92 @@ async fn read_loop(
                 continue;
             }
         };
-        if room.send(event).await.is_err() {
-            break LeaveReason::Disconnected;
+        // Usually there is room; waiting (boxed, so the wait's state is not carried by every
+        // idle connection) is the exception that pushes back on a flooding member.
+        match room.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                if Box::pin(room.send(event)).await.is_err() {
+                    break LeaveReason::Disconnected;
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => break LeaveReason::Disconnected,
         }
     };
-    // Our sender must go before the room's, so the writer sees the queue close after the last line.
-    drop(tx);
-    let _ = room.send(RoomEvent::Leave { conn, reason }).await;
+    if room.send(RoomEvent::Leave { conn, reason }).await.is_err() {
+        // No room to close the queue for us: the session is gone.
+        tx.close();
+    }
 }
 
 async fn write_loop(
     mut write: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Line>,
+    outbox: Arc<Outbox>,
     kick: CancellationToken,
     stop: CancellationToken,
     timeout: Duration,
 ) {
+    let mut lines: Vec<Line> = Vec::new();
     // Allocated only when several lines are ready at once, and given back when it grew large:
     // thousands of idle members must not each keep a burst-sized buffer.
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let first = tokio::select! {
+        let more = tokio::select! {
             biased;
             _ = kick.cancelled() => {
                 if !stop.is_cancelled() {
                     break; // dropped for being slow: no point writing more
                 }
                 // Shutting down: deliver what is queued (the goodbye) and stop.
-                rx.close();
-                rx.recv().await
+                outbox.close();
+                outbox.recv_many(&mut lines, WRITE_LINES).await
             }
-            m = rx.recv() => m,
+            more = outbox.recv_many(&mut lines, WRITE_LINES) => more,
         };
-        let Some(first) = first else { break };
-        let written = match rx.try_recv() {
+        if !more {
+            break;
+        }
+        let written = if let [one] = lines.as_slice() {
             // One line ready: write the shared bytes as they are, no copy.
-            Err(_) => tokio::time::timeout(timeout, write.write_all(&first)).await,
-            Ok(second) => {
-                buf.extend_from_slice(&first);
-                buf.extend_from_slice(&second);
-                while buf.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => buf.extend_from_slice(&more),
-                        Err(_) => break,
-                    }
-                }
-                let r = tokio::time::timeout(timeout, write.write_all(&buf)).await;
-                buf.clear();
-                if buf.capacity() > KEEP_BUFFER {
-                    buf = Vec::new();
-                }
-                r
+            write_out(&mut write, one, timeout).await
+        } else {
+            for line in &lines {
+                buf.extend_from_slice(line);
             }
+            let ok = write_out(&mut write, &buf, timeout).await;
+            buf.clear();
+            if buf.capacity() > KEEP_BUFFER {
+                buf = Vec::new();
+            }
+            ok
         };
-        if !matches!(written, Ok(Ok(()))) {
+        lines.clear();
+        if !written {
             break;
         }
     }
     // Whatever ended the writer ends the reader too.
     kick.cancel();
     let _ = tokio::time::timeout(Duration::from_millis(200), write.shutdown()).await;
+}
+
+/// Writes all of `bytes`, or says it could not within `timeout`. Most writes fit the socket
+/// buffer at once and need no timer; only a write that has to wait arms one (boxed, so the
+/// waiting state is not carried by every idle connection).
+async fn write_out(write: &mut OwnedWriteHalf, bytes: &[u8], timeout: Duration) -> bool {
+    let done = match write.try_write(bytes) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return false,
+    };
+    if done == bytes.len() {
+        return true;
+    }
+    let rest = &bytes[done..];
+    matches!(
+        Box::pin(tokio::time::timeout(timeout, write.write_all(rest))).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn send_now(write: &mut OwnedWriteHalf, bytes: &Bytes) -> std::io::Result<()> {

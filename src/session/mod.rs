@@ -6,6 +6,7 @@
 
 mod bucket;
 mod member;
+mod outbox;
 mod room;
 
 use std::net::SocketAddr;

@@ -26,6 +26,7 @@ use crate::protocol::{
 };
 
 use super::bucket::TokenBucket;
+use super::outbox::{Full, Outbox};
 use super::{SessionConfig, Stop};
 
 /// Identifies one connection for the lifetime of the room.
@@ -56,7 +57,7 @@ pub(crate) enum RoomEvent {
         user: String,
         udp: SocketAddr,
         replay: Replay,
-        tx: mpsc::Sender<Line>,
+        tx: Arc<Outbox>,
         kick: CancellationToken,
         reply: oneshot::Sender<Result<(), ErrorBody>>,
     },
@@ -83,7 +84,7 @@ pub(crate) enum RoomEvent {
 struct MemberSlot {
     user: Arc<str>,
     udp: SocketAddr,
-    tx: mpsc::Sender<Line>,
+    tx: Arc<Outbox>,
     kick: CancellationToken,
     /// The member's rate limit on group lines.
     bucket: TokenBucket,
@@ -91,6 +92,8 @@ struct MemberSlot {
 
 /// Most events applied before presence is flushed, so a flood cannot postpone notices forever.
 const BATCH: usize = 512;
+/// How often the room looks for members that have gone silent.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long, and for how many lines, resent lines are recognised.
 const LINE_ID_TTL: Duration = Duration::from_secs(3600);
 const LINE_ID_CAP: usize = 100_000;
@@ -140,12 +143,19 @@ impl Room {
         let idle = self.config.idle_timeout;
         let mut count_tick = tokio::time::interval(limits::LARGE_PRESENCE_INTERVAL);
         count_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
+        sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let idle_sleep = idle_deadline(self.members.is_empty(), idle);
             let event = tokio::select! {
                 event = rx.recv() => event,
                 _ = count_tick.tick(), if self.count_dirty => {
                     self.flush_count();
+                    continue;
+                }
+                _ = sweep_tick.tick(), if !self.members.is_empty() => {
+                    self.sweep_silent();
+                    self.flush_presence();
                     continue;
                 }
                 _ = idle_sleep => {
@@ -219,7 +229,7 @@ impl Room {
         user: String,
         udp: SocketAddr,
         replay: Replay,
-        tx: mpsc::Sender<Line>,
+        tx: Arc<Outbox>,
         kick: CancellationToken,
     ) -> Result<(), ErrorBody> {
         let key = user.to_lowercase();
@@ -287,6 +297,8 @@ impl Room {
         if reason == LeaveReason::TooSlow {
             slot.kick.cancel();
         }
+        // The writer sends what is queued (the goodbye last) and ends.
+        slot.tx.close();
         if let Some(i) = self.pending_joined.iter().position(|&(c, _)| c == conn) {
             // Nobody was told it arrived, so nobody needs to be told it went.
             self.pending_joined.swap_remove(i);
@@ -399,6 +411,28 @@ impl Room {
         }
     }
 
+    /// Drops members that sent nothing, not even a ping, within the heartbeat limit: their
+    /// process died without closing the socket, or the path to them is gone (half-open).
+    fn sweep_silent(&mut self) {
+        let limit = self.config.member_limits.idle.as_millis() as u64;
+        let silent: Vec<ConnId> = self
+            .members
+            .iter()
+            .filter(|(_, slot)| slot.tx.silent_ms() >= limit)
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in silent {
+            if let Some(slot) = self.members.get(&conn) {
+                let _ = slot.tx.try_send(shared(&ServerMsg::Bye {
+                    reason: ByeReason::Silent,
+                    message: "no message or ping within the heartbeat limit".into(),
+                }));
+            }
+            // Closing the queue lets the writer send the goodbye and end, which ends the reader.
+            self.leave(conn, LeaveReason::Disconnected);
+        }
+    }
+
     /// Whether the session is past the size where rosters are sent whole.
     fn large(&self) -> bool {
         self.members.len() > self.config.full_roster_max
@@ -483,7 +517,7 @@ impl Room {
             if !to(conn) {
                 continue;
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(bytes.clone()) {
+            if slot.tx.try_send(bytes.clone()).is_err() {
                 slow.push(conn);
             }
         }
@@ -495,10 +529,7 @@ impl Room {
     fn send_to(&mut self, conn: ConnId, bytes: impl Into<Line>) {
         let bytes = bytes.into();
         let full = match self.members.get(&conn) {
-            Some(slot) => matches!(
-                slot.tx.try_send(bytes),
-                Err(mpsc::error::TrySendError::Full(_))
-            ),
+            Some(slot) => matches!(slot.tx.try_send(bytes), Err(Full)),
             None => false,
         };
         if full {
@@ -513,6 +544,7 @@ impl Room {
         });
         for slot in self.members.values() {
             let _ = slot.tx.try_send(bye.clone());
+            slot.tx.close();
         }
         self.members.clear();
         self.names.clear();
