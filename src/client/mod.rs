@@ -748,7 +748,7 @@ impl Hub {
                     return;
                 }
                 if !self.roster.is_at(&sender, from) {
-                    if self.roster.get(&sender).is_none() {
+                    if self.roster.is_partial() && self.roster.get(&sender).is_none() {
                         // Perhaps a member of a large session we were not told about: ask, and
                         // the sender's next try will find it known.
                         self.roster.want(&sender);

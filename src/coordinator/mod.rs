@@ -314,6 +314,12 @@ impl Coordinator {
             Some(None) => return None, // still working on it
             None => {}
         }
+        // Reads are answered afresh when retried; only requests that change something are
+        // remembered, which keeps the cache small under heavy listing.
+        let remember = !matches!(
+            request.body,
+            RequestBody::List { .. } | RequestBody::Join { .. }
+        );
         let body = match request.body {
             RequestBody::Register { user, password } => {
                 return self.register(from, request.id, user, password);
@@ -331,7 +337,9 @@ impl Coordinator {
             from,
             body.unwrap_or_else(ResponseBody::Error),
         );
-        self.replies.insert(key, Some(answer.clone()));
+        if remember {
+            self.replies.insert(key, Some(answer.clone()));
+        }
         Some(answer)
     }
 
