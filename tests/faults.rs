@@ -13,7 +13,7 @@ use common::*;
 use confab::client::Event;
 use confab::coordinator::{CoordinatorConfig, Directory};
 use confab::protocol::{ChatLine, ErrorCode, LeaveReason};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -466,4 +466,55 @@ async fn every_request_succeeds_once_through_a_lossy_relay() {
     assert!(nat.stats.dropped.load(Ordering::Relaxed) > 3);
     // The observed endpoint is the relay's upstream socket, as a NAT would make it.
     assert_ne!(alice.endpoint(), alice.local_udp());
+}
+
+#[tokio::test]
+async fn a_rejoin_that_missed_more_than_memory_holds_gets_everything_from_storage() {
+    let config = CoordinatorConfig {
+        recent_messages: 10,
+        ..no_rate_limit(test_config())
+    };
+    let coord = TestCoordinator::start_with(config).await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let info = alice.start_session(Some("room")).await.unwrap().session;
+    for i in 0..40 {
+        alice.say(&format!("r{i}")).await.unwrap();
+    }
+    messages(&mut a_ev, 40).await;
+    // Bob comes back having seen up to seq 3: 37 lines missed, only 10 in memory.
+    let token = token_for("bob", coord.addr).await;
+    let stream = TcpStream::connect(info.server).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let hello = format!(
+        r#"{{"type":"hello","user":"bob","token":"{token}","udp":"127.0.0.1:9","since":3}}"#
+    ) + "\n";
+    write.write_all(hello.as_bytes()).await.unwrap();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    let mut seqs = Vec::new();
+    while seqs.len() < 37 {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("replay arrives")
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_ne!(v["code"], "gap", "nothing should be missing: {line}");
+        if v["type"] == "msg" {
+            seqs.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seqs, (4..=40).collect::<Vec<u64>>());
+    // And live lines follow in order.
+    alice.say("live").await.unwrap();
+    let line = tokio::time::timeout(WAIT, async {
+        loop {
+            let l = lines.next_line().await.unwrap().unwrap();
+            if l.contains("\"msg\"") {
+                return l;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(line.contains("\"seq\":41"), "{line}");
 }

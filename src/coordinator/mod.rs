@@ -79,6 +79,9 @@ pub struct CoordinatorConfig {
     pub member_queue: usize,
     /// Above this many members a session's roster is not sent whole.
     pub full_roster_max: usize,
+    /// Group lines each session keeps in memory (for history and rejoins; older ones are read
+    /// from the database).
+    pub recent_messages: usize,
     /// The SQLite database; `None` keeps everything in memory, gone at exit.
     pub db: Option<PathBuf>,
     /// How long a login token is good for.
@@ -103,6 +106,7 @@ impl Default for CoordinatorConfig {
             member_limits: MemberLimits::default(),
             member_queue: 4096,
             full_roster_max: limits::FULL_ROSTER_MAX,
+            recent_messages: 1000,
             db: None,
             token_ttl: Duration::from_secs(24 * 3600),
             password_cost: PasswordCost::default(),
@@ -135,8 +139,6 @@ const REPLY_TTL: Duration = Duration::from_secs(120);
 const REPLY_CAP: usize = 100_000;
 /// Backlog of session listeners: bursts of thousands of joins must not be reset.
 const LISTEN_BACKLOG: u32 = 4096;
-/// Messages a restarted session server keeps in memory from its stored history.
-const RECENT: usize = 1000;
 
 /// Runs the coordinator on `socket` until `shutdown` is cancelled; then stops every session server
 /// (telling members why), finishes the database writes, and returns.
@@ -605,9 +607,10 @@ impl Coordinator {
         let listener = bind_listener(SocketAddr::new(self.session_host, 0)).map_err(internal)?;
         let server = listener.local_addr().map_err(internal)?;
         let id = listed.id;
+        let recent = self.config.recent_messages;
         let (seq, recent) = match self
             .db
-            .call(move |s| Ok::<_, StoreError>((s.last_seq(id)?, s.history(id, None, RECENT)?)))
+            .call(move |s| Ok::<_, StoreError>((s.last_seq(id)?, s.history(id, None, recent)?)))
             .await
         {
             Ok(Ok(found)) => found,
@@ -619,6 +622,7 @@ impl Coordinator {
         config.max_members = self.config.max_members;
         config.member_queue = self.config.member_queue;
         config.full_roster_max = self.config.full_roster_max;
+        config.recent_messages = self.config.recent_messages;
         config.member_limits = self.config.member_limits.clone();
         config.presence_log = self.presence_log.clone();
         config.observer = Some(Arc::new(self.directory.clone()));

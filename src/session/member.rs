@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::SessionConfig;
 use super::bucket::TokenBucket;
 use super::outbox::Outbox;
-use super::room::{ConnId, Line, Replay, RoomEvent};
+use super::room::{ConnId, JoinRequest, Line, Replay, RoomEvent};
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{ByeReason, ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, limits};
 
@@ -177,7 +177,7 @@ async fn admit_connection(
     let outbox = Arc::new(Outbox::new(config.member_queue));
     let kick = stop.child_token();
     let (reply_tx, reply_rx) = oneshot::channel();
-    let join = RoomEvent::Join {
+    let join = RoomEvent::Join(JoinRequest {
         conn,
         user: user.clone(),
         udp,
@@ -185,7 +185,7 @@ async fn admit_connection(
         tx: outbox.clone(),
         kick: kick.clone(),
         reply: reply_tx,
-    };
+    });
     if room.send(join).await.is_err() {
         let _ = send_now(
             &mut write,

@@ -142,6 +142,7 @@ pub async fn run(listener: TcpListener, config: SessionConfig, stop: Stop) -> En
         config.clone(),
         config.start_seq,
         config.start_recent.clone(),
+        tx.downgrade(),
     );
     // Members are told to go when the room ends, whatever the reason.
     let members_stop = CancellationToken::new();

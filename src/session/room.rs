@@ -50,17 +50,22 @@ pub(crate) struct Replay {
     pub(crate) last: Option<usize>,
 }
 
+/// A member asking to join.
+pub(crate) struct JoinRequest {
+    pub(crate) conn: ConnId,
+    pub(crate) user: String,
+    pub(crate) udp: SocketAddr,
+    pub(crate) replay: Replay,
+    pub(crate) tx: Arc<Outbox>,
+    pub(crate) kick: CancellationToken,
+    pub(crate) reply: oneshot::Sender<Result<(), ErrorBody>>,
+}
+
 /// What member handlers ask of the room.
 pub(crate) enum RoomEvent {
-    Join {
-        conn: ConnId,
-        user: String,
-        udp: SocketAddr,
-        replay: Replay,
-        tx: Arc<Outbox>,
-        kick: CancellationToken,
-        reply: oneshot::Sender<Result<(), ErrorBody>>,
-    },
+    Join(JoinRequest),
+    /// A rejoin that missed more than memory holds, with the missed lines read from storage.
+    CaughtUp(JoinRequest, Vec<ChatLine>),
     Say {
         conn: ConnId,
         text: String,
@@ -92,6 +97,8 @@ struct MemberSlot {
 
 /// Most events applied before presence is flushed, so a flood cannot postpone notices forever.
 const BATCH: usize = 512;
+/// Most missed lines a rejoining member gets back from storage (beyond those in memory).
+const MAX_CATCH_UP: usize = 5000;
 /// How often the room looks for members that have gone silent.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long, and for how many lines, resent lines are recognised.
@@ -107,16 +114,24 @@ pub(crate) struct Room {
     recent: VecDeque<ChatLine>,
     recent_cap: usize,
     /// Joined in this batch: they get a welcome at the flush, the others a presence notice.
-    pending_joined: Vec<(ConnId, Replay)>,
+    pending_joined: Vec<(ConnId, Replay, Vec<ChatLine>)>,
     pending_left: Vec<Departure>,
     /// Line ids seen per sender, to drop lines a reconnecting client resends.
     line_ids: ExpiringMap<(Arc<str>, u64), ()>,
     /// A large session's count changed since members were last told.
     count_dirty: bool,
+    /// The room's own inbox, for work finished elsewhere (reads from storage) to come back in
+    /// order. Weak, so it does not keep the room alive.
+    self_tx: Option<mpsc::WeakSender<RoomEvent>>,
 }
 
 impl Room {
-    pub(crate) fn new(config: Arc<SessionConfig>, seq: u64, recent: Vec<ChatLine>) -> Self {
+    pub(crate) fn new(
+        config: Arc<SessionConfig>,
+        seq: u64,
+        recent: Vec<ChatLine>,
+        self_tx: mpsc::WeakSender<RoomEvent>,
+    ) -> Self {
         let recent_cap = config.recent_messages.max(1);
         let mut line_ids = ExpiringMap::new(LINE_ID_TTL, LINE_ID_CAP);
         for line in &recent {
@@ -127,6 +142,7 @@ impl Room {
         Self {
             line_ids,
             count_dirty: false,
+            self_tx: Some(self_tx),
             config,
             members: HashMap::new(),
             names: HashMap::new(),
@@ -190,18 +206,8 @@ impl Room {
 
     fn apply(&mut self, event: RoomEvent) {
         match event {
-            RoomEvent::Join {
-                conn,
-                user,
-                udp,
-                replay,
-                tx,
-                kick,
-                reply,
-            } => {
-                let result = self.join(conn, user, udp, replay, tx, kick);
-                let _ = reply.send(result);
-            }
+            RoomEvent::Join(request) => self.begin_join(request),
+            RoomEvent::CaughtUp(request, older) => self.finish_join(request, older),
             RoomEvent::Say { conn, text, id } => self.say(conn, text, id),
             RoomEvent::History {
                 conn,
@@ -223,12 +229,50 @@ impl Room {
         }
     }
 
+    /// A rejoin that missed lines memory no longer holds waits (outside the room) for storage to
+    /// give them back; everyone else joins at once. The lines that arrive meanwhile are in memory
+    /// and follow in order, so the member sees no gap.
+    fn begin_join(&mut self, request: JoinRequest) {
+        let oldest = self.recent.front().map_or(self.seq + 1, |l| l.seq);
+        let store = self.config.history.clone();
+        let me = self.self_tx.clone();
+        match (request.replay.since, store, me) {
+            (Some(since), Some(store), Some(me)) if since + 1 < oldest => {
+                let missed = (oldest - since - 1).min(MAX_CATCH_UP as u64) as usize;
+                let fetch = store.before(self.config.id, oldest, missed);
+                tokio::spawn(async move {
+                    let older = fetch.await;
+                    if let Some(room) = me.upgrade() {
+                        let _ = room.send(RoomEvent::CaughtUp(request, older)).await;
+                    }
+                });
+            }
+            _ => self.finish_join(request, Vec::new()),
+        }
+    }
+
+    fn finish_join(&mut self, request: JoinRequest, older: Vec<ChatLine>) {
+        let JoinRequest {
+            conn,
+            user,
+            udp,
+            replay,
+            tx,
+            kick,
+            reply,
+        } = request;
+        let result = self.join(conn, user, udp, tx, kick);
+        if result.is_ok() {
+            self.pending_joined.push((conn, replay, older));
+        }
+        let _ = reply.send(result);
+    }
+
     fn join(
         &mut self,
         conn: ConnId,
         user: String,
         udp: SocketAddr,
-        replay: Replay,
         tx: Arc<Outbox>,
         kick: CancellationToken,
     ) -> Result<(), ErrorBody> {
@@ -266,7 +310,6 @@ impl Room {
                 bucket,
             },
         );
-        self.pending_joined.push((conn, replay));
         Ok(())
     }
 
@@ -299,7 +342,7 @@ impl Room {
         }
         // The writer sends what is queued (the goodbye last) and ends.
         slot.tx.close();
-        if let Some(i) = self.pending_joined.iter().position(|&(c, _)| c == conn) {
+        if let Some(i) = self.pending_joined.iter().position(|(c, _, _)| *c == conn) {
             // Nobody was told it arrived, so nobody needs to be told it went.
             self.pending_joined.swap_remove(i);
         } else {
@@ -390,24 +433,30 @@ impl Room {
 
     /// Sends a rejoining member the lines it missed, as ordinary `msg` lines in their place in the
     /// order (the client drops any it already has). Only what memory holds is replayed.
-    fn replay_after(&mut self, conn: ConnId, since: u64) {
-        let oldest = self.recent.front().map_or(self.seq + 1, |l| l.seq);
-        if since + 1 < oldest {
-            let missed = oldest - since - 1;
+    fn replay_after(&mut self, conn: ConnId, since: u64, older: &[ChatLine]) {
+        let start = self.recent.partition_point(|l| l.seq <= since);
+        let lines = older
+            .iter()
+            .filter(|l| l.seq > since && self.recent.front().is_none_or(|r| l.seq < r.seq))
+            .chain(self.recent.range(start..));
+        // One queue entry for the whole replay, however long: it must not look like a backlog.
+        let mut replay = Vec::new();
+        let mut first = None;
+        for line in lines {
+            first.get_or_insert(line.seq);
+            replay.extend_from_slice(&encode_line(&ServerMsg::Msg(line.clone())));
+        }
+        let first = first.unwrap_or(self.seq + 1);
+        if since + 1 < first {
+            let missed = first - since - 1;
             let notice = ErrorBody::new(
                 ErrorCode::Gap,
                 format!("{missed} earlier message(s) are not replayed; use history to read them"),
             );
             self.send_to(conn, shared(&ServerMsg::Error(notice)));
         }
-        let start = self.recent.partition_point(|l| l.seq <= since);
-        let lines: Vec<Line> = self
-            .recent
-            .range(start..)
-            .map(|l| shared(&ServerMsg::Msg(l.clone())))
-            .collect();
-        for line in lines {
-            self.send_to(conn, line);
+        if !replay.is_empty() {
+            self.send_to(conn, Line::new(Bytes::from(replay)));
         }
     }
 
@@ -465,12 +514,12 @@ impl Room {
                 member_count,
                 seq: self.seq,
             });
-            for &(conn, replay) in &joined_conns {
-                self.send_to(conn, welcome.clone());
+            for (conn, replay, older) in &joined_conns {
+                self.send_to(*conn, welcome.clone());
                 if let Some(since) = replay.since {
-                    self.replay_after(conn, since);
+                    self.replay_after(*conn, since, older);
                 } else if let Some(last) = replay.last {
-                    self.history(conn, None, last);
+                    self.history(*conn, None, last);
                 }
             }
         }
@@ -481,7 +530,7 @@ impl Room {
         }
         let joined: Vec<Member> = joined_conns
             .iter()
-            .filter_map(|(c, _)| self.members.get(c))
+            .filter_map(|(c, _, _)| self.members.get(c))
             .map(|s| Member {
                 user: s.user.to_string(),
                 udp: s.udp,
@@ -495,7 +544,8 @@ impl Room {
             left,
             member_count,
         });
-        let new: std::collections::HashSet<ConnId> = joined_conns.iter().map(|&(c, _)| c).collect();
+        let new: std::collections::HashSet<ConnId> =
+            joined_conns.iter().map(|(c, _, _)| *c).collect();
         self.broadcast(&notice, |conn| !new.contains(&conn));
     }
 
