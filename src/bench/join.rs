@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -323,18 +322,7 @@ async fn lean_member(
     };
     let began = Instant::now();
     let connect = async {
-        let stream = TcpStream::connect(server).await?;
-        stream.set_nodelay(true)?;
-        let (read, mut write) = stream.into_split();
-        let hello = ClientMsg::Hello {
-            user: user.clone(),
-            token,
-            // Nobody sends this member private messages; any endpoint will do.
-            udp: SocketAddr::from(([127, 0, 0, 1], 9)),
-            since: None,
-            history: None,
-        };
-        write.write_all(&encode_line(&hello)).await?;
+        let (read, write) = super::lean::open(server, &user, token).await?;
         Ok::<_, std::io::Error>((
             FramedRead::new(read, LineCodec::new(limits::MAX_SERVER_LINE)),
             write,

@@ -79,6 +79,16 @@ pub(super) async fn connect(
     user: &str,
     token: String,
 ) -> std::io::Result<(Lines, OwnedWriteHalf)> {
+    let (read, write) = open(server, user, token).await?;
+    Ok((Lines::new(read), write))
+}
+
+/// Connects to a session server and says hello with `token`; the caller reads as it likes.
+pub(super) async fn open(
+    server: SocketAddr,
+    user: &str,
+    token: String,
+) -> std::io::Result<(OwnedReadHalf, OwnedWriteHalf)> {
     let stream = TcpStream::connect(server).await?;
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
@@ -91,7 +101,7 @@ pub(super) async fn connect(
         history: None,
     };
     write.write_all(&encode_line(&hello)).await?;
-    Ok((Lines::new(read), write))
+    Ok((read, write))
 }
 
 /// The read half of a connection and one growable buffer of what has arrived.
