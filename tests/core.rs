@@ -685,6 +685,20 @@ async fn a_large_session_sends_counts_and_members_are_looked_up_when_needed() {
     clients[1].0.say("hello big room").await.unwrap();
     let (_, eve_events) = &mut clients[4];
     assert_eq!(messages(eve_events, 1).await[0].text, "hello big room");
+    // Back under the limit, everyone gets the whole roster again.
+    clients[2].0.leave().await.unwrap();
+    clients[3].0.leave().await.unwrap();
+    // Eve, who joined a large session and was never told names, now knows everyone.
+    let eve = clients[4].0.clone();
+    eventually("eve knows every name", || async {
+        eve.members()
+            .iter()
+            .map(|m| m.user.clone())
+            .collect::<Vec<_>>()
+            == ["ann", "ben", "eve"]
+    })
+    .await;
+    assert_eq!(eve.member_count(), 3);
 }
 
 #[tokio::test]
@@ -716,4 +730,39 @@ async fn a_resent_line_is_applied_once_and_costs_no_rate_limit() {
     {
         assert!(!l.contains("rate_limited"), "{l}");
     }
+}
+
+#[tokio::test]
+async fn a_hello_with_an_absurd_since_harms_nobody() {
+    let coord = TestCoordinator::start().await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let info = alice.start_session(Some("room")).await.unwrap().session;
+    alice.say("before").await.unwrap();
+    let token = token_for("max", coord.addr).await;
+    let stream = TcpStream::connect(info.server).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let hello = format!(
+        r#"{{"type":"hello","user":"max","token":"{token}","udp":"127.0.0.1:9","since":18446744073709551615}}"#
+    ) + "\n";
+    write.write_all(hello.as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(read).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.contains("\"welcome\""), "{first}");
+    // The session is alive and in order for everyone.
+    alice.say("after").await.unwrap();
+    let got = messages(&mut a_ev, 2).await;
+    assert_eq!((got[1].text.as_str(), got[1].seq), ("after", 2));
+    let next = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        next.contains("\"seq\":2"),
+        "nothing replayed, then the live line: {next}"
+    );
 }

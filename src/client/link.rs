@@ -385,10 +385,12 @@ impl Keeper {
                         if let Some(id) = line.id
                             && line.from.eq_ignore_ascii_case(&self.joiner.config.user)
                         {
-                            // Ours, and every line of ours before it, reached the order.
+                            // Ours, and every line of ours written before it, reached the
+                            // order (write order is the server's order; ids from several
+                            // callers need not be).
                             let mut pending = self.pending();
-                            while pending.front().is_some_and(|(p, _)| *p <= id) {
-                                pending.pop_front();
+                            if let Some(i) = pending.iter().position(|(p, _)| *p == id) {
+                                pending.drain(..=i);
                             }
                         }
                         // Replays after a rejoin overlap what we showed; show each line once.

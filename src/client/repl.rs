@@ -210,11 +210,15 @@ async fn command(
                 .map(|j| show_joined(client, &j, out))
         }
         "/join" if rest.is_empty() => Err(ClientError::Invalid("usage: /join <id or name>".into())),
-        "/join" => client
-            .join(rest)
-            .await
-            .map(|j| show_joined(client, &j, out)),
+        "/join" => {
+            earliest.store(0, Ordering::Relaxed);
+            client
+                .join(rest)
+                .await
+                .map(|j| show_joined(client, &j, out))
+        }
         "/leave" => {
+            earliest.store(0, Ordering::Relaxed);
             match client.leave().await {
                 Some(info) => out.line(format!(
                     "* left {}",

@@ -193,6 +193,7 @@ pub async fn run(
         db,
         keys: Arc::new(TokenKey::new(secret)),
         throttle: LoginThrottle::new(),
+        logins_in_flight: Default::default(),
         done: done_tx,
         generation: 0,
     };
@@ -248,8 +249,9 @@ struct Done {
     from: SocketAddr,
     id: u64,
     body: ResponseBody,
-    /// For logins: (name, whether it succeeded), for the throttle.
-    login: Option<(String, bool)>,
+    /// For logins: the name, and whether it succeeded (`None` when an internal error says
+    /// nothing about the password), for the throttle.
+    login: Option<(String, Option<bool>)>,
 }
 
 struct Coordinator {
@@ -264,6 +266,8 @@ struct Coordinator {
     db: Db,
     keys: Arc<TokenKey>,
     throttle: LoginThrottle,
+    /// Names (lowercased) with a login being checked.
+    logins_in_flight: std::collections::HashSet<String>,
     logins: Arc<Semaphore>,
     done: mpsc::Sender<Done>,
     generation: u64,
@@ -347,7 +351,10 @@ impl Coordinator {
 
     /// Records and encodes the answer of an account request that finished.
     fn finish(&mut self, done: Done) -> Bytes {
-        if let Some((name, ok)) = &done.login {
+        if let Some((name, _)) = &done.login {
+            self.logins_in_flight.remove(&name.to_lowercase());
+        }
+        if let Some((name, Some(ok))) = &done.login {
             if *ok {
                 self.throttle.record_success(name, done.from.ip());
             } else {
@@ -449,6 +456,16 @@ impl Coordinator {
         if let Err(e) = check_credentials(&user, &password) {
             return Some(self.answer_now(from, id, Err(e)));
         }
+        // One login per name at a time: the throttle learns of a failure only when its hash is
+        // checked, so parallel guesses would otherwise all pass the check before the first fails.
+        let name_key = user.to_lowercase();
+        if self.logins_in_flight.contains(&name_key) {
+            let e = err(
+                ErrorCode::Throttled,
+                "another login for this name is in progress; try again in a moment",
+            );
+            return Some(self.answer_now(from, id, Err(e)));
+        }
         if let Err(wait) = self
             .throttle
             .check(&user, from.ip(), std::time::Instant::now())
@@ -463,7 +480,8 @@ impl Coordinator {
             return Some(self.answer_now(from, id, Err(e)));
         }
         let (db, keys, ttl) = (self.db.clone(), self.keys.clone(), self.config.token_ttl);
-        self.spawn_account_task(from, id, async move {
+        self.logins_in_flight.insert(name_key.clone());
+        let started = self.spawn_account_task(from, id, async move {
             let name = user.clone();
             let found = db.call(move |s| s.user(&name)).await;
             let result = match found {
@@ -507,9 +525,14 @@ impl Coordinator {
                 from,
                 id,
                 body: result.unwrap_or_else(ResponseBody::Error),
-                login: counted.then_some((user, ok)),
+                login: Some((user, counted.then_some(ok))),
             }
-        })
+        });
+        if !self.replies.get(&(from, id)).is_some_and(|a| a.is_none()) {
+            // Not started (too many logins at once): nothing is in flight after all.
+            self.logins_in_flight.remove(&name_key);
+        }
+        started
     }
 
     fn answer_now(

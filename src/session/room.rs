@@ -99,6 +99,8 @@ struct MemberSlot {
 const BATCH: usize = 512;
 /// Most missed lines a rejoining member gets back from storage (beyond those in memory).
 const MAX_CATCH_UP: usize = 5000;
+/// Most bytes of missed lines replayed to a rejoining member; older ones are left to `history`.
+const MAX_REPLAY_BYTES: usize = 4 * 1024 * 1024;
 /// How often the room looks for members that have gone silent.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long, and for how many lines, resent lines are recognised.
@@ -120,6 +122,8 @@ pub(crate) struct Room {
     line_ids: ExpiringMap<(Arc<str>, u64), ()>,
     /// A large session's count changed since members were last told.
     count_dirty: bool,
+    /// The session was large at the last notice: rosters must be resent when it is not.
+    was_large: bool,
     /// The room's own inbox, for work finished elsewhere (reads from storage) to come back in
     /// order. Weak, so it does not keep the room alive.
     self_tx: Option<mpsc::WeakSender<RoomEvent>>,
@@ -142,6 +146,7 @@ impl Room {
         Self {
             line_ids,
             count_dirty: false,
+            was_large: false,
             self_tx: Some(self_tx),
             config,
             members: HashMap::new(),
@@ -232,7 +237,9 @@ impl Room {
     /// A rejoin that missed lines memory no longer holds waits (outside the room) for storage to
     /// give them back; everyone else joins at once. The lines that arrive meanwhile are in memory
     /// and follow in order, so the member sees no gap.
-    fn begin_join(&mut self, request: JoinRequest) {
+    fn begin_join(&mut self, mut request: JoinRequest) {
+        // A `since` from the future (or u64::MAX from a hostile client) means "nothing missed".
+        request.replay.since = request.replay.since.map(|s| s.min(self.seq));
         let oldest = self.recent.front().map_or(self.seq + 1, |l| l.seq);
         let store = self.config.history.clone();
         let me = self.self_tx.clone();
@@ -261,6 +268,8 @@ impl Room {
             kick,
             reply,
         } = request;
+        // Waiting for storage is not the member's silence.
+        tx.heard();
         let result = self.join(conn, user, udp, tx, kick);
         if result.is_ok() {
             self.pending_joined.push((conn, replay, older));
@@ -434,28 +443,43 @@ impl Room {
     /// Sends a rejoining member the lines it missed, as ordinary `msg` lines in their place in the
     /// order (the client drops any it already has). Only what memory holds is replayed.
     fn replay_after(&mut self, conn: ConnId, since: u64, older: &[ChatLine]) {
+        let since = since.min(self.seq);
         let start = self.recent.partition_point(|l| l.seq <= since);
-        let lines = older
+        let encoded: Vec<Bytes> = older
             .iter()
             .filter(|l| l.seq > since && self.recent.front().is_none_or(|r| l.seq < r.seq))
-            .chain(self.recent.range(start..));
-        // One queue entry for the whole replay, however long: it must not look like a backlog.
-        let mut replay = Vec::new();
-        let mut first = None;
-        for line in lines {
-            first.get_or_insert(line.seq);
-            replay.extend_from_slice(&encode_line(&ServerMsg::Msg(line.clone())));
-        }
-        let first = first.unwrap_or(self.seq + 1);
-        if since + 1 < first {
-            let missed = first - since - 1;
+            .chain(self.recent.range(start..))
+            .map(|l| encode_line(&ServerMsg::Msg(l.clone())))
+            .collect();
+        // Keep the newest lines within the byte budget: a replay must end where live lines begin.
+        let mut budget = MAX_REPLAY_BYTES;
+        let keep_from = encoded
+            .iter()
+            .rposition(|b| match budget.checked_sub(b.len()) {
+                Some(left) => {
+                    budget = left;
+                    false
+                }
+                None => true,
+            })
+            .map_or(0, |i| i + 1);
+        let replayed = &encoded[keep_from..];
+        // Whatever is not replayed (too old, too much, or pushed out of memory while storage
+        // was read) is counted, so the member knows to ask for history.
+        let missed = (self.seq - since).saturating_sub(replayed.len() as u64);
+        if missed > 0 {
             let notice = ErrorBody::new(
                 ErrorCode::Gap,
                 format!("{missed} earlier message(s) are not replayed; use history to read them"),
             );
             self.send_to(conn, shared(&ServerMsg::Error(notice)));
         }
-        if !replay.is_empty() {
+        if !replayed.is_empty() {
+            // One queue entry for the whole replay: it must not look like a backlog.
+            let mut replay = Vec::with_capacity(MAX_REPLAY_BYTES - budget);
+            for line in replayed {
+                replay.extend_from_slice(line);
+            }
             self.send_to(conn, Line::new(Bytes::from(replay)));
         }
     }
@@ -526,6 +550,29 @@ impl Room {
         if large {
             // Counts only, and at most every LARGE_PRESENCE_INTERVAL: see `flush_count`.
             self.count_dirty = true;
+            self.was_large = true;
+            return;
+        }
+        if std::mem::take(&mut self.was_large) {
+            // Back under the limit: rosters built from counts are stale, so everyone gets the
+            // whole roster again (clients take a welcome mid-stream as a fresh roster).
+            let welcome = shared(&ServerMsg::Welcome {
+                session: self.config.id,
+                name: self.config.name.clone(),
+                members: self
+                    .members
+                    .values()
+                    .map(|s| Member {
+                        user: s.user.to_string(),
+                        udp: s.udp,
+                    })
+                    .collect(),
+                member_count,
+                seq: self.seq,
+            });
+            let new: std::collections::HashSet<ConnId> =
+                joined_conns.iter().map(|(c, _, _)| *c).collect();
+            self.broadcast(&welcome, |conn| !new.contains(&conn));
             return;
         }
         let joined: Vec<Member> = joined_conns
