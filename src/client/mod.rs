@@ -526,8 +526,19 @@ impl Client {
 
     /// Finds a session and joins it, leaving the current one first.
     pub async fn join(&self, session: &str) -> Result<Joined, ClientError> {
-        let info = self.find(session).await?;
-        self.join_info(info).await
+        let mut tries = 0;
+        loop {
+            let info = self.find(session).await?;
+            match self.join_info(info).await {
+                // The server may have stopped (idle) between the answer and our connect; asking
+                // again starts it anew.
+                Err(ClientError::Connect { .. }) if tries < 3 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Joins a session whose server is known.
