@@ -133,7 +133,9 @@ pub struct Stop {
 }
 
 /// Serves one session on `listener` until stopped or until it has been idle too long.
-pub async fn run(listener: TcpListener, config: SessionConfig, stop: Stop) -> Ended {
+pub async fn run(listener: TcpListener, mut config: SessionConfig, stop: Stop) -> Ended {
+    // The room takes the seed lines; the shared config should not keep a second copy.
+    let start_recent = std::mem::take(&mut config.start_recent);
     let config = Arc::new(config);
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(session = %config.id, addr = ?local, "session server listening");
@@ -141,7 +143,7 @@ pub async fn run(listener: TcpListener, config: SessionConfig, stop: Stop) -> En
     let room = room::Room::new(
         config.clone(),
         config.start_seq,
-        config.start_recent.clone(),
+        start_recent,
         tx.downgrade(),
     );
     // Members are told to go when the room ends, whatever the reason.

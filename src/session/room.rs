@@ -9,7 +9,7 @@
 //! joins and leaves, so a burst of joins costs one roster per new member's batch and one notice per
 //! old member, not one notice per join per member.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,6 +95,15 @@ struct MemberSlot {
     bucket: TokenBucket,
 }
 
+impl MemberSlot {
+    fn member(&self) -> Member {
+        Member {
+            user: self.user.to_string(),
+            udp: self.udp,
+        }
+    }
+}
+
 /// Most events applied before presence is flushed, so a flood cannot postpone notices forever.
 const BATCH: usize = 512;
 /// Most missed lines a rejoining member gets back from storage (beyond those in memory).
@@ -126,7 +135,7 @@ pub(crate) struct Room {
     was_large: bool,
     /// The room's own inbox, for work finished elsewhere (reads from storage) to come back in
     /// order. Weak, so it does not keep the room alive.
-    self_tx: Option<mpsc::WeakSender<RoomEvent>>,
+    self_tx: mpsc::WeakSender<RoomEvent>,
 }
 
 impl Room {
@@ -147,7 +156,7 @@ impl Room {
             line_ids,
             count_dirty: false,
             was_large: false,
-            self_tx: Some(self_tx),
+            self_tx,
             config,
             members: HashMap::new(),
             names: HashMap::new(),
@@ -225,10 +234,7 @@ impl Room {
                     .names
                     .get(&user.to_lowercase())
                     .and_then(|c| self.members.get(c))
-                    .map(|s| Member {
-                        user: s.user.to_string(),
-                        udp: s.udp,
-                    });
+                    .map(MemberSlot::member);
                 self.send_to(conn, shared(&ServerMsg::Member { user, member }));
             }
         }
@@ -241,12 +247,11 @@ impl Room {
         // A `since` from the future (or u64::MAX from a hostile client) means "nothing missed".
         request.replay.since = request.replay.since.map(|s| s.min(self.seq));
         let oldest = self.recent.front().map_or(self.seq + 1, |l| l.seq);
-        let store = self.config.history.clone();
-        let me = self.self_tx.clone();
-        match (request.replay.since, store, me) {
-            (Some(since), Some(store), Some(me)) if since + 1 < oldest => {
+        match (request.replay.since, &self.config.history) {
+            (Some(since), Some(store)) if since + 1 < oldest => {
                 let missed = (oldest - since - 1).min(MAX_CATCH_UP as u64) as usize;
                 let fetch = store.before(self.config.id, oldest, missed);
+                let me = self.self_tx.clone();
                 tokio::spawn(async move {
                     let older = fetch.await;
                     if let Some(room) = me.upgrade() {
@@ -518,26 +523,8 @@ impl Room {
         let joined_conns = std::mem::take(&mut self.pending_joined);
         let left = std::mem::take(&mut self.pending_left);
         let large = self.large();
-        let member_count = self.members.len();
         if !joined_conns.is_empty() {
-            let members = if large {
-                Vec::new()
-            } else {
-                self.members
-                    .values()
-                    .map(|s| Member {
-                        user: s.user.to_string(),
-                        udp: s.udp,
-                    })
-                    .collect()
-            };
-            let welcome = shared(&ServerMsg::Welcome {
-                session: self.config.id,
-                name: self.config.name.clone(),
-                members,
-                member_count,
-                seq: self.seq,
-            });
+            let welcome = self.welcome(!large);
             for (conn, replay, older) in &joined_conns {
                 self.send_to(*conn, welcome.clone());
                 if let Some(since) = replay.since {
@@ -553,47 +540,42 @@ impl Room {
             self.was_large = true;
             return;
         }
-        if std::mem::take(&mut self.was_large) {
+        let new: HashSet<ConnId> = joined_conns.iter().map(|(c, _, _)| *c).collect();
+        let notice = if std::mem::take(&mut self.was_large) {
             // Back under the limit: rosters built from counts are stale, so everyone gets the
             // whole roster again (clients take a welcome mid-stream as a fresh roster).
-            let welcome = shared(&ServerMsg::Welcome {
-                session: self.config.id,
-                name: self.config.name.clone(),
-                members: self
-                    .members
-                    .values()
-                    .map(|s| Member {
-                        user: s.user.to_string(),
-                        udp: s.udp,
-                    })
-                    .collect(),
-                member_count,
-                seq: self.seq,
-            });
-            let new: std::collections::HashSet<ConnId> =
-                joined_conns.iter().map(|(c, _, _)| *c).collect();
-            self.broadcast(&welcome, |conn| !new.contains(&conn));
-            return;
-        }
-        let joined: Vec<Member> = joined_conns
-            .iter()
-            .filter_map(|(c, _, _)| self.members.get(c))
-            .map(|s| Member {
-                user: s.user.to_string(),
-                udp: s.udp,
+            self.welcome(true)
+        } else {
+            let joined: Vec<Member> = joined_conns
+                .iter()
+                .filter_map(|(c, _, _)| self.members.get(c))
+                .map(MemberSlot::member)
+                .collect();
+            if joined.is_empty() && left.is_empty() {
+                return;
+            }
+            shared(&ServerMsg::Presence {
+                joined,
+                left,
+                member_count: self.members.len(),
             })
-            .collect();
-        if joined.is_empty() && left.is_empty() {
-            return;
-        }
-        let notice = shared(&ServerMsg::Presence {
-            joined,
-            left,
-            member_count,
-        });
-        let new: std::collections::HashSet<ConnId> =
-            joined_conns.iter().map(|(c, _, _)| *c).collect();
+        };
         self.broadcast(&notice, |conn| !new.contains(&conn));
+    }
+
+    /// The welcome as it stands now; without the roster in a large session.
+    fn welcome(&self, with_roster: bool) -> Line {
+        let members = match with_roster {
+            true => self.members.values().map(MemberSlot::member).collect(),
+            false => Vec::new(),
+        };
+        shared(&ServerMsg::Welcome {
+            session: self.config.id,
+            name: self.config.name.clone(),
+            members,
+            member_count: self.members.len(),
+            seq: self.seq,
+        })
     }
 
     /// Tells every member of a large session how many are present now.
