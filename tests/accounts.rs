@@ -11,8 +11,6 @@ use confab::auth::PasswordCost;
 use confab::client::{Client, ClientError, Event};
 use confab::coordinator::CoordinatorConfig;
 use confab::protocol::ErrorCode;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 async fn refused<T: std::fmt::Debug>(
     request: impl std::future::Future<Output = Result<T, ClientError>>,
@@ -120,6 +118,14 @@ async fn repeated_failed_logins_are_slowed_down() {
     );
 }
 
+/// The session server's answer to a hello as alice carrying `token`.
+async fn hello_as_alice(server: std::net::SocketAddr, token: &str) -> serde_json::Value {
+    let mut m = RawMember::connect(server).await;
+    m.send(hello("alice", token, "127.0.0.1:9".parse().unwrap()).as_bytes())
+        .await;
+    m.json().await
+}
+
 #[tokio::test]
 async fn forged_altered_and_expired_tokens_are_refused_everywhere() {
     let config = CoordinatorConfig {
@@ -158,35 +164,12 @@ async fn forged_altered_and_expired_tokens_are_refused_everywhere() {
             "{bad}"
         );
         // Straight to the session server, under alice's name.
-        let stream = TcpStream::connect(info.server).await.unwrap();
-        let (read, mut write) = stream.into_split();
-        write
-            .write_all(hello("alice", bad, "127.0.0.1:9".parse().unwrap()).as_bytes())
-            .await
-            .unwrap();
-        let mut lines = BufReader::new(read).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let v = hello_as_alice(info.server, bad).await;
         assert_eq!(v["code"], "unauthorized", "{bad}: {v}");
     }
     // A real token for mallory does not let mallory in as alice.
-    let stream = TcpStream::connect(info.server).await.unwrap();
-    let (read, mut write) = stream.into_split();
-    write
-        .write_all(hello("alice", &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
-        .await
-        .unwrap();
-    let line = BufReader::new(read)
-        .lines()
-        .next_line()
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(line.contains("unauthorized"), "{line}");
+    let v = hello_as_alice(info.server, &token).await;
+    assert_eq!(v["code"], "unauthorized", "{v}");
 
     // Tokens expire (the test coordinator issues them for one second).
     tokio::time::sleep(Duration::from_millis(2100)).await;

@@ -416,67 +416,30 @@ async fn bad_lines_get_errors_and_the_session_carries_on() {
     let coord = TestCoordinator::start().await;
     let (alice, mut a_ev) = client("alice", coord.addr).await;
     let info = alice.start_session(Some("room")).await.unwrap().session;
-    let stream = TcpStream::connect(info.server).await.unwrap();
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let mut next = async || {
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        serde_json::from_str::<serde_json::Value>(&line).unwrap()
-    };
-    write
-        .write_all(b"{\"type\":\"say\",\"text\":\"too early\"}\n")
-        .await
-        .unwrap();
-    assert_eq!(next().await["code"], "unexpected");
-    write
-        .write_all(hello("bad name!", "x", "127.0.0.1:9".parse().unwrap()).as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(next().await["code"], "invalid_name");
+    let mut m = RawMember::connect(info.server).await;
+    m.send(b"{\"type\":\"say\",\"text\":\"too early\"}\n").await;
+    assert_eq!(m.json().await["code"], "unexpected");
+    m.send(hello("bad name!", "x", "127.0.0.1:9".parse().unwrap()).as_bytes())
+        .await;
+    assert_eq!(m.json().await["code"], "invalid_name");
 
-    let stream = TcpStream::connect(info.server).await.unwrap();
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let mut next = async || {
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        serde_json::from_str::<serde_json::Value>(&line).unwrap()
-    };
-    let token = token_for("eve", coord.addr).await;
-    write
-        .write_all(hello("eve", &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(next().await["type"], "welcome");
-    write.write_all(b"{not json\n").await.unwrap();
-    assert_eq!(next().await["code"], "malformed");
-    write
-        .write_all(b"{\"type\":\"say\",\"text\":5}\n")
-        .await
-        .unwrap();
-    assert_eq!(next().await["code"], "malformed");
-    write.write_all(&[0xff, 0xfe, b'\n']).await.unwrap();
-    assert_eq!(next().await["code"], "malformed");
+    let mut eve = RawMember::joined(info.server, coord.addr, "eve").await;
+    assert_eq!(eve.json().await["type"], "welcome");
+    for (bad, code) in [
+        (&b"{not json\n"[..], "malformed"),
+        (b"{\"type\":\"say\",\"text\":5}\n", "malformed"),
+        (&[0xff, 0xfe, b'\n'], "malformed"),
+        (b"{\"type\":\"say\",\"text\":\"\"}\n", "invalid_text"),
+    ] {
+        eve.send(bad).await;
+        assert_eq!(eve.json().await["code"], code);
+    }
     let huge = format!("{{\"type\":\"say\",\"text\":\"{}\"}}\n", "x".repeat(20_000));
-    write.write_all(huge.as_bytes()).await.unwrap();
-    assert_eq!(next().await["code"], "too_large");
-    write
-        .write_all(b"{\"type\":\"say\",\"text\":\"\"}\n")
-        .await
-        .unwrap();
-    assert_eq!(next().await["code"], "invalid_text");
+    eve.send(huge.as_bytes()).await;
+    assert_eq!(eve.json().await["code"], "too_large");
     // Still a member, still heard; alice saw none of the noise.
-    write
-        .write_all(b"{\"type\":\"say\",\"text\":\"still here\"}\n")
-        .await
-        .unwrap();
+    eve.send(b"{\"type\":\"say\",\"text\":\"still here\"}\n")
+        .await;
     let line = messages(&mut a_ev, 1).await.remove(0);
     assert_eq!(
         (line.from.as_str(), line.text.as_str()),
@@ -706,28 +669,19 @@ async fn a_resent_line_is_applied_once_and_costs_no_rate_limit() {
     let coord = TestCoordinator::start().await; // burst of 50
     let (alice, mut a_ev) = client("alice", coord.addr).await;
     let info = alice.start_session(Some("room")).await.unwrap().session;
-    let token = token_for("rex", coord.addr).await;
-    let stream = TcpStream::connect(info.server).await.unwrap();
-    let (read, mut write) = stream.into_split();
-    write
-        .write_all(hello("rex", &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
-        .await
-        .unwrap();
+    let mut rex = RawMember::joined(info.server, coord.addr, "rex").await;
     // The same line, id 7, a hundred times (as a client resending after reconnects might).
     let line = "{\"type\":\"say\",\"text\":\"once\",\"id\":7}\n".repeat(100);
-    write.write_all(line.as_bytes()).await.unwrap();
-    write
-        .write_all(b"{\"type\":\"say\",\"text\":\"next\",\"id\":8}\n")
-        .await
-        .unwrap();
+    rex.send(line.as_bytes()).await;
+    rex.send(b"{\"type\":\"say\",\"text\":\"next\",\"id\":8}\n")
+        .await;
     let got = messages(&mut a_ev, 2).await;
     assert_eq!(got[0].text, "once");
     assert_eq!(got[0].id, Some(7));
     assert_eq!(got[1].text, "next", "no second copy, and not rate limited");
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Ok(Some(l))) =
-        tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await
-    {
+    for _ in 0..3 {
+        // the welcome and the two echoes: none of them a rate-limit error
+        let l = rex.line().await.unwrap();
         assert!(!l.contains("rate_limited"), "{l}");
     }
 }
@@ -739,30 +693,20 @@ async fn a_hello_with_an_absurd_since_harms_nobody() {
     let info = alice.start_session(Some("room")).await.unwrap().session;
     alice.say("before").await.unwrap();
     let token = token_for("max", coord.addr).await;
-    let stream = TcpStream::connect(info.server).await.unwrap();
-    let (read, mut write) = stream.into_split();
+    let mut max = RawMember::connect(info.server).await;
     let hello = format!(
         r#"{{"type":"hello","user":"max","token":"{token}","udp":"127.0.0.1:9","since":18446744073709551615}}"#
     ) + "\n";
-    write.write_all(hello.as_bytes()).await.unwrap();
-    let mut lines = BufReader::new(read).lines();
-    let first = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(first.contains("\"welcome\""), "{first}");
+    max.send(hello.as_bytes()).await;
+    assert_eq!(max.json().await["type"], "welcome");
     // The session is alive and in order for everyone.
     alice.say("after").await.unwrap();
     let got = messages(&mut a_ev, 2).await;
     assert_eq!((got[1].text.as_str(), got[1].seq), ("after", 2));
-    let next = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(
-        next.contains("\"seq\":2"),
+    let next = max.json().await;
+    assert_eq!(
+        (&next["type"], &next["seq"]),
+        (&"msg".into(), &2.into()),
         "nothing replayed, then the live line: {next}"
     );
 }

@@ -418,3 +418,51 @@ impl LossyPair {
         pair
     }
 }
+
+/// A member speaking the session protocol by hand, for tests of what the library never sends.
+pub struct RawMember {
+    pub write: tokio::net::tcp::OwnedWriteHalf,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
+}
+
+impl RawMember {
+    /// Connects without saying anything yet.
+    pub async fn connect(server: SocketAddr) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let stream = tokio::net::TcpStream::connect(server).await.unwrap();
+        let (read, write) = stream.into_split();
+        Self {
+            write,
+            lines: tokio::io::BufReader::new(read).lines(),
+        }
+    }
+
+    /// Connects and says hello as `user`, with a real token.
+    pub async fn joined(server: SocketAddr, coordinator: SocketAddr, user: &str) -> Self {
+        let token = token_for(user, coordinator).await;
+        let mut m = Self::connect(server).await;
+        m.send(hello(user, &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
+            .await;
+        m
+    }
+
+    /// Sends raw bytes (a line should end in `\n`).
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.write.write_all(bytes).await.unwrap();
+    }
+
+    /// The next line from the server; `None` when it closed the connection. Panics after `WAIT`.
+    pub async fn line(&mut self) -> Option<String> {
+        tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("a line from the server in time")
+            .unwrap()
+    }
+
+    /// The next line, parsed.
+    pub async fn json(&mut self) -> serde_json::Value {
+        let line = self.line().await.expect("the server sent a line");
+        serde_json::from_str(&line).unwrap()
+    }
+}
