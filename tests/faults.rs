@@ -507,3 +507,46 @@ async fn a_rejoin_that_missed_more_than_memory_holds_gets_everything_from_storag
     };
     assert_eq!(live["seq"], 41);
 }
+
+#[tokio::test]
+async fn a_rejoin_replay_stops_at_its_byte_budget_and_says_what_it_left_out() {
+    let coord = TestCoordinator::start_with(no_rate_limit(test_config())).await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let info = alice.start_session(Some("room")).await.unwrap().session;
+    // 1100 lines of 4000 bytes: more than the 4 MiB a replay may carry.
+    let n = 1100;
+    for i in 0..n {
+        alice
+            .say(&format!("{i:05} {}", "x".repeat(3990)))
+            .await
+            .unwrap();
+    }
+    messages(&mut a_ev, n).await;
+    let token = token_for("bob", coord.addr).await;
+    let mut bob = RawMember::connect(info.server).await;
+    let hello = format!(
+        r#"{{"type":"hello","user":"bob","token":"{token}","udp":"127.0.0.1:9","since":0}}"#
+    ) + "\n";
+    bob.send(hello.as_bytes()).await;
+    assert_eq!(bob.json().await["type"], "welcome");
+    let gap = bob.json().await;
+    assert_eq!(gap["code"], "gap", "{gap}");
+    let missed: u64 = gap["message"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The newest lines come, contiguous, up to the last one.
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&(n as u64)) {
+        let v = bob.json().await;
+        assert_eq!(v["type"], "msg");
+        seqs.push(v["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs[0], missed + 1);
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    assert!(seqs.len() * 4000 <= 4 * 1024 * 1024 + 4000 * 2);
+}
