@@ -99,78 +99,15 @@ struct BenchArgs {
 #[derive(Subcommand)]
 enum Scenario {
     /// One session: every member receives what the senders send.
-    Fanout {
-        /// Members in the session.
-        #[arg(long, default_value_t = 50)]
-        members: usize,
-        /// Members that send (every member receives).
-        #[arg(long, default_value_t = 50)]
-        senders: usize,
-        /// Messages per sender.
-        #[arg(long, default_value_t = 200)]
-        messages: usize,
-        /// Messages per second per sender (default: as fast as possible).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Most messages a sender has on the way before it waits for its own to come back
-        /// (0: no limit, and the server drops whoever falls 4096 lines behind).
-        #[arg(long, default_value_t = 64)]
-        window: usize,
-    },
+    Fanout(confab::bench::FanoutOpts),
     /// Many members joining one session.
-    Join {
-        /// Members that join.
-        #[arg(long, default_value_t = 2000)]
-        members: usize,
-        /// Members connecting at the same time (default: all).
-        #[arg(long)]
-        concurrency: Option<usize>,
-    },
+    Join(confab::bench::JoinOpts),
     /// Many sessions at once, every member sending.
-    Sessions {
-        /// Sessions.
-        #[arg(long, default_value_t = 200)]
-        sessions: usize,
-        /// Members per session.
-        #[arg(long, default_value_t = 10)]
-        members: usize,
-        /// Senders per session (default: every member).
-        #[arg(long)]
-        senders: Option<usize>,
-        /// Messages per sender.
-        #[arg(long, default_value_t = 50)]
-        messages: usize,
-        /// Messages per second per sender (default: as fast as possible).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Most messages a sender has on the way before it waits for its own to come back.
-        #[arg(long, default_value_t = 64)]
-        window: usize,
-    },
+    Sessions(confab::bench::SessionsOpts),
     /// Pairs of members exchanging private messages peer to peer.
-    Dm {
-        /// Pairs.
-        #[arg(long, default_value_t = 50)]
-        pairs: usize,
-        /// Messages each member sends its partner.
-        #[arg(long, default_value_t = 200)]
-        messages: usize,
-    },
+    Dm(confab::bench::DmOpts),
     /// Coordinator `list` and `join` requests per second.
-    Coordinator {
-        /// Requests of each kind.
-        #[arg(long, default_value_t = 100_000)]
-        requests: usize,
-        /// Sockets sending at once.
-        #[arg(long, default_value_t = 4)]
-        sockets: usize,
-        /// Requests in flight per socket.
-        #[arg(long, default_value_t = 32)]
-        window: usize,
-        /// Sessions in the directory.
-        #[arg(long, default_value_t = 20)]
-        sessions: usize,
-    },
+    Coordinator(confab::bench::RequestsOpts),
 }
 
 #[tokio::main]
@@ -271,67 +208,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         progress: true,
     };
     let output = match args.scenario {
-        Scenario::Fanout {
-            members,
-            senders,
-            messages,
-            rate,
-            window,
-        } => {
-            let opts = bench::FanoutOpts {
-                sessions: 1,
-                members,
-                senders,
-                messages,
-                rate,
-                window,
-            };
-            bench::render(&bench::fanout(&env, &opts).await?, args.json)
+        Scenario::Fanout(opts) => bench::render(&bench::fanout(&env, &opts).await?, args.json),
+        Scenario::Sessions(opts) => {
+            bench::render(&bench::sessions(&env, &opts.into()).await?, args.json)
         }
-        Scenario::Sessions {
-            sessions,
-            members,
-            senders,
-            messages,
-            rate,
-            window,
-        } => {
-            let opts = bench::FanoutOpts {
-                sessions,
-                members,
-                senders: senders.unwrap_or(members),
-                messages,
-                rate,
-                window,
-            };
-            bench::render(&bench::sessions(&env, &opts).await?, args.json)
-        }
-        Scenario::Join {
-            members,
-            concurrency,
-        } => {
-            let opts = bench::JoinOpts {
-                members,
-                concurrency: concurrency.unwrap_or(members),
-            };
-            bench::render(&bench::join(&env, &opts).await?, args.json)
-        }
-        Scenario::Dm { pairs, messages } => bench::render(
-            &bench::dm(&env, &bench::DmOpts { pairs, messages }).await?,
-            args.json,
-        ),
-        Scenario::Coordinator {
-            requests,
-            sockets,
-            window,
-            sessions,
-        } => {
-            let opts = bench::RequestsOpts {
-                requests,
-                sockets,
-                window,
-                sessions,
-            };
+        Scenario::Join(opts) => bench::render(&bench::join(&env, &opts).await?, args.json),
+        Scenario::Dm(opts) => bench::render(&bench::dm(&env, &opts).await?, args.json),
+        Scenario::Coordinator(opts) => {
             bench::render(&bench::requests(&env, &opts).await?, args.json)
         }
     };

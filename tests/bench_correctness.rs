@@ -57,7 +57,7 @@ async fn short_sessions_run_keeps_every_session_apart() {
 async fn short_join_seats_everyone() {
     let opts = bench::JoinOpts {
         members: 20,
-        concurrency: 20,
+        concurrency: Some(20),
     };
     let report = bench::join(&in_process(), &opts).await.unwrap();
     assert_eq!(report.welcomed, 20);

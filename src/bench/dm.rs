@@ -22,11 +22,15 @@ use super::{
 use crate::client::{Client, Event};
 
 /// What a private-message run does.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// These are also `confab bench dm`'s flags.
+#[derive(Debug, Clone, PartialEq, Serialize, clap::Args)]
 pub struct DmOpts {
     /// Pairs of members.
+    #[arg(long, default_value_t = 50)]
     pub pairs: usize,
     /// Messages each member sends its partner.
+    #[arg(long, default_value_t = 200)]
     pub messages: usize,
 }
 

@@ -26,17 +26,24 @@ use super::{
 use crate::client::{Client, ClientConfig};
 
 /// What a group-message run does.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// These are also `confab bench fanout`'s flags: one session (`sessions` is not a flag).
+#[derive(Debug, Clone, PartialEq, Serialize, clap::Args)]
 pub struct FanoutOpts {
     /// Sessions at once; each gets the same members and senders.
+    #[arg(skip = 1usize)]
     pub sessions: usize,
     /// Members per session.
+    #[arg(long, default_value_t = 50)]
     pub members: usize,
     /// Members per session that send (the first ones); every member receives.
+    #[arg(long, default_value_t = 50)]
     pub senders: usize,
     /// Messages each sender sends.
+    #[arg(long, default_value_t = 200)]
     pub messages: usize,
-    /// Messages per second per sender; `None` sends as fast as the server keeps up.
+    /// Messages per second per sender (default: as fast as the server keeps up).
+    #[arg(long)]
     pub rate: Option<f64>,
     /// Most messages one sender has on the way (sent, not yet back to itself); 0 for no limit.
     ///
@@ -44,7 +51,44 @@ pub struct FanoutOpts {
     /// drops a member whose queue (4096 lines) overflows. Unlimited senders at full speed thus
     /// measure how many members get dropped, not throughput; a window keeps the run closed-loop,
     /// as a real sender that waits to see its own line would be.
+    #[arg(long, default_value_t = 64)]
     pub window: usize,
+}
+
+/// `confab bench sessions`: the fan-out run over many sessions at once, with smaller defaults.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct SessionsOpts {
+    /// Sessions at once; each gets the same members and senders.
+    #[arg(long, default_value_t = 200)]
+    pub sessions: usize,
+    /// Members per session.
+    #[arg(long, default_value_t = 10)]
+    pub members: usize,
+    /// Senders per session (default: every member).
+    #[arg(long)]
+    pub senders: Option<usize>,
+    /// Messages each sender sends.
+    #[arg(long, default_value_t = 50)]
+    pub messages: usize,
+    /// Messages per second per sender (default: as fast as the server keeps up).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Most messages one sender has on the way before it waits for its own to come back.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+}
+
+impl From<SessionsOpts> for FanoutOpts {
+    fn from(o: SessionsOpts) -> Self {
+        Self {
+            sessions: o.sessions,
+            members: o.members,
+            senders: o.senders.unwrap_or(o.members),
+            messages: o.messages,
+            rate: o.rate,
+            window: o.window,
+        }
+    }
 }
 
 impl Default for FanoutOpts {

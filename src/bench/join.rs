@@ -25,12 +25,22 @@ use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{ClientMsg, SessionInfo, limits};
 
 /// What a join run does.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// These are also `confab bench join`'s flags.
+#[derive(Debug, Clone, PartialEq, Serialize, clap::Args)]
 pub struct JoinOpts {
     /// Members that join the one session.
+    #[arg(long, default_value_t = 2000)]
     pub members: usize,
-    /// Members connecting at the same time; the rest wait for a free slot.
-    pub concurrency: usize,
+    /// Members connecting at the same time; the rest wait for a free slot (default: all).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+}
+
+impl JoinOpts {
+    fn concurrency(&self) -> usize {
+        self.concurrency.unwrap_or(self.members).max(1)
+    }
 }
 
 impl Default for JoinOpts {
@@ -38,7 +48,7 @@ impl Default for JoinOpts {
     fn default() -> Self {
         Self {
             members: 2000,
-            concurrency: 2000,
+            concurrency: None,
         }
     }
 }
@@ -122,7 +132,7 @@ async fn run_on(env: &BenchEnv, opts: &JoinOpts, server: &Server) -> Result<Join
     let shared = Arc::new(Shared {
         seated: progress.counter(),
         failed: AtomicU64::new(0),
-        slots: Semaphore::new(opts.concurrency.max(1)),
+        slots: Semaphore::new(opts.concurrency()),
         stop: CancellationToken::new(),
         start: Instant::now(),
         size: n as u64,

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Client, ClientConfig, ClientError, Event};
 
 pub use dm::{DmOpts, DmReport, dm};
-pub use fanout::{FanoutOpts, FanoutReport, SenderStats, fanout, sessions};
+pub use fanout::{FanoutOpts, FanoutReport, SenderStats, SessionsOpts, fanout, sessions};
 pub use join::{JoinOpts, JoinReport, join};
 pub use report::{Render, render};
 pub use requests::{OpStats, RequestsOpts, RequestsReport, requests};
@@ -159,7 +159,8 @@ pub(crate) fn run_tag() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
-/// A progress line on stderr, rewritten in place with `\r` while a phase runs.
+/// A progress bar on stderr while a phase runs (indicatif draws nothing when stderr is not a
+/// terminal, so logs and CI output stay free of escape codes).
 pub(crate) struct Progress {
     done: Arc<AtomicU64>,
     stop: CancellationToken,
@@ -167,12 +168,13 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// Starts printing `label: done/total` four times a second, if `enabled`.
+    /// Starts showing `label: done/total`, if `enabled`.
     pub(crate) fn start(enabled: bool, label: &str, total: u64) -> Self {
         Self::with_counter(enabled, label, total, Arc::new(AtomicU64::new(0)))
     }
 
-    /// Like [`Progress::start`], on a counter the workers already advance.
+    /// Like [`Progress::start`], on a counter the workers already advance. Workers bump a plain
+    /// atomic on their hot path; the bar reads it four times a second.
     pub(crate) fn with_counter(
         enabled: bool,
         label: &str,
@@ -181,26 +183,34 @@ impl Progress {
     ) -> Self {
         let stop = CancellationToken::new();
         let task = enabled.then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(total),
+                indicatif::ProgressDrawTarget::stderr(),
+            )
+            .with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix}: {pos}/{len} ({msg}/s, {elapsed}) {wide_bar}",
+                )
+                .expect("the template is valid"),
+            )
+            .with_prefix(label.to_string());
             let done = done.clone();
             let stop = stop.clone();
-            let label = label.to_string();
             tokio::spawn(async move {
-                let start = tokio::time::Instant::now();
                 let period = Duration::from_millis(250);
-                let mut tick = tokio::time::interval_at(start + period, period);
+                let mut tick = tokio::time::interval(period);
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => {}
+                        _ = tick.tick() => {
+                            let n = done.load(Ordering::Relaxed);
+                            let secs = bar.elapsed().as_secs_f64().max(1e-3);
+                            bar.set_position(n);
+                            bar.set_message(format!("{:.0}", n as f64 / secs));
+                        }
                         _ = stop.cancelled() => break,
                     }
-                    let n = done.load(Ordering::Relaxed);
-                    let secs = start.elapsed().as_secs_f64().max(1e-3);
-                    eprint!(
-                        "\r\x1b[2K{label}: {n}/{total} ({:.0}/s, {secs:.1} s)",
-                        n as f64 / secs
-                    );
                 }
-                eprint!("\r\x1b[2K");
+                bar.finish_and_clear();
             })
         });
         Self { done, stop, task }
@@ -211,7 +221,7 @@ impl Progress {
         self.done.clone()
     }
 
-    /// Clears the line.
+    /// Clears the bar.
     pub(crate) async fn finish(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {

@@ -169,7 +169,8 @@ impl Render for JoinReport {
                 "scenario",
                 format!(
                     "join: {} members, {} at once",
-                    self.opts.members, self.opts.concurrency
+                    self.opts.members,
+                    self.opts.concurrency.unwrap_or(self.opts.members)
                 ),
             ),
             row("server", &self.server),

@@ -16,15 +16,21 @@ use crate::client::{Client, ClientConfig};
 use crate::protocol::limits;
 
 /// What a coordinator run does.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// These are also `confab bench coordinator`'s flags.
+#[derive(Debug, Clone, PartialEq, Serialize, clap::Args)]
 pub struct RequestsOpts {
     /// Requests of each kind.
+    #[arg(long, default_value_t = 100_000)]
     pub requests: usize,
     /// Sockets sending at once.
+    #[arg(long, default_value_t = 4)]
     pub sockets: usize,
     /// Requests outstanding per socket.
+    #[arg(long, default_value_t = 32)]
     pub window: usize,
     /// Sessions in the directory (what `list` pages through, what `join` looks up).
+    #[arg(long, default_value_t = 20)]
     pub sessions: usize,
 }
 
