@@ -13,8 +13,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::fanout::{Tally, parse, user_name};
 use super::stats::{Histogram, LatencySummary};
+use super::tally::{Tally, parse, user_name};
 use super::{
     BenchEnv, BenchError, CONNECT_CONCURRENCY, Entry, Member, ProcUsage, Progress, Result, Server,
     connect_member, run_tag,

@@ -30,6 +30,7 @@ mod report;
 mod requests;
 mod server;
 mod stats;
+mod tally;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
