@@ -13,12 +13,12 @@
 //! - [`store`]: the SQLite database (users, sessions, history) and its migrations; [`db`] runs
 //!   it on its own thread behind an async handle.
 //! - [`presence_log`]: the human-readable join/leave log.
-//! - [`bench`](mod@bench): `confab bench`, load scenarios that measure the above and check that nothing is
-//!   lost, duplicated or reordered on the way.
+//!
+//! The `confab` program (`src/main.rs` and `src/cli/`, behind the default `cli` feature) is built
+//! on this library and adds what only it needs: the terminal client and `confab bench`.
 #![warn(missing_docs)]
 
 pub mod auth;
-pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod coordinator;

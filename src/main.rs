@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+mod cli;
+
 use confab::client::{ClientConfig, repl};
 use confab::coordinator::{self, CoordinatorConfig};
 
@@ -99,15 +101,15 @@ struct BenchArgs {
 #[derive(Subcommand)]
 enum Scenario {
     /// One session: every member receives what the senders send.
-    Fanout(confab::bench::FanoutOpts),
+    Fanout(cli::bench::FanoutOpts),
     /// Many members joining one session.
-    Join(confab::bench::JoinOpts),
+    Join(cli::bench::JoinOpts),
     /// Many sessions at once, every member sending.
-    Sessions(confab::bench::SessionsOpts),
+    Sessions(cli::bench::SessionsOpts),
     /// Pairs of members exchanging private messages peer to peer.
-    Dm(confab::bench::DmOpts),
+    Dm(cli::bench::DmOpts),
     /// Coordinator `list` and `join` requests per second.
-    Coordinator(confab::bench::RequestsOpts),
+    Coordinator(cli::bench::RequestsOpts),
 }
 
 #[tokio::main]
@@ -196,7 +198,7 @@ fn password_for(user: &str) -> anyhow::Result<String> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    use confab::bench;
+    use cli::bench;
     bench::raise_fd_limit().context("cannot raise the open-file limit")?;
     let env = bench::BenchEnv {
         server: match (args.coordinator, args.in_process) {

@@ -1,6 +1,6 @@
 //! `confab bench`: load scenarios against a real coordinator and the session servers it starts.
 //!
-//! Every scenario drives the server through the paths real users take (the [`crate::client`] API,
+//! Every scenario drives the server through the paths real users take (the [`confab::client`] API,
 //! or the wire protocol itself where thousands of full clients would measure the load generator
 //! instead of the server) and reports correctness beside speed: a broker that is fast because it
 //! loses or reorders messages is not fast. Senders and receivers live in this one process, so a
@@ -31,6 +31,8 @@ mod requests;
 mod server;
 mod stats;
 mod tally;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,15 +42,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientConfig, ClientError, Event};
+use confab::client::{Client, ClientConfig, ClientError, Event};
 
 pub use dm::{DmOpts, DmReport, dm};
-pub use fanout::{FanoutOpts, FanoutReport, SenderStats, SessionsOpts, fanout, sessions};
+pub use fanout::{FanoutOpts, FanoutReport, SessionsOpts, fanout, sessions};
 pub use join::{JoinOpts, JoinReport, join};
-pub use report::{Render, render};
-pub use requests::{OpStats, RequestsOpts, RequestsReport, requests};
+pub use report::render;
+pub use requests::{RequestsOpts, RequestsReport, requests};
 pub use server::{ProcUsage, Server, ServerChoice, raise_fd_limit};
-pub use stats::LatencySummary;
 
 /// What every scenario needs besides its own options.
 #[derive(Debug, Clone)]
@@ -124,7 +125,7 @@ pub(crate) const PASSWORD: &str = "bench-password";
 pub(crate) async fn account(client: &Client) -> std::result::Result<(), ClientError> {
     match client.register(PASSWORD).await {
         Ok(_) => {}
-        Err(ClientError::Refused(e)) if e.code == crate::protocol::ErrorCode::NameTaken => {}
+        Err(ClientError::Refused(e)) if e.code == confab::protocol::ErrorCode::NameTaken => {}
         Err(e) => return Err(e),
     }
     client.login(PASSWORD).await.map(|_| ())

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{BenchError, Result};
-use crate::coordinator::{self, CoordinatorConfig};
+use confab::coordinator::{self, CoordinatorConfig};
 
 /// Where the coordinator under test runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,7 @@ impl Server {
                 let mut config = CoordinatorConfig::default();
                 config.member_limits.rate = None;
                 // Thousands of bench accounts; the hash cost is not what is measured.
-                config.password_cost = crate::auth::PasswordCost::INSECURE_FAST;
+                config.password_cost = confab::auth::PasswordCost::INSECURE_FAST;
                 let stop = CancellationToken::new();
                 let task = tokio::spawn({
                     let stop = stop.clone();

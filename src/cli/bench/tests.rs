@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use confab::bench::{self, BenchEnv, FanoutOpts, ServerChoice};
+use crate::cli::bench::{self, BenchEnv, FanoutOpts, ServerChoice};
 
 fn in_process() -> BenchEnv {
     BenchEnv {

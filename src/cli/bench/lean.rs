@@ -1,8 +1,8 @@
 //! The group scenarios' members on the bare wire protocol.
 //!
 //! A receiver in `fanout` handles every line of the run: 500,000 of them in the default case.
-//! Through the full [`crate::client::Client`] each line is parsed into an owned
-//! [`crate::protocol::ServerMsg`] (timestamps, strings) and forwarded over a channel, which cost
+//! Through the full [`confab::client::Client`] each line is parsed into an owned
+//! [`confab::protocol::ServerMsg`] (timestamps, strings) and forwarded over a channel, which cost
 //! the load generator five times the server's CPU. A lean member reads its socket into one
 //! buffer, parses each line in place into a [`ServerLine`] that borrows its strings and skips
 //! what the bench does not read, and writes pre-formatted `say` lines: no allocation per line.
@@ -21,8 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::codec::encode_line;
-use crate::protocol::{ClientMsg, limits};
+use confab::codec::encode_line;
+use confab::protocol::{ClientMsg, limits};
 
 /// How often a lean member pings: the server drops a member it has not heard from for 6 s.
 pub(super) const PING_EVERY: Duration = Duration::from_secs(2);

@@ -12,11 +12,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::FanoutOpts;
-use crate::bench::tally::{Tally, parse, user_name};
-use crate::bench::{
+use crate::cli::bench::tally::{Tally, parse, user_name};
+use crate::cli::bench::{
     BenchEnv, BenchError, CONNECT_CONCURRENCY, Progress, Result, Server, account, lean, run_tag,
 };
-use crate::client::{Client, ClientConfig};
+use confab::client::{Client, ClientConfig};
 
 /// What every member task of one run shares.
 pub(super) struct Shared {

@@ -1,6 +1,6 @@
 //! Many members arriving in one session at once.
 //!
-//! Members here speak the wire protocol directly: a full [`crate::client::Client`] costs a UDP
+//! Members here speak the wire protocol directly: a full [`confab::client::Client`] costs a UDP
 //! socket, a hub task and a roster per member, so 10,000 of them would measure this process and
 //! exhaust its descriptors before the server. A lean member costs one TCP socket and one task; it
 //! says hello, waits for its welcome, then keeps reading presence notices (counting the roster)
@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::stats::{Histogram, LatencySummary};
 use super::{BenchEnv, BenchError, ProcUsage, Progress, Result, Server, run_tag};
-use crate::client::{Client, ClientConfig};
-use crate::codec::{Frame, LineCodec, encode_line};
-use crate::protocol::{ClientMsg, SessionInfo, limits};
+use confab::client::{Client, ClientConfig};
+use confab::codec::{Frame, LineCodec, encode_line};
+use confab::protocol::{ClientMsg, SessionInfo, limits};
 
 /// What a join run does.
 ///

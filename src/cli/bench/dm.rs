@@ -19,7 +19,7 @@ use super::{
     BenchEnv, BenchError, CONNECT_CONCURRENCY, Entry, Member, ProcUsage, Progress, Result, Server,
     connect_member, run_tag,
 };
-use crate::client::{Client, Event};
+use confab::client::{Client, Event};
 
 /// What a private-message run does.
 ///

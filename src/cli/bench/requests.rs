@@ -12,8 +12,8 @@ use tokio::net::UdpSocket;
 
 use super::stats::{Histogram, LatencySummary};
 use super::{BenchEnv, BenchError, ProcUsage, Progress, Result, Server, run_tag};
-use crate::client::{Client, ClientConfig};
-use crate::protocol::limits;
+use confab::client::{Client, ClientConfig};
+use confab::protocol::limits;
 
 /// What a coordinator run does.
 ///

@@ -1,0 +1,5 @@
+//! The `confab` program's own parts: what only a person at a terminal or an operator measuring
+//! a server needs. The library (`confab::…`) knows nothing of these, so a bot that depends on it
+//! with `default-features = false` builds none of clap, rustyline or the benchmark.
+
+pub mod bench;
