@@ -447,6 +447,9 @@ pub enum ServerMsg {
         reason: ByeReason,
         /// Why, in words.
         message: String,
+        /// With reason `closed`: who closed the session, so members can be told by whom.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
 }
 

@@ -119,6 +119,11 @@ pub(super) struct Link {
     out: mpsc::Sender<Outgoing>,
     next_line_id: Arc<AtomicU64>,
     stop: CancellationToken,
+    /// Cancelled by the session task when the session is over for us without our leaving
+    /// (closed, or reconnecting gave up), after it has cleared the roster: from then on the
+    /// client treats the link as gone, so nothing is sent through it and nobody in it is
+    /// reachable privately.
+    ended: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -178,6 +183,7 @@ impl Link {
         let (lookup_tx, lookup_rx) = mpsc::channel(64);
         roster.set_lookups(lookup_tx);
         let stop = CancellationToken::new();
+        let ended = CancellationToken::new();
         let keeper = Keeper {
             session: session.clone(),
             joiner,
@@ -188,6 +194,7 @@ impl Link {
             shown: std::sync::Mutex::new(ExpiringMap::new(SHOWN_TTL, SHOWN_CAP)),
             server: std::sync::Mutex::new(session.server),
             stop: stop.clone(),
+            ended: ended.clone(),
         };
         let task = tokio::spawn(keeper.run(write, reader, out_rx, lookup_rx));
         // Random start: ids must not repeat those of an earlier run within the server's memory.
@@ -197,9 +204,15 @@ impl Link {
             out,
             next_line_id: Arc::new(AtomicU64::new(first_id)),
             stop,
+            ended,
             task,
         };
         Ok((link, welcome))
+    }
+
+    /// True once the session is over for us (see `ended`).
+    pub(super) fn is_ended(&self) -> bool {
+        self.ended.is_cancelled()
     }
 
     pub(super) fn sender(&self) -> LinkSender {
@@ -225,6 +238,8 @@ impl Link {
         }
         self.stop.cancel();
         task.abort();
+        // Wait for the task to be gone, so it cannot touch the roster the next session fills.
+        let _ = task.await;
     }
 }
 
@@ -232,8 +247,9 @@ impl Link {
 enum Broken {
     /// We left; the server said goodbye (or the queue closed and it did not answer in time).
     Left,
-    /// The session is gone for good (closed by its creator).
-    Gone(String),
+    /// The session is gone for good: closed (by this user, if the server said), or no longer
+    /// known to the coordinator.
+    Closed { by: Option<String> },
     /// The connection broke; reconnect.
     Lost(String),
 }
@@ -253,6 +269,7 @@ struct Keeper {
     /// Where the session was last served, for when the coordinator cannot be asked.
     server: std::sync::Mutex<SocketAddr>,
     stop: CancellationToken,
+    ended: CancellationToken,
 }
 
 impl Keeper {
@@ -275,7 +292,7 @@ impl Keeper {
             let _ = tokio::time::timeout(Duration::from_millis(200), write.shutdown()).await;
             let reason = match broken {
                 Broken::Left => return,
-                Broken::Gone(reason) => return self.disconnected(reason, false).await,
+                Broken::Closed { by } => return self.closed(by).await,
                 Broken::Lost(reason) => reason,
             };
             self.disconnected(reason, true).await;
@@ -296,9 +313,27 @@ impl Keeper {
                     let members = welcome.members;
                     let _ = self.events.send(Event::Reconnected { members }).await;
                 }
-                Err(reason) => return self.disconnected(reason, false).await,
+                Err(Broken::Left) => return,
+                Err(Broken::Closed { by }) => return self.closed(by).await,
+                Err(Broken::Lost(reason)) => {
+                    self.end();
+                    return self.disconnected(reason, false).await;
+                }
             }
         }
+    }
+
+    /// The session is over for us: forget its members before anyone can see the link ended,
+    /// so no private message goes to, or is accepted from, a former member through it.
+    fn end(&self) {
+        self.roster.clear();
+        self.ended.cancel();
+    }
+
+    async fn closed(&self, by: Option<String>) {
+        self.end();
+        let session = self.session.clone();
+        let _ = self.events.send(Event::Closed { session, by }).await;
     }
 
     async fn disconnected(&self, reason: String, retrying: bool) {
@@ -309,13 +344,13 @@ impl Keeper {
     }
 
     /// Asks the coordinator where the session is now and reconnects, with backoff.
-    async fn rejoin(&self) -> Result<(OwnedWriteHalf, Reader, Welcome), String> {
+    async fn rejoin(&self) -> Result<(OwnedWriteHalf, Reader, Welcome), Broken> {
         let started = tokio::time::Instant::now();
         let mut delay = RETRY_FIRST;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.stop.cancelled() => return Err("left".into()),
+                _ = self.stop.cancelled() => return Err(Broken::Left),
             }
             delay = (delay * 2).min(RETRY_MAX);
             let body = RequestBody::Join {
@@ -327,10 +362,12 @@ impl Keeper {
                     *lock(&self.server) = session.server;
                     session.server
                 }
-                Err(ClientError::Refused(e))
-                    if matches!(e.code, ErrorCode::SessionNotFound | ErrorCode::Unauthorized) =>
-                {
-                    return Err(e.message);
+                // Closed while we were away: its bye never reached us, so we do not know by whom.
+                Err(ClientError::Refused(e)) if e.code == ErrorCode::SessionNotFound => {
+                    return Err(Broken::Closed { by: None });
+                }
+                Err(ClientError::Refused(e)) if e.code == ErrorCode::Unauthorized => {
+                    return Err(Broken::Lost(e.message));
                 }
                 // The coordinator may be restarting; the last address may still answer.
                 _ => *lock(&self.server),
@@ -346,10 +383,10 @@ impl Keeper {
                 Err(e) => tracing::debug!(error = %e, "rejoin attempt failed"),
             }
             if started.elapsed() > RETRY_GIVE_UP {
-                return Err(format!(
+                return Err(Broken::Lost(format!(
                     "gave up reconnecting after {} s",
                     RETRY_GIVE_UP.as_secs()
-                ));
+                )));
             }
         }
     }
@@ -423,10 +460,14 @@ impl Keeper {
                     }
                     Ok(ServerMsg::History { messages }) => Event::History(messages),
                     Ok(ServerMsg::Error(e)) => Event::ServerError(e),
-                    Ok(ServerMsg::Bye { reason, message }) => {
+                    Ok(ServerMsg::Bye {
+                        reason,
+                        message,
+                        by,
+                    }) => {
                         return match reason {
                             ByeReason::Left => Broken::Left,
-                            ByeReason::Closed => Broken::Gone(message),
+                            ByeReason::Closed => Broken::Closed { by },
                             _ => Broken::Lost(message),
                         };
                     }

@@ -217,6 +217,15 @@ pub enum Event {
         /// The roster now.
         members: Vec<Member>,
     },
+    /// The session was removed for good (`close`). We are out of it: the client has forgotten
+    /// it and its members, and does not reconnect.
+    Closed {
+        /// The session that is gone.
+        session: SessionInfo,
+        /// Who closed it, when the server said (it does not when the close happened while we
+        /// were reconnecting).
+        by: Option<String>,
+    },
 }
 
 /// Proof that a private message arrived.
@@ -567,9 +576,19 @@ impl Client {
         })
     }
 
+    /// The link to the session we are in; a link whose session is over for us (closed, or
+    /// reconnecting gave up) is dropped here, so every caller sees "not in a session".
+    fn link(&self) -> MutexGuard<'_, Option<Link>> {
+        let mut link = lock(&self.inner.link);
+        if link.as_ref().is_some_and(Link::is_ended) {
+            *link = None;
+        }
+        link
+    }
+
     /// Leaves the current session, if any, and waits briefly for the server to confirm.
     pub async fn leave(&self) -> Option<SessionInfo> {
-        let link = lock(&self.inner.link).take()?;
+        let link = self.link().take()?;
         let info = link.session.clone();
         link.close().await;
         self.inner.roster.clear();
@@ -578,7 +597,7 @@ impl Client {
 
     /// The session we are in.
     pub fn session(&self) -> Option<SessionInfo> {
-        lock(&self.inner.link).as_ref().map(|l| l.session.clone())
+        self.link().as_ref().map(|l| l.session.clone())
     }
 
     /// The current roster, sorted by name (in a large session, only the members we know of).
@@ -615,7 +634,7 @@ impl Client {
     }
 
     fn link_sender(&self) -> Result<link::LinkSender, ClientError> {
-        lock(&self.inner.link)
+        self.link()
             .as_ref()
             .map(|l| l.sender())
             .ok_or(ClientError::NotInSession)
@@ -625,7 +644,7 @@ impl Client {
     /// acknowledgement, retrying with backoff.
     pub async fn dm(&self, to: &str, text: &str) -> Result<DmReceipt, ClientError> {
         let inner = &self.inner;
-        if lock(&inner.link).is_none() {
+        if self.link().is_none() {
             return Err(ClientError::NotInSession);
         }
         let member = inner

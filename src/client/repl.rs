@@ -390,6 +390,11 @@ async fn print_events(
                 out.line("* reconnected; missed messages follow");
                 show_roster(&client, &out);
             }
+            Event::Closed { session, by } => {
+                let label = session.name.unwrap_or_else(|| session.id.to_string());
+                let by = by.map_or(String::new(), |b| format!(" by {}", clean(&b)));
+                out.line(format!("* session {} was closed{by}", clean(&label)));
+            }
         }
     }
 }

@@ -167,8 +167,9 @@ impl Directory {
         }
     }
 
-    /// Takes a session out of the directory and stops its server, if one runs.
-    pub fn remove(&self, id: Uuid) -> Option<Listed> {
+    /// Takes a session out of the directory and stops its server, if one runs, telling its
+    /// members that `by` closed it.
+    pub fn remove(&self, id: Uuid, by: &str) -> Option<Listed> {
         let mut state = self.lock();
         let entry = state.by_id.remove(&id)?;
         if let Some(name) = &entry.listed.name {
@@ -176,7 +177,7 @@ impl Directory {
         }
         state.order.retain(|i| *i != id);
         if let Some(running) = entry.running {
-            running.stop.close.cancel();
+            running.stop.close_by(by);
         }
         Some(entry.listed)
     }

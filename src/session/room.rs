@@ -198,11 +198,16 @@ impl Room {
                         self.apply(event);
                     }
                     self.flush_presence();
-                    self.close_all(ByeReason::Shutdown, "the server is shutting down");
+                    self.close_all(ByeReason::Shutdown, "the server is shutting down", None);
                     break;
                 }
                 _ = stop.close.cancelled() => {
-                    self.close_all(ByeReason::Closed, "this session was closed by its creator");
+                    let by = stop.closed_by.get().cloned();
+                    let message = match &by {
+                        Some(user) => format!("this session was closed by {user}"),
+                        None => "this session was closed by its creator".to_string(),
+                    };
+                    self.close_all(ByeReason::Closed, &message, by);
                     break;
                 }
             };
@@ -336,6 +341,7 @@ impl Room {
             let _ = slot.tx.try_send(shared(&ServerMsg::Bye {
                 reason: ByeReason::Left,
                 message: "you left the session".into(),
+                by: None,
             }));
         }
         self.names.remove(&slot.user.to_lowercase());
@@ -504,6 +510,7 @@ impl Room {
                 let _ = slot.tx.try_send(shared(&ServerMsg::Bye {
                     reason: ByeReason::Silent,
                     message: "no message or ping within the heartbeat limit".into(),
+                    by: None,
                 }));
             }
             // Closing the queue lets the writer send the goodbye and end, which ends the reader.
@@ -616,10 +623,11 @@ impl Room {
         }
     }
 
-    fn close_all(&mut self, reason: ByeReason, message: &str) {
+    fn close_all(&mut self, reason: ByeReason, message: &str, by: Option<String>) {
         let bye = shared(&ServerMsg::Bye {
             reason,
             message: message.to_string(),
+            by,
         });
         for slot in self.members.values() {
             let _ = slot.tx.try_send(bye.clone());

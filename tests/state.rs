@@ -1,0 +1,63 @@
+//! The client's state stays true: after a rejoin, a close, a join of the session it is in, a
+//! private message given up on, a script that types faster than the rate limit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use confab::client::{ClientError, Event};
+use confab::protocol::ErrorCode;
+
+#[tokio::test]
+async fn a_closed_session_tells_every_member_who_closed_it_and_lets_go_of_it() {
+    let coord = TestCoordinator::start().await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    let (carol, mut c_ev) = client("carol", coord.addr).await;
+    let beta = alice.start_session(Some("beta")).await.unwrap().session;
+    bob.join("beta").await.unwrap();
+    carol.join("beta").await.unwrap();
+    eventually("bob knows carol", || async { bob.members().len() == 3 }).await;
+
+    alice.close_session("beta").await.unwrap();
+    for (who, events) in [
+        ("alice", &mut a_ev),
+        ("bob", &mut b_ev),
+        ("carol", &mut c_ev),
+    ] {
+        let (session, by) = expect(events, "the close notice", |e| match e {
+            Event::Closed { session, by } => Some((session.clone(), by.clone())),
+            _ => None,
+        })
+        .await;
+        assert_eq!(session.id, beta.id, "{who}");
+        assert_eq!(by.as_deref(), Some("alice"), "{who}");
+    }
+    // Out of it: no session, no roster, nothing sent through it, no private messages to its
+    // former members.
+    for c in [&alice, &bob, &carol] {
+        assert!(c.session().is_none());
+        assert!(c.members().is_empty());
+        assert_eq!(c.member_count(), 0);
+    }
+    assert!(matches!(
+        bob.say("anyone?").await,
+        Err(ClientError::NotInSession)
+    ));
+    assert!(matches!(
+        bob.dm("carol", "still there?").await,
+        Err(ClientError::NotInSession)
+    ));
+    assert!(bob.leave().await.is_none());
+    // And no reconnecting: nothing more is said about the session.
+    expect_none(&mut b_ev, Duration::from_millis(500), |e| {
+        matches!(e, Event::Disconnected { .. } | Event::Reconnected { .. })
+    })
+    .await;
+    // The client is free to join something else.
+    let gamma = bob.start_session(Some("gamma")).await.unwrap();
+    assert_eq!(gamma.members.len(), 1);
+    assert_eq!(bob.session().unwrap().id, gamma.session.id);
+    let _ = ErrorCode::Ambiguous;
+}
