@@ -59,5 +59,64 @@ async fn a_closed_session_tells_every_member_who_closed_it_and_lets_go_of_it() {
     let gamma = bob.start_session(Some("gamma")).await.unwrap();
     assert_eq!(gamma.members.len(), 1);
     assert_eq!(bob.session().unwrap().id, gamma.session.id);
-    let _ = ErrorCode::Ambiguous;
+}
+
+#[tokio::test]
+async fn joining_the_session_you_are_in_does_nothing_but_say_so() {
+    let coord = TestCoordinator::start().await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    let beta = alice.start_session(Some("beta")).await.unwrap().session;
+    bob.join("beta").await.unwrap();
+    bob.say("hello").await.unwrap();
+    messages(&mut a_ev, 1).await;
+    messages(&mut b_ev, 1).await;
+    // By name, by id, by id prefix: all the same session.
+    for key in [
+        "BETA".to_string(),
+        beta.id.to_string(),
+        beta.id.to_string()[..8].to_string(),
+    ] {
+        match bob.join(&key).await {
+            Err(ClientError::AlreadyInSession(label)) => {
+                assert!(label.contains("beta"), "{label}");
+            }
+            other => panic!("expected already in session, got {other:?}"),
+        }
+    }
+    assert_eq!(bob.session().unwrap().id, beta.id);
+    // Nobody saw bob go and come back, and bob got no history again.
+    expect_none(&mut a_ev, Duration::from_millis(500), |e| {
+        matches!(e, Event::Presence { .. })
+    })
+    .await;
+    expect_none(&mut b_ev, Duration::from_millis(10), |e| {
+        matches!(e, Event::History(_) | Event::Presence { .. })
+    })
+    .await;
+    bob.say("still here").await.unwrap();
+    assert_eq!(messages(&mut a_ev, 1).await[0].text, "still here");
+}
+
+#[tokio::test]
+async fn a_session_named_like_an_id_prefix_cannot_capture_a_join_by_that_prefix() {
+    let coord = TestCoordinator::start().await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let (mallory, _m) = client("mallory", coord.addr).await;
+    let (carol, _c) = client("carol", coord.addr).await;
+    let victim = alice.start_session(None).await.unwrap().session;
+    let prefix = victim.id.to_string()[..8].to_string();
+    let squat = mallory.create(Some(&prefix)).await.unwrap();
+    match carol.join(&prefix).await {
+        Err(ClientError::Refused(e)) => {
+            assert_eq!(e.code, ErrorCode::Ambiguous);
+            assert!(e.message.contains(&victim.id.to_string()), "{}", e.message);
+            assert!(e.message.contains(&squat.id.to_string()), "{}", e.message);
+        }
+        other => panic!("expected ambiguous, got {other:?}"),
+    }
+    assert!(carol.session().is_none());
+    // The whole id reaches the session that was meant.
+    let joined = carol.join(&victim.id.to_string()).await.unwrap();
+    assert_eq!(joined.session.id, victim.id);
 }

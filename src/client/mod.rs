@@ -149,6 +149,9 @@ pub enum ClientError {
     /// The operation needs a session.
     #[error("not in a session; use /start or /join first")]
     NotInSession,
+    /// `join` named the session the client is already in, so nothing was done.
+    #[error("you are already in session {0}")]
+    AlreadyInSession(String),
     /// The operation needs a login.
     #[error("not logged in")]
     NotLoggedIn,
@@ -538,6 +541,13 @@ impl Client {
         let mut tries = 0;
         loop {
             let info = self.find(session).await?;
+            // Leaving and joining again would announce us twice and replay history: do nothing.
+            if self.session().is_some_and(|s| s.id == info.id) {
+                return Err(ClientError::AlreadyInSession(match info.name {
+                    Some(name) => format!("{name} ({})", info.id),
+                    None => info.id.to_string(),
+                }));
+            }
             match self.join_info(info).await {
                 // The server may have stopped (idle) between the answer and our connect; asking
                 // again starts it anew.
