@@ -622,6 +622,7 @@ async fn a_large_session_sends_counts_and_members_are_looked_up_when_needed() {
             joined,
             left,
             member_count,
+            ..
         } if joined.is_empty() && left.is_empty() => Some(*member_count),
         _ => None,
     })

@@ -3,11 +3,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
 use confab::client::{ClientError, Event};
-use confab::protocol::ErrorCode;
+use confab::protocol::{ErrorCode, Member};
 
 #[tokio::test]
 async fn a_closed_session_tells_every_member_who_closed_it_and_lets_go_of_it() {
@@ -119,4 +121,79 @@ async fn a_session_named_like_an_id_prefix_cannot_capture_a_join_by_that_prefix(
     // The whole id reaches the session that was meant.
     let joined = carol.join(&victim.id.to_string()).await.unwrap();
     assert_eq!(joined.session.id, victim.id);
+}
+
+#[tokio::test]
+async fn after_a_rejoin_each_presence_comes_with_the_roster_it_leads_to() {
+    let coord = TestCoordinator::start().await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let beta = alice.start_session(Some("beta")).await.unwrap().session;
+    let token = token_for("carol", coord.addr).await;
+    let before: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let after: SocketAddr = "127.0.0.1:10".parse().unwrap();
+    let mut carol = RawMember::connect(beta.server).await;
+    carol.send(hello("carol", &token, before).as_bytes()).await;
+    assert_eq!(carol.json().await["type"], "welcome");
+    let at = |udp: SocketAddr| {
+        let alice = alice.clone();
+        move || {
+            let alice = alice.clone();
+            async move {
+                alice
+                    .members()
+                    .iter()
+                    .any(|m| m.user == "carol" && m.udp == udp)
+            }
+        }
+    };
+    eventually("alice sees carol", at(before)).await;
+
+    // Carol's connection breaks and she comes straight back, as a reconnecting client does
+    // (again after a moment if the server has not yet noticed the break).
+    drop(carol);
+    let _carol = loop {
+        let mut carol = RawMember::connect(beta.server).await;
+        carol.send(hello("carol", &token, after).as_bytes()).await;
+        let answer = carol.json().await;
+        if answer["type"] == "welcome" {
+            break carol;
+        }
+        assert_eq!(answer["code"], "name_taken", "{answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Alice's client has applied every notice before alice reads any of them: the moment an
+    // application is slowest to keep up.
+    eventually("alice sees carol back", at(after)).await;
+
+    let mut model: BTreeMap<String, Member> = BTreeMap::new();
+    model.insert(
+        "alice".into(),
+        Member {
+            user: "alice".into(),
+            udp: alice.endpoint(),
+        },
+    );
+    while !model.get("carol").is_some_and(|m| m.udp == after) {
+        let (joined, left, members) = expect(&mut a_ev, "a presence notice", |e| match e {
+            Event::Presence {
+                joined,
+                left,
+                members,
+                ..
+            } => Some((joined.clone(), left.clone(), members.clone())),
+            _ => None,
+        })
+        .await;
+        for d in &left {
+            model.remove(&d.user);
+        }
+        for m in &joined {
+            model.insert(m.user.clone(), m.clone());
+        }
+        let expected: Vec<Member> = model.values().cloned().collect();
+        assert_eq!(
+            members, expected,
+            "the roster shown with a notice (joined {joined:?}, left {left:?}) must be the one it leads to"
+        );
+    }
 }

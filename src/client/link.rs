@@ -452,6 +452,7 @@ impl Keeper {
                             joined,
                             left,
                             member_count,
+                            members: self.roster.members(),
                         }
                     }
                     Ok(ServerMsg::Member { user, member }) => {

@@ -184,15 +184,20 @@ pub enum Event {
     Message(ChatLine),
     /// Earlier lines, oldest first, answering [`Client::history`] or replayed on rejoin.
     History(Vec<ChatLine>),
-    /// Members arrived or left; [`Client::members`] has the new roster. In a large session the
-    /// lists are empty and only the count changes.
+    /// Members arrived or left. In a large session the lists are empty and only the count
+    /// changes. One notice may name the same user in both lists: it left, then joined again (a
+    /// rejoin), in that order.
     Presence {
         /// Who came.
         joined: Vec<Member>,
-        /// Who went.
+        /// Who went (before those in `joined` came).
         left: Vec<Departure>,
         /// How many are present now.
         member_count: usize,
+        /// The roster right after this notice, sorted by name (in a large session, the members
+        /// known). Show this rather than [`Client::members`], which may already include later
+        /// notices still queued behind this one, such as a member's return after its departure.
+        members: Vec<Member>,
     },
     /// A private message, shown once however often it was sent.
     Private {

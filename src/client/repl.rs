@@ -347,15 +347,14 @@ async fn print_events(
                 joined,
                 left,
                 member_count,
+                members,
             } => {
                 if joined.is_empty() && left.is_empty() {
                     out.line(format!("* {member_count} members"));
                     continue;
                 }
                 let now = stamp(chrono::Utc::now());
-                for m in &joined {
-                    out.line(format!("{now} * {} joined ({})", clean(&m.user), m.udp));
-                }
+                // Departures first: a user in both lists left and came back.
                 for d in &left {
                     let how = match d.reason {
                         crate::protocol::LeaveReason::Left => "left",
@@ -364,7 +363,11 @@ async fn print_events(
                     };
                     out.line(format!("{now} * {} {how}", clean(&d.user)));
                 }
-                show_roster(&client, &out);
+                for m in &joined {
+                    out.line(format!("{now} * {} joined ({})", clean(&m.user), m.udp));
+                }
+                // The roster as of this notice, not as of now: later notices may be applied.
+                show_members(&members, member_count, &out, ROSTER_SHOWN);
             }
             Event::Private {
                 from, time, text, ..
@@ -416,8 +419,10 @@ fn show_roster(client: &Client, out: &Output) {
 }
 
 fn show_roster_upto(client: &Client, out: &Output, shown: usize) {
-    let members = client.members();
-    let count = client.member_count();
+    show_members(&client.members(), client.member_count(), out, shown);
+}
+
+fn show_members(members: &[crate::protocol::Member], count: usize, out: &Output, shown: usize) {
     if members.len() < count {
         // A large session: the server sends counts, not names.
         out.line(format!(
