@@ -197,3 +197,52 @@ async fn after_a_rejoin_each_presence_comes_with_the_roster_it_leads_to() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_piped_script_faster_than_the_rate_limit_gets_every_line_through_in_order() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // The default limit: 20 lines a second, bursts of 50.
+    let coord = TestCoordinator::start().await;
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    bob.start_session(Some("script")).await.unwrap();
+    let mut script = String::from("/join script\n");
+    for i in 0..60 {
+        script.push_str(&format!("line {i}\n"));
+    }
+    let mut alice = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["client", "--user", "alice", "--register"])
+        .args([
+            "--coordinator",
+            &coord.addr.to_string(),
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .env("CONFAB_PASSWORD", password("alice"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("confab binary starts");
+    // All at once, then end of input: the script is done as soon as it is written.
+    let mut stdin = alice.stdin.take().unwrap();
+    stdin.write_all(script.as_bytes()).await.unwrap();
+    drop(stdin);
+    let mut stdout = alice.stdout.take().unwrap();
+    let mut output = String::new();
+    tokio::time::timeout(WAIT, stdout.read_to_string(&mut output))
+        .await
+        .expect("the script finishes")
+        .unwrap();
+    assert!(alice.wait().await.unwrap().success(), "{output}");
+    assert!(!output.contains("slow down"), "{output}");
+
+    let got: Vec<String> = messages(&mut b_ev, 60)
+        .await
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    let sent: Vec<String> = (0..60).map(|i| format!("line {i}")).collect();
+    assert_eq!(got, sent);
+}

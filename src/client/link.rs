@@ -26,8 +26,8 @@ use super::{ClientConfig, ClientError, Coord, Event, Roster};
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::expiring::ExpiringMap;
 use crate::protocol::{
-    ByeReason, ClientMsg, ErrorCode, Member, RequestBody, ResponseBody, ServerMsg, SessionInfo,
-    limits,
+    ByeReason, ClientMsg, ErrorCode, Member, RateLimit, RequestBody, ResponseBody, ServerMsg,
+    SessionInfo, limits,
 };
 
 /// Lines we may queue towards the server before `say` waits.
@@ -46,6 +46,64 @@ pub(super) struct Welcome {
     pub(super) members: Vec<Member>,
     pub(super) member_count: usize,
     pub(super) seq: u64,
+    pub(super) rate_limit: Option<RateLimit>,
+}
+
+/// Keeps our `say` lines within the rate limit the session announced, so that none is refused:
+/// a script typing faster than the limit used to lose every line past the burst to `slow down`.
+/// It mirrors the server's bucket with some slack (a smaller bucket, a slower refill), because
+/// the server counts from when lines arrive and the network may bunch them.
+struct Pacer {
+    limit: Option<RateLimit>,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl Pacer {
+    /// The server gives every connection a full bucket at its welcome; so do we.
+    fn new(limit: Option<RateLimit>) -> Self {
+        let mut pacer = Self {
+            limit,
+            tokens: 0.0,
+            last: tokio::time::Instant::now(),
+        };
+        pacer.tokens = pacer.capacity();
+        pacer
+    }
+
+    fn capacity(&self) -> f64 {
+        self.limit.map_or(0.0, |l| {
+            let burst = f64::from(l.burst);
+            (burst - (burst / 10.0).max(1.0)).max(1.0)
+        })
+    }
+
+    fn rate(&self) -> Option<f64> {
+        self.limit.map(|l| l.per_second * 0.95).filter(|r| *r > 0.0)
+    }
+
+    /// How long one line takes on average, for waiting on a queue of them.
+    fn per_line(&self) -> Duration {
+        self.rate()
+            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r))
+    }
+
+    /// Takes a token, or says how long until there is one.
+    fn take(&mut self) -> Result<(), Duration> {
+        let Some(rate) = self.rate() else {
+            return Ok(());
+        };
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate).min(self.capacity());
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
 }
 
 /// A line on its way to the server; group lines carry their id so they can be resent.
@@ -119,6 +177,9 @@ pub(super) struct Link {
     out: mpsc::Sender<Outgoing>,
     next_line_id: Arc<AtomicU64>,
     stop: CancellationToken,
+    /// How long one queued line takes to go out under the session's rate limit (microseconds),
+    /// so that leaving waits for the lines queued before it.
+    per_line_us: Arc<AtomicU64>,
     /// Cancelled by the session task when the session is over for us without our leaving
     /// (closed, or reconnecting gave up), after it has cleared the roster: from then on the
     /// client treats the link as gone, so nothing is sent through it and nobody in it is
@@ -184,6 +245,8 @@ impl Link {
         roster.set_lookups(lookup_tx);
         let stop = CancellationToken::new();
         let ended = CancellationToken::new();
+        let pacer = Pacer::new(welcome.rate_limit);
+        let per_line_us = Arc::new(AtomicU64::new(pacer.per_line().as_micros() as u64));
         let keeper = Keeper {
             session: session.clone(),
             joiner,
@@ -195,6 +258,8 @@ impl Link {
             server: std::sync::Mutex::new(session.server),
             stop: stop.clone(),
             ended: ended.clone(),
+            pacer: std::sync::Mutex::new(pacer),
+            per_line_us: per_line_us.clone(),
         };
         let task = tokio::spawn(keeper.run(write, reader, out_rx, lookup_rx));
         // Random start: ids must not repeat those of an earlier run within the server's memory.
@@ -204,6 +269,7 @@ impl Link {
             out,
             next_line_id: Arc::new(AtomicU64::new(first_id)),
             stop,
+            per_line_us,
             ended,
             task,
         };
@@ -222,24 +288,25 @@ impl Link {
         }
     }
 
-    /// Says goodbye and waits (briefly) until the server has confirmed.
+    /// Says goodbye and waits until the server has confirmed: briefly, plus the time the lines
+    /// still queued need under the rate limit (the goodbye goes after them).
     pub(super) async fn close(self) {
+        let queued = OUT_QUEUE.saturating_sub(self.out.capacity()) as u32;
+        let per_line = Duration::from_micros(self.per_line_us.load(Ordering::Relaxed));
+        let wait = Duration::from_secs(2) + per_line * queued;
         let _ = self.out.try_send(Outgoing {
             bytes: encode_line(&ClientMsg::Leave),
             line_id: None,
         });
         drop(self.out);
         let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(2), &mut task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(wait, &mut task).await.is_err() {
             tracing::debug!("session server did not confirm leave in time");
+            self.stop.cancel();
+            task.abort();
+            // Wait for the task to be gone, so it cannot touch the roster the next session fills.
+            let _ = task.await;
         }
-        self.stop.cancel();
-        task.abort();
-        // Wait for the task to be gone, so it cannot touch the roster the next session fills.
-        let _ = task.await;
     }
 }
 
@@ -270,6 +337,9 @@ struct Keeper {
     server: std::sync::Mutex<SocketAddr>,
     stop: CancellationToken,
     ended: CancellationToken,
+    /// Paces our group lines to the rate limit of the current connection.
+    pacer: std::sync::Mutex<Pacer>,
+    per_line_us: Arc<AtomicU64>,
 }
 
 impl Keeper {
@@ -298,15 +368,16 @@ impl Keeper {
             self.disconnected(reason, true).await;
             match self.rejoin().await {
                 Ok((mut w, r, welcome)) => {
+                    self.new_pacer(welcome.rate_limit);
                     // Lines that may not have reached the server go again, first; the server
-                    // drops those it already has.
-                    let resend: Vec<u8> = self
-                        .pending()
-                        .iter()
-                        .flat_map(|(_, b)| b.to_vec())
-                        .collect();
-                    if !resend.is_empty() {
-                        let _ = w.write_all(&resend).await;
+                    // drops those it already has. Paced: those it does not have cost tokens.
+                    let resend: Vec<Bytes> =
+                        self.pending().iter().map(|(_, b)| b.clone()).collect();
+                    for line in resend {
+                        self.token().await;
+                        if w.write_all(&line).await.is_err() {
+                            break; // the next read finds the connection broken
+                        }
                     }
                     (write, reader) = (w, r);
                     self.roster.replace(&welcome.members, welcome.member_count);
@@ -319,6 +390,24 @@ impl Keeper {
                     self.end();
                     return self.disconnected(reason, false).await;
                 }
+            }
+        }
+    }
+
+    fn new_pacer(&self, limit: Option<RateLimit>) {
+        let pacer = Pacer::new(limit);
+        let us = pacer.per_line().as_micros() as u64;
+        self.per_line_us.store(us, Ordering::Relaxed);
+        *lock(&self.pacer) = pacer;
+    }
+
+    /// Waits until the rate limit allows one more group line, and takes it.
+    async fn token(&self) {
+        loop {
+            let wait = lock(&self.pacer).take();
+            match wait {
+                Ok(()) => return,
+                Err(wait) => tokio::time::sleep(wait).await,
             }
         }
     }
@@ -513,6 +602,17 @@ impl Keeper {
                 };
                 let mut item = Some(first);
                 while let Some(Outgoing { bytes, line_id }) = item.take() {
+                    if line_id.is_some() && lock(&self.pacer).take().is_err() {
+                        // Over the rate limit: what is gathered goes now, this line when the
+                        // limit allows (waiting here also holds back the lines behind it).
+                        if !buf.is_empty() {
+                            if let Err(e) = write.write_all(&buf).await {
+                                return Some(Broken::Lost(format!("connection error: {e}")));
+                            }
+                            buf.clear();
+                        }
+                        self.token().await;
+                    }
                     buf.extend_from_slice(&bytes);
                     if let Some(id) = line_id {
                         let mut pending = self.pending();
@@ -562,12 +662,14 @@ async fn await_welcome(reader: &mut Reader) -> Result<Welcome, ClientError> {
                 members,
                 member_count,
                 seq,
+                rate_limit,
                 ..
             }) => {
                 return Ok(Welcome {
                     members,
                     member_count,
                     seq,
+                    rate_limit,
                 });
             }
             Ok(ServerMsg::Error(e)) => return Err(ClientError::Refused(e)),

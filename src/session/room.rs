@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::encode_line;
 use crate::expiring::ExpiringMap;
 use crate::protocol::{
-    ByeReason, ChatLine, Departure, ErrorBody, ErrorCode, LeaveReason, Member, ServerMsg, limits,
+    ByeReason, ChatLine, Departure, ErrorBody, ErrorCode, LeaveReason, Member, RateLimit,
+    ServerMsg, limits,
 };
 
 use super::bucket::TokenBucket;
@@ -582,6 +583,10 @@ impl Room {
             members,
             member_count: self.members.len(),
             seq: self.seq,
+            rate_limit: self.config.member_limits.rate.map(|per_second| RateLimit {
+                per_second,
+                burst: self.config.member_limits.burst as u32,
+            }),
         })
     }
 
