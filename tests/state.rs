@@ -246,3 +246,113 @@ async fn a_piped_script_faster_than_the_rate_limit_gets_every_line_through_in_or
     let sent: Vec<String> = (0..60).map(|i| format!("line {i}")).collect();
     assert_eq!(got, sent);
 }
+
+/// Two peers that reach each other only through a relay holding every datagram for `delay`: A is
+/// known as `a_face`, B as `b_face` (each advertises its face).
+struct SlowPair {
+    a_face: std::net::SocketAddr,
+    b_face: std::net::SocketAddr,
+    /// Datagrams handed on so far.
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SlowPair {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|t| t.abort());
+    }
+}
+
+impl SlowPair {
+    async fn start(a_real: SocketAddr, b_real: SocketAddr, delay: Duration) -> Self {
+        use std::sync::Arc;
+        use tokio::net::UdpSocket;
+        let a_face = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let b_face = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let forwarded = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        // Into b_face → out of a_face to B; into a_face → out of b_face to A.
+        for (inbound, outbound, target) in [
+            (b_face.clone(), a_face.clone(), b_real),
+            (a_face.clone(), b_face.clone(), a_real),
+        ] {
+            let forwarded = forwarded.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, _)) = inbound.recv_from(&mut buf).await {
+                    let (outbound, data, forwarded) =
+                        (outbound.clone(), buf[..n].to_vec(), forwarded.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = outbound.send_to(&data, target).await;
+                        forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    });
+                }
+            }));
+        }
+        Self {
+            a_face: a_face.local_addr().unwrap(),
+            b_face: b_face.local_addr().unwrap(),
+            forwarded,
+            tasks,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_private_message_given_up_on_and_shown_later_is_reported_delivered_late() {
+    let coord = TestCoordinator::start().await;
+    let mut a_cfg = client_config("alice", coord.addr);
+    let mut b_cfg = client_config("bob", coord.addr);
+    let probe_a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let probe_b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (a_real, b_real) = (probe_a.local_addr().unwrap(), probe_b.local_addr().unwrap());
+    drop((probe_a, probe_b));
+    // Every datagram between them takes a second; alice gives up after 0.3 s.
+    let relay = SlowPair::start(a_real, b_real, Duration::from_secs(1)).await;
+    a_cfg.bind = Some(a_real);
+    b_cfg.bind = Some(b_real);
+    a_cfg.advertise = Some(relay.a_face);
+    b_cfg.advertise = Some(relay.b_face);
+    a_cfg.dm_retry.first = Duration::from_millis(100);
+    a_cfg.dm_retry.max_delay = Duration::from_millis(100);
+    a_cfg.dm_retry.attempts = 3;
+    let (alice, mut a_ev) = logged_in(a_cfg).await;
+    let (bob, mut b_ev) = logged_in(b_cfg).await;
+    alice.start_session(Some("slow")).await.unwrap();
+    bob.join("slow").await.unwrap();
+    eventually("alice sees bob", || async { alice.members().len() == 2 }).await;
+
+    let id = match alice.dm("bob", "are you there?").await {
+        Err(ClientError::NotDelivered { id, .. }) => id,
+        other => panic!("expected not delivered, got {other:?}"),
+    };
+    // The copies arrive after all, and bob shows the message once...
+    let shown = expect(&mut b_ev, "the late private message", |e| match e {
+        Event::Private { id, text, .. } => Some((*id, text.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(shown, (id, "are you there?".to_string()));
+    // ...so alice is told it was delivered after all, once.
+    let (late_id, to, text) = expect(&mut a_ev, "the late delivery report", |e| match e {
+        Event::DeliveredLate { id, to, text, .. } => Some((*id, to.clone(), text.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (late_id, to.as_str(), text.as_str()),
+        (id, "bob", "are you there?")
+    );
+    // Every copy and every ack has gone through the relay: three copies, three acks.
+    let forwarded = relay.forwarded.clone();
+    eventually("the relay has handed everything on", || {
+        let forwarded = forwarded.clone();
+        async move { forwarded.load(std::sync::atomic::Ordering::Relaxed) >= 6 }
+    })
+    .await;
+    expect_none(&mut a_ev, Duration::from_millis(200), |e| {
+        matches!(e, Event::DeliveredLate { .. })
+    })
+    .await;
+}

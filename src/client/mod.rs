@@ -158,13 +158,17 @@ pub enum ClientError {
     /// `@name` named nobody present.
     #[error("no member named {0} is in this session")]
     NoSuchMember(String),
-    /// The peer never acknowledged a private message.
+    /// The peer never acknowledged a private message. A copy may still arrive late (delayed in
+    /// the network, or at a peer that was frozen); the client then says
+    /// [`Event::DeliveredLate`] with the same `id`.
     #[error("private message to {to} was not delivered: no answer after {attempts} tries")]
     NotDelivered {
         /// Who it was for.
         to: String,
         /// How often we sent it.
         attempts: u32,
+        /// The message's id.
+        id: Uuid,
     },
     /// Something the user typed breaks a rule.
     #[error("{0}")]
@@ -225,6 +229,18 @@ pub enum Event {
         /// The roster now.
         members: Vec<Member>,
     },
+    /// A private message reported not delivered ([`ClientError::NotDelivered`]) was acknowledged
+    /// after all: the recipient has shown it.
+    DeliveredLate {
+        /// The message's id, as in the error.
+        id: Uuid,
+        /// The recipient.
+        to: String,
+        /// The timestamp the message carried.
+        time: DateTime<Utc>,
+        /// What it said.
+        text: String,
+    },
     /// The session was removed for good (`close`). We are out of it: the client has forgotten
     /// it and its members, and does not reconnect.
     Closed {
@@ -277,9 +293,14 @@ impl<K: Hash + Eq, V> Waiters<K, V> {
         rx
     }
 
-    fn complete(&self, key: &K, value: V) {
-        if let Some(tx) = self.lock().remove(key) {
-            let _ = tx.send(value);
+    /// Hands `value` to whoever waits for `key`; false if nobody does.
+    fn complete(&self, key: &K, value: V) -> bool {
+        match self.lock().remove(key) {
+            Some(tx) => {
+                let _ = tx.send(value);
+                true
+            }
+            None => false,
         }
     }
 
@@ -287,6 +308,23 @@ impl<K: Hash + Eq, V> Waiters<K, V> {
         self.lock().remove(key);
     }
 }
+
+/// A private message the client gave up on, kept so that a late acknowledgement can still be
+/// reported rather than leave the sender believing it was never shown.
+#[derive(Debug)]
+struct LateDm {
+    to: String,
+    time: DateTime<Utc>,
+    text: String,
+}
+
+/// Given-up messages by (id, the endpoint they went to); taken out by the first late ack.
+type LateDms = Arc<Mutex<ExpiringMap<(Uuid, SocketAddr), Option<LateDm>>>>;
+/// How long a given-up message listens for a late ack: as long as receivers remember the ids
+/// they have shown, so that any copy shown at all is shown within it.
+const LATE_TTL: Duration = Duration::from_secs(600);
+/// Most given-up messages listened for at once (each keeps its text, at most 800 bytes).
+const LATE_CAP: usize = 1000;
 
 /// Sends requests to the coordinator over the client's UDP socket and waits for the answers,
 /// retrying with backoff. Shared by the client and its session links (which rejoin through it).
@@ -344,6 +382,7 @@ struct Inner {
     coord: Coord,
     /// Acks are accepted only from the endpoint the message went to.
     acks: Waiters<(Uuid, SocketAddr), ()>,
+    late: LateDms,
     roster: Roster,
     events: mpsc::Sender<Event>,
     /// From the last login.
@@ -392,6 +431,7 @@ impl Client {
             local,
             coord,
             acks: Waiters::new(),
+            late: Arc::new(Mutex::new(ExpiringMap::new(LATE_TTL, LATE_CAP))),
             roster: Roster::default(),
             events: events.clone(),
             token: Mutex::new(None),
@@ -404,6 +444,7 @@ impl Client {
             coordinator: inner.config.coordinator,
             requests: inner.coord.requests.clone(),
             acks: inner.acks.clone(),
+            late: inner.late.clone(),
             roster: inner.roster.clone(),
             events,
             seen: ExpiringMap::new(Duration::from_secs(600), 100_000),
@@ -709,10 +750,28 @@ impl Client {
                 });
             }
         }
+        // Listen on for a late ack before we stop waiting, so none falls between the two.
+        let late = LateDm {
+            to: member.user.clone(),
+            time,
+            text: text.to_string(),
+        };
+        lock(&inner.late).insert(key, Some(late));
         inner.acks.forget(&key);
+        if acked.try_recv().is_ok() {
+            if let Some(slot) = lock(&inner.late).get_mut(&key) {
+                slot.take();
+            }
+            return Ok(DmReceipt {
+                id,
+                to: member.user,
+                time,
+            });
+        }
         Err(ClientError::NotDelivered {
             to: member.user,
             attempts: inner.config.dm_retry.attempts,
+            id,
         })
     }
 }
@@ -741,6 +800,7 @@ struct Hub {
     coordinator: SocketAddr,
     requests: Waiters<u64, Response>,
     acks: Waiters<(Uuid, SocketAddr), ()>,
+    late: LateDms,
     roster: Roster,
     events: mpsc::Sender<Event>,
     /// Private messages already shown, by sender and id.
@@ -780,7 +840,15 @@ impl Hub {
             return;
         }
         match serde_json::from_slice::<PeerMsg>(datagram) {
-            Ok(PeerMsg::Ack { id, .. }) => self.acks.complete(&(id, from), ()),
+            Ok(PeerMsg::Ack { id, .. }) => {
+                if !self.acks.complete(&(id, from), ()) {
+                    let late = lock(&self.late).get_mut(&(id, from)).and_then(Option::take);
+                    if let Some(LateDm { to, time, text }) = late {
+                        let event = Event::DeliveredLate { id, to, time, text };
+                        let _ = self.events.try_send(event);
+                    }
+                }
+            }
             Ok(PeerMsg::Dm {
                 id,
                 from: sender,

@@ -393,6 +393,12 @@ async fn print_events(
                 out.line("* reconnected; missed messages follow");
                 show_roster(&client, &out);
             }
+            Event::DeliveredLate { time, to, text, .. } => out.line(format!(
+                "{} [private] you → {}: {} (delivered late, after it was reported not delivered)",
+                stamp(time),
+                clean(&to),
+                clean(&text)
+            )),
             Event::Closed { session, by } => {
                 let label = session.name.unwrap_or_else(|| session.id.to_string());
                 let by = by.map_or(String::new(), |b| format!(" by {}", clean(&b)));
