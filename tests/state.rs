@@ -173,7 +173,7 @@ async fn after_a_rejoin_each_presence_comes_with_the_roster_it_leads_to() {
             udp: alice.endpoint(),
         },
     );
-    while !model.get("carol").is_some_and(|m| m.udp == after) {
+    while model.get("carol").is_none_or(|m| m.udp != after) {
         let (joined, left, members) = expect(&mut a_ev, "a presence notice", |e| match e {
             Event::Presence {
                 joined,
