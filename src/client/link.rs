@@ -381,8 +381,11 @@ impl Keeper {
                     }
                     (write, reader) = (w, r);
                     self.roster.replace(&welcome.members, welcome.member_count);
-                    let members = welcome.members;
-                    let _ = self.events.send(Event::Reconnected { members }).await;
+                    let event = Event::Reconnected {
+                        members: self.roster.members(),
+                        member_count: self.roster.count(),
+                    };
+                    let _ = self.events.send(event).await;
                 }
                 Err(Broken::Left) => return,
                 Err(Broken::Closed { by }) => return self.closed(by).await,

@@ -226,8 +226,11 @@ pub enum Event {
     },
     /// Back in the session after a [`Event::Disconnected`]; missed lines follow as messages.
     Reconnected {
-        /// The roster now.
+        /// The roster on rejoining, sorted by name (empty in a large session). As with
+        /// [`Event::Presence`], show this one: notices queued behind it may already be applied.
         members: Vec<Member>,
+        /// How many are present, by the server's count.
+        member_count: usize,
     },
     /// A private message reported not delivered ([`ClientError::NotDelivered`]) was acknowledged
     /// after all: the recipient has shown it.

@@ -96,7 +96,6 @@ pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), C
     // Whether the person asked for history (and so wants to hear if there is none).
     let asked = Arc::new(AtomicBool::new(false));
     let printer = tokio::spawn(print_events(
-        client.clone(),
         events,
         out.clone(),
         earliest.clone(),
@@ -303,7 +302,6 @@ fn private(client: &Client, to: &str, text: &str, out: &Output, pending: &TaskTr
 }
 
 async fn print_events(
-    client: Client,
     mut events: mpsc::Receiver<Event>,
     out: Output,
     earliest: Arc<AtomicU64>,
@@ -389,9 +387,12 @@ async fn print_events(
                 clean(&reason),
                 if retrying { "; reconnecting…" } else { "" }
             )),
-            Event::Reconnected { .. } => {
+            Event::Reconnected {
+                members,
+                member_count,
+            } => {
                 out.line("* reconnected; missed messages follow");
-                show_roster(&client, &out);
+                show_members(&members, member_count, &out, ROSTER_SHOWN);
             }
             Event::DeliveredLate { time, to, text, .. } => out.line(format!(
                 "{} [private] you → {}: {} (delivered late, after it was reported not delivered)",
