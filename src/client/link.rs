@@ -354,9 +354,12 @@ impl Keeper {
         mut out: mpsc::Receiver<Outgoing>,
         mut lookups: mpsc::Receiver<String>,
     ) {
+        // Our unechoed lines, to send again first after a rejoin.
+        let mut resend = Vec::new();
         loop {
+            let link = (&mut write, &mut reader, &mut out, &mut lookups);
             let broken = tokio::select! {
-                b = self.connected(&mut write, &mut reader, &mut out, &mut lookups) => b,
+                b = self.connected(link, std::mem::take(&mut resend)) => b,
                 _ = self.stop.cancelled() => return,
             };
             let _ = tokio::time::timeout(Duration::from_millis(200), write.shutdown()).await;
@@ -367,18 +370,11 @@ impl Keeper {
             };
             self.disconnected(reason, true).await;
             match self.rejoin().await {
-                Ok((mut w, r, welcome)) => {
+                Ok((w, r, welcome)) => {
                     self.new_pacer(welcome.rate_limit);
                     // Lines that may not have reached the server go again, first; the server
-                    // drops those it already has. Paced: those it does not have cost tokens.
-                    let resend: Vec<Bytes> =
-                        self.pending().iter().map(|(_, b)| b.clone()).collect();
-                    for line in resend {
-                        self.token().await;
-                        if w.write_all(&line).await.is_err() {
-                            break; // the next read finds the connection broken
-                        }
-                    }
+                    // drops those it already has.
+                    resend = self.pending().iter().map(|(_, b)| b.clone()).collect();
                     (write, reader) = (w, r);
                     self.roster.replace(&welcome.members, welcome.member_count);
                     let event = Event::Reconnected {
@@ -483,13 +479,16 @@ impl Keeper {
         }
     }
 
-    /// Runs one connection until it breaks or we leave.
+    /// Runs one connection until it breaks or we leave; `resend` goes out before anything new.
     async fn connected(
         &self,
-        write: &mut OwnedWriteHalf,
-        reader: &mut Reader,
-        out: &mut mpsc::Receiver<Outgoing>,
-        lookups: &mut mpsc::Receiver<String>,
+        (write, reader, out, lookups): (
+            &mut OwnedWriteHalf,
+            &mut Reader,
+            &mut mpsc::Receiver<Outgoing>,
+            &mut mpsc::Receiver<String>,
+        ),
+        resend: Vec<Bytes>,
     ) -> Broken {
         let heartbeat = self.joiner.config.heartbeat;
         let silence = heartbeat * 3;
@@ -586,6 +585,14 @@ impl Keeper {
             }
         };
         let send = async {
+            // Paced like new lines (those the server does not have cost tokens), while replies
+            // are read: a long list must not keep us deaf to the server.
+            for line in resend {
+                self.token().await;
+                if let Err(e) = write.write_all(&line).await {
+                    return Some(Broken::Lost(format!("connection error: {e}")));
+                }
+            }
             let ping = encode_line(&ClientMsg::Ping);
             let mut buf = Vec::with_capacity(8 * 1024);
             loop {
