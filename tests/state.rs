@@ -64,6 +64,43 @@ async fn a_closed_session_tells_every_member_who_closed_it_and_lets_go_of_it() {
 }
 
 #[tokio::test]
+async fn a_session_closed_while_a_member_was_reconnecting_is_let_go_of_too() {
+    let directory = confab::coordinator::Directory::default();
+    let config = confab::coordinator::CoordinatorConfig {
+        directory: Some(directory.clone()),
+        ..test_config()
+    };
+    let coord = TestCoordinator::start_with(config).await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    let beta = alice.create(Some("beta")).await.unwrap();
+    bob.join("beta").await.unwrap();
+    // Bob's connection breaks (the server dies), and the session is closed before or while he
+    // comes back: either the bye or the coordinator tells him it is gone.
+    assert!(directory.crash(beta.id));
+    expect(&mut b_ev, "the break", |e| {
+        matches!(e, Event::Disconnected { retrying: true, .. }).then_some(())
+    })
+    .await;
+    alice.close_session("beta").await.unwrap();
+    let session = expect(&mut b_ev, "the close notice", |e| match e {
+        Event::Closed { session, .. } => Some(session.clone()),
+        Event::Disconnected {
+            retrying: false, ..
+        } => panic!("gave up instead of being told of the close: {e:?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(session.id, beta.id);
+    assert!(bob.session().is_none());
+    assert!(bob.members().is_empty());
+    expect_none(&mut b_ev, Duration::from_millis(500), |e| {
+        matches!(e, Event::Disconnected { .. } | Event::Reconnected { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn joining_the_session_you_are_in_does_nothing_but_say_so() {
     let coord = TestCoordinator::start().await;
     let (alice, mut a_ev) = client("alice", coord.addr).await;
