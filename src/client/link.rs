@@ -51,8 +51,9 @@ pub(super) struct Welcome {
 
 /// Keeps our `say` lines within the rate limit the session announced, so that none is refused:
 /// a script typing faster than the limit used to lose every line past the burst to `slow down`.
-/// It mirrors the server's bucket with some slack (a smaller bucket, a slower refill), because
-/// the server counts from when lines arrive and the network may bunch them.
+/// It mirrors the server's bucket with some slack (a fifth smaller, refilled at 90 % of the
+/// rate), because the server counts from when it reads lines, and a network or a busy server
+/// may bunch them: the slack absorbs about half a second of bunching at the default limit.
 struct Pacer {
     limit: Option<RateLimit>,
     tokens: f64,
@@ -74,12 +75,12 @@ impl Pacer {
     fn capacity(&self) -> f64 {
         self.limit.map_or(0.0, |l| {
             let burst = f64::from(l.burst);
-            (burst - (burst / 10.0).max(1.0)).max(1.0)
+            (burst - (burst / 5.0).max(1.0)).max(1.0)
         })
     }
 
     fn rate(&self) -> Option<f64> {
-        self.limit.map(|l| l.per_second * 0.95).filter(|r| *r > 0.0)
+        self.limit.map(|l| l.per_second * 0.9).filter(|r| *r > 0.0)
     }
 
     /// How long one line takes on average, for waiting on a queue of them.
