@@ -690,3 +690,33 @@ async fn await_welcome(reader: &mut Reader) -> Result<Welcome, ClientError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_stays_inside_the_announced_bucket_with_slack() {
+        let limit = RateLimit {
+            per_second: 20.0,
+            burst: 50,
+        };
+        let mut pacer = Pacer::new(Some(limit));
+        let at_once = std::iter::from_fn(|| pacer.take().ok()).take(100).count();
+        assert_eq!(at_once, 40, "a fifth of the burst is kept in reserve");
+        let wait = pacer.take().unwrap_err();
+        assert!(wait >= Duration::from_millis(50), "{wait:?}");
+        // Over ten seconds it sends at 90 % of the rate, never more.
+        let mut sent = 0;
+        for _ in 0..1000 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            if pacer.take().is_ok() {
+                sent += 1;
+            }
+        }
+        assert!((170..=180).contains(&sent), "{sent}");
+        // No limit announced: nothing is held back.
+        let mut free = Pacer::new(None);
+        assert!((0..1000).all(|_| free.take().is_ok()));
+    }
+}
