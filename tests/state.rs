@@ -64,6 +64,51 @@ async fn a_closed_session_tells_every_member_who_closed_it_and_lets_go_of_it() {
 }
 
 #[tokio::test]
+async fn a_private_message_in_flight_when_the_session_closes_is_not_sent_again() {
+    let coord = TestCoordinator::start().await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let (bob, _b) = client("bob", coord.addr).await;
+    let beta = alice.start_session(Some("beta")).await.unwrap().session;
+    bob.join("beta").await.unwrap();
+    // A member whose UDP endpoint never answers.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let token = token_for("mute", coord.addr).await;
+    let mut mute = RawMember::connect(beta.server).await;
+    mute.send(hello("mute", &token, silent.local_addr().unwrap()).as_bytes())
+        .await;
+    eventually("bob sees mute", || async { bob.members().len() == 3 }).await;
+    let sending = {
+        let bob = bob.clone();
+        tokio::spawn(async move { bob.dm("mute", "are you there?").await })
+    };
+    let mut buf = [0u8; 2048];
+    tokio::time::timeout(WAIT, silent.recv_from(&mut buf))
+        .await
+        .expect("the first copy")
+        .unwrap();
+
+    alice.close_session("beta").await.unwrap();
+    // Retries would go on for about 11 s; the close stops them.
+    let result = tokio::time::timeout(Duration::from_secs(5), sending)
+        .await
+        .expect("the private message is given up when the session ends")
+        .unwrap();
+    match result {
+        Err(ClientError::SessionEnded { to }) => assert_eq!(to, "mute"),
+        other => panic!("expected session ended, got {other:?}"),
+    }
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(50), silent.recv_from(&mut buf)).await
+    {}
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), silent.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "a copy went to a former member after the session ended"
+    );
+}
+
+#[tokio::test]
 async fn a_session_closed_while_a_member_was_reconnecting_is_let_go_of_too() {
     let directory = confab::coordinator::Directory::default();
     let config = confab::coordinator::CoordinatorConfig {

@@ -282,6 +282,11 @@ impl Link {
         self.ended.is_cancelled()
     }
 
+    /// Cancelled when the session is over for us (see `ended`).
+    pub(super) fn ended(&self) -> CancellationToken {
+        self.ended.clone()
+    }
+
     pub(super) fn sender(&self) -> LinkSender {
         LinkSender {
             out: self.out.clone(),

@@ -170,6 +170,13 @@ pub enum ClientError {
         /// The message's id.
         id: Uuid,
     },
+    /// The session ended for us (it was closed) while a private message to one of its members
+    /// was still unacknowledged; it is not sent again.
+    #[error("private message to {to} was given up: the session ended before {to} acknowledged it")]
+    SessionEnded {
+        /// Who it was for.
+        to: String,
+    },
     /// Something the user typed breaks a rule.
     #[error("{0}")]
     Invalid(String),
@@ -703,9 +710,12 @@ impl Client {
     /// acknowledgement, retrying with backoff.
     pub async fn dm(&self, to: &str, text: &str) -> Result<DmReceipt, ClientError> {
         let inner = &self.inner;
-        if self.link().is_none() {
-            return Err(ClientError::NotInSession);
-        }
+        // Retries stop when the session ends for us: its former members are nobody's to reach.
+        let ended = self
+            .link()
+            .as_ref()
+            .map(Link::ended)
+            .ok_or(ClientError::NotInSession)?;
         let member = inner
             .roster
             .find(to, Duration::from_secs(3))
@@ -745,7 +755,14 @@ impl Client {
             if let Err(e) = inner.udp.send_to(&bytes, member.udp).await {
                 tracing::debug!(error = %e, to = %member.user, "private message send failed");
             }
-            if let Ok(Ok(())) = tokio::time::timeout(delay, &mut acked).await {
+            let acked = tokio::select! {
+                acked = tokio::time::timeout(delay, &mut acked) => matches!(acked, Ok(Ok(()))),
+                _ = ended.cancelled() => {
+                    inner.acks.forget(&key);
+                    return Err(ClientError::SessionEnded { to: member.user });
+                }
+            };
+            if acked {
                 return Ok(DmReceipt {
                     id,
                     to: member.user,
