@@ -755,14 +755,14 @@ impl Client {
             if let Err(e) = inner.udp.send_to(&bytes, member.udp).await {
                 tracing::debug!(error = %e, to = %member.user, "private message send failed");
             }
-            let acked = tokio::select! {
-                acked = tokio::time::timeout(delay, &mut acked) => matches!(acked, Ok(Ok(()))),
+            let answered = tokio::select! {
+                ack = tokio::time::timeout(delay, &mut acked) => matches!(ack, Ok(Ok(()))),
                 _ = ended.cancelled() => {
                     inner.acks.forget(&key);
                     return Err(ClientError::SessionEnded { to: member.user });
                 }
             };
-            if acked {
+            if answered {
                 return Ok(DmReceipt {
                     id,
                     to: member.user,
