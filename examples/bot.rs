@@ -107,6 +107,13 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             Event::Reconnected { .. } => println!("* reconnected"),
+            Event::Closed { by, .. } => {
+                println!(
+                    "* the session was closed by {}",
+                    by.as_deref().unwrap_or("its creator")
+                );
+                break;
+            }
             _ => {}
         }
     }

@@ -391,6 +391,15 @@ pub enum ByeReason {
     HelloTimeout,
 }
 
+/// A token bucket as a session applies it to each member's `say` lines.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Lines per second, on average.
+    pub per_second: f64,
+    /// Lines that may be sent at once after a quiet spell (the bucket's size).
+    pub burst: u32,
+}
+
 /// Messages a session server sends to a member, one JSON object per line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -409,6 +418,10 @@ pub enum ServerMsg {
         member_count: usize,
         /// Sequence number of the newest group message so far (0 if none).
         seq: u64,
+        /// The limit on this member's `say` lines, absent when there is none: a client that
+        /// knows it can pace itself instead of having lines refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate_limit: Option<RateLimit>,
     },
     /// A group chat line, sent to every member including its sender.
     Msg(ChatLine),
@@ -447,6 +460,9 @@ pub enum ServerMsg {
         reason: ByeReason,
         /// Why, in words.
         message: String,
+        /// With reason `closed`: who closed the session, so members can be told by whom.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
 }
 
@@ -534,6 +550,26 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&msg).unwrap(),
             r#"{"type":"msg","seq":1,"time":"2026-11-22T14:03:07Z","from":"alice","text":"hi"}"#
+        );
+    }
+
+    #[test]
+    fn welcome_announces_the_rate_limit_as_protocol_md_shows() {
+        let msg = ServerMsg::Welcome {
+            session: Uuid::nil(),
+            name: None,
+            members: Vec::new(),
+            member_count: 0,
+            seq: 0,
+            rate_limit: Some(RateLimit {
+                per_second: 20.0,
+                burst: 50,
+            }),
+        };
+        let text = serde_json::to_string(&msg).unwrap();
+        assert!(
+            text.ends_with(r#""seq":0,"rate_limit":{"per_second":20.0,"burst":50}}"#),
+            "{text}"
         );
     }
 

@@ -257,7 +257,7 @@ async fn a_private_message_to_a_vanished_peer_is_reported_undelivered() {
         // The client under test uses quick retries: 30 attempts at most 400 ms apart.
         let err = alice.dm("mute", "are you there?").await.unwrap_err();
         match err {
-            ClientError::NotDelivered { to, attempts } => {
+            ClientError::NotDelivered { to, attempts, .. } => {
                 assert_eq!(to, "mute");
                 attempts
             }
@@ -622,6 +622,7 @@ async fn a_large_session_sends_counts_and_members_are_looked_up_when_needed() {
             joined,
             left,
             member_count,
+            ..
         } if joined.is_empty() && left.is_empty() => Some(*member_count),
         _ => None,
     })

@@ -26,8 +26,8 @@ use super::{ClientConfig, ClientError, Coord, Event, Roster};
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::expiring::ExpiringMap;
 use crate::protocol::{
-    ByeReason, ClientMsg, ErrorCode, Member, RequestBody, ResponseBody, ServerMsg, SessionInfo,
-    limits,
+    ByeReason, ClientMsg, ErrorCode, Member, RateLimit, RequestBody, ResponseBody, ServerMsg,
+    SessionInfo, limits,
 };
 
 /// Lines we may queue towards the server before `say` waits.
@@ -46,6 +46,65 @@ pub(super) struct Welcome {
     pub(super) members: Vec<Member>,
     pub(super) member_count: usize,
     pub(super) seq: u64,
+    pub(super) rate_limit: Option<RateLimit>,
+}
+
+/// Keeps our `say` lines within the rate limit the session announced, so that none is refused:
+/// a script typing faster than the limit used to lose every line past the burst to `slow down`.
+/// It mirrors the server's bucket with some slack (a fifth smaller, refilled at 90 % of the
+/// rate), because the server counts from when it reads lines, and a network or a busy server
+/// may bunch them: the slack absorbs about half a second of bunching at the default limit.
+struct Pacer {
+    limit: Option<RateLimit>,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl Pacer {
+    /// The server gives every connection a full bucket at its welcome; so do we.
+    fn new(limit: Option<RateLimit>) -> Self {
+        let mut pacer = Self {
+            limit,
+            tokens: 0.0,
+            last: tokio::time::Instant::now(),
+        };
+        pacer.tokens = pacer.capacity();
+        pacer
+    }
+
+    fn capacity(&self) -> f64 {
+        self.limit.map_or(0.0, |l| {
+            let burst = f64::from(l.burst);
+            (burst - (burst / 5.0).max(1.0)).max(1.0)
+        })
+    }
+
+    fn rate(&self) -> Option<f64> {
+        self.limit.map(|l| l.per_second * 0.9).filter(|r| *r > 0.0)
+    }
+
+    /// How long one line takes on average, for waiting on a queue of them.
+    fn per_line(&self) -> Duration {
+        self.rate()
+            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r))
+    }
+
+    /// Takes a token, or says how long until there is one.
+    fn take(&mut self) -> Result<(), Duration> {
+        let Some(rate) = self.rate() else {
+            return Ok(());
+        };
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate).min(self.capacity());
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
 }
 
 /// A line on its way to the server; group lines carry their id so they can be resent.
@@ -119,6 +178,14 @@ pub(super) struct Link {
     out: mpsc::Sender<Outgoing>,
     next_line_id: Arc<AtomicU64>,
     stop: CancellationToken,
+    /// How long one queued line takes to go out under the session's rate limit (microseconds),
+    /// so that leaving waits for the lines queued before it.
+    per_line_us: Arc<AtomicU64>,
+    /// Cancelled by the session task when the session is over for us without our leaving
+    /// (closed, or reconnecting gave up), after it has cleared the roster: from then on the
+    /// client treats the link as gone, so nothing is sent through it and nobody in it is
+    /// reachable privately.
+    ended: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -178,6 +245,9 @@ impl Link {
         let (lookup_tx, lookup_rx) = mpsc::channel(64);
         roster.set_lookups(lookup_tx);
         let stop = CancellationToken::new();
+        let ended = CancellationToken::new();
+        let pacer = Pacer::new(welcome.rate_limit);
+        let per_line_us = Arc::new(AtomicU64::new(pacer.per_line().as_micros() as u64));
         let keeper = Keeper {
             session: session.clone(),
             joiner,
@@ -188,6 +258,9 @@ impl Link {
             shown: std::sync::Mutex::new(ExpiringMap::new(SHOWN_TTL, SHOWN_CAP)),
             server: std::sync::Mutex::new(session.server),
             stop: stop.clone(),
+            ended: ended.clone(),
+            pacer: std::sync::Mutex::new(pacer),
+            per_line_us: per_line_us.clone(),
         };
         let task = tokio::spawn(keeper.run(write, reader, out_rx, lookup_rx));
         // Random start: ids must not repeat those of an earlier run within the server's memory.
@@ -197,9 +270,21 @@ impl Link {
             out,
             next_line_id: Arc::new(AtomicU64::new(first_id)),
             stop,
+            per_line_us,
+            ended,
             task,
         };
         Ok((link, welcome))
+    }
+
+    /// True once the session is over for us (see `ended`).
+    pub(super) fn is_ended(&self) -> bool {
+        self.ended.is_cancelled()
+    }
+
+    /// Cancelled when the session is over for us (see `ended`).
+    pub(super) fn ended(&self) -> CancellationToken {
+        self.ended.clone()
     }
 
     pub(super) fn sender(&self) -> LinkSender {
@@ -209,22 +294,25 @@ impl Link {
         }
     }
 
-    /// Says goodbye and waits (briefly) until the server has confirmed.
+    /// Says goodbye and waits until the server has confirmed: briefly, plus the time the lines
+    /// still queued need under the rate limit (the goodbye goes after them).
     pub(super) async fn close(self) {
+        let queued = OUT_QUEUE.saturating_sub(self.out.capacity()) as u32;
+        let per_line = Duration::from_micros(self.per_line_us.load(Ordering::Relaxed));
+        let wait = Duration::from_secs(2) + per_line * queued;
         let _ = self.out.try_send(Outgoing {
             bytes: encode_line(&ClientMsg::Leave),
             line_id: None,
         });
         drop(self.out);
         let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(2), &mut task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(wait, &mut task).await.is_err() {
             tracing::debug!("session server did not confirm leave in time");
+            self.stop.cancel();
+            task.abort();
+            // Wait for the task to be gone, so it cannot touch the roster the next session fills.
+            let _ = task.await;
         }
-        self.stop.cancel();
-        task.abort();
     }
 }
 
@@ -232,8 +320,9 @@ impl Link {
 enum Broken {
     /// We left; the server said goodbye (or the queue closed and it did not answer in time).
     Left,
-    /// The session is gone for good (closed by its creator).
-    Gone(String),
+    /// The session is gone for good: closed (by this user, if the server said), or no longer
+    /// known to the coordinator.
+    Closed { by: Option<String> },
     /// The connection broke; reconnect.
     Lost(String),
 }
@@ -253,6 +342,10 @@ struct Keeper {
     /// Where the session was last served, for when the coordinator cannot be asked.
     server: std::sync::Mutex<SocketAddr>,
     stop: CancellationToken,
+    ended: CancellationToken,
+    /// Paces our group lines to the rate limit of the current connection.
+    pacer: std::sync::Mutex<Pacer>,
+    per_line_us: Arc<AtomicU64>,
 }
 
 impl Keeper {
@@ -267,38 +360,74 @@ impl Keeper {
         mut out: mpsc::Receiver<Outgoing>,
         mut lookups: mpsc::Receiver<String>,
     ) {
+        // Our unechoed lines, to send again first after a rejoin.
+        let mut resend = Vec::new();
         loop {
+            let link = (&mut write, &mut reader, &mut out, &mut lookups);
             let broken = tokio::select! {
-                b = self.connected(&mut write, &mut reader, &mut out, &mut lookups) => b,
+                b = self.connected(link, std::mem::take(&mut resend)) => b,
                 _ = self.stop.cancelled() => return,
             };
             let _ = tokio::time::timeout(Duration::from_millis(200), write.shutdown()).await;
             let reason = match broken {
                 Broken::Left => return,
-                Broken::Gone(reason) => return self.disconnected(reason, false).await,
+                Broken::Closed { by } => return self.closed(by).await,
                 Broken::Lost(reason) => reason,
             };
             self.disconnected(reason, true).await;
             match self.rejoin().await {
-                Ok((mut w, r, welcome)) => {
+                Ok((w, r, welcome)) => {
+                    self.new_pacer(welcome.rate_limit);
                     // Lines that may not have reached the server go again, first; the server
                     // drops those it already has.
-                    let resend: Vec<u8> = self
-                        .pending()
-                        .iter()
-                        .flat_map(|(_, b)| b.to_vec())
-                        .collect();
-                    if !resend.is_empty() {
-                        let _ = w.write_all(&resend).await;
-                    }
+                    resend = self.pending().iter().map(|(_, b)| b.clone()).collect();
                     (write, reader) = (w, r);
                     self.roster.replace(&welcome.members, welcome.member_count);
-                    let members = welcome.members;
-                    let _ = self.events.send(Event::Reconnected { members }).await;
+                    let event = Event::Reconnected {
+                        members: self.roster.members(),
+                        member_count: self.roster.count(),
+                    };
+                    let _ = self.events.send(event).await;
                 }
-                Err(reason) => return self.disconnected(reason, false).await,
+                Err(Broken::Left) => return,
+                Err(Broken::Closed { by }) => return self.closed(by).await,
+                Err(Broken::Lost(reason)) => {
+                    self.end();
+                    return self.disconnected(reason, false).await;
+                }
             }
         }
+    }
+
+    fn new_pacer(&self, limit: Option<RateLimit>) {
+        let pacer = Pacer::new(limit);
+        let us = pacer.per_line().as_micros() as u64;
+        self.per_line_us.store(us, Ordering::Relaxed);
+        *lock(&self.pacer) = pacer;
+    }
+
+    /// Waits until the rate limit allows one more group line, and takes it.
+    async fn token(&self) {
+        loop {
+            let wait = lock(&self.pacer).take();
+            match wait {
+                Ok(()) => return,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    /// The session is over for us: forget its members before anyone can see the link ended,
+    /// so no private message goes to, or is accepted from, a former member through it.
+    fn end(&self) {
+        self.roster.clear();
+        self.ended.cancel();
+    }
+
+    async fn closed(&self, by: Option<String>) {
+        self.end();
+        let session = self.session.clone();
+        let _ = self.events.send(Event::Closed { session, by }).await;
     }
 
     async fn disconnected(&self, reason: String, retrying: bool) {
@@ -309,13 +438,13 @@ impl Keeper {
     }
 
     /// Asks the coordinator where the session is now and reconnects, with backoff.
-    async fn rejoin(&self) -> Result<(OwnedWriteHalf, Reader, Welcome), String> {
+    async fn rejoin(&self) -> Result<(OwnedWriteHalf, Reader, Welcome), Broken> {
         let started = tokio::time::Instant::now();
         let mut delay = RETRY_FIRST;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.stop.cancelled() => return Err("left".into()),
+                _ = self.stop.cancelled() => return Err(Broken::Left),
             }
             delay = (delay * 2).min(RETRY_MAX);
             let body = RequestBody::Join {
@@ -327,10 +456,12 @@ impl Keeper {
                     *lock(&self.server) = session.server;
                     session.server
                 }
-                Err(ClientError::Refused(e))
-                    if matches!(e.code, ErrorCode::SessionNotFound | ErrorCode::Unauthorized) =>
-                {
-                    return Err(e.message);
+                // Closed while we were away: its bye never reached us, so we do not know by whom.
+                Err(ClientError::Refused(e)) if e.code == ErrorCode::SessionNotFound => {
+                    return Err(Broken::Closed { by: None });
+                }
+                Err(ClientError::Refused(e)) if e.code == ErrorCode::Unauthorized => {
+                    return Err(Broken::Lost(e.message));
                 }
                 // The coordinator may be restarting; the last address may still answer.
                 _ => *lock(&self.server),
@@ -346,21 +477,24 @@ impl Keeper {
                 Err(e) => tracing::debug!(error = %e, "rejoin attempt failed"),
             }
             if started.elapsed() > RETRY_GIVE_UP {
-                return Err(format!(
+                return Err(Broken::Lost(format!(
                     "gave up reconnecting after {} s",
                     RETRY_GIVE_UP.as_secs()
-                ));
+                )));
             }
         }
     }
 
-    /// Runs one connection until it breaks or we leave.
+    /// Runs one connection until it breaks or we leave; `resend` goes out before anything new.
     async fn connected(
         &self,
-        write: &mut OwnedWriteHalf,
-        reader: &mut Reader,
-        out: &mut mpsc::Receiver<Outgoing>,
-        lookups: &mut mpsc::Receiver<String>,
+        (write, reader, out, lookups): (
+            &mut OwnedWriteHalf,
+            &mut Reader,
+            &mut mpsc::Receiver<Outgoing>,
+            &mut mpsc::Receiver<String>,
+        ),
+        resend: Vec<Bytes>,
     ) -> Broken {
         let heartbeat = self.joiner.config.heartbeat;
         let silence = heartbeat * 3;
@@ -415,6 +549,7 @@ impl Keeper {
                             joined,
                             left,
                             member_count,
+                            members: self.roster.members(),
                         }
                     }
                     Ok(ServerMsg::Member { user, member }) => {
@@ -423,10 +558,14 @@ impl Keeper {
                     }
                     Ok(ServerMsg::History { messages }) => Event::History(messages),
                     Ok(ServerMsg::Error(e)) => Event::ServerError(e),
-                    Ok(ServerMsg::Bye { reason, message }) => {
+                    Ok(ServerMsg::Bye {
+                        reason,
+                        message,
+                        by,
+                    }) => {
                         return match reason {
                             ByeReason::Left => Broken::Left,
-                            ByeReason::Closed => Broken::Gone(message),
+                            ByeReason::Closed => Broken::Closed { by },
                             _ => Broken::Lost(message),
                         };
                     }
@@ -452,6 +591,14 @@ impl Keeper {
             }
         };
         let send = async {
+            // Paced like new lines (those the server does not have cost tokens), while replies
+            // are read: a long list must not keep us deaf to the server.
+            for line in resend {
+                self.token().await;
+                if let Err(e) = write.write_all(&line).await {
+                    return Some(Broken::Lost(format!("connection error: {e}")));
+                }
+            }
             let ping = encode_line(&ClientMsg::Ping);
             let mut buf = Vec::with_capacity(8 * 1024);
             loop {
@@ -471,6 +618,17 @@ impl Keeper {
                 };
                 let mut item = Some(first);
                 while let Some(Outgoing { bytes, line_id }) = item.take() {
+                    if line_id.is_some() && lock(&self.pacer).take().is_err() {
+                        // Over the rate limit: what is gathered goes now, this line when the
+                        // limit allows (waiting here also holds back the lines behind it).
+                        if !buf.is_empty() {
+                            if let Err(e) = write.write_all(&buf).await {
+                                return Some(Broken::Lost(format!("connection error: {e}")));
+                            }
+                            buf.clear();
+                        }
+                        self.token().await;
+                    }
                     buf.extend_from_slice(&bytes);
                     if let Some(id) = line_id {
                         let mut pending = self.pending();
@@ -520,12 +678,14 @@ async fn await_welcome(reader: &mut Reader) -> Result<Welcome, ClientError> {
                 members,
                 member_count,
                 seq,
+                rate_limit,
                 ..
             }) => {
                 return Ok(Welcome {
                     members,
                     member_count,
                     seq,
+                    rate_limit,
                 });
             }
             Ok(ServerMsg::Error(e)) => return Err(ClientError::Refused(e)),
@@ -533,5 +693,35 @@ async fn await_welcome(reader: &mut Reader) -> Result<Welcome, ClientError> {
             Ok(_) => continue,
             Err(e) => tracing::debug!(error = %e, "unreadable line from session server"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_stays_inside_the_announced_bucket_with_slack() {
+        let limit = RateLimit {
+            per_second: 20.0,
+            burst: 50,
+        };
+        let mut pacer = Pacer::new(Some(limit));
+        let at_once = std::iter::from_fn(|| pacer.take().ok()).take(100).count();
+        assert_eq!(at_once, 40, "a fifth of the burst is kept in reserve");
+        let wait = pacer.take().unwrap_err();
+        assert!(wait >= Duration::from_millis(50), "{wait:?}");
+        // Over ten seconds it sends at 90 % of the rate, never more.
+        let mut sent = 0;
+        for _ in 0..1000 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            if pacer.take().is_ok() {
+                sent += 1;
+            }
+        }
+        assert!((170..=180).contains(&sent), "{sent}");
+        // No limit announced: nothing is held back.
+        let mut free = Pacer::new(None);
+        assert!((0..1000).all(|_| free.take().is_ok()));
     }
 }

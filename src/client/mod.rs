@@ -149,19 +149,33 @@ pub enum ClientError {
     /// The operation needs a session.
     #[error("not in a session; use /start or /join first")]
     NotInSession,
+    /// `join` named the session the client is already in, so nothing was done.
+    #[error("you are already in session {0}")]
+    AlreadyInSession(String),
     /// The operation needs a login.
     #[error("not logged in")]
     NotLoggedIn,
     /// `@name` named nobody present.
     #[error("no member named {0} is in this session")]
     NoSuchMember(String),
-    /// The peer never acknowledged a private message.
+    /// The peer never acknowledged a private message. A copy may still arrive late (delayed in
+    /// the network, or at a peer that was frozen); the client then says
+    /// [`Event::DeliveredLate`] with the same `id`.
     #[error("private message to {to} was not delivered: no answer after {attempts} tries")]
     NotDelivered {
         /// Who it was for.
         to: String,
         /// How often we sent it.
         attempts: u32,
+        /// The message's id.
+        id: Uuid,
+    },
+    /// The session ended for us (it was closed) while a private message to one of its members
+    /// was still unacknowledged; it is not sent again.
+    #[error("private message to {to} was given up: the session ended before {to} acknowledged it")]
+    SessionEnded {
+        /// Who it was for.
+        to: String,
     },
     /// Something the user typed breaks a rule.
     #[error("{0}")]
@@ -181,15 +195,20 @@ pub enum Event {
     Message(ChatLine),
     /// Earlier lines, oldest first, answering [`Client::history`] or replayed on rejoin.
     History(Vec<ChatLine>),
-    /// Members arrived or left; [`Client::members`] has the new roster. In a large session the
-    /// lists are empty and only the count changes.
+    /// Members arrived or left. In a large session the lists are empty and only the count
+    /// changes. One notice may name the same user in both lists: it left, then joined again (a
+    /// rejoin), in that order.
     Presence {
         /// Who came.
         joined: Vec<Member>,
-        /// Who went.
+        /// Who went (before those in `joined` came).
         left: Vec<Departure>,
         /// How many are present now.
         member_count: usize,
+        /// The roster right after this notice, sorted by name (in a large session, the members
+        /// known). Show this rather than [`Client::members`], which may already include later
+        /// notices still queued behind this one, such as a member's return after its departure.
+        members: Vec<Member>,
     },
     /// A private message, shown once however often it was sent.
     Private {
@@ -214,8 +233,32 @@ pub enum Event {
     },
     /// Back in the session after a [`Event::Disconnected`]; missed lines follow as messages.
     Reconnected {
-        /// The roster now.
+        /// The roster on rejoining, sorted by name (empty in a large session). As with
+        /// [`Event::Presence`], show this one: notices queued behind it may already be applied.
         members: Vec<Member>,
+        /// How many are present, by the server's count.
+        member_count: usize,
+    },
+    /// A private message reported not delivered ([`ClientError::NotDelivered`]) was acknowledged
+    /// after all: the recipient has shown it.
+    DeliveredLate {
+        /// The message's id, as in the error.
+        id: Uuid,
+        /// The recipient.
+        to: String,
+        /// The timestamp the message carried.
+        time: DateTime<Utc>,
+        /// What it said.
+        text: String,
+    },
+    /// The session was removed for good (`close`). We are out of it: the client has forgotten
+    /// it and its members, and does not reconnect.
+    Closed {
+        /// The session that is gone.
+        session: SessionInfo,
+        /// Who closed it, when the server said (it does not when the close happened while we
+        /// were reconnecting).
+        by: Option<String>,
     },
 }
 
@@ -260,9 +303,14 @@ impl<K: Hash + Eq, V> Waiters<K, V> {
         rx
     }
 
-    fn complete(&self, key: &K, value: V) {
-        if let Some(tx) = self.lock().remove(key) {
-            let _ = tx.send(value);
+    /// Hands `value` to whoever waits for `key`; false if nobody does.
+    fn complete(&self, key: &K, value: V) -> bool {
+        match self.lock().remove(key) {
+            Some(tx) => {
+                let _ = tx.send(value);
+                true
+            }
+            None => false,
         }
     }
 
@@ -270,6 +318,23 @@ impl<K: Hash + Eq, V> Waiters<K, V> {
         self.lock().remove(key);
     }
 }
+
+/// A private message the client gave up on, kept so that a late acknowledgement can still be
+/// reported rather than leave the sender believing it was never shown.
+#[derive(Debug)]
+struct LateDm {
+    to: String,
+    time: DateTime<Utc>,
+    text: String,
+}
+
+/// Given-up messages by (id, the endpoint they went to); taken out by the first late ack.
+type LateDms = Arc<Mutex<ExpiringMap<(Uuid, SocketAddr), Option<LateDm>>>>;
+/// How long a given-up message listens for a late ack: as long as receivers remember the ids
+/// they have shown, so that any copy shown at all is shown within it.
+const LATE_TTL: Duration = Duration::from_secs(600);
+/// Most given-up messages listened for at once (each keeps its text, at most 800 bytes).
+const LATE_CAP: usize = 1000;
 
 /// Sends requests to the coordinator over the client's UDP socket and waits for the answers,
 /// retrying with backoff. Shared by the client and its session links (which rejoin through it).
@@ -327,6 +392,7 @@ struct Inner {
     coord: Coord,
     /// Acks are accepted only from the endpoint the message went to.
     acks: Waiters<(Uuid, SocketAddr), ()>,
+    late: LateDms,
     roster: Roster,
     events: mpsc::Sender<Event>,
     /// From the last login.
@@ -375,6 +441,7 @@ impl Client {
             local,
             coord,
             acks: Waiters::new(),
+            late: Arc::new(Mutex::new(ExpiringMap::new(LATE_TTL, LATE_CAP))),
             roster: Roster::default(),
             events: events.clone(),
             token: Mutex::new(None),
@@ -387,6 +454,7 @@ impl Client {
             coordinator: inner.config.coordinator,
             requests: inner.coord.requests.clone(),
             acks: inner.acks.clone(),
+            late: inner.late.clone(),
             roster: inner.roster.clone(),
             events,
             seen: ExpiringMap::new(Duration::from_secs(600), 100_000),
@@ -529,6 +597,13 @@ impl Client {
         let mut tries = 0;
         loop {
             let info = self.find(session).await?;
+            // Leaving and joining again would announce us twice and replay history: do nothing.
+            if self.session().is_some_and(|s| s.id == info.id) {
+                return Err(ClientError::AlreadyInSession(match info.name {
+                    Some(name) => format!("{name} ({})", info.id),
+                    None => info.id.to_string(),
+                }));
+            }
             match self.join_info(info).await {
                 // The server may have stopped (idle) between the answer and our connect; asking
                 // again starts it anew.
@@ -567,9 +642,19 @@ impl Client {
         })
     }
 
+    /// The link to the session we are in; a link whose session is over for us (closed, or
+    /// reconnecting gave up) is dropped here, so every caller sees "not in a session".
+    fn link(&self) -> MutexGuard<'_, Option<Link>> {
+        let mut link = lock(&self.inner.link);
+        if link.as_ref().is_some_and(Link::is_ended) {
+            *link = None;
+        }
+        link
+    }
+
     /// Leaves the current session, if any, and waits briefly for the server to confirm.
     pub async fn leave(&self) -> Option<SessionInfo> {
-        let link = lock(&self.inner.link).take()?;
+        let link = self.link().take()?;
         let info = link.session.clone();
         link.close().await;
         self.inner.roster.clear();
@@ -578,7 +663,7 @@ impl Client {
 
     /// The session we are in.
     pub fn session(&self) -> Option<SessionInfo> {
-        lock(&self.inner.link).as_ref().map(|l| l.session.clone())
+        self.link().as_ref().map(|l| l.session.clone())
     }
 
     /// The current roster, sorted by name (in a large session, only the members we know of).
@@ -615,7 +700,7 @@ impl Client {
     }
 
     fn link_sender(&self) -> Result<link::LinkSender, ClientError> {
-        lock(&self.inner.link)
+        self.link()
             .as_ref()
             .map(|l| l.sender())
             .ok_or(ClientError::NotInSession)
@@ -625,9 +710,12 @@ impl Client {
     /// acknowledgement, retrying with backoff.
     pub async fn dm(&self, to: &str, text: &str) -> Result<DmReceipt, ClientError> {
         let inner = &self.inner;
-        if lock(&inner.link).is_none() {
-            return Err(ClientError::NotInSession);
-        }
+        // Retries stop when the session ends for us: its former members are nobody's to reach.
+        let ended = self
+            .link()
+            .as_ref()
+            .map(Link::ended)
+            .ok_or(ClientError::NotInSession)?;
         let member = inner
             .roster
             .find(to, Duration::from_secs(3))
@@ -667,7 +755,14 @@ impl Client {
             if let Err(e) = inner.udp.send_to(&bytes, member.udp).await {
                 tracing::debug!(error = %e, to = %member.user, "private message send failed");
             }
-            if let Ok(Ok(())) = tokio::time::timeout(delay, &mut acked).await {
+            let answered = tokio::select! {
+                ack = tokio::time::timeout(delay, &mut acked) => matches!(ack, Ok(Ok(()))),
+                _ = ended.cancelled() => {
+                    inner.acks.forget(&key);
+                    return Err(ClientError::SessionEnded { to: member.user });
+                }
+            };
+            if answered {
                 return Ok(DmReceipt {
                     id,
                     to: member.user,
@@ -675,10 +770,28 @@ impl Client {
                 });
             }
         }
+        // Listen on for a late ack before we stop waiting, so none falls between the two.
+        let late = LateDm {
+            to: member.user.clone(),
+            time,
+            text: text.to_string(),
+        };
+        lock(&inner.late).insert(key, Some(late));
         inner.acks.forget(&key);
+        if acked.try_recv().is_ok() {
+            if let Some(slot) = lock(&inner.late).get_mut(&key) {
+                slot.take();
+            }
+            return Ok(DmReceipt {
+                id,
+                to: member.user,
+                time,
+            });
+        }
         Err(ClientError::NotDelivered {
             to: member.user,
             attempts: inner.config.dm_retry.attempts,
+            id,
         })
     }
 }
@@ -707,6 +820,7 @@ struct Hub {
     coordinator: SocketAddr,
     requests: Waiters<u64, Response>,
     acks: Waiters<(Uuid, SocketAddr), ()>,
+    late: LateDms,
     roster: Roster,
     events: mpsc::Sender<Event>,
     /// Private messages already shown, by sender and id.
@@ -746,7 +860,15 @@ impl Hub {
             return;
         }
         match serde_json::from_slice::<PeerMsg>(datagram) {
-            Ok(PeerMsg::Ack { id, .. }) => self.acks.complete(&(id, from), ()),
+            Ok(PeerMsg::Ack { id, .. }) => {
+                if !self.acks.complete(&(id, from), ()) {
+                    let late = lock(&self.late).get_mut(&(id, from)).and_then(Option::take);
+                    if let Some(LateDm { to, time, text }) = late {
+                        let event = Event::DeliveredLate { id, to, time, text };
+                        let _ = self.events.try_send(event);
+                    }
+                }
+            }
             Ok(PeerMsg::Dm {
                 id,
                 from: sender,

@@ -96,7 +96,6 @@ pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), C
     // Whether the person asked for history (and so wants to hear if there is none).
     let asked = Arc::new(AtomicBool::new(false));
     let printer = tokio::spawn(print_events(
-        client.clone(),
         events,
         out.clone(),
         earliest.clone(),
@@ -303,7 +302,6 @@ fn private(client: &Client, to: &str, text: &str, out: &Output, pending: &TaskTr
 }
 
 async fn print_events(
-    client: Client,
     mut events: mpsc::Receiver<Event>,
     out: Output,
     earliest: Arc<AtomicU64>,
@@ -347,15 +345,14 @@ async fn print_events(
                 joined,
                 left,
                 member_count,
+                members,
             } => {
                 if joined.is_empty() && left.is_empty() {
                     out.line(format!("* {member_count} members"));
                     continue;
                 }
                 let now = stamp(chrono::Utc::now());
-                for m in &joined {
-                    out.line(format!("{now} * {} joined ({})", clean(&m.user), m.udp));
-                }
+                // Departures first: a user in both lists left and came back.
                 for d in &left {
                     let how = match d.reason {
                         crate::protocol::LeaveReason::Left => "left",
@@ -364,7 +361,11 @@ async fn print_events(
                     };
                     out.line(format!("{now} * {} {how}", clean(&d.user)));
                 }
-                show_roster(&client, &out);
+                for m in &joined {
+                    out.line(format!("{now} * {} joined ({})", clean(&m.user), m.udp));
+                }
+                // The roster as of this notice, not as of now: later notices may be applied.
+                show_members(&members, member_count, &out, ROSTER_SHOWN);
             }
             Event::Private {
                 from, time, text, ..
@@ -386,9 +387,23 @@ async fn print_events(
                 clean(&reason),
                 if retrying { "; reconnecting…" } else { "" }
             )),
-            Event::Reconnected { .. } => {
+            Event::Reconnected {
+                members,
+                member_count,
+            } => {
                 out.line("* reconnected; missed messages follow");
-                show_roster(&client, &out);
+                show_members(&members, member_count, &out, ROSTER_SHOWN);
+            }
+            Event::DeliveredLate { time, to, text, .. } => out.line(format!(
+                "{} [private] you → {}: {} (delivered late, after it was reported not delivered)",
+                stamp(time),
+                clean(&to),
+                clean(&text)
+            )),
+            Event::Closed { session, by } => {
+                let label = session.name.unwrap_or_else(|| session.id.to_string());
+                let by = by.map_or(String::new(), |b| format!(" by {}", clean(&b)));
+                out.line(format!("* session {} was closed{by}", clean(&label)));
             }
         }
     }
@@ -411,8 +426,10 @@ fn show_roster(client: &Client, out: &Output) {
 }
 
 fn show_roster_upto(client: &Client, out: &Output, shown: usize) {
-    let members = client.members();
-    let count = client.member_count();
+    show_members(&client.members(), client.member_count(), out, shown);
+}
+
+fn show_members(members: &[crate::protocol::Member], count: usize, out: &Output, shown: usize) {
     if members.len() < count {
         // A large session: the server sends counts, not names.
         out.line(format!(

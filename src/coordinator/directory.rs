@@ -167,8 +167,9 @@ impl Directory {
         }
     }
 
-    /// Takes a session out of the directory and stops its server, if one runs.
-    pub fn remove(&self, id: Uuid) -> Option<Listed> {
+    /// Takes a session out of the directory and stops its server, if one runs, telling its
+    /// members that `by` closed it.
+    pub fn remove(&self, id: Uuid, by: &str) -> Option<Listed> {
         let mut state = self.lock();
         let entry = state.by_id.remove(&id)?;
         if let Some(name) = &entry.listed.name {
@@ -176,41 +177,58 @@ impl Directory {
         }
         state.order.retain(|i| *i != id);
         if let Some(running) = entry.running {
-            running.stop.close.cancel();
+            running.stop.close_by(by);
         }
         Some(entry.listed)
     }
 
-    /// Finds a session by exact id, by name (without regard to case), or by a unique id prefix.
+    /// Finds a session by exact id, else by name (without regard to case) or unique id prefix.
+    /// A key that is both a name and a prefix of another session's id is refused as ambiguous,
+    /// naming both: otherwise whoever names a session after someone's id prefix would capture
+    /// every `join` typed with that prefix.
     pub fn find(&self, key: &str) -> Result<Listed, ErrorBody> {
         let state = self.lock();
         if let Some(entry) = key.parse::<Uuid>().ok().and_then(|id| state.by_id.get(&id)) {
             return Ok(entry.listed.clone());
         }
-        if let Some(id) = state.by_name.get(&key.to_lowercase()) {
-            return Ok(state.by_id[id].listed.clone());
+        let mut found: Vec<Uuid> = state
+            .by_name
+            .get(&key.to_lowercase())
+            .copied()
+            .into_iter()
+            .collect();
+        if key.len() >= MIN_PREFIX {
+            let prefix = key.to_lowercase();
+            for id in &state.order {
+                if id.to_string().starts_with(&prefix) && !found.contains(id) {
+                    found.push(*id);
+                }
+            }
         }
-        let not_found = || {
-            ErrorBody::new(
+        match found.as_slice() {
+            [] => Err(ErrorBody::new(
                 ErrorCode::SessionNotFound,
                 format!("session not found: {key}"),
-            )
-        };
-        if key.len() < MIN_PREFIX {
-            return Err(not_found());
-        }
-        let prefix = key.to_lowercase();
-        let mut matches = state
-            .order
-            .iter()
-            .filter(|id| id.to_string().starts_with(&prefix));
-        match (matches.next(), matches.next()) {
-            (Some(id), None) => Ok(state.by_id[id].listed.clone()),
-            (Some(_), Some(_)) => Err(ErrorBody::new(
-                ErrorCode::Ambiguous,
-                format!("{key} matches more than one session; give more of the id"),
             )),
-            (None, _) => Err(not_found()),
+            [id] => Ok(state.by_id[id].listed.clone()),
+            [..] => {
+                let named = |id: &Uuid| match &state.by_id[id].listed.name {
+                    Some(name) => format!("{id} ({name})"),
+                    None => id.to_string(),
+                };
+                let shown: Vec<String> = found.iter().take(3).map(named).collect();
+                let more = match found.len() {
+                    n if n > 3 => format!(" and {} more", n - 3),
+                    _ => String::new(),
+                };
+                Err(ErrorBody::new(
+                    ErrorCode::Ambiguous,
+                    format!(
+                        "{key} could be session {}{more}; give more of the id",
+                        shown.join(" or ")
+                    ),
+                ))
+            }
         }
     }
 
@@ -309,6 +327,35 @@ mod tests {
         assert_eq!(d.find(&a.id.to_string()[..6]).unwrap(), a);
         assert_eq!(d.find("nope").unwrap_err().code, ErrorCode::SessionNotFound);
         assert_eq!(d.find("ab").unwrap_err().code, ErrorCode::SessionNotFound);
+    }
+
+    #[test]
+    fn a_name_that_looks_like_an_id_prefix_does_not_capture_the_prefix() {
+        let d = Directory::default();
+        let victim = info(None);
+        d.insert(victim.clone()).unwrap();
+        let prefix = victim.id.to_string()[..8].to_string();
+        let squatter = info(Some(&prefix.to_uppercase()));
+        d.insert(squatter.clone()).unwrap();
+        let e = d.find(&prefix).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Ambiguous);
+        assert!(e.message.contains(&victim.id.to_string()), "{}", e.message);
+        assert!(
+            e.message.contains(&squatter.id.to_string()),
+            "{}",
+            e.message
+        );
+        // The whole id still finds each of them.
+        assert_eq!(d.find(&victim.id.to_string()).unwrap(), victim);
+        assert_eq!(d.find(&squatter.id.to_string()).unwrap(), squatter);
+        // A name that is its own session's id prefix is no ambiguity.
+        let own = info(None);
+        let own = Listed {
+            name: Some(own.id.to_string()[..6].to_string()),
+            ..own
+        };
+        d.insert(own.clone()).unwrap();
+        assert_eq!(d.find(&own.id.to_string()[..6]).unwrap(), own);
     }
 
     #[test]

@@ -611,7 +611,7 @@ impl Coordinator {
             Ok(Err(e)) => return Err(internal(e)),
             Err(e) => return Err(internal(e)),
         }
-        self.directory.remove(id);
+        self.directory.remove(id, &claims.user);
         tracing::info!(session = %id, by = %claims.user, "session closed for good");
         Ok(ResponseBody::Closed { session: id })
     }
@@ -660,6 +660,7 @@ impl Coordinator {
             shutdown: self.shutdown.clone(),
             close: CancellationToken::new(),
             crash: CancellationToken::new(),
+            closed_by: Default::default(),
         };
         self.directory
             .set_running(id, server, generation, stop.clone());

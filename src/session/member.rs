@@ -423,6 +423,7 @@ fn bye(reason: ByeReason, message: &str) -> Bytes {
     encode_line(&ServerMsg::Bye {
         reason,
         message: message.to_string(),
+        by: None,
     })
 }
 

@@ -126,10 +126,21 @@ pub struct Stop {
     pub shutdown: CancellationToken,
     /// This session was removed for good.
     pub close: CancellationToken,
+    /// Who removed it, set before `close` is cancelled (see [`Stop::close_by`]): members are
+    /// told by whom, not only that it happened.
+    pub closed_by: Arc<std::sync::OnceLock<String>>,
     /// Fault injection: kills the room task mid-flight, as a panic would, without a word to
     /// anyone. The fault-injection tests use it to prove that the coordinator and the clients
     /// recover from a session server that dies.
     pub crash: CancellationToken,
+}
+
+impl Stop {
+    /// Removes the session for good on behalf of `user`, who is named in the members' `bye`.
+    pub fn close_by(&self, user: &str) {
+        let _ = self.closed_by.set(user.to_string());
+        self.close.cancel();
+    }
 }
 
 /// Serves one session on `listener` until stopped or until it has been idle too long.

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::encode_line;
 use crate::expiring::ExpiringMap;
 use crate::protocol::{
-    ByeReason, ChatLine, Departure, ErrorBody, ErrorCode, LeaveReason, Member, ServerMsg, limits,
+    ByeReason, ChatLine, Departure, ErrorBody, ErrorCode, LeaveReason, Member, RateLimit,
+    ServerMsg, limits,
 };
 
 use super::bucket::TokenBucket;
@@ -198,11 +199,16 @@ impl Room {
                         self.apply(event);
                     }
                     self.flush_presence();
-                    self.close_all(ByeReason::Shutdown, "the server is shutting down");
+                    self.close_all(ByeReason::Shutdown, "the server is shutting down", None);
                     break;
                 }
                 _ = stop.close.cancelled() => {
-                    self.close_all(ByeReason::Closed, "this session was closed by its creator");
+                    let by = stop.closed_by.get().cloned();
+                    let message = match &by {
+                        Some(user) => format!("this session was closed by {user}"),
+                        None => "this session was closed by its creator".to_string(),
+                    };
+                    self.close_all(ByeReason::Closed, &message, by);
                     break;
                 }
             };
@@ -336,6 +342,7 @@ impl Room {
             let _ = slot.tx.try_send(shared(&ServerMsg::Bye {
                 reason: ByeReason::Left,
                 message: "you left the session".into(),
+                by: None,
             }));
         }
         self.names.remove(&slot.user.to_lowercase());
@@ -504,6 +511,7 @@ impl Room {
                 let _ = slot.tx.try_send(shared(&ServerMsg::Bye {
                     reason: ByeReason::Silent,
                     message: "no message or ping within the heartbeat limit".into(),
+                    by: None,
                 }));
             }
             // Closing the queue lets the writer send the goodbye and end, which ends the reader.
@@ -575,6 +583,10 @@ impl Room {
             members,
             member_count: self.members.len(),
             seq: self.seq,
+            rate_limit: self.config.member_limits.rate.map(|per_second| RateLimit {
+                per_second,
+                burst: self.config.member_limits.burst as u32,
+            }),
         })
     }
 
@@ -616,10 +628,11 @@ impl Room {
         }
     }
 
-    fn close_all(&mut self, reason: ByeReason, message: &str) {
+    fn close_all(&mut self, reason: ByeReason, message: &str, by: Option<String>) {
         let bye = shared(&ServerMsg::Bye {
             reason,
             message: message.to_string(),
+            by,
         });
         for slot in self.members.values() {
             let _ = slot.tx.try_send(bye.clone());
