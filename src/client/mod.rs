@@ -8,9 +8,12 @@
 //! waits for them, acknowledgements to the private message that waits for them, and private
 //! messages to the application as [`Event::Private`].
 
+mod keys;
+mod lineedit;
 mod link;
 pub mod repl;
 mod roster;
+mod screen;
 pub mod text;
 
 use std::collections::HashMap;

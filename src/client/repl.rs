@@ -1,21 +1,22 @@
-//! The terminal program: a `rustyline` prompt over the client API.
+//! The terminal program: slash commands over the client API.
 //!
-//! Three parts run side by side: the line editor on its own thread (it blocks), a printer task that
-//! shows events as they come, and the command loop that runs what the person typed, one command at
-//! a time and in order. Output goes through rustyline's external printer, which redraws the prompt
-//! and the half-typed line below each message instead of garbling them. When stdin is not a
-//! terminal (a script, a pipe, a test), lines are read plainly and output goes straight to stdout.
+//! Three parts run side by side: the screen ([`super::screen`]), which owns the terminal, reads
+//! every key and draws every line; a printer task that shows events as they come; and the command
+//! loop that runs what the person typed, one command at a time and in order. Everything printed
+//! goes through [`Output`], so the screen is the only writer while it runs. When stdin or stdout
+//! is not a terminal (a script, a pipe, a test), lines are read plainly and output goes straight
+//! to stdout.
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rustyline::error::ReadlineError;
-use rustyline::{DefaultEditor, ExternalPrinter};
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::screen::{Screen, ToScreen};
 use super::text::{clean, stamp};
 use super::{Client, ClientConfig, ClientError, Event, Joined};
 use crate::protocol::DirectoryEntry;
@@ -37,33 +38,59 @@ commands:
   text              say text to everyone in the session
   @name text        say text to name only, peer to peer (private)";
 
-/// Where output goes: above the prompt when a person is typing, else plain stdout.
+/// Where output goes: above the prompt while the screen runs, else plain stdout. Every line
+/// printed by the program passes through here, so nothing writes past the screen.
 #[derive(Clone)]
 pub struct Output {
-    printer: Option<Arc<Mutex<Box<dyn ExternalPrinter + Send>>>>,
+    screen: Arc<Mutex<Option<Screen>>>,
 }
 
 impl Output {
+    fn plain() -> Self {
+        Output {
+            screen: Arc::new(Mutex::new(None)),
+        }
+    }
+
     /// Prints one line (or several, separated by newlines).
     pub fn line(&self, text: impl Into<String>) {
         let text = text.into();
-        if let Some(p) = &self.printer {
-            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-            if p.print(text.clone()).is_ok() {
-                return;
-            }
-        }
+        let screen = self.screen.lock().unwrap_or_else(|e| e.into_inner());
+        let text = match screen.as_ref() {
+            Some(s) => match s.tx.send(ToScreen::Print(text)) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(ToScreen::Print(text))) => text,
+                Err(_) => return,
+            },
+            None => text,
+        };
+        // Still under the lock: plain lines keep their order too.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{text}");
         let _ = out.flush();
     }
-}
 
-/// One line typed by the person; the editor waits for `go_on` before prompting again, so the
-/// program can stop it cleanly (restoring the terminal) after `/quit`.
-struct Typed {
-    line: String,
-    go_on: Option<oneshot::Sender<bool>>,
+    /// Shows a command above its answer, where a person typed it; a script's commands are not
+    /// repeated to it.
+    fn command(&self, line: &str) {
+        let on_screen = self
+            .screen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if on_screen {
+            self.line(format!("> {line}"));
+        }
+    }
+
+    /// Gives the terminal back (after drawing everything printed so far); later lines go to
+    /// stdout as they are.
+    fn close(&self) {
+        let mut screen = self.screen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = screen.take() {
+            s.stop();
+        }
+    }
 }
 
 /// How the terminal client proves who it is.
@@ -84,33 +111,36 @@ pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), C
     let user = client.login(&credentials.password).await?;
     drop(credentials);
     println!("* logged in as {user}; type /help for commands");
-    let (lines_tx, mut lines) = mpsc::channel::<Typed>(64);
-    let out = if std::io::stdin().is_terminal() {
-        start_editor(lines_tx)?
+    let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
+    let out = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        let screen = Screen::start(lines_tx, "> ")?;
+        Output {
+            screen: Arc::new(Mutex::new(Some(screen))),
+        }
     } else {
         start_plain_reader(lines_tx);
-        Output { printer: None }
+        Output::plain()
     };
     // Sequence number of the earliest group line shown, so /history pages further back.
     let earliest = Arc::new(AtomicU64::new(0));
     // Whether the person asked for history (and so wants to hear if there is none).
     let asked = Arc::new(AtomicBool::new(false));
+    let finish = CancellationToken::new();
     let printer = tokio::spawn(print_events(
         client.clone(),
         events,
         out.clone(),
-        earliest.clone(),
-        asked.clone(),
+        (earliest.clone(), asked.clone()),
+        finish.clone(),
     ));
     let pending = TaskTracker::new();
 
-    while let Some(Typed { line, go_on }) = lines.recv().await {
+    while let Some(line) = lines.recv().await {
         let line = line.trim().to_string();
-        let quit = line == "/quit" || line == "/exit";
-        if let Some(go_on) = go_on {
-            let _ = go_on.send(!quit);
+        if line.starts_with('/') {
+            out.command(&line);
         }
-        if quit {
+        if line == "/quit" || line == "/exit" {
             break;
         }
         if line.is_empty() {
@@ -124,52 +154,22 @@ pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), C
         out.line("* waiting for private messages to be acknowledged…");
         let _ = tokio::time::timeout(client.inner.config.dm_retry.total(), pending.wait()).await;
     }
-    if let Some(info) = client.leave().await {
+    let left = client.leave().await;
+    // What arrived before we left (our own echoes among it) is shown before the goodbye.
+    finish.cancel();
+    let _ = printer.await;
+    out.close();
+    if let Some(info) = left {
         out.line(format!(
             "* left {}",
             session_label(&info.id.to_string(), info.name.as_deref())
         ));
     }
-    printer.abort();
     out.line("* bye");
     Ok(())
 }
 
-fn start_editor(lines: mpsc::Sender<Typed>) -> Result<Output, ClientError> {
-    let io = |e: ReadlineError| ClientError::Io(std::io::Error::other(e.to_string()));
-    let mut editor = DefaultEditor::new().map_err(io)?;
-    let printer = editor.create_external_printer().map_err(io)?;
-    std::thread::Builder::new()
-        .name("confab-readline".into())
-        .spawn(move || {
-            loop {
-                let line = match editor.readline("> ") {
-                    Ok(line) => line,
-                    Err(ReadlineError::Interrupted) | Err(ReadlineError::Eof) => "/quit".into(),
-                    Err(e) => {
-                        tracing::error!(error = %e, "terminal input failed");
-                        "/quit".into()
-                    }
-                };
-                if !line.trim().is_empty() {
-                    let _ = editor.add_history_entry(line.as_str());
-                }
-                let (go_on, answer) = oneshot::channel();
-                let typed = Typed {
-                    line,
-                    go_on: Some(go_on),
-                };
-                if lines.blocking_send(typed).is_err() || !answer.blocking_recv().unwrap_or(false) {
-                    break;
-                }
-            }
-        })?;
-    Ok(Output {
-        printer: Some(Arc::new(Mutex::new(Box::new(printer)))),
-    })
-}
-
-fn start_plain_reader(lines: mpsc::Sender<Typed>) {
+fn start_plain_reader(lines: mpsc::UnboundedSender<String>) {
     tokio::spawn(async move {
         let mut input = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         loop {
@@ -178,7 +178,7 @@ fn start_plain_reader(lines: mpsc::Sender<Typed>) {
                 Ok(None) | Err(_) => "/quit".to_string(),
             };
             let quit = line.trim() == "/quit";
-            if lines.send(Typed { line, go_on: None }).await.is_err() || quit {
+            if lines.send(line).is_err() || quit {
                 break;
             }
         }
@@ -306,10 +306,17 @@ async fn print_events(
     client: Client,
     mut events: mpsc::Receiver<Event>,
     out: Output,
-    earliest: Arc<AtomicU64>,
-    earliest_asked: Arc<AtomicBool>,
+    (earliest, earliest_asked): (Arc<AtomicU64>, Arc<AtomicBool>),
+    finish: CancellationToken,
 ) {
-    while let Some(event) = events.recv().await {
+    loop {
+        let event = tokio::select! {
+            biased;
+            event = events.recv() => event,
+            // Asked to finish: show what is queued already, then stop.
+            _ = finish.cancelled() => events.try_recv().ok(),
+        };
+        let Some(event) = event else { break };
         match event {
             Event::Message(l) => {
                 let _ = earliest.compare_exchange(0, l.seq, Ordering::Relaxed, Ordering::Relaxed);

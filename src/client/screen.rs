@@ -1,0 +1,321 @@
+//! The terminal, owned by one thread: it reads every key and draws every line.
+//!
+//! rustyline 19 cannot be made reliable for a chat: its external printer writes straight to the
+//! terminal without a newline whenever the editor is between two `readline` calls (the next
+//! prompt then wipes the text), and its raw-mode reader buffers input per `readline` call and
+//! drops the buffer when the call returns, so keys typed ahead of a slow command are lost (the
+//! `buffer-redux` feature keeps them, but the terminal still goes back to cooked mode, echoing,
+//! between calls). Both races are in how rustyline owns the terminal, not in how it is called.
+//!
+//! So the terminal program owns it itself. The terminal stays in raw mode from start to finish.
+//! A reader thread turns every byte into keys ([`super::keys`]); one screen thread receives those
+//! keys and every line to print, in one channel and so in one order, and is the only writer to
+//! the terminal: to print, it clears the prompt rows, writes whole lines, and draws the prompt
+//! and the half-typed line again below them ([`super::lineedit`]). Nothing can interleave, so
+//! nothing is lost or garbled, however keys and output are timed.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::keys::{Key, KeyParser};
+use super::lineedit::{Action, Frame, LineEditor};
+
+/// Input history entries kept in memory.
+const HISTORY: usize = 1000;
+/// Most messages drawn in one frame: under a flood the prompt is still redrawn now and then.
+const BATCH: usize = 256;
+
+/// What the screen thread is asked to do, in the order it must happen.
+pub enum ToScreen {
+    /// Keys from the reader thread.
+    Keys(Vec<Key>),
+    /// Whole lines to print above the prompt (may contain newlines).
+    Print(String),
+    /// The terminal's input ended.
+    InputClosed,
+    /// Erase the prompt, give the terminal back as it was, and say so on the channel.
+    Stop(mpsc::Sender<()>),
+}
+
+/// A running screen: the sender for messages, and the thread to wait for.
+pub struct Screen {
+    /// Messages for the screen thread.
+    pub tx: mpsc::Sender<ToScreen>,
+    thread: Option<JoinHandle<()>>,
+    stop_reader: Arc<AtomicBool>,
+}
+
+impl Screen {
+    /// Puts the terminal in raw mode and starts the reader and screen threads. Lines the person
+    /// enters go to `typed`, in order.
+    pub fn start(typed: UnboundedSender<String>, prompt: &str) -> std::io::Result<Screen> {
+        let saved = RawMode::enter()?;
+        let (tx, rx) = mpsc::channel();
+        let stop_reader = Arc::new(AtomicBool::new(false));
+        {
+            let tx = tx.clone();
+            let stop = stop_reader.clone();
+            std::thread::Builder::new()
+                .name("confab-keys".into())
+                .spawn(move || read_keys(tx, stop))?;
+        }
+        let state = State {
+            editor: LineEditor::new(HISTORY),
+            prompt: prompt.to_string(),
+            prompt_plain: prompt.to_string(),
+            cursor_row: 0,
+            typed,
+            colour: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("confab-screen".into())
+            .spawn(move || state.run(rx, saved))?;
+        Ok(Screen {
+            tx,
+            thread: Some(thread),
+            stop_reader,
+        })
+    }
+
+    /// Draws what was sent before, erases the prompt and restores the terminal.
+    pub fn stop(mut self) {
+        self.stop_reader.store(true, Ordering::Relaxed);
+        let (done, wait) = mpsc::channel();
+        if self.tx.send(ToScreen::Stop(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct State {
+    editor: LineEditor,
+    prompt: String,
+    prompt_plain: String,
+    /// Rows from the top of the prompt area down to the cursor.
+    cursor_row: usize,
+    typed: UnboundedSender<String>,
+    colour: bool,
+}
+
+impl State {
+    fn run(mut self, rx: mpsc::Receiver<ToScreen>, saved: RawMode) {
+        let mut out = String::new();
+        self.draw(&mut out);
+        flush(&mut out);
+        while let Ok(first) = rx.recv() {
+            self.erase(&mut out);
+            let mut next = Some(first);
+            let mut handled = 0;
+            while let Some(msg) = next.take() {
+                match msg {
+                    ToScreen::Stop(done) => {
+                        flush(&mut out);
+                        drop(saved);
+                        let _ = done.send(());
+                        return;
+                    }
+                    msg => self.handle(msg, &mut out),
+                }
+                handled += 1;
+                if handled < BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.draw(&mut out);
+            flush(&mut out);
+        }
+    }
+
+    fn handle(&mut self, msg: ToScreen, out: &mut String) {
+        match msg {
+            ToScreen::Print(text) => {
+                for line in text.split('\n') {
+                    out.push_str(line);
+                    out.push_str("\r\n");
+                }
+            }
+            ToScreen::Keys(keys) => {
+                for key in keys {
+                    self.key(key, out);
+                }
+            }
+            ToScreen::InputClosed => self.enter("/quit".into()),
+            ToScreen::Stop(_) => {}
+        }
+    }
+
+    fn key(&mut self, key: Key, out: &mut String) {
+        match key {
+            Key::Paste(text) => {
+                for line in self.editor.paste(&text) {
+                    self.enter(line);
+                }
+            }
+            // Ctrl-C clears a half-typed line, and quits from an empty one; so does Ctrl-D.
+            Key::Ctrl('c') if !self.editor.line().is_empty() => self.editor.clear(),
+            Key::Ctrl('c' | 'd') if self.editor.line().is_empty() => self.enter("/quit".into()),
+            key => match self.editor.key(&key) {
+                Action::Submit(line) => self.enter(line),
+                Action::ClearScreen => out.push_str("\x1b[H\x1b[2J"),
+                Action::Complete | Action::None => {}
+            },
+        }
+    }
+
+    /// A line was entered: it leaves the prompt, and the command loop shows it where it belongs
+    /// (a command above its answer, a message when it comes back from the session or the peer).
+    fn enter(&mut self, line: String) {
+        if !line.trim().is_empty() {
+            self.editor.remember(&line);
+        }
+        let _ = self.typed.send(line);
+    }
+
+    /// Moves to the top of the prompt area and clears it and everything below.
+    fn erase(&mut self, out: &mut String) {
+        out.push('\r');
+        if self.cursor_row > 0 {
+            out.push_str(&format!("\x1b[{}A", self.cursor_row));
+        }
+        out.push_str("\x1b[J");
+        self.cursor_row = 0;
+    }
+
+    fn draw(&mut self, out: &mut String) {
+        let frame = Frame {
+            prompt: &self.prompt,
+            prompt_plain: &self.prompt_plain,
+            line: self.editor.line(),
+            pos: self.editor.pos(),
+            hint: "",
+        };
+        let (bytes, row) = frame.draw(columns(), self.colour);
+        out.push_str(&bytes);
+        self.cursor_row = row;
+    }
+}
+
+fn flush(out: &mut String) {
+    if out.is_empty() {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+    out.clear();
+}
+
+/// The terminal's width in columns (80 if it cannot be asked).
+fn columns() -> usize {
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the struct we pass and nothing else.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        80
+    }
+}
+
+/// Reads stdin until it ends or the screen stops, and sends every key in order.
+fn read_keys(tx: mpsc::Sender<ToScreen>, stop: Arc<AtomicBool>) {
+    let stdin = std::io::stdin();
+    let fd = stdin.as_raw_fd();
+    let mut parser = KeyParser::default();
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        // A lone ESC is a key of its own once nothing followed it for a moment.
+        let timeout = if parser.waiting() { 30 } else { 200 };
+        let mut fds = [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd, and its count.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout) };
+        if ready == 0 {
+            let keys = parser.flush();
+            if !keys.is_empty() && tx.send(ToScreen::Keys(keys)).is_err() {
+                return;
+            }
+            continue;
+        }
+        if ready < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            let _ = tx.send(ToScreen::InputClosed);
+            return;
+        }
+        // SAFETY: reads into our buffer, at most its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            let _ = tx.send(ToScreen::InputClosed);
+            return;
+        }
+        if n == 0 {
+            let _ = tx.send(ToScreen::InputClosed);
+            return;
+        }
+        let keys = parser.feed(&buf[..n as usize]);
+        if !keys.is_empty() && tx.send(ToScreen::Keys(keys)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The terminal in raw mode, for as long as this lives; dropping it restores the settings it
+/// found and turns bracketed paste off again.
+struct RawMode {
+    saved: libc::termios,
+}
+
+impl RawMode {
+    fn enter() -> std::io::Result<RawMode> {
+        let fd = std::io::stdin().as_raw_fd();
+        // SAFETY: tcgetattr fills the struct for a descriptor we own for the process's life.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut raw = saved;
+        // No echo, no line editing by the kernel, no signals from keys (Ctrl-C is ours), no CR
+        // to NL, no flow control; output processing stays on, so "\n" still returns the carriage.
+        raw.c_iflag &= !(libc::BRKINT | libc::ICRNL | libc::INPCK | libc::ISTRIP | libc::IXON);
+        raw.c_cflag |= libc::CS8;
+        raw.c_lflag &= !(libc::ECHO | libc::ICANON | libc::IEXTEN | libc::ISIG);
+        raw.c_cc[libc::VMIN] = 1;
+        raw.c_cc[libc::VTIME] = 0;
+        // TCSADRAIN, not TCSAFLUSH: keys typed before this point are kept.
+        if unsafe { libc::tcsetattr(fd, libc::TCSADRAIN, &raw) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(b"\x1b[?2004h")?;
+        stdout.flush()?;
+        Ok(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(b"\x1b[?2004l");
+        let _ = stdout.flush();
+        // SAFETY: restores the settings read from the same descriptor.
+        let fd = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
+        unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSADRAIN, &self.saved) };
+    }
+}
