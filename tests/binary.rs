@@ -214,3 +214,32 @@ async fn joining_shows_the_last_fifty_and_history_pages_further_back() {
     erin.type_line("/quit").await;
     assert!(erin.child.wait().await.unwrap().success());
 }
+
+#[tokio::test]
+async fn a_piped_client_says_goodbye_after_all_its_echoes() {
+    let coord = TestCoordinator::start().await;
+    let mut fay = Program::client("fay", coord.addr);
+    fay.type_line("/start piped").await;
+    for i in 0..10 {
+        fay.type_line(&format!("piped line {i}")).await;
+    }
+    drop(fay.stdin);
+    let mut rest = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(WAIT, fay.stdout.next_line())
+        .await
+        .expect("output until the end")
+    {
+        rest.push(line);
+    }
+    let n = rest.len();
+    assert!(n >= 12, "{rest:#?}");
+    assert!(rest[n - 2].starts_with("* left session piped"), "{rest:#?}");
+    assert_eq!(rest[n - 1], "* bye");
+    let echoed: Vec<&String> = rest
+        .iter()
+        .filter(|l| l.contains("<fay> piped line"))
+        .collect();
+    assert_eq!(echoed.len(), 10, "{rest:#?}");
+    assert!(echoed[9].ends_with("<fay> piped line 9"));
+    assert!(fay.child.wait().await.unwrap().success());
+}

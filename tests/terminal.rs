@@ -357,6 +357,7 @@ async fn every_command_answers_on_screen_and_type_ahead_is_never_lost() {
     let rows = alice.screen().await;
     assert_eq!(rows.iter().filter(|r| r.contains("after who")).count(), 1);
 
+    // On a join: "joined" first, then the roster, then the history.
     alice.type_lines(&["/leave", "/join lobby"]).await;
     alice
         .wait_order(&[
@@ -364,6 +365,9 @@ async fn every_command_answers_on_screen_and_type_ahead_is_never_lost() {
             "* left session lobby",
             "> /join lobby",
             "* joined session lobby",
+            "members (2)",
+            "earlier message(s):",
+            "<alice> last of the burst",
         ])
         .await;
     alice

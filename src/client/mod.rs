@@ -14,6 +14,7 @@ mod link;
 pub mod repl;
 mod roster;
 mod screen;
+mod show;
 pub mod text;
 
 use std::collections::HashMap;

@@ -7,22 +7,21 @@
 //! is not a terminal (a script, a pipe, a test), lines are read plainly and output goes straight
 //! to stdout.
 
-use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::screen::{Screen, ToScreen};
+use super::screen::Screen;
+use super::show::{
+    Output, Shown, print_events, session_label, show_joined, show_roster_upto, show_sessions,
+};
 use super::text::{clean, stamp};
-use super::{Client, ClientConfig, ClientError, Event, Joined};
-use crate::protocol::DirectoryEntry;
-
-/// Roster lines printed at most; the rest are summarised.
-const ROSTER_SHOWN: usize = 20;
+use super::{Client, ClientConfig, ClientError};
 
 const HELP: &str = "\
 commands:
@@ -37,61 +36,6 @@ commands:
   /quit             leave and exit (also Ctrl-D)
   text              say text to everyone in the session
   @name text        say text to name only, peer to peer (private)";
-
-/// Where output goes: above the prompt while the screen runs, else plain stdout. Every line
-/// printed by the program passes through here, so nothing writes past the screen.
-#[derive(Clone)]
-pub struct Output {
-    screen: Arc<Mutex<Option<Screen>>>,
-}
-
-impl Output {
-    fn plain() -> Self {
-        Output {
-            screen: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    /// Prints one line (or several, separated by newlines).
-    pub fn line(&self, text: impl Into<String>) {
-        let text = text.into();
-        let screen = self.screen.lock().unwrap_or_else(|e| e.into_inner());
-        let text = match screen.as_ref() {
-            Some(s) => match s.tx.send(ToScreen::Print(text)) {
-                Ok(()) => return,
-                Err(std::sync::mpsc::SendError(ToScreen::Print(text))) => text,
-                Err(_) => return,
-            },
-            None => text,
-        };
-        // Still under the lock: plain lines keep their order too.
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
-    }
-
-    /// Shows a command above its answer, where a person typed it; a script's commands are not
-    /// repeated to it.
-    fn command(&self, line: &str) {
-        let on_screen = self
-            .screen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
-        if on_screen {
-            self.line(format!("> {line}"));
-        }
-    }
-
-    /// Gives the terminal back (after drawing everything printed so far); later lines go to
-    /// stdout as they are.
-    fn close(&self) {
-        let mut screen = self.screen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = screen.take() {
-            s.stop();
-        }
-    }
-}
 
 /// How the terminal client proves who it is.
 pub struct Credentials {
@@ -113,27 +57,30 @@ pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), C
     println!("* logged in as {user}; type /help for commands");
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
     let out = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-        let screen = Screen::start(lines_tx, "> ")?;
-        Output {
-            screen: Arc::new(Mutex::new(Some(screen))),
-        }
+        Output::screen(Screen::start(lines_tx, "> ")?)
     } else {
         start_plain_reader(lines_tx);
         Output::plain()
     };
-    // Sequence number of the earliest group line shown, so /history pages further back.
-    let earliest = Arc::new(AtomicU64::new(0));
-    // Whether the person asked for history (and so wants to hear if there is none).
-    let asked = Arc::new(AtomicBool::new(false));
+    let pending = TaskTracker::new();
+    let shown = Arc::new(Shown::default());
+    let (joining, joining_rx) = watch::channel(false);
     let finish = CancellationToken::new();
     let printer = tokio::spawn(print_events(
         client.clone(),
         events,
         out.clone(),
-        (earliest.clone(), asked.clone()),
+        shown.clone(),
+        joining_rx,
         finish.clone(),
     ));
-    let pending = TaskTracker::new();
+    let ctx = Ctx {
+        client: &client,
+        out: &out,
+        pending: &pending,
+        shown: &shown,
+        joining: &joining,
+    };
 
     while let Some(line) = lines.recv().await {
         let line = line.trim().to_string();
@@ -146,7 +93,7 @@ pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), C
         if line.is_empty() {
             continue;
         }
-        command(&client, &line, &out, &pending, (&earliest, &asked)).await;
+        command(&ctx, &line).await;
     }
 
     pending.close();
@@ -185,13 +132,41 @@ fn start_plain_reader(lines: mpsc::UnboundedSender<String>) {
     });
 }
 
-async fn command(
-    client: &Client,
-    line: &str,
-    out: &Output,
-    pending: &TaskTracker,
-    (earliest, asked): (&AtomicU64, &AtomicBool),
-) {
+/// What a command can reach.
+struct Ctx<'a> {
+    client: &'a Client,
+    out: &'a Output,
+    /// Private messages still being sent.
+    pending: &'a TaskTracker,
+    shown: &'a Shown,
+    /// True while a join runs: the printer holds the new session's events until its answer is
+    /// shown.
+    joining: &'a watch::Sender<bool>,
+}
+
+impl Ctx<'_> {
+    /// Joins (through `join`) and shows the answer before any event of the new session.
+    async fn join(
+        &self,
+        join: impl std::future::Future<Output = Result<super::Joined, ClientError>>,
+    ) -> Result<(), ClientError> {
+        self.shown.earliest.store(0, Ordering::Relaxed);
+        self.joining.send_replace(true);
+        let result = join.await.map(|j| show_joined(self.client, &j, self.out));
+        self.joining.send_replace(false);
+        result
+    }
+}
+
+async fn command(ctx: &Ctx<'_>, line: &str) {
+    let Ctx {
+        client,
+        out,
+        pending,
+        shown,
+        ..
+    } = *ctx;
+    let (earliest, asked) = (&shown.earliest, &shown.asked);
     let (word, rest) = match line.split_once(char::is_whitespace) {
         Some((w, r)) => (w, r.trim()),
         None => (line, ""),
@@ -202,21 +177,11 @@ async fn command(
             Ok(())
         }
         "/start" => {
-            earliest.store(0, Ordering::Relaxed);
             let name = (!rest.is_empty()).then_some(rest);
-            client
-                .start_session(name)
-                .await
-                .map(|j| show_joined(client, &j, out))
+            ctx.join(client.start_session(name)).await
         }
         "/join" if rest.is_empty() => Err(ClientError::Invalid("usage: /join <id or name>".into())),
-        "/join" => {
-            earliest.store(0, Ordering::Relaxed);
-            client
-                .join(rest)
-                .await
-                .map(|j| show_joined(client, &j, out))
-        }
+        "/join" => ctx.join(client.join(rest)).await,
         "/leave" => {
             earliest.store(0, Ordering::Relaxed);
             match client.leave().await {
@@ -300,181 +265,4 @@ fn private(client: &Client, to: &str, text: &str, out: &Output, pending: &TaskTr
             Err(e) => out.line(format!("! {e}")),
         }
     });
-}
-
-async fn print_events(
-    client: Client,
-    mut events: mpsc::Receiver<Event>,
-    out: Output,
-    (earliest, earliest_asked): (Arc<AtomicU64>, Arc<AtomicBool>),
-    finish: CancellationToken,
-) {
-    loop {
-        let event = tokio::select! {
-            biased;
-            event = events.recv() => event,
-            // Asked to finish: show what is queued already, then stop.
-            _ = finish.cancelled() => events.try_recv().ok(),
-        };
-        let Some(event) = event else { break };
-        match event {
-            Event::Message(l) => {
-                let _ = earliest.compare_exchange(0, l.seq, Ordering::Relaxed, Ordering::Relaxed);
-                out.line(format!(
-                    "{} <{}> {}",
-                    stamp(l.time),
-                    clean(&l.from),
-                    clean(&l.text)
-                ));
-            }
-            Event::History(lines) => {
-                let asked = earliest_asked.swap(false, Ordering::Relaxed);
-                let Some(first) = lines.first() else {
-                    // On joining an empty session there is nothing to say.
-                    if asked {
-                        out.line("* no earlier messages");
-                    }
-                    continue;
-                };
-                let seq = first.seq;
-                let _ = earliest.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
-                    (e == 0 || seq < e).then_some(seq)
-                });
-                out.line(format!("* {} earlier message(s):", lines.len()));
-                for l in lines {
-                    out.line(format!(
-                        "{} <{}> {}",
-                        stamp(l.time),
-                        clean(&l.from),
-                        clean(&l.text)
-                    ));
-                }
-            }
-            Event::Presence {
-                joined,
-                left,
-                member_count,
-            } => {
-                if joined.is_empty() && left.is_empty() {
-                    out.line(format!("* {member_count} members"));
-                    continue;
-                }
-                let now = stamp(chrono::Utc::now());
-                for m in &joined {
-                    out.line(format!("{now} * {} joined ({})", clean(&m.user), m.udp));
-                }
-                for d in &left {
-                    let how = match d.reason {
-                        crate::protocol::LeaveReason::Left => "left",
-                        crate::protocol::LeaveReason::Disconnected => "disconnected",
-                        crate::protocol::LeaveReason::TooSlow => "was dropped (too slow)",
-                    };
-                    out.line(format!("{now} * {} {how}", clean(&d.user)));
-                }
-                show_roster(&client, &out);
-            }
-            Event::Private {
-                from, time, text, ..
-            } => out.line(format!(
-                "{} [private] {} → you: {}",
-                stamp(time),
-                clean(&from),
-                clean(&text)
-            )),
-            Event::ServerError(e) => {
-                if e.code == crate::protocol::ErrorCode::Gap {
-                    // The replay that follows starts after the gap: page back from there.
-                    earliest.store(0, Ordering::Relaxed);
-                }
-                out.line(format!("! {}", clean(&e.message)));
-            }
-            Event::Disconnected { reason, retrying } => out.line(format!(
-                "! disconnected from the session: {}{}",
-                clean(&reason),
-                if retrying { "; reconnecting…" } else { "" }
-            )),
-            Event::Reconnected { .. } => {
-                out.line("* reconnected; missed messages follow");
-                show_roster(&client, &out);
-            }
-        }
-    }
-}
-
-fn show_joined(client: &Client, joined: &Joined, out: &Output) {
-    let s = &joined.session;
-    out.line(format!(
-        "* joined {} at {} as {} (udp {})",
-        session_label(&s.id.to_string(), s.name.as_deref()),
-        s.server,
-        client.user(),
-        client.endpoint()
-    ));
-    show_roster(client, out);
-}
-
-fn show_roster(client: &Client, out: &Output) {
-    show_roster_upto(client, out, ROSTER_SHOWN);
-}
-
-fn show_roster_upto(client: &Client, out: &Output, shown: usize) {
-    let members = client.members();
-    let count = client.member_count();
-    if members.len() < count {
-        // A large session: the server sends counts, not names.
-        out.line(format!(
-            "  {count} members (a large session: members are looked up when you write to them)"
-        ));
-        return;
-    }
-    let mut text = format!("  members ({}):", members.len());
-    for m in members.iter().take(shown) {
-        text.push_str(&format!(" {} {},", clean(&m.user), m.udp));
-    }
-    if text.ends_with(',') {
-        text.pop();
-    }
-    if members.len() > ROSTER_SHOWN {
-        text.push_str(&format!(
-            " … and {} more (/who)",
-            members.len() - ROSTER_SHOWN
-        ));
-    }
-    out.line(text);
-}
-
-fn show_sessions(list: &[DirectoryEntry], out: &Output) {
-    if list.is_empty() {
-        out.line("* no sessions; /start [name] makes one");
-        return;
-    }
-    let mut text = format!("{:<36}  {:<16}  {:<21}  MEMBERS", "ID", "NAME", "SERVER");
-    for s in list {
-        let mut members = s
-            .members
-            .iter()
-            .map(|m| clean(m))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if s.member_count > s.members.len() {
-            members.push_str(&format!(", … ({} more)", s.member_count - s.members.len()));
-        }
-        text.push_str(&format!(
-            "\n{:<36}  {:<16}  {:<21}  {}: {}",
-            s.id,
-            clean(s.name.as_deref().unwrap_or("-")),
-            s.server
-                .map_or_else(|| "(idle)".to_string(), |a| a.to_string()),
-            s.member_count,
-            members
-        ));
-    }
-    out.line(text);
-}
-
-fn session_label(id: &str, name: Option<&str>) -> String {
-    match name {
-        Some(n) => format!("session {} ({id})", clean(n)),
-        None => format!("session {id}"),
-    }
 }
