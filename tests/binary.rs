@@ -76,8 +76,7 @@ impl Program {
 }
 
 fn is_stamped(line: &str) -> bool {
-    line.len() > 19
-        && chrono::NaiveDateTime::parse_from_str(&line[..19], "%Y-%m-%d %H:%M:%S").is_ok()
+    line.len() > 9 && chrono::NaiveTime::parse_from_str(&line[..8], "%H:%M:%S").is_ok()
 }
 
 #[tokio::test]

@@ -159,10 +159,10 @@ impl Term {
         }
     }
 
-    /// Waits until a row is exactly `row`.
-    async fn wait_row(&self, row: &str) -> Vec<String> {
-        self.wait(&format!("a row {row:?}"), |rows| {
-            rows.iter().any(|r| r == row)
+    /// Waits until the last row is the prompt with `typed` after it.
+    async fn wait_typed(&self, typed: &str) -> Vec<String> {
+        self.wait(&format!("the prompt with {typed:?}"), |rows| {
+            rows.last().is_some_and(|r| is_prompt_with(r, typed))
         })
         .await
     }
@@ -179,7 +179,7 @@ impl Term {
     /// this order.
     async fn wait_order(&self, parts: &[&str]) -> Vec<String> {
         self.wait(&format!("the prompt below {parts:?}"), |rows| {
-            rows.last().is_some_and(|r| r == ">") && ordered(rows, parts)
+            rows.last().is_some_and(|r| is_prompt_with(r, "")) && ordered(rows, parts)
         })
         .await
     }
@@ -187,7 +187,8 @@ impl Term {
     /// Waits until the program is idle at an empty prompt with `expected` shown above it.
     async fn wait_prompt_after(&self, expected: &str) -> Vec<String> {
         self.wait(&format!("the prompt below {expected:?}"), |rows| {
-            rows.last().is_some_and(|r| r == ">") && rows.iter().any(|r| r.contains(expected))
+            rows.last().is_some_and(|r| is_prompt_with(r, ""))
+                && rows.iter().any(|r| r.contains(expected))
         })
         .await
     }
@@ -201,6 +202,19 @@ impl Drop for Term {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
+    }
+}
+
+/// Whether `row` is the prompt (`[lobby 2] > `, `[no session] > `) followed by `typed`.
+fn is_prompt_with(row: &str, typed: &str) -> bool {
+    if !row.starts_with('[') {
+        return false;
+    }
+    match typed {
+        "" => row.ends_with("] >"),
+        typed => row
+            .split_once("] > ")
+            .is_some_and(|(_, rest)| rest == typed),
     }
 }
 
@@ -260,9 +274,7 @@ async fn every_command_answers_on_screen_and_type_ahead_is_never_lost() {
 
     // /help: every line of it, the last one too, and the prompt back below it.
     alice.type_lines(&["/help"]).await;
-    let rows = alice
-        .wait_prompt_after("@name text        say text to name only")
-        .await;
+    let rows = alice.wait_prompt_after("Ctrl-W/U/K delete word").await;
     in_order(
         &rows,
         &[
@@ -272,13 +284,18 @@ async fn every_command_answers_on_screen_and_type_ahead_is_never_lost() {
             "/join <id|name>",
             "/leave",
             "/sessions",
-            "/who",
+            "/who ",
+            "/whois <name>",
             "/history [n]",
             "/close [id|name]",
-            "/help",
+            "/me <action>",
+            "/clear",
+            "/help [command]",
             "/quit",
-            "text              say text",
+            "text               say text",
             "@name text",
+            "keys: Tab completes",
+            "Ctrl-W/U/K delete word",
         ],
     );
 
@@ -426,7 +443,7 @@ async fn pastes_and_output_while_typing_lose_nothing() {
         texts(&mut b_ev, 2).await,
         ["bracketed one", "bracketed two"]
     );
-    alice.wait_row("> bracketed three").await;
+    alice.wait_typed("bracketed three").await;
     alice.type_lines(&[" finished"]).await;
     assert_eq!(texts(&mut b_ev, 1).await, ["bracketed three finished"]);
     alice
@@ -436,13 +453,13 @@ async fn pastes_and_output_while_typing_lose_nothing() {
     // Output arriving while a line is half typed: shown above it at once, without a key, and
     // the half-typed line stays intact below.
     alice.type_text("half typed").await;
-    alice.wait_row("> half typed").await;
+    alice.wait_typed("half typed").await;
     let asked = Instant::now();
     bob.say("while you type").await.unwrap();
     bob.dm("alice", "a private word").await.unwrap();
     alice
         .wait("both lines above the half-typed one", |rows| {
-            rows.last().is_some_and(|r| r == "> half typed")
+            rows.last().is_some_and(|r| is_prompt_with(r, "half typed"))
                 && rows.iter().any(|r| r.ends_with("<bob> while you type"))
                 && rows
                     .iter()
@@ -475,7 +492,7 @@ async fn pastes_and_output_while_typing_lose_nothing() {
     flood.await.unwrap();
     let rows = alice
         .wait("the whole flood above the typed line", |rows| {
-            rows.last().is_some_and(|r| r == &format!("> {typed}"))
+            rows.last().is_some_and(|r| is_prompt_with(r, typed))
                 && rows.iter().any(|r| r.ends_with("<bob> flood 099"))
         })
         .await;
@@ -498,11 +515,11 @@ async fn pastes_and_output_while_typing_lose_nothing() {
 
     // Ctrl-C clears a half-typed line; on an empty line it quits.
     alice.type_text("never sent").await;
-    alice.wait_row("> never sent").await;
+    alice.wait_typed("never sent").await;
     alice.key("C-c").await;
     alice
         .wait("an empty prompt", |rows| {
-            rows.last().is_some_and(|r| r == ">")
+            rows.last().is_some_and(|r| is_prompt_with(r, ""))
         })
         .await;
     alice.key("C-c").await;

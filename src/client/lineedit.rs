@@ -52,6 +52,13 @@ impl LineEditor {
         self.pos
     }
 
+    /// Replaces `range` of the line with `text` and puts the cursor after it (completion).
+    pub fn replace(&mut self, range: std::ops::Range<usize>, text: &str) {
+        let text = printable(text);
+        self.line.replace_range(range.clone(), &text);
+        self.pos = range.start + text.len();
+    }
+
     /// Adds a line to the input history (the caller decides which lines may be kept).
     pub fn remember(&mut self, line: &str) {
         if line.trim().is_empty() || self.history.last().is_some_and(|l| l == line) {

@@ -16,6 +16,7 @@
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -23,6 +24,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use rustyline::Context;
+use rustyline::completion::Completer;
+use rustyline::hint::Hinter;
+use rustyline::history::MemHistory;
+
+use super::complete::{Completion, common_prefix};
+use super::history;
 use super::keys::{Key, KeyParser};
 use super::lineedit::{Action, Frame, LineEditor};
 
@@ -37,6 +45,10 @@ pub enum ToScreen {
     Keys(Vec<Key>),
     /// Whole lines to print above the prompt (may contain newlines).
     Print(String),
+    /// A new prompt (plain text).
+    Prompt(String),
+    /// Clear the terminal, then draw the prompt at the top.
+    Clear,
     /// The terminal's input ended.
     InputClosed,
     /// Erase the prompt, give the terminal back as it was, and say so on the channel.
@@ -54,7 +66,15 @@ pub struct Screen {
 impl Screen {
     /// Puts the terminal in raw mode and starts the reader and screen threads. Lines the person
     /// enters go to `typed`, in order.
-    pub fn start(typed: UnboundedSender<String>, prompt: &str) -> std::io::Result<Screen> {
+    pub fn start(typed: UnboundedSender<String>, options: Options) -> std::io::Result<Screen> {
+        let mut editor = LineEditor::new(HISTORY);
+        if let Some(path) = &options.history {
+            // A history that cannot be read or made private is not kept; chatting goes on.
+            match history::load(path, HISTORY) {
+                Ok(lines) => lines.iter().for_each(|l| editor.remember(l)),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "no input history"),
+            }
+        }
         let saved = RawMode::enter()?;
         let (tx, rx) = mpsc::channel();
         let stop_reader = Arc::new(AtomicBool::new(false));
@@ -66,12 +86,14 @@ impl Screen {
                 .spawn(move || read_keys(tx, stop))?;
         }
         let state = State {
-            editor: LineEditor::new(HISTORY),
-            prompt: prompt.to_string(),
-            prompt_plain: prompt.to_string(),
+            editor,
+            prompt: options.prompt,
             cursor_row: 0,
             typed,
-            colour: false,
+            colour: options.colour,
+            completion: options.completion,
+            history_file: options.history,
+            no_history: MemHistory::new(),
         };
         let thread = std::thread::Builder::new()
             .name("confab-screen".into())
@@ -96,14 +118,30 @@ impl Screen {
     }
 }
 
+/// How the screen starts.
+pub struct Options {
+    /// The first prompt.
+    pub prompt: String,
+    /// Whether the hint may be dimmed with an escape.
+    pub colour: bool,
+    /// Tab completion and hints.
+    pub completion: Completion,
+    /// The input history file, if one is kept.
+    pub history: Option<PathBuf>,
+}
+
 struct State {
     editor: LineEditor,
     prompt: String,
-    prompt_plain: String,
     /// Rows from the top of the prompt area down to the cursor.
     cursor_row: usize,
     typed: UnboundedSender<String>,
     colour: bool,
+    completion: Completion,
+    history_file: Option<PathBuf>,
+    /// rustyline's completer and hinter are handed the editor's history; ours lives in the
+    /// line editor, so they get an empty one (they do not use it).
+    no_history: MemHistory,
 }
 
 impl State {
@@ -143,6 +181,8 @@ impl State {
                     out.push_str("\r\n");
                 }
             }
+            ToScreen::Prompt(prompt) => self.prompt = prompt,
+            ToScreen::Clear => out.push_str("\x1b[H\x1b[2J\x1b[3J"),
             ToScreen::Keys(keys) => {
                 for key in keys {
                     self.key(key, out);
@@ -163,10 +203,19 @@ impl State {
             // Ctrl-C clears a half-typed line, and quits from an empty one; so does Ctrl-D.
             Key::Ctrl('c') if !self.editor.line().is_empty() => self.editor.clear(),
             Key::Ctrl('c' | 'd') if self.editor.line().is_empty() => self.enter("/quit".into()),
+            // At the end of the line, Right and End take the hint.
+            Key::Right | Key::End | Key::Ctrl('f' | 'e')
+                if self.editor.pos() == self.editor.line().len() =>
+            {
+                let hint = self.hint();
+                let end = self.editor.pos();
+                self.editor.replace(end..end, &hint);
+            }
             key => match self.editor.key(&key) {
                 Action::Submit(line) => self.enter(line),
                 Action::ClearScreen => out.push_str("\x1b[H\x1b[2J"),
-                Action::Complete | Action::None => {}
+                Action::Complete => self.complete(out),
+                Action::None => {}
             },
         }
     }
@@ -176,8 +225,47 @@ impl State {
     fn enter(&mut self, line: String) {
         if !line.trim().is_empty() {
             self.editor.remember(&line);
+            if let Some(path) = self.history_file.as_ref().filter(|_| history::keep(&line))
+                && let Err(e) = history::append(path, &line)
+            {
+                tracing::warn!(error = %e, "input history not written");
+            }
         }
         let _ = self.typed.send(line);
+    }
+
+    /// Tab: the only candidate, or what all candidates share, or else the list of them.
+    fn complete(&mut self, out: &mut String) {
+        let (line, pos) = (self.editor.line().to_string(), self.editor.pos());
+        let ctx = Context::new(&self.no_history);
+        let Ok((start, found)) = self.completion.complete(&line, pos, &ctx) else {
+            return;
+        };
+        match found.as_slice() {
+            [] => {}
+            [only] => self.editor.replace(start..pos, only),
+            many => {
+                let shared = common_prefix(many);
+                if shared.chars().count() > line[start..pos].chars().count() {
+                    self.editor.replace(start..pos, &shared);
+                } else {
+                    let list: Vec<&str> = many.iter().map(|c| c.trim_end()).collect();
+                    out.push_str(&list.join("  "));
+                    out.push_str("\r\n");
+                }
+            }
+        }
+    }
+
+    /// The hint, shown dimmed; without colour it would look typed, so there is none.
+    fn hint(&self) -> String {
+        if !self.colour {
+            return String::new();
+        }
+        let ctx = Context::new(&self.no_history);
+        self.completion
+            .hint(self.editor.line(), self.editor.pos(), &ctx)
+            .unwrap_or_default()
     }
 
     /// Moves to the top of the prompt area and clears it and everything below.
@@ -191,12 +279,13 @@ impl State {
     }
 
     fn draw(&mut self, out: &mut String) {
+        let hint = self.hint();
         let frame = Frame {
             prompt: &self.prompt,
-            prompt_plain: &self.prompt_plain,
+            prompt_plain: &self.prompt,
             line: self.editor.line(),
             pos: self.editor.pos(),
-            hint: "",
+            hint: &hint,
         };
         let (bytes, row) = frame.draw(columns(), self.colour);
         out.push_str(&bytes);

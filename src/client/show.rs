@@ -1,83 +1,22 @@
-//! What the terminal program prints: every line goes through [`Output`], and events become
-//! lines in [`print_events`].
+//! What the terminal program prints: events become lines in [`print_events`], in the order
+//! they came; the answers of commands are shaped here too.
 
-use std::io::Write;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::screen::{Screen, ToScreen};
-use super::text::{clean, stamp};
+use super::complete::Names;
+use super::output::Output;
+use super::text::clean;
 use super::{Client, Event, Joined};
-use crate::protocol::DirectoryEntry;
+use crate::protocol::{ChatLine, DirectoryEntry, LeaveReason};
 
 /// Roster lines printed at most; the rest are summarised.
 const ROSTER_SHOWN: usize = 20;
-
-/// Where output goes: above the prompt while the screen runs, else plain stdout. Every line
-/// printed by the program passes through here, so nothing writes past the screen.
-#[derive(Clone)]
-pub struct Output {
-    screen: Arc<Mutex<Option<Screen>>>,
-}
-
-impl Output {
-    /// Output straight to stdout, for a script or a pipe.
-    pub fn plain() -> Self {
-        Output {
-            screen: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    /// Output through the screen, above the prompt.
-    pub fn screen(screen: Screen) -> Self {
-        Output {
-            screen: Arc::new(Mutex::new(Some(screen))),
-        }
-    }
-
-    /// Prints one line (or several, separated by newlines).
-    pub fn line(&self, text: impl Into<String>) {
-        let text = text.into();
-        let screen = self.screen.lock().unwrap_or_else(|e| e.into_inner());
-        let text = match screen.as_ref() {
-            Some(s) => match s.tx.send(ToScreen::Print(text)) {
-                Ok(()) => return,
-                Err(std::sync::mpsc::SendError(ToScreen::Print(text))) => text,
-                Err(_) => return,
-            },
-            None => text,
-        };
-        // Still under the lock: plain lines keep their order too.
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
-    }
-
-    /// Shows a command above its answer, where a person typed it; a script's commands are not
-    /// repeated to it.
-    pub fn command(&self, line: &str) {
-        let on_screen = self
-            .screen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
-        if on_screen {
-            self.line(format!("> {line}"));
-        }
-    }
-
-    /// Gives the terminal back (after drawing everything printed so far); later lines go to
-    /// stdout as they are.
-    pub fn close(&self) {
-        let mut screen = self.screen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = screen.take() {
-            s.stop();
-        }
-    }
-}
 
 /// What the printer and the commands share about the screen.
 #[derive(Default)]
@@ -86,6 +25,15 @@ pub struct Shown {
     pub earliest: AtomicU64,
     /// Whether the person asked for history (and so wants to hear if there is none).
     pub asked: AtomicBool,
+    /// When each member was seen arriving (lowercase name); `None`: already there when we
+    /// joined. For /whois.
+    pub arrived: Mutex<HashMap<String, Option<DateTime<Utc>>>>,
+}
+
+impl Shown {
+    fn arrived(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<DateTime<Utc>>>> {
+        self.arrived.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Shows events as they come, in the order they came, until `finish` (then what is queued
@@ -95,7 +43,7 @@ pub async fn print_events(
     client: Client,
     mut events: mpsc::Receiver<Event>,
     out: Output,
-    shown: Arc<Shown>,
+    (shown, names): (Arc<Shown>, Names),
     mut joining: watch::Receiver<bool>,
     finish: CancellationToken,
 ) {
@@ -118,45 +66,78 @@ pub async fn print_events(
             continue;
         }
         show_event(&client, &out, &shown, event);
+        names.members(&client);
+        out.prompt(prompt_for(&client));
     }
     for event in held {
         show_event(&client, &out, &shown, event);
     }
 }
 
+/// `[lobby 5] > ` in a session, `[no session] > ` outside.
+pub fn prompt_for(client: &Client) -> String {
+    match client.session() {
+        Some(s) => {
+            let id = s.id.to_string();
+            let name = s.name.as_deref().map_or_else(|| id[..8].to_string(), clean);
+            format!("[{name} {}] > ", client.member_count())
+        }
+        None => "[no session] > ".into(),
+    }
+}
+
+/// Whether `text` names `me` as a word (`bob`, `@bob`, `Bob:`), whatever the case.
+pub fn mentions(text: &str, me: &str) -> bool {
+    text.split(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        .any(|word| word.trim_end_matches('.').eq_ignore_ascii_case(me))
+}
+
+/// A group line as shown: `<nick> text` (`* nick text` for `/me`); one's own dimmed, one that
+/// mentions us highlighted with a bell.
+pub fn said(client: &Client, out: &Output, line: &ChatLine) {
+    let style = out.style();
+    let (from, text) = (clean(&line.from), clean(&line.text));
+    let mine = line.from.eq_ignore_ascii_case(client.user());
+    let body = match text.strip_prefix("/me ") {
+        Some(action) if mine => style.dim(&format!("* {from} {action}")),
+        Some(action) if mentions(action, client.user()) => {
+            style.alert(&format!("* {from} {action}"))
+        }
+        Some(action) => format!("* {} {action}", style.nick(&from)),
+        None if mine => style.dim(&format!("<{from}> {text}")),
+        None if mentions(&text, client.user()) => style.alert(&format!("<{from}> {text}")),
+        None => format!("<{}> {text}", style.nick(&from)),
+    };
+    out.stamped(line.time, &body);
+}
+
 fn show_event(client: &Client, out: &Output, shown: &Shown, event: Event) {
-    let (earliest, earliest_asked) = (&shown.earliest, &shown.asked);
+    let style = out.style();
     match event {
         Event::Message(l) => {
-            let _ = earliest.compare_exchange(0, l.seq, Ordering::Relaxed, Ordering::Relaxed);
-            out.line(format!(
-                "{} <{}> {}",
-                stamp(l.time),
-                clean(&l.from),
-                clean(&l.text)
-            ));
+            let _ = shown
+                .earliest
+                .compare_exchange(0, l.seq, Ordering::Relaxed, Ordering::Relaxed);
+            said(client, out, &l);
         }
         Event::History(lines) => {
-            let asked = earliest_asked.swap(false, Ordering::Relaxed);
+            let asked = shown.asked.swap(false, Ordering::Relaxed);
             let Some(first) = lines.first() else {
                 // On joining an empty session there is nothing to say.
                 if asked {
-                    out.line("* no earlier messages");
+                    out.notice("no earlier messages");
                 }
                 return;
             };
             let seq = first.seq;
-            let _ = earliest.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
-                (e == 0 || seq < e).then_some(seq)
-            });
-            out.line(format!("* {} earlier message(s):", lines.len()));
-            for l in lines {
-                out.line(format!(
-                    "{} <{}> {}",
-                    stamp(l.time),
-                    clean(&l.from),
-                    clean(&l.text)
-                ));
+            let _ = shown
+                .earliest
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
+                    (e == 0 || seq < e).then_some(seq)
+                });
+            out.notice(&format!("{} earlier message(s):", lines.len()));
+            for l in &lines {
+                said(client, out, l);
             }
         }
         Event::Presence {
@@ -165,54 +146,63 @@ fn show_event(client: &Client, out: &Output, shown: &Shown, event: Event) {
             member_count,
         } => {
             if joined.is_empty() && left.is_empty() {
-                out.line(format!("* {member_count} members"));
+                out.notice(&format!("{member_count} members"));
                 return;
             }
-            let now = stamp(chrono::Utc::now());
+            let now = Utc::now();
             for m in &joined {
-                out.line(format!("{now} * {} joined ({})", clean(&m.user), m.udp));
+                shown.arrived().insert(m.user.to_lowercase(), Some(now));
+                let text = format!("* {} joined ({})", clean(&m.user), m.udp);
+                out.stamped(now, &style.notice(&text));
             }
             for d in &left {
+                shown.arrived().remove(&d.user.to_lowercase());
                 let how = match d.reason {
-                    crate::protocol::LeaveReason::Left => "left",
-                    crate::protocol::LeaveReason::Disconnected => "disconnected",
-                    crate::protocol::LeaveReason::TooSlow => "was dropped (too slow)",
+                    LeaveReason::Left => "left",
+                    LeaveReason::Disconnected => "disconnected",
+                    LeaveReason::TooSlow => "was dropped (too slow)",
                 };
-                out.line(format!("{now} * {} {how}", clean(&d.user)));
+                out.stamped(now, &style.notice(&format!("* {} {how}", clean(&d.user))));
             }
             show_roster(client, out);
         }
         Event::Private {
             from, time, text, ..
-        } => out.line(format!(
-            "{} [private] {} → you: {}",
-            stamp(time),
-            clean(&from),
-            clean(&text)
-        )),
+        } => {
+            let body = format!("[private] {} → you: {}", clean(&from), clean(&text));
+            out.stamped(time, &style.alert(&body));
+        }
         Event::ServerError(e) => {
             if e.code == crate::protocol::ErrorCode::Gap {
                 // The replay that follows starts after the gap: page back from there.
-                earliest.store(0, Ordering::Relaxed);
+                shown.earliest.store(0, Ordering::Relaxed);
             }
-            out.line(format!("! {}", clean(&e.message)));
+            out.error(&clean(&e.message));
         }
-        Event::Disconnected { reason, retrying } => out.line(format!(
-            "! disconnected from the session: {}{}",
+        Event::Disconnected { reason, retrying } => out.error(&format!(
+            "disconnected from the session: {}{}",
             clean(&reason),
             if retrying { "; reconnecting…" } else { "" }
         )),
         Event::Reconnected { .. } => {
-            out.line("* reconnected; missed messages follow");
+            out.notice("reconnected; missed messages follow");
             show_roster(client, out);
         }
     }
 }
 
-pub fn show_joined(client: &Client, joined: &Joined, out: &Output) {
+/// Shows a join's answer and roster, and notes who was there already (for /whois).
+pub fn show_joined(client: &Client, joined: &Joined, out: &Output, shown: &Shown) {
     let s = &joined.session;
-    out.line(format!(
-        "* joined {} at {} as {} (udp {})",
+    {
+        let mut arrived = shown.arrived();
+        arrived.clear();
+        for m in &joined.members {
+            arrived.insert(m.user.to_lowercase(), None);
+        }
+    }
+    out.notice(&format!(
+        "joined {} at {} as {} (udp {})",
         session_label(&s.id.to_string(), s.name.as_deref()),
         s.server,
         client.user(),
@@ -230,9 +220,9 @@ pub fn show_roster_upto(client: &Client, out: &Output, shown: usize) {
     let count = client.member_count();
     if members.len() < count {
         // A large session: the server sends counts, not names.
-        out.line(format!(
+        out.line(out.style().notice(&format!(
             "  {count} members (a large session: members are looked up when you write to them)"
-        ));
+        )));
         return;
     }
     let mut text = format!("  members ({}):", members.len());
@@ -248,12 +238,12 @@ pub fn show_roster_upto(client: &Client, out: &Output, shown: usize) {
             members.len() - ROSTER_SHOWN
         ));
     }
-    out.line(text);
+    out.line(out.style().notice(&text));
 }
 
 pub fn show_sessions(list: &[DirectoryEntry], out: &Output) {
     if list.is_empty() {
-        out.line("* no sessions; /start [name] makes one");
+        out.notice("no sessions; /start [name] makes one");
         return;
     }
     let mut text = format!("{:<36}  {:<16}  {:<21}  MEMBERS", "ID", "NAME", "SERVER");
