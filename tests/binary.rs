@@ -242,3 +242,26 @@ async fn a_piped_client_says_goodbye_after_all_its_echoes() {
     assert!(echoed[9].ends_with("<fay> piped line 9"));
     assert!(fay.child.wait().await.unwrap().success());
 }
+
+#[tokio::test]
+async fn an_ordinary_error_is_one_line_even_with_rust_backtrace() {
+    let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args([
+            "client",
+            "--user",
+            "no spaces allowed",
+            "--coordinator",
+            "localhost",
+        ])
+        .env("CONFAB_PASSWORD", "x")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("confab: user name"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+}

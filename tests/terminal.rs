@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,18 +28,26 @@ struct Term {
 }
 
 impl Term {
-    /// Starts `confab client --user <user>` (registering it) in a 150×50 terminal. When the
+    /// Starts `confab client --user <user>` (registering it, password from the environment) in
+    /// a 150×50 terminal, keeping its input history under `state`.
+    async fn client(user: &str, coordinator: std::net::SocketAddr, state: &Path) -> Term {
+        let args = format!("--user {user} --coordinator {coordinator} --register");
+        let env = format!("CONFAB_PASSWORD={}", password(user));
+        Term::start(&args, &env, state).await
+    }
+
+    /// Starts `confab client <args>` with `env` (`NAME=value …`) in a 150×50 terminal. When the
     /// program ends the pane stays, with `[exited N]` below its last line.
-    async fn client(user: &str, coordinator: std::net::SocketAddr) -> Term {
+    async fn start(args: &str, env: &str, state: &Path) -> Term {
         let socket = format!(
             "confab-test-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let program = format!(
-            "env CONFAB_PASSWORD={} {} client --user {user} --coordinator {coordinator} \
-             --bind 127.0.0.1:0 --register; echo \"[exited $?]\"; sleep 3600",
-            password(user),
+            "env XDG_STATE_HOME={} {env} {} client --bind 127.0.0.1:0 {args}; \
+             echo \"[exited $?]\"; sleep 3600",
+            state.display(),
             env!("CARGO_BIN_EXE_confab"),
         );
         let term = Term { socket };
@@ -269,7 +279,8 @@ fn no_rate_limit() -> confab::coordinator::CoordinatorConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_answers_on_screen_and_type_ahead_is_never_lost() {
     let coord = TestCoordinator::start().await;
-    let alice = Term::client("alice", coord.addr).await;
+    let state = tempfile::tempdir().unwrap();
+    let alice = Term::client("alice", coord.addr, state.path()).await;
     alice.wait_prompt_after("logged in as alice").await;
 
     // /help: every line of it, the last one too, and the prompt back below it.
@@ -421,7 +432,8 @@ async fn pastes_and_output_while_typing_lose_nothing() {
     let coord = TestCoordinator::start_with(no_rate_limit()).await;
     let (bob, mut b_ev) = client("bob", coord.addr).await;
     bob.start_session(Some("room")).await.unwrap();
-    let alice = Term::client("alice", coord.addr).await;
+    let state = tempfile::tempdir().unwrap();
+    let alice = Term::client("alice", coord.addr, state.path()).await;
     alice.wait_prompt_after("logged in as alice").await;
     alice.type_lines(&["/join room"]).await;
     alice.wait_prompt_after("members (2)").await;
@@ -526,4 +538,163 @@ async fn pastes_and_output_while_typing_lose_nothing() {
     let rows = alice.wait_for("[exited 0]").await;
     assert!(!rows.iter().any(|r| r.contains("<alice> never sent")));
     assert!(rows.iter().any(|r| r == "* bye"), "{}", rows.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repl_completes_explains_and_remembers_what_was_typed() {
+    let coord = TestCoordinator::start().await;
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    bob.start_session(Some("other")).await.unwrap();
+    bob.leave().await;
+    bob.start_session(Some("lobby")).await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    // A host name for the coordinator, and a session to join on start.
+    let args = format!(
+        "--user alice --coordinator localhost:{} --register --join lobby",
+        coord.addr.port()
+    );
+    let env = format!("CONFAB_PASSWORD={}", password("alice"));
+    let alice = Term::start(&args, &env, state.path()).await;
+    alice
+        .wait_order(&["* joined session lobby", "members (2)"])
+        .await;
+    alice
+        .wait("the prompt naming the session and its size", |rows| {
+            rows.last().is_some_and(|r| r == "[lobby 2] >")
+        })
+        .await;
+
+    // Tab completes a command, a member after @, and a session after /join.
+    alice.type_text("/sess").await;
+    alice.key("Tab").await;
+    alice.wait_typed("/sessions").await;
+    alice.key("Enter").await;
+    alice.wait_order(&["> /sessions", "2: alice, bob"]).await;
+    alice.type_text("@b").await;
+    alice.key("Tab").await;
+    alice.wait_typed("@bob").await;
+    alice.type_lines(&["psst"]).await;
+    let private = expect(&mut b_ev, "alice's private message", |e| match e {
+        Event::Private { text, .. } => Some(text.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(private, "psst");
+
+    // /me, /whois, /msg, /help <command>: each answers on screen.
+    alice
+        .type_lines(&[
+            "/me waves",
+            "/whois bob",
+            "/msg bob hello there",
+            "/help whois",
+        ])
+        .await;
+    alice
+        .wait_order(&[
+            "> /whois bob",
+            &format!("* bob: udp {}", bob.endpoint()),
+            "> /help whois",
+            "/whois <name>: a member's UDP endpoint",
+        ])
+        .await;
+    alice.wait_for("* alice waves").await;
+    alice.wait_for("[private] you → bob: hello there").await;
+    let waves = expect(&mut b_ev, "alice's action", |e| match e {
+        Event::Message(l) if l.from == "alice" => Some(l.text.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(waves, "/me waves");
+    bob.say("/me waves back").await.unwrap();
+    alice.wait_for("* bob waves back").await;
+
+    alice.type_text("/join ot").await;
+    alice.key("Tab").await;
+    alice.wait_typed("/join other").await;
+    alice.key("Enter").await;
+    alice
+        .wait("the prompt in the other session", |rows| {
+            rows.last().is_some_and(|r| r == "[other 1] >")
+        })
+        .await;
+
+    // /clear leaves only the prompt.
+    alice.type_lines(&["/clear"]).await;
+    alice
+        .wait("a clear screen", |rows| {
+            rows.len() == 1 && is_prompt_with(&rows[0], "")
+        })
+        .await;
+
+    // Up browses what was typed.
+    alice.key("Up").await;
+    alice.wait_typed("/clear").await;
+    alice.key("Up").await;
+    alice.wait_typed("/join other").await;
+    alice.key("C-u").await;
+    alice.type_lines(&["/quit"]).await;
+    alice.wait_for("[exited 0]").await;
+    drop(alice);
+
+    // The history file: private, without private messages, and there after a restart.
+    let file = state.path().join("confab/history-alice");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let kept = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        kept.contains("/whois bob\n") && kept.contains("/me waves\n"),
+        "{kept}"
+    );
+    assert!(
+        !kept.contains("psst") && !kept.contains("hello there"),
+        "{kept}"
+    );
+    let args = format!("--user alice --coordinator {}", coord.addr);
+    let again = Term::start(&args, &env, state.path()).await;
+    again.wait_prompt_after("logged in as alice").await;
+    again.key("Up").await;
+    again.wait_typed("/quit").await;
+    again.key("Up").await;
+    again.wait_typed("/clear").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_are_asked_twice_to_register_and_again_when_wrong() {
+    let coord = TestCoordinator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let args = format!("--user dan --coordinator {} --register", coord.addr);
+    let dan = Term::start(&args, "", state.path()).await;
+    dan.wait_for("new password for dan:").await;
+    dan.type_lines(&["right-pw-9"]).await;
+    dan.wait_for("the same password again:").await;
+    dan.type_lines(&["a typo"]).await;
+    dan.wait_for("the two passwords differ; try again").await;
+    dan.type_lines(&["right-pw-9"]).await;
+    dan.wait("the second confirmation", |rows| {
+        rows.iter()
+            .filter(|r| r.contains("the same password again:"))
+            .count()
+            == 2
+    })
+    .await;
+    dan.type_lines(&["right-pw-9"]).await;
+    dan.wait_prompt_after("logged in as dan").await;
+    dan.type_lines(&["/quit"]).await;
+    dan.wait_for("[exited 0]").await;
+    drop(dan);
+
+    let args = format!("--user dan --coordinator {}", coord.addr);
+    let dan = Term::start(&args, "", state.path()).await;
+    dan.wait_for("password for dan:").await;
+    dan.type_lines(&["bad-pw-7"]).await;
+    dan.wait_for("try again").await;
+    dan.type_lines(&["right-pw-9"]).await;
+    let rows = dan.wait_prompt_after("logged in as dan").await;
+    // Nothing typed at a password prompt is ever shown.
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r.contains("right-pw-9") || r.contains("bad-pw-7"))
+    );
 }
