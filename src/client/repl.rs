@@ -163,7 +163,8 @@ pub async fn run(
 
     while let Some(line) = lines.recv().await {
         let line = line.trim().to_string();
-        if line.starts_with('/') {
+        // A command is shown above its answer; /me and /msg are shown as what they say.
+        if line.starts_with('/') && !line.starts_with("/me ") && !line.starts_with("/msg ") {
             out.command(&line);
         }
         if line == "/quit" || line == "/exit" {
