@@ -447,9 +447,10 @@ async fn pastes_and_output_while_typing_lose_nothing() {
         ["plain one", "plain two", "plain three"]
     );
     // A bracketed paste is several lines too, not one message with the newlines in it; the
-    // unfinished last line stays on the prompt to be finished.
+    // unfinished last line stays on the prompt to be finished. Its tab is text, not a Tab key
+    // (which would complete, here to nothing): proof that the paste came bracketed.
     alice
-        .paste("bracketed one\nbracketed two\nbracketed three", true)
+        .paste("bracketed\tone\nbracketed two\nbracketed three", true)
         .await;
     assert_eq!(
         texts(&mut b_ev, 2).await,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncBufReadExt;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -161,7 +162,17 @@ pub async fn run(
         command(&ctx, &format!("/join {session}")).await;
     }
 
-    while let Some(line) = lines.recv().await {
+    // Killed politely (SIGTERM) or the terminal went away (SIGHUP): leave as /quit would, so
+    // the terminal is restored and the session told.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            _ = term.recv() => None,
+            _ = hangup.recv() => None,
+        };
+        let Some(line) = line else { break };
         let line = line.trim().to_string();
         // A command is shown above its answer; /me and /msg are shown as what they say.
         if line.starts_with('/') && !line.starts_with("/me ") && !line.starts_with("/msg ") {
