@@ -135,10 +135,8 @@ impl Output {
     pub fn stamped(&self, time: DateTime<Utc>, body: &str) {
         let local = time.with_timezone(&Local);
         let mut state = self.lock();
-        if local.date_naive() != state.day {
-            state.day = local.date_naive();
-            let day = self.style.notice(&format!("--- {} ---", state.day));
-            print(&state, day);
+        if let Some(day) = day_line(&mut state.day, local) {
+            print(&state, self.style.notice(&day));
         }
         let clock = self.style.dim(&local.format("%H:%M:%S").to_string());
         print(&state, format!("{clock} {body}"));
@@ -194,6 +192,16 @@ impl Output {
     }
 }
 
+/// The `--- YYYY-MM-DD ---` line due before a line at `time`, if its day is not `*day`, the day
+/// of the line before (which becomes `time`'s).
+fn day_line(day: &mut NaiveDate, time: DateTime<Local>) -> Option<String> {
+    let today = time.date_naive();
+    (today != *day).then(|| {
+        *day = today;
+        format!("--- {today} ---")
+    })
+}
+
 /// Prints under the lock, so that screen and plain lines keep one order.
 fn print(state: &State, text: String) {
     let text = match &state.screen {
@@ -207,4 +215,43 @@ fn print(state: &State, text: String) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}");
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_day_line_comes_only_when_the_day_changes() {
+        let at = |d, h| Local.with_ymd_and_hms(2026, 12, d, h, 0, 0).unwrap();
+        let mut day = at(3, 9).date_naive();
+        assert_eq!(day_line(&mut day, at(3, 10)), None);
+        assert_eq!(
+            day_line(&mut day, at(2, 23)).as_deref(),
+            Some("--- 2026-12-02 ---")
+        );
+        assert_eq!(day_line(&mut day, at(2, 23)), None);
+        assert_eq!(
+            day_line(&mut day, at(3, 0)).as_deref(),
+            Some("--- 2026-12-03 ---")
+        );
+    }
+
+    #[test]
+    fn no_colour_means_no_escapes_and_each_nick_keeps_its_colour() {
+        let plain = Style {
+            colour: false,
+            bell: false,
+        };
+        assert_eq!(plain.alert("x"), "x");
+        assert_eq!(plain.nick("bob"), "bob");
+        let colour = Style {
+            colour: true,
+            bell: true,
+        };
+        let code = |s: String| s.split('m').next().unwrap().to_string();
+        assert_eq!(code(colour.nick("Bob")), code(colour.nick("bob")));
+        assert!(colour.alert("x").ends_with('\x07'));
+    }
 }

@@ -276,3 +276,17 @@ pub fn session_label(id: &str, name: Option<&str>) -> String {
         None => format!("session {id}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::mentions;
+
+    #[test]
+    fn a_mention_is_the_name_as_a_word() {
+        assert!(mentions("hey bob, look", "bob"));
+        assert!(mentions("@Bob: look", "bob"));
+        assert!(mentions("thanks bob.", "bob"));
+        assert!(!mentions("bobby is here", "bob"));
+        assert!(!mentions("kebob", "bob"));
+    }
+}
