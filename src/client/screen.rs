@@ -36,6 +36,10 @@ use super::lineedit::{Action, Frame, LineEditor};
 
 /// Input history entries kept in memory.
 const HISTORY: usize = 1000;
+/// Messages waiting for the screen at most. A terminal that stops reading holds up whoever
+/// prints (and so, in the end, the session, which drops a member that falls too far behind)
+/// instead of filling memory.
+const QUEUE: usize = 4096;
 /// Most messages drawn in one frame: under a flood the prompt is still redrawn now and then.
 const BATCH: usize = 256;
 
@@ -58,7 +62,7 @@ pub enum ToScreen {
 /// A running screen: the sender for messages, and the thread to wait for.
 pub struct Screen {
     /// Messages for the screen thread.
-    pub tx: mpsc::Sender<ToScreen>,
+    pub tx: mpsc::SyncSender<ToScreen>,
     thread: Option<JoinHandle<()>>,
     stop_reader: Arc<AtomicBool>,
 }
@@ -76,7 +80,7 @@ impl Screen {
             }
         }
         let saved = RawMode::enter()?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let stop_reader = Arc::new(AtomicBool::new(false));
         {
             let tx = tx.clone();
@@ -316,7 +320,7 @@ fn columns() -> usize {
 }
 
 /// Reads stdin until it ends or the screen stops, and sends every key in order.
-fn read_keys(tx: mpsc::Sender<ToScreen>, stop: Arc<AtomicBool>) {
+fn read_keys(tx: mpsc::SyncSender<ToScreen>, stop: Arc<AtomicBool>) {
     let stdin = std::io::stdin();
     let fd = stdin.as_raw_fd();
     let mut parser = KeyParser::default();
