@@ -141,12 +141,17 @@ impl Completer for Completion {
 impl Hinter for Completion {
     type Hint = String;
 
-    /// The rest of the only candidate, when the cursor is at the end of the line.
+    /// The rest of the only candidate, when the cursor is at the end of a command or an
+    /// `@name`; plain chat words get no hint (a name hinted after every `a` would be noise),
+    /// though Tab still completes them.
     fn hint(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> Option<String> {
         if pos < line.len() || line.is_empty() {
             return None;
         }
         let (start, found) = self.candidates(line, pos);
+        if !line.starts_with('/') && !line[start..].starts_with('@') {
+            return None;
+        }
         let [only] = found.as_slice() else {
             return None;
         };
@@ -212,6 +217,8 @@ mod tests {
         assert_eq!(c.hint("/sess", 5, &ctx).as_deref(), Some("ions"));
         assert_eq!(c.hint("@bo", 3, &ctx), None);
         assert_eq!(c.hint("/sessions", 9, &ctx), None);
+        assert_eq!(c.hint("@al", 3, &ctx).as_deref(), Some("ice"));
+        assert_eq!(c.hint("hi al", 5, &ctx), None);
     }
 
     #[test]
