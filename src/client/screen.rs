@@ -12,7 +12,8 @@
 //! keys and every line to print, in one channel and so in one order, and is the only writer to
 //! the terminal: to print, it clears the prompt rows, writes whole lines, and draws the prompt
 //! and the half-typed line again below them ([`super::lineedit`]). Nothing can interleave, so
-//! nothing is lost or garbled, however keys and output are timed.
+//! nothing is lost or garbled, however keys and output are timed. rustyline still supplies the
+//! completion and hint interfaces ([`super::complete`]).
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
