@@ -3,13 +3,13 @@
 //!
 //! Every wait polls the screen (or the other client's events) until a condition holds, with a
 //! generous bound, so a loaded machine makes the test slower, never wrong. Each test has its own
-//! tmux server on a private socket, killed when the test ends, pass or fail.
+//! tmux server on a private socket in a temporary folder, killed when the test ends, pass or
+//! fail.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,11 +20,11 @@ use tokio::process::Command;
 /// two loaded cores.
 const SCREEN_WAIT: Duration = Duration::from_secs(20);
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 /// A tmux server on a private socket with one pane running `confab client`.
 struct Term {
+    /// The socket, in `_dir`, which goes with the server.
     socket: String,
+    _dir: tempfile::TempDir,
 }
 
 impl Term {
@@ -39,18 +39,15 @@ impl Term {
     /// Starts `confab client <args>` with `env` (`NAME=value …`) in a 150×50 terminal. When the
     /// program ends the pane stays, with `[exited N]` below its last line.
     async fn start(args: &str, env: &str, state: &Path) -> Term {
-        let socket = format!(
-            "confab-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("tmux").to_str().unwrap().to_string();
         let program = format!(
             "env XDG_STATE_HOME={} {env} {} client --bind 127.0.0.1:0 {args}; \
              echo \"[exited $?]\"; sleep 3600",
             state.display(),
             env!("CARGO_BIN_EXE_confab"),
         );
-        let term = Term { socket };
+        let term = Term { socket, _dir: dir };
         term.tmux(&[
             "start-server",
             ";",
@@ -77,7 +74,7 @@ impl Term {
         let out = tokio::time::timeout(
             SCREEN_WAIT,
             Command::new("tmux")
-                .args(["-L", &self.socket, "-f", "/dev/null"])
+                .args(["-S", &self.socket, "-f", "/dev/null"])
                 .args(args)
                 .env_remove("TMUX")
                 .env("TERM", "xterm-256color")
@@ -207,7 +204,7 @@ impl Term {
 impl Drop for Term {
     fn drop(&mut self) {
         let _ = std::process::Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
+            .args(["-S", &self.socket, "kill-server"])
             .env_remove("TMUX")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
