@@ -33,7 +33,7 @@ use rustyline::history::MemHistory;
 use super::complete::{Completion, common_prefix};
 use super::history;
 use super::keys::{Key, KeyParser};
-use super::lineedit::{Action, Frame, LineEditor};
+use super::lineedit::{Action, Frame, LineEditor, Place, place};
 
 /// Input history entries kept in memory.
 const HISTORY: usize = 1000;
@@ -56,6 +56,8 @@ pub enum ToScreen {
     Clear,
     /// The terminal's input ended.
     InputClosed,
+    /// The terminal changed size: draw the prompt again.
+    Resized,
     /// Erase the prompt, give the terminal back as it was, and say so on the channel.
     Stop(mpsc::Sender<()>),
 }
@@ -94,6 +96,7 @@ impl Screen {
             editor,
             prompt: options.prompt,
             cursor_row: 0,
+            drawn: (String::new(), 0),
             typed,
             colour: options.colour,
             completion: options.completion,
@@ -140,6 +143,9 @@ struct State {
     prompt: String,
     /// Rows from the top of the prompt area down to the cursor.
     cursor_row: usize,
+    /// What stood before the cursor when the prompt was last drawn, and how wide the terminal
+    /// was then.
+    drawn: (String, usize),
     typed: UnboundedSender<String>,
     colour: bool,
     completion: Completion,
@@ -194,6 +200,7 @@ impl State {
                 }
             }
             ToScreen::InputClosed => self.enter("/quit".into()),
+            ToScreen::Resized => {}
             ToScreen::Stop(_) => {}
         }
     }
@@ -274,10 +281,19 @@ impl State {
     }
 
     /// Moves to the top of the prompt area and clears it and everything below.
+    ///
+    /// After a resize the prompt's rows are unknown: a terminal that reflows has rewrapped them
+    /// to the new width, one that does not has kept them. Going up the smaller of the two counts
+    /// never erases a printed line; at worst a remnant of the old prompt stays above.
     fn erase(&mut self, out: &mut String) {
+        let cols = columns();
+        let mut up = self.cursor_row;
+        if cols != self.drawn.1 {
+            up = up.min(place(&self.drawn.0, Place { row: 0, col: 0 }, cols).row);
+        }
         out.push('\r');
-        if self.cursor_row > 0 {
-            out.push_str(&format!("\x1b[{}A", self.cursor_row));
+        if up > 0 {
+            out.push_str(&format!("\x1b[{up}A"));
         }
         out.push_str("\x1b[J");
         self.cursor_row = 0;
@@ -292,9 +308,16 @@ impl State {
             pos: self.editor.pos(),
             hint: &hint,
         };
-        let (bytes, row) = frame.draw(columns(), self.colour);
+        let cols = columns();
+        let (bytes, row) = frame.draw(cols, self.colour);
         out.push_str(&bytes);
         self.cursor_row = row;
+        let before_cursor = format!(
+            "{}{}",
+            self.prompt,
+            &self.editor.line()[..self.editor.pos()]
+        );
+        self.drawn = (before_cursor, cols);
     }
 }
 
@@ -326,6 +349,7 @@ fn read_keys(tx: mpsc::SyncSender<ToScreen>, stop: Arc<AtomicBool>) {
     let fd = stdin.as_raw_fd();
     let mut parser = KeyParser::default();
     let mut buf = [0u8; 4096];
+    let mut cols = columns();
     while !stop.load(Ordering::Relaxed) {
         // A lone ESC is a key of its own once nothing followed it for a moment.
         let timeout = if parser.waiting() { 30 } else { 200 };
@@ -340,6 +364,13 @@ fn read_keys(tx: mpsc::SyncSender<ToScreen>, stop: Arc<AtomicBool>) {
             let keys = parser.flush();
             if !keys.is_empty() && tx.send(ToScreen::Keys(keys)).is_err() {
                 return;
+            }
+            // Checked at each pause rather than on SIGWINCH: no signal handler to share.
+            if columns() != cols {
+                cols = columns();
+                if tx.send(ToScreen::Resized).is_err() {
+                    return;
+                }
             }
             continue;
         }
