@@ -272,7 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// The coordinator's port when none is given.
 const COORDINATOR_PORT: u16 = 7500;
 
-/// `host:port`, `host`, `ip`, `[v6]:port` or `v6` to one address (the first the resolver gives).
+/// `host:port`, `host`, `ip`, `[v6]:port` or `v6` to one address.
 async fn resolve(coordinator: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(addr) = coordinator.parse::<SocketAddr>() {
         return Ok(addr);
@@ -288,10 +288,17 @@ async fn resolve(coordinator: &str) -> anyhow::Result<SocketAddr> {
         Some((_, port)) if port.parse::<u16>().is_ok() => coordinator.to_string(),
         _ => format!("{coordinator}:{COORDINATOR_PORT}"),
     };
-    tokio::net::lookup_host(&with_port)
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
         .await
         .with_context(|| format!("cannot resolve the coordinator address {coordinator}"))?
-        .next()
+        .collect();
+    // IPv4 first: the coordinator listens on 127.0.0.1 by default, and `localhost` often
+    // resolves to ::1 as well.
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
         .with_context(|| format!("the coordinator address {coordinator} resolves to nothing"))
 }
 
