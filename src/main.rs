@@ -64,9 +64,9 @@ enum Command {
         /// Your user name.
         #[arg(long, env = "CONFAB_USER")]
         user: String,
-        /// The coordinator's UDP address.
+        /// The coordinator: host name or IP address, with `:port` unless it is 7500.
         #[arg(long, default_value = "127.0.0.1:7500", env = "CONFAB_COORDINATOR")]
-        coordinator: SocketAddr,
+        coordinator: String,
         /// Local UDP address for private messages (default: any, port chosen by the OS).
         #[arg(long)]
         bind: Option<SocketAddr>,
@@ -76,6 +76,9 @@ enum Command {
         /// Create the account first.
         #[arg(long)]
         register: bool,
+        /// Join this session (id, id prefix or name) on start.
+        #[arg(long, value_name = "NAME")]
+        join: Option<String>,
     },
 }
 
@@ -112,9 +115,27 @@ enum Scenario {
     Coordinator(cli::bench::RequestsOpts),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Errors are printed as one readable chain, `confab: what: why`, and never as a `Debug` dump
+/// with a backtrace, whatever `RUST_BACKTRACE` says: they are answers for a person, not bugs.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("confab: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("confab: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Coordinator {
             listen,
@@ -167,14 +188,17 @@ async fn main() -> anyhow::Result<()> {
             bind,
             advertise,
             register,
+            join,
         } => {
             // Logs would garble the prompt; only warnings, and only if asked for with RUST_LOG.
             init_tracing("off");
-            let password = password_for(&user)?;
+            let coordinator = resolve(&coordinator).await?;
+            let password = std::env::var("CONFAB_PASSWORD").ok();
             let mut config = ClientConfig::new(user, coordinator);
             config.bind = bind;
             config.advertise = advertise;
-            repl::run(config, repl::Credentials { password, register }).await?;
+            let credentials = repl::Credentials { password, register };
+            repl::run(config, credentials, repl::Start { join }).await?;
         }
         Command::Bench(args) => {
             init_tracing("warn");
@@ -184,17 +208,37 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `CONFAB_PASSWORD`, or asked for without echo when a person is at the terminal.
-fn password_for(user: &str) -> anyhow::Result<String> {
-    use std::io::IsTerminal;
-    if let Ok(password) = std::env::var("CONFAB_PASSWORD") {
-        return Ok(password);
+/// The coordinator's port when none is given.
+const COORDINATOR_PORT: u16 = 7500;
+
+/// `host:port`, `host`, `ip`, `[v6]:port` or `v6` to one address.
+async fn resolve(coordinator: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = coordinator.parse::<SocketAddr>() {
+        return Ok(addr);
     }
-    if std::io::stdin().is_terminal() {
-        return rpassword::prompt_password(format!("password for {user}: "))
-            .context("cannot read the password");
+    if let Ok(ip) = coordinator
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, COORDINATOR_PORT));
     }
-    anyhow::bail!("no password: set CONFAB_PASSWORD, or run in a terminal to be asked")
+    let with_port = match coordinator.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => coordinator.to_string(),
+        _ => format!("{coordinator}:{COORDINATOR_PORT}"),
+    };
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
+        .await
+        .with_context(|| format!("cannot resolve the coordinator address {coordinator}"))?
+        .collect();
+    // IPv4 first: the coordinator listens on 127.0.0.1 by default, and `localhost` often
+    // resolves to ::1 as well.
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .with_context(|| format!("the coordinator address {coordinator} resolves to nothing"))
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {

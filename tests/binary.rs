@@ -76,8 +76,7 @@ impl Program {
 }
 
 fn is_stamped(line: &str) -> bool {
-    line.len() > 19
-        && chrono::NaiveDateTime::parse_from_str(&line[..19], "%Y-%m-%d %H:%M:%S").is_ok()
+    line.len() > 9 && chrono::NaiveTime::parse_from_str(&line[..8], "%H:%M:%S").is_ok()
 }
 
 #[tokio::test]
@@ -213,4 +212,56 @@ async fn joining_shows_the_last_fifty_and_history_pages_further_back() {
     erin.wait_for("no earlier messages").await;
     erin.type_line("/quit").await;
     assert!(erin.child.wait().await.unwrap().success());
+}
+
+#[tokio::test]
+async fn a_piped_client_says_goodbye_after_all_its_echoes() {
+    let coord = TestCoordinator::start().await;
+    let mut fay = Program::client("fay", coord.addr);
+    fay.type_line("/start piped").await;
+    for i in 0..10 {
+        fay.type_line(&format!("piped line {i}")).await;
+    }
+    drop(fay.stdin);
+    let mut rest = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(WAIT, fay.stdout.next_line())
+        .await
+        .expect("output until the end")
+    {
+        rest.push(line);
+    }
+    let n = rest.len();
+    assert!(n >= 12, "{rest:#?}");
+    assert!(rest[n - 2].starts_with("* left session piped"), "{rest:#?}");
+    assert_eq!(rest[n - 1], "* bye");
+    let echoed: Vec<&String> = rest
+        .iter()
+        .filter(|l| l.contains("<fay> piped line"))
+        .collect();
+    assert_eq!(echoed.len(), 10, "{rest:#?}");
+    assert!(echoed[9].ends_with("<fay> piped line 9"));
+    assert!(fay.child.wait().await.unwrap().success());
+}
+
+#[tokio::test]
+async fn an_ordinary_error_is_one_line_even_with_rust_backtrace() {
+    let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args([
+            "client",
+            "--user",
+            "no spaces allowed",
+            "--coordinator",
+            "localhost",
+        ])
+        .env("CONFAB_PASSWORD", "x")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("confab: user name"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
 }

@@ -8,9 +8,16 @@
 //! waits for them, acknowledgements to the private message that waits for them, and private
 //! messages to the application as [`Event::Private`].
 
+mod complete;
+mod history;
+mod keys;
+mod lineedit;
 mod link;
+mod output;
 pub mod repl;
 mod roster;
+mod screen;
+mod show;
 pub mod text;
 
 use std::collections::HashMap;

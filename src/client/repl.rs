@@ -1,174 +1,274 @@
-//! The terminal program: a `rustyline` prompt over the client API.
+//! The terminal program: login, then slash commands over the client API.
 //!
-//! Three parts run side by side: the line editor on its own thread (it blocks), a printer task that
-//! shows events as they come, and the command loop that runs what the person typed, one command at
-//! a time and in order. Output goes through rustyline's external printer, which redraws the prompt
-//! and the half-typed line below each message instead of garbling them. When stdin is not a
-//! terminal (a script, a pipe, a test), lines are read plainly and output goes straight to stdout.
+//! Three parts run side by side: the screen ([`super::screen`]), which owns the terminal, reads
+//! every key and draws every line; a printer task that shows events as they come
+//! ([`super::show`]); and the command loop that runs what the person typed, one command at a
+//! time and in order. Everything printed goes through one [`Output`], so the screen is the only
+//! writer while it runs. When stdin or stdout is not a terminal (a script, a pipe, a test), lines
+//! are read plainly and output goes straight to stdout, without colour.
 
-use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use rustyline::error::ReadlineError;
-use rustyline::{DefaultEditor, ExternalPrinter};
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::text::{clean, stamp};
-use super::{Client, ClientConfig, ClientError, Event, Joined};
-use crate::protocol::DirectoryEntry;
+use super::complete::{Completion, Names};
+use super::output::{Output, Style};
+use super::screen::{Options, Screen};
+use super::show::{
+    Shown, print_events, prompt_for, session_label, show_joined, show_roster_upto, show_sessions,
+};
+use super::text::clean;
+use super::{Client, ClientConfig, ClientError, history};
+use crate::protocol::ErrorCode;
 
-/// Roster lines printed at most; the rest are summarised.
-const ROSTER_SHOWN: usize = 20;
+/// Password prompts before giving up.
+const LOGIN_TRIES: usize = 3;
 
 const HELP: &str = "\
 commands:
-  /start [name]     create a session (optionally named) and join it
-  /join <id|name>   join a session by id, id prefix or name
-  /leave            leave the current session
-  /sessions         list all sessions: id, name, server, members
-  /who              show who is in this session, with their UDP endpoints
-  /history [n]      show n more earlier group messages (default 50)
-  /close [id|name]  remove a session you created, with its history (default: this one)
-  /help             this text
-  /quit             leave and exit (also Ctrl-D)
-  text              say text to everyone in the session
-  @name text        say text to name only, peer to peer (private)";
+  /start [name]      create a session (optionally named) and join it
+  /join <id|name>    join a session by id, id prefix or name
+  /leave             leave the current session
+  /sessions          list all sessions: id, name, server, members
+  /who               show who is in this session, with their UDP endpoints
+  /whois <name>      one member: endpoint, when they came, how messages reach them
+  /history [n]       show n more earlier group messages (default 50)
+  /close [id|name]   remove a session you created, with its history (default: this one)
+  /me <action>       say an action: /me waves shows as * you waves
+  /clear             clear the screen
+  /help [command]    this text, or more about one command
+  /quit              leave and exit (also /exit, Ctrl-D, Ctrl-C on an empty line)
+  text               say text to everyone in the session
+  @name text         say text to name only, peer to peer (private); also /msg name text
+keys: Tab completes commands, @names and sessions; Up/Down browse what you typed;
+  Ctrl-C clears the line; Ctrl-A/E start/end, Ctrl-W/U/K delete word/to start/to end";
 
-/// Where output goes: above the prompt when a person is typing, else plain stdout.
-#[derive(Clone)]
-pub struct Output {
-    printer: Option<Arc<Mutex<Box<dyn ExternalPrinter + Send>>>>,
-}
-
-impl Output {
-    /// Prints one line (or several, separated by newlines).
-    pub fn line(&self, text: impl Into<String>) {
-        let text = text.into();
-        if let Some(p) = &self.printer {
-            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-            if p.print(text.clone()).is_ok() {
-                return;
-            }
+/// More about one command, for `/help <command>`.
+fn help_for(command: &str) -> Option<&'static str> {
+    Some(match command.trim_start_matches('/') {
+        "start" => {
+            "/start [name]: create a session and join it. Without a name it is known by its id only."
         }
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
-    }
-}
-
-/// One line typed by the person; the editor waits for `go_on` before prompting again, so the
-/// program can stop it cleanly (restoring the terminal) after `/quit`.
-struct Typed {
-    line: String,
-    go_on: Option<oneshot::Sender<bool>>,
+        "join" => {
+            "/join <id|name>: join a session by name, id, or an id prefix of 4 characters or more; you leave the current one first. Tab completes names and ids."
+        }
+        "leave" => "/leave: leave the current session; you stay logged in.",
+        "sessions" => {
+            "/sessions: list every session: id, name, server address (or (idle)), member count and names."
+        }
+        "who" => {
+            "/who: everyone in this session with the UDP endpoint their private messages go to."
+        }
+        "whois" => {
+            "/whois <name>: a member's UDP endpoint, when they came (as this client saw it), and how private messages reach them."
+        }
+        "history" => {
+            "/history [n]: show n (default 50, at most 500) group messages from before the earliest one on screen."
+        }
+        "close" => {
+            "/close [id|name]: remove a session you created, with its history, for good (default: the current one)."
+        }
+        "me" => "/me <action>: say an action; everyone sees * yourname action.",
+        "msg" => {
+            "/msg <name> <text>: say text to name only, straight to them over UDP; the same as @name text. Never written to the input history."
+        }
+        "clear" => "/clear: clear the screen; nothing is lost from the session.",
+        "help" => "/help [command]: list the commands, or tell more about one.",
+        "quit" | "exit" => {
+            "/quit: leave the session and exit, after private messages still being sent are acknowledged (also /exit, Ctrl-D, or Ctrl-C on an empty line)."
+        }
+        _ => return None,
+    })
 }
 
 /// How the terminal client proves who it is.
 pub struct Credentials {
-    /// The password (from `CONFAB_PASSWORD` or asked for without echo).
-    pub password: String,
-    /// Create the account before logging in.
+    /// The password, if given (from `CONFAB_PASSWORD`); otherwise it is asked for at the
+    /// terminal, again after a wrong one.
+    pub password: Option<String>,
+    /// Create the account before logging in (an asked-for password is asked twice).
     pub register: bool,
 }
 
+/// What to do once logged in.
+#[derive(Default)]
+pub struct Start {
+    /// Join this session (id, id prefix or name) before reading commands.
+    pub join: Option<String>,
+}
+
 /// Runs the terminal client until `/quit`, Ctrl-D or the end of input.
-pub async fn run(config: ClientConfig, credentials: Credentials) -> Result<(), ClientError> {
+pub async fn run(
+    config: ClientConfig,
+    credentials: Credentials,
+    start: Start,
+) -> Result<(), ClientError> {
     let (client, events) = Client::start(config).await?;
-    if credentials.register {
-        let user = client.register(&credentials.password).await?;
-        println!("* registered {user}");
-    }
-    let user = client.login(&credentials.password).await?;
-    drop(credentials);
+    let user = log_in(&client, credentials).await?;
     println!("* logged in as {user}; type /help for commands");
-    let (lines_tx, mut lines) = mpsc::channel::<Typed>(64);
-    let out = if std::io::stdin().is_terminal() {
-        start_editor(lines_tx)?
+    let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
+    let names = Names::default();
+    let out = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        let options = Options {
+            prompt: prompt_for(&client),
+            colour: Style::new(true).colour(),
+            completion: Completion {
+                names: names.clone(),
+            },
+            history: history::path(&user),
+        };
+        Output::screen(Screen::start(lines_tx, options)?)
     } else {
         start_plain_reader(lines_tx);
-        Output { printer: None }
+        Output::plain()
     };
-    // Sequence number of the earliest group line shown, so /history pages further back.
-    let earliest = Arc::new(AtomicU64::new(0));
-    // Whether the person asked for history (and so wants to hear if there is none).
-    let asked = Arc::new(AtomicBool::new(false));
+    out.prompt(prompt_for(&client));
+    let pending = TaskTracker::new();
+    let shown = Arc::new(Shown::default());
+    let (joining, joining_rx) = watch::channel(false);
+    let finish = CancellationToken::new();
     let printer = tokio::spawn(print_events(
+        client.clone(),
         events,
         out.clone(),
-        earliest.clone(),
-        asked.clone(),
+        (shown.clone(), names.clone()),
+        joining_rx,
+        finish.clone(),
     ));
-    let pending = TaskTracker::new();
-
-    while let Some(Typed { line, go_on }) = lines.recv().await {
-        let line = line.trim().to_string();
-        let quit = line == "/quit" || line == "/exit";
-        if let Some(go_on) = go_on {
-            let _ = go_on.send(!quit);
+    let ctx = Ctx {
+        client: &client,
+        out: &out,
+        pending: &pending,
+        shown: &shown,
+        joining: &joining,
+        names: &names,
+    };
+    // Names for Tab after /join, without waiting for them.
+    tokio::spawn({
+        let (client, names) = (client.clone(), names.clone());
+        async move {
+            if let Ok(list) = client.list().await {
+                names.sessions(&list);
+            }
         }
-        if quit {
+    });
+    if let Some(session) = start.join {
+        command(&ctx, &format!("/join {session}")).await;
+    }
+
+    // Killed politely (SIGTERM) or the terminal went away (SIGHUP): leave as /quit would, so
+    // the terminal is restored and the session told.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            _ = term.recv() => None,
+            _ = hangup.recv() => None,
+        };
+        let Some(line) = line else { break };
+        let line = line.trim().to_string();
+        // A command is shown above its answer; /me and /msg are shown as what they say.
+        if line.starts_with('/') && !line.starts_with("/me ") && !line.starts_with("/msg ") {
+            out.command(&line);
+        }
+        if line == "/quit" || line == "/exit" {
             break;
         }
         if line.is_empty() {
             continue;
         }
-        command(&client, &line, &out, &pending, (&earliest, &asked)).await;
+        command(&ctx, &line).await;
+        out.prompt(prompt_for(&client));
     }
 
     pending.close();
     if !pending.is_empty() {
-        out.line("* waiting for private messages to be acknowledged…");
+        out.notice("waiting for private messages to be acknowledged…");
         let _ = tokio::time::timeout(client.inner.config.dm_retry.total(), pending.wait()).await;
     }
-    if let Some(info) = client.leave().await {
-        out.line(format!(
-            "* left {}",
+    let left = client.leave().await;
+    // What arrived before we left (our own echoes among it) is shown before the goodbye.
+    finish.cancel();
+    let _ = printer.await;
+    out.close();
+    if let Some(info) = left {
+        out.notice(&format!(
+            "left {}",
             session_label(&info.id.to_string(), info.name.as_deref())
         ));
     }
-    printer.abort();
-    out.line("* bye");
+    out.notice("bye");
     Ok(())
 }
 
-fn start_editor(lines: mpsc::Sender<Typed>) -> Result<Output, ClientError> {
-    let io = |e: ReadlineError| ClientError::Io(std::io::Error::other(e.to_string()));
-    let mut editor = DefaultEditor::new().map_err(io)?;
-    let printer = editor.create_external_printer().map_err(io)?;
-    std::thread::Builder::new()
-        .name("confab-readline".into())
-        .spawn(move || {
-            loop {
-                let line = match editor.readline("> ") {
-                    Ok(line) => line,
-                    Err(ReadlineError::Interrupted) | Err(ReadlineError::Eof) => "/quit".into(),
-                    Err(e) => {
-                        tracing::error!(error = %e, "terminal input failed");
-                        "/quit".into()
-                    }
-                };
-                if !line.trim().is_empty() {
-                    let _ = editor.add_history_entry(line.as_str());
-                }
-                let (go_on, answer) = oneshot::channel();
-                let typed = Typed {
-                    line,
-                    go_on: Some(go_on),
-                };
-                if lines.blocking_send(typed).is_err() || !answer.blocking_recv().unwrap_or(false) {
-                    break;
-                }
+/// Registers if asked, then logs in. A password typed at the terminal is asked for again after
+/// a wrong one (three tries), and twice when registering, so a typo cannot lock you out.
+async fn log_in(client: &Client, credentials: Credentials) -> Result<String, ClientError> {
+    let user = client.user().to_string();
+    let interactive = credentials.password.is_none();
+    let mut password = match credentials.password {
+        Some(p) => Some(p),
+        None if credentials.register => Some(ask_new_password(&user).await?),
+        None => None,
+    };
+    if credentials.register {
+        let pw = password.as_deref().unwrap_or_default();
+        let name = client.register(pw).await?;
+        println!("* registered {name}");
+    }
+    for attempt in 1..=LOGIN_TRIES {
+        let pw = match password.take() {
+            Some(p) => p,
+            None => ask_password(&format!("password for {user}: ")).await?,
+        };
+        match client.login(&pw).await {
+            Err(ClientError::Refused(e))
+                if e.code == ErrorCode::InvalidCredentials
+                    && interactive
+                    && attempt < LOGIN_TRIES =>
+            {
+                eprintln!("! {}; try again", clean(&e.message));
             }
-        })?;
-    Ok(Output {
-        printer: Some(Arc::new(Mutex::new(Box::new(printer)))),
-    })
+            result => return result,
+        }
+    }
+    unreachable!("the last try returns")
 }
 
-fn start_plain_reader(lines: mpsc::Sender<Typed>) {
+async fn ask_password(prompt: &str) -> Result<String, ClientError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(ClientError::Invalid(
+            "no password: set CONFAB_PASSWORD, or run in a terminal to be asked".into(),
+        ));
+    }
+    let prompt = prompt.to_string();
+    tokio::task::spawn_blocking(move || rpassword::prompt_password(prompt))
+        .await
+        .map_err(|e| ClientError::Io(std::io::Error::other(e)))?
+        .map_err(ClientError::Io)
+}
+
+/// A new account's password, typed twice until both agree (three tries).
+async fn ask_new_password(user: &str) -> Result<String, ClientError> {
+    for _ in 0..LOGIN_TRIES {
+        let first = ask_password(&format!("new password for {user}: ")).await?;
+        let again = ask_password("the same password again: ").await?;
+        if first == again {
+            return Ok(first);
+        }
+        eprintln!("! the two passwords differ; try again");
+    }
+    Err(ClientError::Invalid("the passwords did not match".into()))
+}
+
+fn start_plain_reader(lines: mpsc::UnboundedSender<String>) {
     tokio::spawn(async move {
         let mut input = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         loop {
@@ -177,68 +277,102 @@ fn start_plain_reader(lines: mpsc::Sender<Typed>) {
                 Ok(None) | Err(_) => "/quit".to_string(),
             };
             let quit = line.trim() == "/quit";
-            if lines.send(Typed { line, go_on: None }).await.is_err() || quit {
+            if lines.send(line).is_err() || quit {
                 break;
             }
         }
     });
 }
 
-async fn command(
-    client: &Client,
-    line: &str,
-    out: &Output,
-    pending: &TaskTracker,
-    (earliest, asked): (&AtomicU64, &AtomicBool),
-) {
+/// What a command can reach.
+struct Ctx<'a> {
+    client: &'a Client,
+    out: &'a Output,
+    /// Private messages still being sent.
+    pending: &'a TaskTracker,
+    shown: &'a Shown,
+    /// True while a join runs: the printer holds the new session's events until its answer is
+    /// shown.
+    joining: &'a watch::Sender<bool>,
+    names: &'a Names,
+}
+
+impl Ctx<'_> {
+    /// Joins (through `join`) and shows the answer before any event of the new session.
+    async fn join(
+        &self,
+        join: impl std::future::Future<Output = Result<super::Joined, ClientError>>,
+    ) -> Result<(), ClientError> {
+        self.shown.earliest.store(0, Ordering::Relaxed);
+        self.joining.send_replace(true);
+        let result = join.await.map(|j| {
+            show_joined(self.client, &j, self.out, self.shown);
+            self.names.members(self.client);
+            self.out.prompt(prompt_for(self.client));
+        });
+        self.joining.send_replace(false);
+        result
+    }
+}
+
+async fn command(ctx: &Ctx<'_>, line: &str) {
+    let Ctx {
+        client, out, shown, ..
+    } = *ctx;
     let (word, rest) = match line.split_once(char::is_whitespace) {
         Some((w, r)) => (w, r.trim()),
         None => (line, ""),
     };
+    fn usage<T>(text: &str) -> Result<T, ClientError> {
+        Err(ClientError::Invalid(format!("usage: {text}")))
+    }
     let result = match word {
-        "/help" => {
+        "/help" if rest.is_empty() => {
             out.line(HELP);
             Ok(())
         }
+        "/help" => match help_for(rest) {
+            Some(text) => {
+                out.line(text);
+                Ok(())
+            }
+            None => Err(ClientError::Invalid(format!(
+                "no command {}; /help lists them",
+                clean(rest)
+            ))),
+        },
         "/start" => {
-            earliest.store(0, Ordering::Relaxed);
             let name = (!rest.is_empty()).then_some(rest);
-            client
-                .start_session(name)
-                .await
-                .map(|j| show_joined(client, &j, out))
+            ctx.join(client.start_session(name)).await
         }
-        "/join" if rest.is_empty() => Err(ClientError::Invalid("usage: /join <id or name>".into())),
-        "/join" => {
-            earliest.store(0, Ordering::Relaxed);
-            client
-                .join(rest)
-                .await
-                .map(|j| show_joined(client, &j, out))
-        }
+        "/join" if rest.is_empty() => usage("/join <id or name>"),
+        "/join" => ctx.join(client.join(rest)).await,
         "/leave" => {
-            earliest.store(0, Ordering::Relaxed);
+            shown.earliest.store(0, Ordering::Relaxed);
             match client.leave().await {
-                Some(info) => out.line(format!(
-                    "* left {}",
+                Some(info) => out.notice(&format!(
+                    "left {}",
                     session_label(&info.id.to_string(), info.name.as_deref())
                 )),
-                None => out.line("* you are not in a session"),
+                None => out.notice("you are not in a session"),
             }
             Ok(())
         }
-        "/sessions" => client.list().await.map(|list| show_sessions(&list, out)),
+        "/sessions" => client.list().await.map(|list| {
+            ctx.names.sessions(&list);
+            show_sessions(&list, out);
+        }),
         "/close" => {
             let target = match (rest, client.session()) {
                 ("", Some(s)) => Ok(s.id.to_string()),
-                ("", None) => Err(ClientError::Invalid("usage: /close <id or name>".into())),
+                ("", None) => usage("/close <id or name>"),
                 (r, _) => Ok(r.to_string()),
             };
             match target {
                 Ok(t) => client
                     .close_session(&t)
                     .await
-                    .map(|id| out.line(format!("* closed session {id} for good"))),
+                    .map(|id| out.notice(&format!("closed session {id} for good"))),
                 Err(e) => Err(e),
             }
         }
@@ -249,242 +383,127 @@ async fn command(
             }
             None => Err(ClientError::NotInSession),
         },
+        "/whois" if rest.is_empty() => usage("/whois <name>"),
+        "/whois" => whois(ctx, rest),
         "/history" => {
             // Page backwards from the earliest line on screen.
-            let before = match earliest.load(Ordering::Relaxed) {
+            let before = match shown.earliest.load(Ordering::Relaxed) {
                 0 => None,
                 seq => Some(seq),
             };
-            asked.store(true, Ordering::Relaxed);
+            shown.asked.store(true, Ordering::Relaxed);
             match rest.parse::<usize>() {
                 Ok(n) if n > 0 => client.history(before, n).await,
                 _ if rest.is_empty() => client.history(before, 50).await,
-                _ => Err(ClientError::Invalid("usage: /history [n]".into())),
+                _ => usage("/history [n]"),
             }
         }
+        "/me" if rest.is_empty() => usage("/me <action>"),
+        "/me" => client.say(&format!("/me {rest}")).await,
+        "/clear" => {
+            out.clear();
+            Ok(())
+        }
+        "/msg" => match rest.split_once(char::is_whitespace) {
+            Some((to, text)) => {
+                private(ctx, to, text.trim());
+                Ok(())
+            }
+            None => usage("/msg <name> <text>"),
+        },
         w if w.starts_with('/') => Err(ClientError::Invalid(format!(
-            "unknown command {w}; /help lists them"
+            "unknown command {}; /help lists them",
+            clean(w)
         ))),
         w if w.starts_with('@') && w.len() > 1 => {
-            private(client, &w[1..], rest, out, pending);
+            private(ctx, &w[1..], rest);
             Ok(())
         }
         _ => client.say(line).await,
     };
     if let Err(e) = result {
-        out.line(format!("! {e}"));
+        out.error(&e.to_string());
     }
 }
 
+/// `/whois name`: the endpoint, when they came, and how private messages reach them.
+fn whois(ctx: &Ctx<'_>, name: &str) -> Result<(), ClientError> {
+    let client = ctx.client;
+    if client.session().is_none() {
+        return Err(ClientError::NotInSession);
+    }
+    let Some(member) = client
+        .members()
+        .into_iter()
+        .find(|m| m.user.eq_ignore_ascii_case(name))
+    else {
+        return Err(ClientError::NoSuchMember(name.to_string()));
+    };
+    let arrived = ctx
+        .shown
+        .arrived
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&member.user.to_lowercase())
+        .copied();
+    let when = match arrived {
+        Some(Some(t)) => format!(
+            "joined at {}",
+            t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S")
+        ),
+        _ => "was here when you joined".into(),
+    };
+    let how = if member.user.eq_ignore_ascii_case(client.user()) {
+        "that is you".to_string()
+    } else {
+        format!(
+            "private messages go straight to {} over UDP, peer to peer",
+            member.udp
+        )
+    };
+    ctx.out.notice(&format!(
+        "{}: udp {}, {when}; {how}",
+        clean(&member.user),
+        member.udp
+    ));
+    Ok(())
+}
+
 /// Sends a private message in the background: the prompt stays free while it is retried.
-fn private(client: &Client, to: &str, text: &str, out: &Output, pending: &TaskTracker) {
+fn private(ctx: &Ctx<'_>, to: &str, text: &str) {
     if text.is_empty() {
-        out.line("! usage: @name text");
+        ctx.out.error("usage: @name text");
         return;
     }
     let (client, to, text, out) = (
-        client.clone(),
+        ctx.client.clone(),
         to.to_string(),
         text.to_string(),
-        out.clone(),
+        ctx.out.clone(),
     );
-    pending.spawn(async move {
+    ctx.pending.spawn(async move {
         match client.dm(&to, &text).await {
-            Ok(receipt) => out.line(format!(
-                "{} [private] you → {}: {}",
-                stamp(receipt.time),
-                clean(&receipt.to),
-                clean(&text)
-            )),
-            Err(e) => out.line(format!("! {e}")),
+            Ok(receipt) => {
+                let body = format!("[private] you → {}: {}", clean(&receipt.to), clean(&text));
+                out.stamped(receipt.time, &out.style().dim(&body));
+            }
+            Err(e) => out.error(&e.to_string()),
         }
     });
 }
 
-async fn print_events(
-    mut events: mpsc::Receiver<Event>,
-    out: Output,
-    earliest: Arc<AtomicU64>,
-    earliest_asked: Arc<AtomicBool>,
-) {
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Message(l) => {
-                let _ = earliest.compare_exchange(0, l.seq, Ordering::Relaxed, Ordering::Relaxed);
-                out.line(format!(
-                    "{} <{}> {}",
-                    stamp(l.time),
-                    clean(&l.from),
-                    clean(&l.text)
-                ));
-            }
-            Event::History(lines) => {
-                let asked = earliest_asked.swap(false, Ordering::Relaxed);
-                let Some(first) = lines.first() else {
-                    // On joining an empty session there is nothing to say.
-                    if asked {
-                        out.line("* no earlier messages");
-                    }
-                    continue;
-                };
-                let seq = first.seq;
-                let _ = earliest.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
-                    (e == 0 || seq < e).then_some(seq)
-                });
-                out.line(format!("* {} earlier message(s):", lines.len()));
-                for l in lines {
-                    out.line(format!(
-                        "{} <{}> {}",
-                        stamp(l.time),
-                        clean(&l.from),
-                        clean(&l.text)
-                    ));
-                }
-            }
-            Event::Presence {
-                joined,
-                left,
-                member_count,
-                members,
-            } => {
-                if joined.is_empty() && left.is_empty() {
-                    out.line(format!("* {member_count} members"));
-                    continue;
-                }
-                let now = stamp(chrono::Utc::now());
-                // Departures first: a user in both lists left and came back.
-                for d in &left {
-                    let how = match d.reason {
-                        crate::protocol::LeaveReason::Left => "left",
-                        crate::protocol::LeaveReason::Disconnected => "disconnected",
-                        crate::protocol::LeaveReason::TooSlow => "was dropped (too slow)",
-                    };
-                    out.line(format!("{now} * {} {how}", clean(&d.user)));
-                }
-                for m in &joined {
-                    out.line(format!("{now} * {} joined ({})", clean(&m.user), m.udp));
-                }
-                // The roster as of this notice, not as of now: later notices may be applied.
-                show_members(&members, member_count, &out, ROSTER_SHOWN);
-            }
-            Event::Private {
-                from, time, text, ..
-            } => out.line(format!(
-                "{} [private] {} → you: {}",
-                stamp(time),
-                clean(&from),
-                clean(&text)
-            )),
-            Event::ServerError(e) => {
-                if e.code == crate::protocol::ErrorCode::Gap {
-                    // The replay that follows starts after the gap: page back from there.
-                    earliest.store(0, Ordering::Relaxed);
-                }
-                out.line(format!("! {}", clean(&e.message)));
-            }
-            Event::Disconnected { reason, retrying } => out.line(format!(
-                "! disconnected from the session: {}{}",
-                clean(&reason),
-                if retrying { "; reconnecting…" } else { "" }
-            )),
-            Event::Reconnected {
-                members,
-                member_count,
-            } => {
-                out.line("* reconnected; missed messages follow");
-                show_members(&members, member_count, &out, ROSTER_SHOWN);
-            }
-            Event::DeliveredLate { time, to, text, .. } => out.line(format!(
-                "{} [private] you → {}: {} (delivered late, after it was reported not delivered)",
-                stamp(time),
-                clean(&to),
-                clean(&text)
-            )),
-            Event::Closed { session, by } => {
-                let label = session.name.unwrap_or_else(|| session.id.to_string());
-                let by = by.map_or(String::new(), |b| format!(" by {}", clean(&b)));
-                out.line(format!("* session {} was closed{by}", clean(&label)));
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::complete::COMMANDS;
+
+    #[test]
+    fn every_command_has_its_own_help() {
+        for c in COMMANDS {
+            assert!(help_for(c).is_some(), "{c}");
+            assert!(HELP.contains(c), "{c} is listed");
         }
-    }
-}
-
-fn show_joined(client: &Client, joined: &Joined, out: &Output) {
-    let s = &joined.session;
-    out.line(format!(
-        "* joined {} at {} as {} (udp {})",
-        session_label(&s.id.to_string(), s.name.as_deref()),
-        s.server,
-        client.user(),
-        client.endpoint()
-    ));
-    show_roster(client, out);
-}
-
-fn show_roster(client: &Client, out: &Output) {
-    show_roster_upto(client, out, ROSTER_SHOWN);
-}
-
-fn show_roster_upto(client: &Client, out: &Output, shown: usize) {
-    show_members(&client.members(), client.member_count(), out, shown);
-}
-
-fn show_members(members: &[crate::protocol::Member], count: usize, out: &Output, shown: usize) {
-    if members.len() < count {
-        // A large session: the server sends counts, not names.
-        out.line(format!(
-            "  {count} members (a large session: members are looked up when you write to them)"
-        ));
-        return;
-    }
-    let mut text = format!("  members ({}):", members.len());
-    for m in members.iter().take(shown) {
-        text.push_str(&format!(" {} {},", clean(&m.user), m.udp));
-    }
-    if text.ends_with(',') {
-        text.pop();
-    }
-    if members.len() > ROSTER_SHOWN {
-        text.push_str(&format!(
-            " … and {} more (/who)",
-            members.len() - ROSTER_SHOWN
-        ));
-    }
-    out.line(text);
-}
-
-fn show_sessions(list: &[DirectoryEntry], out: &Output) {
-    if list.is_empty() {
-        out.line("* no sessions; /start [name] makes one");
-        return;
-    }
-    let mut text = format!("{:<36}  {:<16}  {:<21}  MEMBERS", "ID", "NAME", "SERVER");
-    for s in list {
-        let mut members = s
-            .members
-            .iter()
-            .map(|m| clean(m))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if s.member_count > s.members.len() {
-            members.push_str(&format!(", … ({} more)", s.member_count - s.members.len()));
-        }
-        text.push_str(&format!(
-            "\n{:<36}  {:<16}  {:<21}  {}: {}",
-            s.id,
-            clean(s.name.as_deref().unwrap_or("-")),
-            s.server
-                .map_or_else(|| "(idle)".to_string(), |a| a.to_string()),
-            s.member_count,
-            members
-        ));
-    }
-    out.line(text);
-}
-
-fn session_label(id: &str, name: Option<&str>) -> String {
-    match name {
-        Some(n) => format!("session {} ({id})", clean(n)),
-        None => format!("session {id}"),
+        assert!(help_for("msg").is_some());
+        assert!(help_for("nonsense").is_none());
     }
 }

@@ -1,17 +1,8 @@
-//! What the terminal shows: timestamps, and text made safe to print.
+//! Text made safe to print.
 //!
 //! Everything that came over the network passes through [`clean`] before it reaches a terminal,
 //! so a message cannot move the cursor, change colours, set the window title or reorder text with
 //! bidirectional overrides on someone else's screen.
-
-use chrono::{DateTime, Local, Utc};
-
-/// Local time as `YYYY-MM-DD HH:MM:SS`.
-pub fn stamp(time: DateTime<Utc>) -> String {
-    time.with_timezone(&Local)
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string()
-}
 
 /// Replaces control characters (escape sequences included) and bidirectional overrides with
 /// visible placeholders; ordinary text passes unchanged.
@@ -47,13 +38,5 @@ mod tests {
     #[test]
     fn plain_text_is_untouched() {
         assert_eq!(clean("héllo wörld — ok? 😀"), "héllo wörld — ok? 😀");
-    }
-
-    #[test]
-    fn stamp_has_the_documented_shape() {
-        let s = stamp("2026-11-22T14:03:07Z".parse().unwrap());
-        assert_eq!(s.len(), "2026-11-22 14:03:07".len());
-        assert_eq!(&s[4..5], "-");
-        assert_eq!(&s[13..14], ":");
     }
 }

@@ -1,0 +1,106 @@
+//! The input history file: what a person typed, kept across restarts.
+//!
+//! One file per user, `$XDG_STATE_HOME/confab/history-<user>` (else
+//! `~/.local/state/confab/history-<user>`), readable by its owner only, one line per entry,
+//! cut to the newest entries at each start. Private messages are never written: the file keeps
+//! commands and group lines, which the session keeps anyway. Passwords never reach the line
+//! editor, so they cannot reach the file.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+/// Where `user`'s history lives, if a home or state directory is known.
+pub fn path(user: &str) -> Option<PathBuf> {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|d| !d.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        })?;
+    Some(
+        state
+            .join("confab")
+            .join(format!("history-{}", user.to_lowercase())),
+    )
+}
+
+/// Whether a typed line may be kept: not a private message.
+pub fn keep(line: &str) -> bool {
+    let line = line.trim_start();
+    !(line.starts_with('@') || line.starts_with("/msg ") || line.trim().is_empty())
+}
+
+/// Reads the newest `limit` entries and rewrites the file with just those (mode 0600), so it
+/// stays bounded.
+pub fn load(path: &PathBuf, limit: usize) -> std::io::Result<Vec<String>> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let mut lines: Vec<String> = text.lines().filter(|l| keep(l)).map(String::from).collect();
+    let extra = lines.len().saturating_sub(limit);
+    lines.drain(..extra);
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // A file made by an older version, or by hand, may be more open than it should be.
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    for l in &lines {
+        writeln!(file, "{l}")?;
+    }
+    Ok(lines)
+}
+
+/// Adds one entry at the end of the file.
+pub fn append(path: &PathBuf, line: &str) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{line}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_messages_are_never_kept() {
+        assert!(!keep("@bob secret"));
+        assert!(!keep("/msg bob secret"));
+        assert!(keep("/join lobby"));
+        assert!(keep("hello all"));
+    }
+
+    #[test]
+    fn the_file_is_private_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("confab/history-alice");
+        assert!(load(&path, 3).unwrap().is_empty());
+        for l in ["a", "@bob x", "b", "c", "d"] {
+            if keep(l) {
+                append(&path, l).unwrap();
+            }
+        }
+        assert_eq!(load(&path, 3).unwrap(), ["b", "c", "d"]);
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "b\nc\nd\n");
+    }
+}
