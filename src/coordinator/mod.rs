@@ -2,12 +2,14 @@
 //! it starts.
 //!
 //! One task reads every datagram and answers it, so requests from all clients are applied in one
-//! order. Answers are cached per (address, request id) for a while: UDP loses answers, clients
-//! retry with the same id, and a retried `create` must not make a second session. Password hashing
+//! order. Answers are cached per request (its address and the digest of the whole datagram) for a
+//! while: UDP loses answers, clients retry the same bytes, and a retried `create` must not make a
+//! second session. Password hashing
 //! is slow on purpose, so `register` and `login` run in their own tasks and report back to the
 //! loop, which answers them then; a retry that arrives meanwhile is ignored, not run twice.
 
 mod directory;
+mod replies;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -27,7 +29,6 @@ pub use directory::{Directory, Listed};
 
 use crate::auth::{self, Claims, LoginThrottle, PasswordCost, TokenKey};
 use crate::db::{Db, to_line};
-use crate::expiring::ExpiringMap;
 use crate::presence_log::PresenceLog;
 use crate::protocol::{
     ErrorBody, ErrorCode, Password, Request, RequestBody, Response, ResponseBody, SessionInfo,
@@ -35,6 +36,7 @@ use crate::protocol::{
 };
 use crate::session::{self, MemberLimits, SessionConfig, Stop};
 use crate::store::{SessionRecord, Store, StoreError};
+use replies::{ReplyCache, RequestKey, Slot};
 
 /// Why the coordinator could not run.
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +137,8 @@ pub fn default_db_path() -> PathBuf {
 
 /// How long a cached answer is replayed to a retrying client.
 const REPLY_TTL: Duration = Duration::from_secs(120);
-/// Most cached answers; the oldest go first.
-const REPLY_CAP: usize = 100_000;
+/// Most bytes of cached answers (with their bookkeeping); the oldest go first.
+const REPLY_BUDGET: usize = 16 * 1024 * 1024;
 /// Backlog of session listeners: bursts of thousands of joins must not be reset.
 const LISTEN_BACKLOG: u32 = 4096;
 
@@ -189,7 +191,7 @@ pub async fn run(
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         presence_log,
-        replies: ExpiringMap::new(REPLY_TTL, REPLY_CAP),
+        replies: ReplyCache::new(REPLY_TTL, REPLY_BUDGET),
         db,
         keys: Arc::new(TokenKey::new(secret)),
         throttle: LoginThrottle::new(),
@@ -248,6 +250,7 @@ pub async fn run(
 struct Done {
     from: SocketAddr,
     id: u64,
+    key: RequestKey,
     body: ResponseBody,
     /// For logins: the name, and whether it succeeded (`None` when an internal error says
     /// nothing about the password), for the throttle.
@@ -261,8 +264,7 @@ struct Coordinator {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     presence_log: Option<PresenceLog>,
-    /// `None` while the answer is still being worked out.
-    replies: ExpiringMap<(SocketAddr, u64), Option<Bytes>>,
+    replies: ReplyCache,
     db: Db,
     keys: Arc<TokenKey>,
     throttle: LoginThrottle,
@@ -311,13 +313,13 @@ impl Coordinator {
                 return Some(encode(id_of(datagram), from, ResponseBody::Error(e)));
             }
         };
-        let key = (from, request.id);
+        let key = RequestKey::new(from, datagram);
         match self.replies.get(&key) {
-            Some(Some(cached)) => {
+            Some(Slot::Done(cached)) => {
                 tracing::debug!(%from, id = request.id, "repeated request answered from cache");
                 return Some(cached.clone());
             }
-            Some(None) => return None, // still working on it
+            Some(Slot::Pending) => return None, // still working on it
             None => {}
         }
         // Reads are answered afresh when retried; only requests that change something are
@@ -328,23 +330,26 @@ impl Coordinator {
         );
         let body = match request.body {
             RequestBody::Register { user, password } => {
-                return self.register(from, request.id, user, password);
+                return self.register(from, request.id, key, user, password);
             }
             RequestBody::Login { user, password } => {
-                return self.login(from, request.id, user, password);
+                return self.login(from, request.id, key, user, password);
             }
             RequestBody::Create { name, token } => self.create(name, &token).await,
             RequestBody::Join { session, token } => self.join(&session, &token).await,
             RequestBody::Close { session, token } => self.close(&session, &token).await,
             RequestBody::List { cursor } => Ok(self.list(cursor, from)),
         };
+        // A refusal changed nothing, so running its retry again is harmless; keeping it would
+        // only let strangers fill the cache with their own long names.
+        let remember = remember && body.is_ok();
         let answer = encode(
             Some(request.id),
             from,
             body.unwrap_or_else(ResponseBody::Error),
         );
         if remember {
-            self.replies.insert(key, Some(answer.clone()));
+            self.replies.done(key, answer.clone());
         }
         Some(answer)
     }
@@ -362,13 +367,17 @@ impl Coordinator {
                     .record_failure(name, done.from.ip(), std::time::Instant::now());
             }
         }
+        // A wrong password is kept too (keyed by the datagram, password included), so that a
+        // retry after a lost answer is not hashed, and counted against the throttle, twice.
+        let keep = match &done.body {
+            ResponseBody::Error(e) => e.code == ErrorCode::InvalidCredentials,
+            _ => true,
+        };
         let answer = encode(Some(done.id), done.from, done.body);
-        match self.replies.get_mut(&(done.from, done.id)) {
-            Some(slot) => *slot = Some(answer.clone()),
-            None => {
-                self.replies
-                    .insert((done.from, done.id), Some(answer.clone()));
-            }
+        if keep {
+            self.replies.done(done.key, answer.clone());
+        } else {
+            self.replies.forget(&done.key);
         }
         answer
     }
@@ -383,14 +392,14 @@ impl Coordinator {
     fn spawn_account_task(
         &mut self,
         from: SocketAddr,
-        id: u64,
+        key: RequestKey,
         work: impl Future<Output = Done> + Send + 'static,
     ) -> Option<Bytes> {
         let Ok(permit) = self.logins.clone().try_acquire_owned() else {
             tracing::debug!(%from, "too many logins in progress; request left for its retry");
             return None;
         };
-        self.replies.insert((from, id), None);
+        self.replies.pending(key);
         let done = self.done.clone();
         self.tracker.spawn(async move {
             let result = work.await;
@@ -404,14 +413,15 @@ impl Coordinator {
         &mut self,
         from: SocketAddr,
         id: u64,
+        key: RequestKey,
         user: String,
         password: Password,
     ) -> Option<Bytes> {
         if let Err(e) = check_credentials(&user, &password) {
-            return Some(self.answer_now(from, id, Err(e)));
+            return Some(refuse(from, id, e));
         }
         let (db, cost) = (self.db.clone(), self.config.password_cost);
-        self.spawn_account_task(from, id, async move {
+        self.spawn_account_task(from, key, async move {
             let body = async {
                 let hash = tokio::task::spawn_blocking(move || {
                     auth::hash_password_with(&password.0, cost)
@@ -440,6 +450,7 @@ impl Coordinator {
             Done {
                 from,
                 id,
+                key,
                 body: body.unwrap_or_else(ResponseBody::Error),
                 login: None,
             }
@@ -450,11 +461,12 @@ impl Coordinator {
         &mut self,
         from: SocketAddr,
         id: u64,
+        key: RequestKey,
         user: String,
         password: Password,
     ) -> Option<Bytes> {
         if let Err(e) = check_credentials(&user, &password) {
-            return Some(self.answer_now(from, id, Err(e)));
+            return Some(refuse(from, id, e));
         }
         // One login per name at a time: the throttle learns of a failure only when its hash is
         // checked, so parallel guesses would otherwise all pass the check before the first fails.
@@ -464,7 +476,7 @@ impl Coordinator {
                 ErrorCode::Throttled,
                 "another login for this name is in progress; try again in a moment",
             );
-            return Some(self.answer_now(from, id, Err(e)));
+            return Some(refuse(from, id, e));
         }
         if let Err(wait) = self
             .throttle
@@ -477,11 +489,11 @@ impl Coordinator {
                     wait.as_secs().max(1)
                 ),
             );
-            return Some(self.answer_now(from, id, Err(e)));
+            return Some(refuse(from, id, e));
         }
         let (db, keys, ttl) = (self.db.clone(), self.keys.clone(), self.config.token_ttl);
         self.logins_in_flight.insert(name_key.clone());
-        let started = self.spawn_account_task(from, id, async move {
+        let started = self.spawn_account_task(from, key, async move {
             let name = user.clone();
             let found = db.call(move |s| s.user(&name)).await;
             let result = match found {
@@ -524,26 +536,16 @@ impl Coordinator {
             Done {
                 from,
                 id,
+                key,
                 body: result.unwrap_or_else(ResponseBody::Error),
                 login: Some((user, counted.then_some(ok))),
             }
         });
-        if !self.replies.get(&(from, id)).is_some_and(|a| a.is_none()) {
+        if self.replies.get(&key) != Some(&Slot::Pending) {
             // Not started (too many logins at once): nothing is in flight after all.
             self.logins_in_flight.remove(&name_key);
         }
         started
-    }
-
-    fn answer_now(
-        &mut self,
-        from: SocketAddr,
-        id: u64,
-        body: Result<ResponseBody, ErrorBody>,
-    ) -> Bytes {
-        let answer = encode(Some(id), from, body.unwrap_or_else(ResponseBody::Error));
-        self.replies.insert((from, id), Some(answer.clone()));
-        answer
     }
 
     async fn create(
@@ -697,6 +699,11 @@ impl Coordinator {
             total,
         }
     }
+}
+
+/// An answer that refuses a request at once; refusals are not cached (see `handle`).
+fn refuse(from: SocketAddr, id: u64, e: ErrorBody) -> Bytes {
+    encode(Some(id), from, ResponseBody::Error(e))
 }
 
 fn check_credentials(user: &str, password: &Password) -> Result<(), ErrorBody> {
