@@ -47,15 +47,42 @@ pub mod limits {
 
 /// A request to the coordinator: one per datagram.
 ///
-/// `id` is chosen by the client and unique per client socket; a repeated id from the same address
-/// gets the cached answer instead of running the request again, which makes retries safe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `id` is chosen by the client and unique per client socket; a repeated request (the same bytes
+/// from the same address) gets the cached answer instead of running again, which makes retries
+/// safe.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Request {
     /// Client-chosen request id, echoed in the response.
     pub id: u64,
     /// What is asked.
     #[serde(flatten)]
     pub body: RequestBody,
+}
+
+impl<'de> Deserialize<'de> for Request {
+    /// Like the derived form, except that `op` must be a string: serde takes an integer tag as
+    /// the variant's index, so `{"op":1}` would be read as `login`, and a request must mean only
+    /// what it says.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        struct Raw {
+            id: u64,
+            #[serde(flatten)]
+            body: RequestBody,
+        }
+        let value = serde_json::Value::deserialize(d)?;
+        if let Some(op) = value.get("op")
+            && !op.is_string()
+        {
+            return Err(D::Error::custom(format!("op must be a string, not {op}")));
+        }
+        let raw = Raw::deserialize(value).map_err(D::Error::custom)?;
+        Ok(Request {
+            id: raw.id,
+            body: raw.body,
+        })
+    }
 }
 
 /// The operations the coordinator offers.
@@ -496,6 +523,19 @@ mod tests {
             }
         );
         assert_eq!(serde_json::to_string(&req).unwrap(), text);
+    }
+
+    #[test]
+    fn integers_are_not_op_names() {
+        for op in ["0", "1", "5", "true", "null"] {
+            let text = format!(r#"{{"id":1,"op":{op},"user":"a","password":"b"}}"#);
+            let err = serde_json::from_str::<Request>(&text).unwrap_err();
+            assert!(
+                err.to_string().contains("op must be a string"),
+                "{op}: {err}"
+            );
+        }
+        assert!(serde_json::from_str::<Request>(r#"{"id":1,"op":"list"}"#).is_ok());
     }
 
     #[test]

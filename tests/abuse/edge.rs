@@ -100,3 +100,15 @@ async fn refusals_are_not_cached() {
     let v = ask(&socket, coord.addr, &close).await;
     assert_eq!(v["type"], "closed", "a refusal was replayed: {v}");
 }
+
+#[tokio::test]
+async fn integers_are_not_op_names() {
+    let coord = TestCoordinator::start().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for (i, op) in ["0", "1", "5"].into_iter().enumerate() {
+        let request = format!(r#"{{"id":{i},"op":{op},"user":"zed","password":"pw"}}"#);
+        let v = ask(&socket, coord.addr, &request).await;
+        assert_eq!(v["code"], "malformed", "op {op} was taken as a name: {v}");
+        assert_eq!(v["id"], i, "{v}");
+    }
+}
