@@ -359,6 +359,10 @@ impl Record {
 pub struct LoginThrottle {
     names: HashMap<String, Record>,
     ips: HashMap<IpAddr, Record>,
+    /// Logins being checked, per address: each may yet be a failure, so they count against the
+    /// address's free allowance before their answer is known. Without this, a burst of guesses
+    /// at many names all pass the check before the first failure is recorded.
+    pending: HashMap<IpAddr, u32>,
 }
 
 impl LoginThrottle {
@@ -368,19 +372,49 @@ impl LoginThrottle {
     }
 
     /// Returns `Err(retry_after)` if a login for `name` from `ip` must wait,
-    /// taking the longer of the name's and the address's delays.
+    /// taking the longer of the name's and the address's delays. Logins from
+    /// `ip` still being checked count as failures until they are known; beyond
+    /// the free allowance only one at a time is checked.
     pub fn check(&mut self, name: &str, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let name_wait = self
             .names
             .get(&name.to_lowercase())
             .and_then(|r| r.wait(NAME_FREE_FAILURES, now));
+        let key = ip_key(ip);
+        let pending = self.pending.get(&key).copied().unwrap_or(0);
+        let failures = self
+            .ips
+            .get(&key)
+            .filter(|r| !r.expired(now))
+            .map_or(0, |r| r.failures);
+        if pending > 0 && failures.saturating_add(pending) >= IP_FREE_FAILURES {
+            return Err(BASE_DELAY);
+        }
         let ip_wait = self
             .ips
-            .get(&ip_key(ip))
+            .get(&key)
             .and_then(|r| r.wait(IP_FREE_FAILURES, now));
         match name_wait.max(ip_wait) {
             Some(wait) => Err(wait),
             None => Ok(()),
+        }
+    }
+
+    /// Notes that a login from `ip` passed [`check`](Self::check) and is being
+    /// checked; call [`finished`](Self::finished) when its answer is known.
+    pub fn started(&mut self, ip: IpAddr) {
+        *self.pending.entry(ip_key(ip)).or_insert(0) += 1;
+    }
+
+    /// The login from `ip` noted by [`started`](Self::started) is done (call
+    /// the `record_*` method for its outcome as well).
+    pub fn finished(&mut self, ip: IpAddr) {
+        let key = ip_key(ip);
+        if let Some(n) = self.pending.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending.remove(&key);
+            }
         }
     }
 
@@ -449,7 +483,7 @@ fn make_room<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Record>, now: Instant
 
 /// The address used as a throttling key: IPv4-mapped IPv6 addresses count as
 /// IPv4, and other IPv6 addresses are truncated to their /64 network.
-fn ip_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -746,6 +780,30 @@ mod tests {
         assert_eq!(th.check("fresh", IP1, t0), Err(secs(1)));
         // ...but another address is fine.
         assert_eq!(th.check("fresh", IP2, t0), Ok(()));
+    }
+
+    #[test]
+    fn logins_in_progress_count_against_the_address() {
+        let mut th = LoginThrottle::new();
+        let t0 = Instant::now();
+        // A parallel burst: the free allowance is handed out, then nothing until answers come.
+        for i in 0..IP_FREE_FAILURES {
+            assert_eq!(th.check(&format!("u{i}"), IP1, t0), Ok(()), "{i}");
+            th.started(IP1);
+        }
+        assert_eq!(th.check("fresh", IP1, t0), Err(BASE_DELAY));
+        assert_eq!(th.check("fresh", IP2, t0), Ok(()), "another address");
+        for i in 0..IP_FREE_FAILURES {
+            th.finished(IP1);
+            th.record_failure(&format!("u{i}"), IP1, t0);
+        }
+        assert!(th.pending.is_empty());
+        // Then the usual delay, and one at a time.
+        assert_eq!(th.check("fresh", IP1, t0), Err(secs(1)));
+        let t1 = t0 + secs(1);
+        assert_eq!(th.check("fresh", IP1, t1), Ok(()));
+        th.started(IP1);
+        assert!(th.check("other", IP1, t1 + secs(30)).is_err());
     }
 
     #[test]

@@ -67,11 +67,13 @@ impl Drop for TestCoordinator {
     }
 }
 
-/// Defaults for tests: an in-memory database and cheap password hashes (tests register many
-/// accounts; the real default cost is tested in the accounts tests).
+/// Defaults for tests: an in-memory database, cheap password hashes (tests register many
+/// accounts; the real default cost is tested in the accounts tests) and no per-address quotas
+/// (every test client comes from 127.0.0.1; the abuse tests turn them on one by one).
 pub fn test_config() -> CoordinatorConfig {
     CoordinatorConfig {
         password_cost: confab::auth::PasswordCost::INSECURE_FAST,
+        abuse: coordinator::AbuseLimits::off(),
         ..CoordinatorConfig::default()
     }
 }
