@@ -372,14 +372,28 @@ impl LoginThrottle {
     }
 
     /// Returns `Err(retry_after)` if a login for `name` from `ip` must wait,
-    /// taking the longer of the name's and the address's delays. Logins from
-    /// `ip` still being checked count as failures until they are known; beyond
-    /// the free allowance only one at a time is checked.
+    /// taking the longer of the name's and the address's delays.
     pub fn check(&mut self, name: &str, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let name_wait = self
             .names
             .get(&name.to_lowercase())
             .and_then(|r| r.wait(NAME_FREE_FAILURES, now));
+        let ip_wait = self
+            .ips
+            .get(&ip_key(ip))
+            .and_then(|r| r.wait(IP_FREE_FAILURES, now));
+        match name_wait.max(ip_wait) {
+            Some(wait) => Err(wait),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether another login from `ip` may be checked now. Logins still being
+    /// checked count as failures until their answer is known, so a burst of
+    /// guesses sent in parallel (at many names) gets no more than the free
+    /// allowance checked before the throttle learns of them; beyond the
+    /// allowance, one at a time.
+    pub fn may_start(&self, ip: IpAddr, now: Instant) -> bool {
         let key = ip_key(ip);
         let pending = self.pending.get(&key).copied().unwrap_or(0);
         let failures = self
@@ -387,17 +401,7 @@ impl LoginThrottle {
             .get(&key)
             .filter(|r| !r.expired(now))
             .map_or(0, |r| r.failures);
-        if pending > 0 && failures.saturating_add(pending) >= IP_FREE_FAILURES {
-            return Err(BASE_DELAY);
-        }
-        let ip_wait = self
-            .ips
-            .get(&key)
-            .and_then(|r| r.wait(IP_FREE_FAILURES, now));
-        match name_wait.max(ip_wait) {
-            Some(wait) => Err(wait),
-            None => Ok(()),
-        }
+        pending == 0 || failures.saturating_add(pending) < IP_FREE_FAILURES
     }
 
     /// Notes that a login from `ip` passed [`check`](Self::check) and is being
@@ -788,11 +792,11 @@ mod tests {
         let t0 = Instant::now();
         // A parallel burst: the free allowance is handed out, then nothing until answers come.
         for i in 0..IP_FREE_FAILURES {
-            assert_eq!(th.check(&format!("u{i}"), IP1, t0), Ok(()), "{i}");
+            assert!(th.may_start(IP1, t0), "{i}");
             th.started(IP1);
         }
-        assert_eq!(th.check("fresh", IP1, t0), Err(BASE_DELAY));
-        assert_eq!(th.check("fresh", IP2, t0), Ok(()), "another address");
+        assert!(!th.may_start(IP1, t0));
+        assert!(th.may_start(IP2, t0), "another address");
         for i in 0..IP_FREE_FAILURES {
             th.finished(IP1);
             th.record_failure(&format!("u{i}"), IP1, t0);
@@ -802,8 +806,9 @@ mod tests {
         assert_eq!(th.check("fresh", IP1, t0), Err(secs(1)));
         let t1 = t0 + secs(1);
         assert_eq!(th.check("fresh", IP1, t1), Ok(()));
+        assert!(th.may_start(IP1, t1));
         th.started(IP1);
-        assert!(th.check("other", IP1, t1 + secs(30)).is_err());
+        assert!(!th.may_start(IP1, t1 + secs(30)));
     }
 
     #[test]

@@ -128,6 +128,7 @@ impl AbuseArgs {
                 sessions_per_user: on(self.sessions_per_hour, Rate::per_hour),
                 sessions_per_address: on(self.sessions_per_address_per_hour, Rate::per_hour),
                 live_sessions_per_user: (self.live_sessions > 0).then_some(self.live_sessions),
+                hold_parallel_logins: true,
             }
         };
         if let Some(n) = self.hash_workers {

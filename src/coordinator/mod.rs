@@ -168,6 +168,9 @@ const REPLY_TTL: Duration = Duration::from_secs(120);
 const REPLY_BUDGET: usize = 16 * 1024 * 1024;
 /// No answer is more than this many times the size of its request.
 const AMPLIFICATION: usize = 3;
+/// Receive buffer asked for the UDP socket: padded requests take about 1.3 KiB of buffer each,
+/// so the usual 208 KiB default drops bursts of more than ~150 requests.
+const RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
 /// Backlog of session listeners: bursts of thousands of joins must not be reset.
 const LISTEN_BACKLOG: u32 = 4096;
 
@@ -179,6 +182,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
     let local = socket.local_addr().map_err(CoordinatorError::Socket)?;
+    grow_receive_buffer(&socket, RECEIVE_BUFFER);
     let tracker = TaskTracker::new();
     let presence_log = match &config.presence_log {
         Some(path) => Some(
@@ -582,10 +586,15 @@ impl Coordinator {
             );
             return Some(refuse(from, id, e));
         }
-        if let Err(wait) = self
-            .throttle
-            .check(&user, from.ip(), std::time::Instant::now())
-        {
+        let now = Instant::now();
+        if self.config.abuse.hold_parallel_logins && !self.throttle.may_start(from.ip(), now) {
+            let e = err(
+                ErrorCode::Busy,
+                "too many logins from this address at once; try again in a moment",
+            );
+            return Some(refuse(from, id, e));
+        }
+        if let Err(wait) = self.throttle.check(&user, from.ip(), now) {
             let e = err(
                 ErrorCode::Throttled,
                 format!(
@@ -926,6 +935,26 @@ fn encode(id: Option<u64>, observed: SocketAddr, body: ResponseBody) -> Bytes {
             }
             _ => return Bytes::from(bytes),
         }
+    }
+}
+
+/// Asks for a receive buffer of `bytes` (the system caps it at its maximum, `rmem_max` on Linux).
+fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is the socket's own and open; the option value is a c_int of the
+    // size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot grow the receive buffer");
     }
 }
 

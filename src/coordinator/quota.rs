@@ -52,6 +52,10 @@ pub struct AbuseLimits {
     /// Sessions one account may have (created and not closed), so that no account can take
     /// every session server there is.
     pub live_sessions_per_user: Option<usize>,
+    /// Logins being checked count against their address's free failures (see
+    /// `auth::LoginThrottle::may_start`); more from that address are answered `busy`. Off lets
+    /// one address log thousands of accounts in at once.
+    pub hold_parallel_logins: bool,
 }
 
 impl Default for AbuseLimits {
@@ -62,6 +66,7 @@ impl Default for AbuseLimits {
             sessions_per_user: Some(Rate::per_hour(20)),
             sessions_per_address: Some(Rate::per_hour(50)),
             live_sessions_per_user: Some(100),
+            hold_parallel_logins: true,
         }
     }
 }
@@ -75,6 +80,7 @@ impl AbuseLimits {
             sessions_per_user: None,
             sessions_per_address: None,
             live_sessions_per_user: None,
+            hold_parallel_logins: false,
         }
     }
 }

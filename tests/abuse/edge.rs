@@ -349,7 +349,9 @@ async fn one_address_gets_a_bounded_number_of_answers_per_second() {
 
 #[tokio::test]
 async fn password_guesses_from_one_address_across_many_names_are_held_to_the_free_allowance() {
-    let coord = TestCoordinator::start().await;
+    let mut config = test_config();
+    config.abuse.hold_parallel_logins = true;
+    let coord = TestCoordinator::start_with(config).await;
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let names = 100;
     for i in 0..names {
