@@ -98,8 +98,9 @@ struct AbuseArgs {
     /// Sessions one account may have at once (created and not closed).
     #[arg(long, default_value_t = 100, value_name = "N")]
     live_sessions: usize,
-    /// Turn every limit above off: for benchmarks and tests that drive thousands of accounts
-    /// from one address; never for a coordinator strangers can reach.
+    /// Turn the five limits above off, and the hold on parallel logins per address: for
+    /// benchmarks and tests that drive thousands of accounts from one address; never for a
+    /// coordinator strangers can reach.
     #[arg(long)]
     no_abuse_limits: bool,
     /// Threads hashing passwords (default: two per core).

@@ -789,7 +789,7 @@ impl Coordinator {
         }
         if let Some((open, limit)) = fds::usage() {
             let reserve = self.config.fd_reserve.unwrap_or(limit / 4);
-            if open + reserve >= limit {
+            if open.saturating_add(reserve) >= limit {
                 tracing::warn!(
                     open,
                     limit,
