@@ -359,6 +359,10 @@ impl Record {
 pub struct LoginThrottle {
     names: HashMap<String, Record>,
     ips: HashMap<IpAddr, Record>,
+    /// Logins being checked, per address: each may yet be a failure, so they count against the
+    /// address's free allowance before their answer is known. Without this, a burst of guesses
+    /// at many names all pass the check before the first failure is recorded.
+    pending: HashMap<IpAddr, u32>,
 }
 
 impl LoginThrottle {
@@ -381,6 +385,40 @@ impl LoginThrottle {
         match name_wait.max(ip_wait) {
             Some(wait) => Err(wait),
             None => Ok(()),
+        }
+    }
+
+    /// Whether another login from `ip` may be checked now. Logins still being
+    /// checked count as failures until their answer is known, so a burst of
+    /// guesses sent in parallel (at many names) gets no more than the free
+    /// allowance checked before the throttle learns of them; beyond the
+    /// allowance, one at a time.
+    pub fn may_start(&self, ip: IpAddr, now: Instant) -> bool {
+        let key = ip_key(ip);
+        let pending = self.pending.get(&key).copied().unwrap_or(0);
+        let failures = self
+            .ips
+            .get(&key)
+            .filter(|r| !r.expired(now))
+            .map_or(0, |r| r.failures);
+        pending == 0 || failures.saturating_add(pending) < IP_FREE_FAILURES
+    }
+
+    /// Notes that a login from `ip` passed [`check`](Self::check) and is being
+    /// checked; call [`finished`](Self::finished) when its answer is known.
+    pub fn started(&mut self, ip: IpAddr) {
+        *self.pending.entry(ip_key(ip)).or_insert(0) += 1;
+    }
+
+    /// The login from `ip` noted by [`started`](Self::started) is done (call
+    /// the `record_*` method for its outcome as well).
+    pub fn finished(&mut self, ip: IpAddr) {
+        let key = ip_key(ip);
+        if let Some(n) = self.pending.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending.remove(&key);
+            }
         }
     }
 
@@ -449,7 +487,7 @@ fn make_room<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Record>, now: Instant
 
 /// The address used as a throttling key: IPv4-mapped IPv6 addresses count as
 /// IPv4, and other IPv6 addresses are truncated to their /64 network.
-fn ip_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -746,6 +784,31 @@ mod tests {
         assert_eq!(th.check("fresh", IP1, t0), Err(secs(1)));
         // ...but another address is fine.
         assert_eq!(th.check("fresh", IP2, t0), Ok(()));
+    }
+
+    #[test]
+    fn logins_in_progress_count_against_the_address() {
+        let mut th = LoginThrottle::new();
+        let t0 = Instant::now();
+        // A parallel burst: the free allowance is handed out, then nothing until answers come.
+        for i in 0..IP_FREE_FAILURES {
+            assert!(th.may_start(IP1, t0), "{i}");
+            th.started(IP1);
+        }
+        assert!(!th.may_start(IP1, t0));
+        assert!(th.may_start(IP2, t0), "another address");
+        for i in 0..IP_FREE_FAILURES {
+            th.finished(IP1);
+            th.record_failure(&format!("u{i}"), IP1, t0);
+        }
+        assert!(th.pending.is_empty());
+        // Then the usual delay, and one at a time.
+        assert_eq!(th.check("fresh", IP1, t0), Err(secs(1)));
+        let t1 = t0 + secs(1);
+        assert_eq!(th.check("fresh", IP1, t1), Ok(()));
+        assert!(th.may_start(IP1, t1));
+        th.started(IP1);
+        assert!(!th.may_start(IP1, t1 + secs(30)));
     }
 
     #[test]

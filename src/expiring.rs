@@ -1,8 +1,9 @@
 //! A map whose entries expire after a fixed time and whose size is capped.
 //!
-//! Both ends of every retry scheme need one: the coordinator remembers answers so a retried
-//! request is answered again rather than run again, and clients remember private-message ids so a
-//! retried message is shown once. Entries leave in insertion order, so expiry is O(1) amortized.
+//! Both ends of a retry scheme need one: a session room remembers the ids of lines it has put in
+//! its order so a resent line is not doubled, and clients remember private-message ids so a
+//! retried message is shown once. (The coordinator's reply cache is bounded in bytes instead; see
+//! `coordinator::replies`.) Entries leave in insertion order, so expiry is O(1) amortized.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;

@@ -56,6 +56,8 @@ enum Command {
         /// thousands of accounts; never for real ones.
         #[arg(long)]
         fast_passwords: bool,
+        #[command(flatten)]
+        abuse: AbuseArgs,
     },
     /// Measure the server: throughput, latency, joins, private messages, coordinator requests.
     Bench(BenchArgs),
@@ -80,6 +82,67 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         join: Option<String>,
     },
+}
+
+/// What strangers may ask of the coordinator (README, "Limits and abuse"). 0 turns a limit off.
+#[derive(clap::Args)]
+struct AbuseArgs {
+    /// Requests without a valid token (register, login, list, garbage) per second per address,
+    /// in bursts of as many; more are dropped unanswered.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    requests_per_sec: u32,
+    /// Accounts registered per hour per address.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    registrations_per_hour: u32,
+    /// Sessions created per hour per account.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    sessions_per_hour: u32,
+    /// Sessions created per hour per address, whatever the accounts.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    sessions_per_address_per_hour: u32,
+    /// Sessions one account may have at once (created and not closed).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    live_sessions: usize,
+    /// Turn the five limits above off, and the hold on parallel logins per address: for
+    /// benchmarks and tests that drive thousands of accounts from one address; never for a
+    /// coordinator strangers can reach.
+    #[arg(long)]
+    no_abuse_limits: bool,
+    /// Threads hashing passwords (default: two per core).
+    #[arg(long, value_name = "N")]
+    hash_workers: Option<usize>,
+    /// Logins and registrations waiting for a hashing thread; more are answered `busy`.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    hash_queue: usize,
+    /// File descriptors kept free for members of running sessions (default: a quarter of the
+    /// open-file limit); no new session server starts when fewer would be left.
+    #[arg(long, value_name = "N")]
+    fd_reserve: Option<usize>,
+}
+
+impl AbuseArgs {
+    /// Applies the flags to `config`.
+    fn apply(self, config: &mut CoordinatorConfig) {
+        use coordinator::{AbuseLimits, Rate};
+        let on = |n: u32, rate: fn(u32) -> Rate| (n > 0).then(|| rate(n));
+        config.abuse = if self.no_abuse_limits {
+            AbuseLimits::off()
+        } else {
+            AbuseLimits {
+                requests: on(self.requests_per_sec, Rate::per_second),
+                registrations: on(self.registrations_per_hour, Rate::per_hour),
+                sessions_per_user: on(self.sessions_per_hour, Rate::per_hour),
+                sessions_per_address: on(self.sessions_per_address_per_hour, Rate::per_hour),
+                live_sessions_per_user: (self.live_sessions > 0).then_some(self.live_sessions),
+                hold_parallel_logins: true,
+            }
+        };
+        if let Some(n) = self.hash_workers {
+            config.hash_workers = n.max(1);
+        }
+        config.hash_queue = self.hash_queue;
+        config.fd_reserve = self.fd_reserve;
+    }
 }
 
 /// Where the server runs and how results are shown; scenario options follow the scenario name.
@@ -147,8 +210,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_addr,
             no_rate_limit,
             fast_passwords,
+            abuse,
         } => {
             init_tracing("info");
+            match coordinator::raise_fd_limit() {
+                Ok(limit) => tracing::info!(limit, "open-file limit"),
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+            }
             let socket = tokio::net::UdpSocket::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on UDP {listen}"))?;
@@ -173,6 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if fast_passwords {
                 config.password_cost = confab::auth::PasswordCost::INSECURE_FAST;
             }
+            abuse.apply(&mut config);
             let shutdown = CancellationToken::new();
             let on_signal = shutdown.clone();
             tokio::spawn(async move {

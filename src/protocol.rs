@@ -18,6 +18,11 @@ pub mod limits {
     /// Largest datagram the coordinator reads or writes; an answer never exceeds it, so it travels
     /// unfragmented over any path with the IPv6 minimum MTU.
     pub const MAX_DATAGRAM: usize = 1200;
+    /// Smallest coordinator request that is run. A stranger can forge its source address, so
+    /// the coordinator never sends more than 3× what it received (QUIC's anti-amplification
+    /// rule); at a third of `MAX_DATAGRAM` every answer fits. Clients pad with spaces, which
+    /// JSON ignores ([`pad_request`](super::pad_request)).
+    pub const MIN_REQUEST: usize = MAX_DATAGRAM / 3;
     /// Longest line a session server accepts from a member, newline excluded.
     pub const MAX_LINE: usize = 8 * 1024;
     /// Longest line a client accepts from a session server (a welcome carries the whole roster).
@@ -45,17 +50,52 @@ pub mod limits {
     pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
+/// Pads an encoded coordinator request with spaces to [`limits::MIN_REQUEST`] bytes, so that the
+/// coordinator may answer it in full (see `MIN_REQUEST` for why).
+pub fn pad_request(request: &mut Vec<u8>) {
+    if request.len() < limits::MIN_REQUEST {
+        request.resize(limits::MIN_REQUEST, b' ');
+    }
+}
+
 /// A request to the coordinator: one per datagram.
 ///
-/// `id` is chosen by the client and unique per client socket; a repeated id from the same address
-/// gets the cached answer instead of running the request again, which makes retries safe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `id` is chosen by the client and unique per client socket; a repeated request (the same bytes
+/// from the same address) gets the cached answer instead of running again, which makes retries
+/// safe.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Request {
     /// Client-chosen request id, echoed in the response.
     pub id: u64,
     /// What is asked.
     #[serde(flatten)]
     pub body: RequestBody,
+}
+
+impl<'de> Deserialize<'de> for Request {
+    /// Like the derived form, except that `op` must be a string: serde takes an integer tag as
+    /// the variant's index, so `{"op":1}` would be read as `login`, and a request must mean only
+    /// what it says.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        struct Raw {
+            id: u64,
+            #[serde(flatten)]
+            body: RequestBody,
+        }
+        let value = serde_json::Value::deserialize(d)?;
+        if let Some(op) = value.get("op")
+            && !op.is_string()
+        {
+            return Err(D::Error::custom(format!("op must be a string, not {op}")));
+        }
+        let raw = Raw::deserialize(value).map_err(D::Error::custom)?;
+        Ok(Request {
+            id: raw.id,
+            body: raw.body,
+        })
+    }
 }
 
 /// The operations the coordinator offers.
@@ -106,6 +146,20 @@ pub enum RequestBody {
         #[serde(default)]
         cursor: usize,
     },
+}
+
+impl RequestBody {
+    /// The login token the request carries, if it is of a kind that needs one.
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            RequestBody::Create { token, .. }
+            | RequestBody::Join { token, .. }
+            | RequestBody::Close { token, .. } => Some(token),
+            RequestBody::Register { .. } | RequestBody::Login { .. } | RequestBody::List { .. } => {
+                None
+            }
+        }
+    }
 }
 
 /// A password on its way to the coordinator. Its `Debug` form is redacted, so a request that
@@ -250,6 +304,14 @@ pub enum ErrorCode {
     Forbidden,
     /// A rejoining member missed more lines than the server replays; `history` has them.
     Gap,
+    /// The server has too much of this kind of work at once (password checks); nothing was
+    /// done; try again in a moment.
+    Busy,
+    /// A coordinator request shorter than `limits::MIN_REQUEST` bytes: pad it with spaces.
+    TooSmall,
+    /// A per-user or per-address quota was reached (registrations or sessions created per hour,
+    /// sessions kept); the message says which, and when to try again.
+    Quota,
     /// Something failed inside the server.
     Internal,
 }
@@ -512,6 +574,19 @@ mod tests {
             }
         );
         assert_eq!(serde_json::to_string(&req).unwrap(), text);
+    }
+
+    #[test]
+    fn integers_are_not_op_names() {
+        for op in ["0", "1", "5", "true", "null"] {
+            let text = format!(r#"{{"id":1,"op":{op},"user":"a","password":"b"}}"#);
+            let err = serde_json::from_str::<Request>(&text).unwrap_err();
+            assert!(
+                err.to_string().contains("op must be a string"),
+                "{op}: {err}"
+            );
+        }
+        assert!(serde_json::from_str::<Request>(r#"{"id":1,"op":"list"}"#).is_ok());
     }
 
     #[test]

@@ -80,8 +80,10 @@ async fn invalid_names_are_refused_with_the_reason() {
     .into_iter()
     .enumerate()
     {
-        let req = format!(r#"{{"id":{i},"op":"register","user":"{name}","password":"pw"}}"#);
-        socket.send_to(req.as_bytes(), coord.addr).await.unwrap();
+        let mut req =
+            format!(r#"{{"id":{i},"op":"register","user":"{name}","password":"pw"}}"#).into_bytes();
+        confab::protocol::pad_request(&mut req);
+        socket.send_to(&req, coord.addr).await.unwrap();
         let mut buf = vec![0u8; 2048];
         let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
             .await

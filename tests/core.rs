@@ -313,7 +313,9 @@ async fn raw_request(
     coordinator: std::net::SocketAddr,
     body: &str,
 ) -> Response {
-    socket.send_to(body.as_bytes(), coordinator).await.unwrap();
+    let mut body = body.as_bytes().to_vec();
+    confab::protocol::pad_request(&mut body);
+    socket.send_to(&body, coordinator).await.unwrap();
     let mut buf = vec![0u8; 65536];
     let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
         .await

@@ -364,18 +364,27 @@ impl Coord {
     /// Sends one request, retrying with backoff until the coordinator answers.
     async fn request(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = serde_json::to_vec(&Request { id, body }).expect("protocol types serialize");
+        let mut bytes =
+            serde_json::to_vec(&Request { id, body }).expect("protocol types serialize");
+        crate::protocol::pad_request(&mut bytes);
         let mut answer = self.requests.register(id);
-        for delay in self.retry.delays() {
+        let mut delays = self.retry.delays();
+        while let Some(delay) = delays.next() {
             if let Err(e) = self.udp.send_to(&bytes, self.addr).await {
                 tracing::debug!(error = %e, "request send failed");
             }
             if let Ok(Ok(resp)) = tokio::time::timeout(delay, &mut answer).await {
                 *lock(&self.observed) = Some(resp.observed);
-                return match resp.body {
-                    ResponseBody::Error(e) => Err(ClientError::Refused(e)),
-                    body => Ok(body),
-                };
+                match resp.body {
+                    // Nothing was done; the same request after the next delay may find room.
+                    ResponseBody::Error(e) if e.code == crate::protocol::ErrorCode::Busy => {
+                        let Some(delay) = delays.next() else { break };
+                        tokio::time::sleep(delay).await;
+                        answer = self.requests.register(id);
+                    }
+                    ResponseBody::Error(e) => return Err(ClientError::Refused(e)),
+                    body => return Ok(body),
+                }
             }
         }
         self.requests.forget(&id);

@@ -67,6 +67,8 @@ struct State {
     by_name: HashMap<String, Uuid>,
     /// Ids in creation order, so pages stay stable while sessions come and go at the end.
     order: Vec<Uuid>,
+    /// Sessions per creator (lowercased), for the per-account cap.
+    by_creator: HashMap<String, usize>,
 }
 
 struct Entry {
@@ -112,6 +114,15 @@ impl Directory {
         self.lock().by_name.contains_key(&name.to_lowercase())
     }
 
+    /// How many sessions `user` (any case) created that still exist.
+    pub fn created_by(&self, user: &str) -> usize {
+        self.lock()
+            .by_creator
+            .get(&user.to_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Adds a session (with no server yet); refuses a name already in use.
     pub fn insert(&self, listed: Listed) -> Result<(), ErrorBody> {
         let mut state = self.lock();
@@ -123,6 +134,10 @@ impl Directory {
             state.by_name.insert(key, listed.id);
         }
         state.order.push(listed.id);
+        *state
+            .by_creator
+            .entry(listed.creator.to_lowercase())
+            .or_insert(0) += 1;
         state.by_id.insert(
             listed.id,
             Entry {
@@ -176,6 +191,13 @@ impl Directory {
             state.by_name.remove(&name.to_lowercase());
         }
         state.order.retain(|i| *i != id);
+        let creator = entry.listed.creator.to_lowercase();
+        if let Some(n) = state.by_creator.get_mut(&creator) {
+            *n -= 1;
+            if *n == 0 {
+                state.by_creator.remove(&creator);
+            }
+        }
         if let Some(running) = entry.running {
             running.stop.close_by(by);
         }

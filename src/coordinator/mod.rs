@@ -2,32 +2,44 @@
 //! it starts.
 //!
 //! One task reads every datagram and answers it, so requests from all clients are applied in one
-//! order. Answers are cached per (address, request id) for a while: UDP loses answers, clients
-//! retry with the same id, and a retried `create` must not make a second session. Password hashing
+//! order. Answers are cached per request (its address and the digest of the whole datagram) for a
+//! while: UDP loses answers, clients retry the same bytes, and a retried `create` must not make a
+//! second session. Password hashing
 //! is slow on purpose, so `register` and `login` run in their own tasks and report back to the
 //! loop, which answers them then; a retry that arrives meanwhile is ignored, not run twice.
+//!
+//! Anyone can send datagrams, with any source address, so everything a stranger can cause is
+//! bounded: answers are at most 3× their request (requests are padded), requests without a valid
+//! token are rate-limited per address, password hashing runs on a fixed pool with a capped queue,
+//! registrations and created sessions have quotas per address and per account, and no session
+//! server starts when the descriptors left would not serve the members of those already running.
 
 mod directory;
+mod fds;
+mod hashing;
+mod quota;
+mod replies;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{SubsecRound, Utc};
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use directory::{Directory, Listed};
+pub use fds::raise_fd_limit;
+pub use quota::{AbuseLimits, Rate};
 
 use crate::auth::{self, Claims, LoginThrottle, PasswordCost, TokenKey};
 use crate::db::{Db, to_line};
-use crate::expiring::ExpiringMap;
 use crate::presence_log::PresenceLog;
 use crate::protocol::{
     ErrorBody, ErrorCode, Password, Request, RequestBody, Response, ResponseBody, SessionInfo,
@@ -35,6 +47,9 @@ use crate::protocol::{
 };
 use crate::session::{self, MemberLimits, SessionConfig, Stop};
 use crate::store::{SessionRecord, Store, StoreError};
+use hashing::{HashPool, Ticket};
+use quota::Buckets;
+use replies::{ReplyCache, RequestKey, Slot};
 
 /// Why the coordinator could not run.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +71,9 @@ pub enum CoordinatorError {
     /// The database thread could not be started or went away.
     #[error("database thread: {0}")]
     Db(String),
+    /// The password-hashing threads could not be started.
+    #[error("cannot start the password-hashing threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// How the coordinator and the session servers it starts behave.
@@ -88,8 +106,16 @@ pub struct CoordinatorConfig {
     pub token_ttl: Duration,
     /// Cost of new password hashes.
     pub password_cost: PasswordCost,
-    /// Registrations and logins being hashed at once; more are not answered (clients retry).
-    pub max_pending_logins: usize,
+    /// Threads hashing passwords (`register`, `login`); each holds the hash's memory (19 MiB at
+    /// the default cost) while it works.
+    pub hash_workers: usize,
+    /// Registrations and logins waiting for a hashing thread; more are answered `busy`.
+    pub hash_queue: usize,
+    /// What one address or one account may ask for (see README, "Limits and abuse").
+    pub abuse: AbuseLimits,
+    /// File descriptors kept free for members of running sessions: no new session server starts
+    /// when fewer would be left. `None`: a quarter of the open-file limit.
+    pub fd_reserve: Option<usize>,
     /// Use this directory instead of a new one, so that the embedding program (or a
     /// fault-injection test) can read it and act on it.
     pub directory: Option<Directory>,
@@ -110,7 +136,10 @@ impl Default for CoordinatorConfig {
             db: None,
             token_ttl: Duration::from_secs(24 * 3600),
             password_cost: PasswordCost::default(),
-            max_pending_logins: 64,
+            hash_workers: hashing::default_workers(),
+            hash_queue: 64,
+            abuse: AbuseLimits::default(),
+            fd_reserve: None,
             directory: None,
         }
     }
@@ -135,8 +164,13 @@ pub fn default_db_path() -> PathBuf {
 
 /// How long a cached answer is replayed to a retrying client.
 const REPLY_TTL: Duration = Duration::from_secs(120);
-/// Most cached answers; the oldest go first.
-const REPLY_CAP: usize = 100_000;
+/// Most bytes of cached answers (with their bookkeeping); the oldest go first.
+const REPLY_BUDGET: usize = 16 * 1024 * 1024;
+/// No answer is more than this many times the size of its request.
+const AMPLIFICATION: usize = 3;
+/// Receive buffer asked for the UDP socket: padded requests take about 1.3 KiB of buffer each,
+/// so the usual 208 KiB default drops bursts of more than ~150 requests.
+const RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
 /// Backlog of session listeners: bursts of thousands of joins must not be reset.
 const LISTEN_BACKLOG: u32 = 4096;
 
@@ -148,6 +182,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
     let local = socket.local_addr().map_err(CoordinatorError::Socket)?;
+    grow_receive_buffer(&socket, RECEIVE_BUFFER);
     let tracker = TaskTracker::new();
     let presence_log = match &config.presence_log {
         Some(path) => Some(
@@ -180,16 +215,22 @@ pub async fn run(
             local.ip()
         });
     let (done_tx, mut done_rx) = mpsc::channel(1024);
+    let (hashing, hash_workers) = HashPool::start(config.hash_workers, config.hash_queue)
+        .map_err(CoordinatorError::Threads)?;
     let directory = config.directory.clone().unwrap_or_default();
     let mut coordinator = Coordinator {
-        logins: Arc::new(Semaphore::new(config.max_pending_logins.max(1))),
+        hashing,
+        unauthenticated: Buckets::new(config.abuse.requests),
+        registrations: Buckets::new(config.abuse.registrations),
+        created_by_user: Buckets::new(config.abuse.sessions_per_user),
+        created_by_address: Buckets::new(config.abuse.sessions_per_address),
         config,
         session_host,
         directory,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         presence_log,
-        replies: ExpiringMap::new(REPLY_TTL, REPLY_CAP),
+        replies: ReplyCache::new(REPLY_TTL, REPLY_BUDGET),
         db,
         keys: Arc::new(TokenKey::new(secret)),
         throttle: LoginThrottle::new(),
@@ -238,6 +279,8 @@ pub async fn run(
     drop(done_rx);
     tracker.close();
     tracker.wait().await;
+    // Every account task has ended and dropped its ticket; the hashing threads end too.
+    let _ = tokio::task::spawn_blocking(move || hash_workers.join()).await;
     // Every session has stopped and dropped its handle; the thread writes what is queued and ends.
     let _ = tokio::task::spawn_blocking(move || db_thread.join()).await;
     tracing::info!("coordinator stopped");
@@ -248,6 +291,7 @@ pub async fn run(
 struct Done {
     from: SocketAddr,
     id: u64,
+    key: RequestKey,
     body: ResponseBody,
     /// For logins: the name, and whether it succeeded (`None` when an internal error says
     /// nothing about the password), for the throttle.
@@ -261,14 +305,20 @@ struct Coordinator {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     presence_log: Option<PresenceLog>,
-    /// `None` while the answer is still being worked out.
-    replies: ExpiringMap<(SocketAddr, u64), Option<Bytes>>,
+    replies: ReplyCache,
     db: Db,
     keys: Arc<TokenKey>,
     throttle: LoginThrottle,
     /// Names (lowercased) with a login being checked.
     logins_in_flight: std::collections::HashSet<String>,
-    logins: Arc<Semaphore>,
+    hashing: HashPool,
+    /// Requests without a valid token, per address.
+    unauthenticated: Buckets<IpAddr>,
+    /// Registrations, per address.
+    registrations: Buckets<IpAddr>,
+    /// Sessions created, per account (lowercased) and per address.
+    created_by_user: Buckets<String>,
+    created_by_address: Buckets<IpAddr>,
     done: mpsc::Sender<Done>,
     generation: u64,
 }
@@ -289,10 +339,46 @@ fn internal(e: impl std::fmt::Display) -> ErrorBody {
 }
 
 impl Coordinator {
-    /// Turns one datagram into its answer, or `None` when the answer comes later (or never, for
-    /// a request we are too busy to start: the client's retry will find room).
+    /// Turns one datagram into its answer, or `None` when the answer comes later (or never: for a
+    /// datagram beyond its address's rate, or one too short to be answered without amplifying).
     async fn handle(&mut self, datagram: &[u8], from: SocketAddr) -> Option<Bytes> {
+        let answer = self.answer(datagram, from).await?;
+        // The source address of a datagram can be forged: never send a stranger's victim more
+        // than 3× what was sent to us (QUIC's anti-amplification rule). Requests are padded to
+        // `MIN_REQUEST`, so only the answers to short garbage are ever held back here.
+        if answer.len() > AMPLIFICATION * datagram.len() {
+            tracing::debug!(%from, len = datagram.len(), "answer to a short datagram withheld");
+            return None;
+        }
+        Some(answer)
+    }
+
+    async fn answer(&mut self, datagram: &[u8], from: SocketAddr) -> Option<Bytes> {
         let id_of = |d: &[u8]| serde_json::from_slice::<IdOnly>(d).ok().and_then(|r| r.id);
+        let parsed = (datagram.len() <= limits::MAX_DATAGRAM)
+            .then(|| serde_json::from_slice::<Request>(datagram));
+        // Requests with a valid token answer to the account's quotas; everything else to the
+        // address's, which drops what is beyond it without a word.
+        let authenticated = match &parsed {
+            Some(Ok(r)) => r.body.token().is_some_and(|t| self.verify(t).is_ok()),
+            _ => false,
+        };
+        if !authenticated
+            && self
+                .unauthenticated
+                .take(&auth::ip_key(from.ip()), Instant::now())
+                .is_err()
+        {
+            tracing::debug!(%from, "over the per-address request rate; dropped");
+            return None;
+        }
+        if datagram.len() < limits::MIN_REQUEST {
+            let e = err(
+                ErrorCode::TooSmall,
+                format!("pad requests to {} bytes", limits::MIN_REQUEST),
+            );
+            return Some(encode(id_of(datagram), from, ResponseBody::Error(e)));
+        }
         if datagram.len() > limits::MAX_DATAGRAM {
             let e = err(
                 ErrorCode::TooLarge,
@@ -304,20 +390,20 @@ impl Coordinator {
             );
             return Some(encode(id_of(datagram), from, ResponseBody::Error(e)));
         }
-        let request = match serde_json::from_slice::<Request>(datagram) {
+        let request = match parsed? {
             Ok(r) => r,
             Err(e) => {
                 let e = err(ErrorCode::Malformed, format!("malformed request: {e}"));
                 return Some(encode(id_of(datagram), from, ResponseBody::Error(e)));
             }
         };
-        let key = (from, request.id);
+        let key = RequestKey::new(from, datagram);
         match self.replies.get(&key) {
-            Some(Some(cached)) => {
+            Some(Slot::Done(cached)) => {
                 tracing::debug!(%from, id = request.id, "repeated request answered from cache");
                 return Some(cached.clone());
             }
-            Some(None) => return None, // still working on it
+            Some(Slot::Pending) => return None, // still working on it
             None => {}
         }
         // Reads are answered afresh when retried; only requests that change something are
@@ -328,23 +414,26 @@ impl Coordinator {
         );
         let body = match request.body {
             RequestBody::Register { user, password } => {
-                return self.register(from, request.id, user, password);
+                return self.register(from, request.id, key, user, password);
             }
             RequestBody::Login { user, password } => {
-                return self.login(from, request.id, user, password);
+                return self.login(from, request.id, key, user, password);
             }
-            RequestBody::Create { name, token } => self.create(name, &token).await,
+            RequestBody::Create { name, token } => self.create(from, name, &token).await,
             RequestBody::Join { session, token } => self.join(&session, &token).await,
             RequestBody::Close { session, token } => self.close(&session, &token).await,
             RequestBody::List { cursor } => Ok(self.list(cursor, from)),
         };
+        // A refusal changed nothing, so running its retry again is harmless; keeping it would
+        // only let strangers fill the cache with their own long names.
+        let remember = remember && body.is_ok();
         let answer = encode(
             Some(request.id),
             from,
             body.unwrap_or_else(ResponseBody::Error),
         );
         if remember {
-            self.replies.insert(key, Some(answer.clone()));
+            self.replies.done(key, answer.clone());
         }
         Some(answer)
     }
@@ -353,6 +442,7 @@ impl Coordinator {
     fn finish(&mut self, done: Done) -> Bytes {
         if let Some((name, _)) = &done.login {
             self.logins_in_flight.remove(&name.to_lowercase());
+            self.throttle.finished(done.from.ip());
         }
         if let Some((name, Some(ok))) = &done.login {
             if *ok {
@@ -362,13 +452,17 @@ impl Coordinator {
                     .record_failure(name, done.from.ip(), std::time::Instant::now());
             }
         }
+        // A wrong password is kept too (keyed by the datagram, password included), so that a
+        // retry after a lost answer is not hashed, and counted against the throttle, twice.
+        let keep = match &done.body {
+            ResponseBody::Error(e) => e.code == ErrorCode::InvalidCredentials,
+            _ => true,
+        };
         let answer = encode(Some(done.id), done.from, done.body);
-        match self.replies.get_mut(&(done.from, done.id)) {
-            Some(slot) => *slot = Some(answer.clone()),
-            None => {
-                self.replies
-                    .insert((done.from, done.id), Some(answer.clone()));
-            }
+        if keep {
+            self.replies.done(done.key, answer.clone());
+        } else {
+            self.replies.forget(&done.key);
         }
         answer
     }
@@ -379,46 +473,69 @@ impl Coordinator {
             .map_err(|e| err(ErrorCode::Unauthorized, e.to_string()))
     }
 
-    /// Starts `work` in its own task if there is room, marking the request as in progress.
+    /// A place in the hashing pool, or the `busy` answer when it has none.
+    fn admit(&self, from: SocketAddr, id: u64) -> Result<Ticket, Bytes> {
+        self.hashing.admit().ok_or_else(|| {
+            tracing::debug!(%from, "hashing pool full; answered busy");
+            let e = err(
+                ErrorCode::Busy,
+                "too many logins and registrations at once; try again in a moment",
+            );
+            refuse(from, id, e)
+        })
+    }
+
+    /// Runs `work` in its own task, marking the request as in progress.
     fn spawn_account_task(
         &mut self,
-        from: SocketAddr,
-        id: u64,
+        key: RequestKey,
         work: impl Future<Output = Done> + Send + 'static,
-    ) -> Option<Bytes> {
-        let Ok(permit) = self.logins.clone().try_acquire_owned() else {
-            tracing::debug!(%from, "too many logins in progress; request left for its retry");
-            return None;
-        };
-        self.replies.insert((from, id), None);
+    ) {
+        self.replies.pending(key);
         let done = self.done.clone();
         self.tracker.spawn(async move {
             let result = work.await;
-            drop(permit);
             let _ = done.send(result).await;
         });
-        None
     }
 
     fn register(
         &mut self,
         from: SocketAddr,
         id: u64,
+        key: RequestKey,
         user: String,
         password: Password,
     ) -> Option<Bytes> {
         if let Err(e) = check_credentials(&user, &password) {
-            return Some(self.answer_now(from, id, Err(e)));
+            return Some(refuse(from, id, e));
+        }
+        // Admitted first, so that a `busy` answer costs the address none of its quota.
+        let ticket = match self.admit(from, id) {
+            Ok(t) => t,
+            Err(busy) => return Some(busy),
+        };
+        if let Err(wait) = self
+            .registrations
+            .take(&auth::ip_key(from.ip()), Instant::now())
+        {
+            let e = err(
+                ErrorCode::Quota,
+                format!(
+                    "too many registrations from this address; try again in {}",
+                    quota::in_words(wait)
+                ),
+            );
+            return Some(refuse(from, id, e));
         }
         let (db, cost) = (self.db.clone(), self.config.password_cost);
-        self.spawn_account_task(from, id, async move {
+        self.spawn_account_task(key, async move {
             let body = async {
-                let hash = tokio::task::spawn_blocking(move || {
-                    auth::hash_password_with(&password.0, cost)
-                })
-                .await
-                .map_err(internal)?
-                .map_err(internal)?;
+                let hash = ticket
+                    .run(move || auth::hash_password_with(&password.0, cost))
+                    .await
+                    .ok_or_else(|| internal("hashing thread failed"))?
+                    .map_err(internal)?;
                 let name = user.clone();
                 match db
                     .call(move |s| s.create_user(&name, &hash, Utc::now()))
@@ -440,21 +557,24 @@ impl Coordinator {
             Done {
                 from,
                 id,
+                key,
                 body: body.unwrap_or_else(ResponseBody::Error),
                 login: None,
             }
-        })
+        });
+        None
     }
 
     fn login(
         &mut self,
         from: SocketAddr,
         id: u64,
+        key: RequestKey,
         user: String,
         password: Password,
     ) -> Option<Bytes> {
         if let Err(e) = check_credentials(&user, &password) {
-            return Some(self.answer_now(from, id, Err(e)));
+            return Some(refuse(from, id, e));
         }
         // One login per name at a time: the throttle learns of a failure only when its hash is
         // checked, so parallel guesses would otherwise all pass the check before the first fails.
@@ -464,12 +584,17 @@ impl Coordinator {
                 ErrorCode::Throttled,
                 "another login for this name is in progress; try again in a moment",
             );
-            return Some(self.answer_now(from, id, Err(e)));
+            return Some(refuse(from, id, e));
         }
-        if let Err(wait) = self
-            .throttle
-            .check(&user, from.ip(), std::time::Instant::now())
-        {
+        let now = Instant::now();
+        if self.config.abuse.hold_parallel_logins && !self.throttle.may_start(from.ip(), now) {
+            let e = err(
+                ErrorCode::Busy,
+                "too many logins from this address at once; try again in a moment",
+            );
+            return Some(refuse(from, id, e));
+        }
+        if let Err(wait) = self.throttle.check(&user, from.ip(), now) {
             let e = err(
                 ErrorCode::Throttled,
                 format!(
@@ -477,26 +602,32 @@ impl Coordinator {
                     wait.as_secs().max(1)
                 ),
             );
-            return Some(self.answer_now(from, id, Err(e)));
+            return Some(refuse(from, id, e));
         }
+        let ticket = match self.admit(from, id) {
+            Ok(t) => t,
+            Err(busy) => return Some(busy),
+        };
         let (db, keys, ttl) = (self.db.clone(), self.keys.clone(), self.config.token_ttl);
-        self.logins_in_flight.insert(name_key.clone());
-        let started = self.spawn_account_task(from, id, async move {
+        self.logins_in_flight.insert(name_key);
+        self.throttle.started(from.ip());
+        self.spawn_account_task(key, async move {
             let name = user.clone();
             let found = db.call(move |s| s.user(&name)).await;
             let result = match found {
                 Ok(Ok(rec)) => {
-                    let checked = tokio::task::spawn_blocking(move || match rec {
-                        Some(rec) => auth::verify_password(&password.0, &rec.password_hash)
-                            .then_some(rec.name),
-                        None => {
-                            auth::dummy_verify(&password.0);
-                            None
-                        }
-                    })
-                    .await;
+                    let checked = ticket
+                        .run(move || match rec {
+                            Some(rec) => auth::verify_password(&password.0, &rec.password_hash)
+                                .then_some(rec.name),
+                            None => {
+                                auth::dummy_verify(&password.0);
+                                None
+                            }
+                        })
+                        .await;
                     match checked {
-                        Ok(Some(name)) => {
+                        Some(Some(name)) => {
                             let expires = Utc::now().trunc_subsecs(0)
                                 + chrono::Duration::from_std(ttl).unwrap_or_default();
                             let token = keys.issue(&name, expires);
@@ -507,11 +638,11 @@ impl Coordinator {
                                 expires,
                             })
                         }
-                        Ok(None) => Err(err(
+                        Some(None) => Err(err(
                             ErrorCode::InvalidCredentials,
                             "unknown user or wrong password",
                         )),
-                        Err(e) => Err(internal(e)),
+                        None => Err(internal("hashing thread failed")),
                     }
                 }
                 Ok(Err(e)) => Err(internal(e)),
@@ -524,30 +655,17 @@ impl Coordinator {
             Done {
                 from,
                 id,
+                key,
                 body: result.unwrap_or_else(ResponseBody::Error),
                 login: Some((user, counted.then_some(ok))),
             }
         });
-        if !self.replies.get(&(from, id)).is_some_and(|a| a.is_none()) {
-            // Not started (too many logins at once): nothing is in flight after all.
-            self.logins_in_flight.remove(&name_key);
-        }
-        started
-    }
-
-    fn answer_now(
-        &mut self,
-        from: SocketAddr,
-        id: u64,
-        body: Result<ResponseBody, ErrorBody>,
-    ) -> Bytes {
-        let answer = encode(Some(id), from, body.unwrap_or_else(ResponseBody::Error));
-        self.replies.insert((from, id), Some(answer.clone()));
-        answer
+        None
     }
 
     async fn create(
         &mut self,
+        from: SocketAddr,
         name: Option<String>,
         token: &str,
     ) -> Result<ResponseBody, ErrorBody> {
@@ -559,6 +677,9 @@ impl Coordinator {
                 return Err(name_taken(name));
             }
         }
+        self.check_session_quotas(from, &claims.user)?;
+        // The server's port first: a session whose server cannot start is never listed.
+        let listener = self.open_listener()?;
         let listed = Listed {
             id: Uuid::new_v4(),
             name,
@@ -582,8 +703,42 @@ impl Coordinator {
         }
         self.directory.insert(listed.clone())?;
         tracing::info!(session = %listed.id, name = ?listed.name, creator = %listed.creator, "session created");
-        let session = self.start_session(listed).await?;
+        let session = self.start_session(listed, listener).await?;
         Ok(ResponseBody::Session { session })
+    }
+
+    /// Refuses a `create` beyond the creator's or the address's quota, taking one of each
+    /// otherwise.
+    fn check_session_quotas(&mut self, from: SocketAddr, user: &str) -> Result<(), ErrorBody> {
+        let limits = &self.config.abuse;
+        if let Some(cap) = limits.live_sessions_per_user
+            && self.directory.created_by(user) >= cap
+        {
+            return Err(err(
+                ErrorCode::Quota,
+                format!("you have {cap} sessions, the most one account may have; close one first"),
+            ));
+        }
+        let now = Instant::now();
+        if let Err(wait) = self.created_by_user.take(&user.to_lowercase(), now) {
+            return Err(err(
+                ErrorCode::Quota,
+                format!(
+                    "you created too many sessions in the last hour; try again in {}",
+                    quota::in_words(wait)
+                ),
+            ));
+        }
+        if let Err(wait) = self.created_by_address.take(&auth::ip_key(from.ip()), now) {
+            return Err(err(
+                ErrorCode::Quota,
+                format!(
+                    "too many sessions created from this address; try again in {}",
+                    quota::in_words(wait)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     async fn join(&mut self, key: &str, token: &str) -> Result<ResponseBody, ErrorBody> {
@@ -591,7 +746,10 @@ impl Coordinator {
         let listed = self.directory.find(key)?;
         let session = match listed.info() {
             Some(info) => info,
-            None => self.start_session(listed).await?,
+            None => {
+                let listener = self.open_listener()?;
+                self.start_session(listed, listener).await?
+            }
         };
         Ok(ResponseBody::Session { session })
     }
@@ -616,9 +774,11 @@ impl Coordinator {
         Ok(ResponseBody::Closed { session: id })
     }
 
-    /// Starts (or restarts) the server of a listed session, with its stored history.
-    async fn start_session(&mut self, listed: Listed) -> Result<SessionInfo, ErrorBody> {
-        if self.directory.running() >= self.config.max_sessions {
+    /// A listener for one more session server, unless that would leave too few descriptors for
+    /// the members of the sessions already running (or the server limit is reached).
+    fn open_listener(&self) -> Result<TcpListener, ErrorBody> {
+        let running = self.directory.running();
+        if running >= self.config.max_sessions {
             return Err(err(
                 ErrorCode::Full,
                 format!(
@@ -627,7 +787,38 @@ impl Coordinator {
                 ),
             ));
         }
-        let listener = bind_listener(SocketAddr::new(self.session_host, 0)).map_err(internal)?;
+        if let Some((open, limit)) = fds::usage() {
+            let reserve = self.config.fd_reserve.unwrap_or(limit / 4);
+            if open.saturating_add(reserve) >= limit {
+                tracing::warn!(
+                    open,
+                    limit,
+                    reserve,
+                    running,
+                    "no descriptors to spare for a new session"
+                );
+                return Err(err(
+                    ErrorCode::Full,
+                    "the coordinator has no file descriptors to spare for another session; \
+                     try again later",
+                ));
+            }
+        }
+        bind_listener(SocketAddr::new(self.session_host, 0)).map_err(|e| {
+            tracing::warn!(error = %e, "cannot bind a session server");
+            err(
+                ErrorCode::Full,
+                format!("the coordinator cannot start another session server: {e}"),
+            )
+        })
+    }
+
+    /// Starts (or restarts) the server of a listed session on `listener`, with its stored history.
+    async fn start_session(
+        &mut self,
+        listed: Listed,
+        listener: TcpListener,
+    ) -> Result<SessionInfo, ErrorBody> {
         let server = listener.local_addr().map_err(internal)?;
         let id = listed.id;
         let recent = self.config.recent_messages;
@@ -700,6 +891,11 @@ impl Coordinator {
     }
 }
 
+/// An answer that refuses a request at once; refusals are not cached (see `handle`).
+fn refuse(from: SocketAddr, id: u64, e: ErrorBody) -> Bytes {
+    encode(Some(id), from, ResponseBody::Error(e))
+}
+
 fn check_credentials(user: &str, password: &Password) -> Result<(), ErrorBody> {
     auth::validate_user_name(user).map_err(|e| err(ErrorCode::InvalidName, e.to_string()))?;
     if password.0.is_empty() {
@@ -740,6 +936,26 @@ fn encode(id: Option<u64>, observed: SocketAddr, body: ResponseBody) -> Bytes {
             }
             _ => return Bytes::from(bytes),
         }
+    }
+}
+
+/// Asks for a receive buffer of `bytes` (the system caps it at its maximum, `rmem_max` on Linux).
+fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is the socket's own and open; the option value is a c_int of the
+    // size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot grow the receive buffer");
     }
 }
 

@@ -67,11 +67,13 @@ impl Drop for TestCoordinator {
     }
 }
 
-/// Defaults for tests: an in-memory database and cheap password hashes (tests register many
-/// accounts; the real default cost is tested in the accounts tests).
+/// Defaults for tests: an in-memory database, cheap password hashes (tests register many
+/// accounts; the real default cost is tested in the accounts tests) and no per-address quotas
+/// (every test client comes from 127.0.0.1; the abuse tests turn them on one by one).
 pub fn test_config() -> CoordinatorConfig {
     CoordinatorConfig {
         password_cost: confab::auth::PasswordCost::INSECURE_FAST,
+        abuse: coordinator::AbuseLimits::off(),
         ..CoordinatorConfig::default()
     }
 }
@@ -118,12 +120,14 @@ pub async fn token_for(user: &str, coordinator: SocketAddr) -> String {
     let (c, _) = client(user, coordinator).await;
     drop(c);
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let req = format!(
+    let mut req = format!(
         r#"{{"id":1,"op":"login","user":"{user}","password":"{}"}}"#,
         password(user)
-    );
+    )
+    .into_bytes();
+    confab::protocol::pad_request(&mut req);
     for _ in 0..50 {
-        socket.send_to(req.as_bytes(), coordinator).await.unwrap();
+        socket.send_to(&req, coordinator).await.unwrap();
         let mut buf = vec![0u8; 2048];
         if let Ok(Ok((n, _))) =
             tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await

@@ -119,9 +119,14 @@ async fn run_on(env: &BenchEnv, opts: &RequestsOpts, server: &Server) -> Result<
                 source,
             })?;
     }
-    let list = |id: u64| format!(r#"{{"id":{id},"op":"list","cursor":0}}"#);
-    let join =
-        |id: u64| format!(r#"{{"id":{id},"op":"join","session":"{first}","token":"{token}"}}"#);
+    // Padded as every client pads its requests (`limits::MIN_REQUEST`).
+    let pad = |r: String| format!("{r:<width$}", width = limits::MIN_REQUEST);
+    let list = |id: u64| pad(format!(r#"{{"id":{id},"op":"list","cursor":0}}"#));
+    let join = |id: u64| {
+        pad(format!(
+            r#"{{"id":{id},"op":"join","session":"{first}","token":"{token}"}}"#
+        ))
+    };
     let mut ops = Vec::new();
     ops.push(run_op(env, opts, server, "list", &list).await?);
     ops.push(run_op(env, opts, server, "join", &join).await?);

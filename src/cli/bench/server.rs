@@ -64,6 +64,7 @@ impl Server {
                 config.member_limits.rate = None;
                 // Thousands of bench accounts; the hash cost is not what is measured.
                 config.password_cost = confab::auth::PasswordCost::INSECURE_FAST;
+                config.abuse = coordinator::AbuseLimits::off();
                 let stop = CancellationToken::new();
                 let task = tokio::spawn({
                     let stop = stop.clone();
@@ -91,6 +92,7 @@ impl Server {
                         "--db",
                         ":memory:",
                         "--fast-passwords",
+                        "--no-abuse-limits",
                     ])
                     // Info logs cost the server a line per join; the bench measures the server,
                     // not its logging.
@@ -217,27 +219,6 @@ impl ProcUsage {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit and returns the new soft limit.
-///
-/// Every benchmark member holds one or two sockets in this process (and one in the server), so
-/// 10,000 members need far more than the common soft limit of 1024. A child coordinator inherits
-/// the raised limit.
-pub fn raise_fd_limit() -> std::io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(lim.rlim_cur)
-}
+/// Raises the soft limit on open files to the hard limit (every benchmark member holds one or
+/// two sockets in this process); a child coordinator inherits the raised limit.
+pub use confab::coordinator::raise_fd_limit;
