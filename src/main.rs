@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 mod cli;
 
-use confab::client::{ClientConfig, repl};
+use cli::repl;
+use confab::client::ClientConfig;
 use confab::coordinator::{self, CoordinatorConfig};
 
 /// A chat system: a UDP coordinator, one TCP server per session, and a terminal client whose

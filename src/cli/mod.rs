@@ -3,3 +3,12 @@
 //! with `default-features = false` builds none of clap, rustyline or the benchmark.
 
 pub mod bench;
+mod complete;
+mod history;
+mod keys;
+mod lineedit;
+mod output;
+pub mod repl;
+mod screen;
+mod show;
+mod text;

@@ -1,5 +1,5 @@
-//! The client: an async API for programs (the terminal program, tests, the benchmark, bots) and
-//! the terminal program itself in [`repl`].
+//! The client: an async API for programs (the `confab` terminal program, tests, the benchmark,
+//! bots). It emits [`Event`]s and knows nothing of terminals.
 //!
 //! One UDP socket serves both the coordinator requests and the peer-to-peer private messages, so
 //! the address the coordinator observes for our requests is exactly the address peers must send
@@ -8,17 +8,8 @@
 //! waits for them, acknowledgements to the private message that waits for them, and private
 //! messages to the application as [`Event::Private`].
 
-mod complete;
-mod history;
-mod keys;
-mod lineedit;
 mod link;
-mod output;
-pub mod repl;
 mod roster;
-mod screen;
-mod show;
-pub mod text;
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -477,6 +468,12 @@ impl Client {
         };
         tokio::spawn(hub.run(inner.stop.clone()));
         Ok((Client { inner }, events_rx))
+    }
+
+    /// How this client was set up (a program waiting for private messages to settle needs the
+    /// retry schedule).
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
     }
 
     /// Our user name.

@@ -130,12 +130,19 @@ pub struct Stop {
     /// told by whom, not only that it happened.
     pub closed_by: Arc<std::sync::OnceLock<String>>,
     /// Fault injection: kills the room task mid-flight, as a panic would, without a word to
-    /// anyone. The fault-injection tests use it to prove that the coordinator and the clients
-    /// recover from a session server that dies.
-    pub crash: CancellationToken,
+    /// anyone. The fault-injection tests use it (through [`Stop::crash`], with the `test-util`
+    /// feature) to prove that the coordinator and the clients recover from a session server that
+    /// dies.
+    pub(crate) crash: CancellationToken,
 }
 
 impl Stop {
+    /// Fault injection: kills the room as a panic would, without a word to anyone.
+    #[cfg(feature = "test-util")]
+    pub fn crash(&self) {
+        self.crash.cancel();
+    }
+
     /// Removes the session for good on behalf of `user`, who is named in the members' `bye`.
     pub fn close_by(&self, user: &str) {
         let _ = self.closed_by.set(user.to_string());

@@ -11,8 +11,8 @@ use rustyline::Context;
 use rustyline::completion::Completer;
 use rustyline::hint::Hinter;
 
-use super::Client;
-use crate::protocol::DirectoryEntry;
+use confab::client::Client;
+use confab::protocol::DirectoryEntry;
 
 /// Every command, for completion and `/help`.
 pub const COMMANDS: [&str; 14] = [

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::complete::Names;
 use super::output::Output;
 use super::text::clean;
-use super::{Client, Event, Joined};
-use crate::protocol::{ChatLine, DirectoryEntry, LeaveReason};
+use confab::client::{Client, Event, Joined};
+use confab::protocol::{ChatLine, DirectoryEntry, LeaveReason};
 
 /// Roster lines printed at most; the rest are summarised.
 const ROSTER_SHOWN: usize = 20;
@@ -176,7 +176,7 @@ fn show_event(client: &Client, out: &Output, shown: &Shown, event: Event) {
             out.stamped(time, &style.alert(&body));
         }
         Event::ServerError(e) => {
-            if e.code == crate::protocol::ErrorCode::Gap {
+            if e.code == confab::protocol::ErrorCode::Gap {
                 // The replay that follows starts after the gap: page back from there.
                 shown.earliest.store(0, Ordering::Relaxed);
             }
@@ -239,7 +239,7 @@ pub fn show_roster_upto(client: &Client, out: &Output, shown: usize) {
 }
 
 /// Shows a roster: up to `shown` names, or only the count in a large session.
-fn show_members(members: &[crate::protocol::Member], count: usize, out: &Output, shown: usize) {
+fn show_members(members: &[confab::protocol::Member], count: usize, out: &Output, shown: usize) {
     if members.len() < count {
         // A large session: the server sends counts, not names.
         out.line(out.style().notice(&format!(

@@ -24,8 +24,9 @@ use super::show::{
     Shown, print_events, prompt_for, session_label, show_joined, show_roster_upto, show_sessions,
 };
 use super::text::clean;
-use super::{Client, ClientConfig, ClientError, history};
-use crate::protocol::ErrorCode;
+use super::history;
+use confab::client::{Client, ClientConfig, ClientError};
+use confab::protocol::ErrorCode;
 
 /// Password prompts before giving up.
 const LOGIN_TRIES: usize = 3;
@@ -191,7 +192,7 @@ pub async fn run(
     pending.close();
     if !pending.is_empty() {
         out.notice("waiting for private messages to be acknowledged…");
-        let _ = tokio::time::timeout(client.inner.config.dm_retry.total(), pending.wait()).await;
+        let _ = tokio::time::timeout(client.config().dm_retry.total(), pending.wait()).await;
     }
     let left = client.leave().await;
     // What arrived before we left (our own echoes among it) is shown before the goodbye.
@@ -301,7 +302,7 @@ impl Ctx<'_> {
     /// Joins (through `join`) and shows the answer before any event of the new session.
     async fn join(
         &self,
-        join: impl std::future::Future<Output = Result<super::Joined, ClientError>>,
+        join: impl std::future::Future<Output = Result<confab::client::Joined, ClientError>>,
     ) -> Result<(), ClientError> {
         self.shown.earliest.store(0, Ordering::Relaxed);
         self.joining.send_replace(true);
@@ -495,7 +496,7 @@ fn private(ctx: &Ctx<'_>, to: &str, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::complete::COMMANDS;
+    use crate::cli::complete::COMMANDS;
 
     #[test]
     fn every_command_has_its_own_help() {
