@@ -54,6 +54,11 @@ enum Command {
         /// thousands of accounts; never for real ones.
         #[arg(long)]
         fast_passwords: bool,
+        /// MiB the server may hold for one member that is not reading (queued lines, a replay, a
+        /// history answer) before dropping it as too slow: bounds what a member that never reads
+        /// costs.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        member_budget_mib: u64,
     },
     /// Measure the server: throughput, latency, joins, private messages, coordinator requests.
     Bench(BenchArgs),
@@ -187,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
             print_addr,
             no_rate_limit,
             fast_passwords,
+            member_budget_mib,
         } => {
             init_tracing("info");
             let socket = tokio::net::UdpSocket::bind(listen)
@@ -205,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
                     None => Some(coordinator::default_db_path()),
                 },
                 token_ttl: Duration::from_secs(token_hours * 3600),
+                member_budget: (member_budget_mib as usize) << 20,
                 ..CoordinatorConfig::default()
             };
             if no_rate_limit {

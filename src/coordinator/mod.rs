@@ -77,6 +77,8 @@ pub struct CoordinatorConfig {
     pub member_limits: MemberLimits,
     /// Messages queued per member before it is dropped as too slow.
     pub member_queue: usize,
+    /// Bytes held per member before it is dropped as too slow (see `SessionConfig::member_budget`).
+    pub member_budget: usize,
     /// Above this many members a session's roster is not sent whole.
     pub full_roster_max: usize,
     /// Group lines each session keeps in memory (for history and rejoins; older ones are read
@@ -105,6 +107,7 @@ impl Default for CoordinatorConfig {
             presence_log: None,
             member_limits: MemberLimits::default(),
             member_queue: 4096,
+            member_budget: session::DEFAULT_MEMBER_BUDGET,
             full_roster_max: limits::FULL_ROSTER_MAX,
             recent_messages: 1000,
             db: None,
@@ -644,6 +647,7 @@ impl Coordinator {
         config.idle_timeout = self.config.idle_timeout;
         config.max_members = self.config.max_members;
         config.member_queue = self.config.member_queue;
+        config.member_budget = self.config.member_budget;
         config.full_roster_max = self.config.full_roster_max;
         config.recent_messages = self.config.recent_messages;
         config.member_limits = self.config.member_limits.clone();

@@ -28,6 +28,10 @@ use crate::protocol::ChatLine;
 
 pub use member::MemberLimits;
 
+/// Default of [`SessionConfig::member_budget`]: room for the largest answer (4 MiB) and as much
+/// again of live lines.
+pub const DEFAULT_MEMBER_BUDGET: usize = 8 * 1024 * 1024;
+
 /// Told about membership changes, so a directory can stay true without asking.
 pub trait SessionObserver: Send + Sync + 'static {
     /// `user` is now in `session`.
@@ -57,6 +61,10 @@ pub struct SessionConfig {
     pub max_members: usize,
     /// Messages queued for one member before it counts as too slow and is dropped.
     pub member_queue: usize,
+    /// Bytes the server holds for one member (live lines, a replay, a history answer, the write
+    /// under way) before it counts as too slow and is dropped: what bounds the memory a member
+    /// that does not read can cost.
+    pub member_budget: usize,
     /// Above this many members, rosters are not sent whole (see `limits::FULL_ROSTER_MAX`).
     pub full_roster_max: usize,
     /// Group messages kept in memory for `history` and for reconnecting members.
@@ -87,6 +95,7 @@ impl SessionConfig {
             idle_timeout: Duration::from_secs(300),
             max_members: 20_000,
             member_queue: 4096,
+            member_budget: DEFAULT_MEMBER_BUDGET,
             full_roster_max: crate::protocol::limits::FULL_ROSTER_MAX,
             recent_messages: 1000,
             member_limits: MemberLimits::default(),

@@ -76,6 +76,11 @@ pub(crate) enum RoomEvent {
         before: Option<u64>,
         limit: usize,
     },
+    /// A history answer that needed storage, back from it.
+    HistoryRead {
+        conn: ConnId,
+        messages: Vec<ChatLine>,
+    },
     Lookup {
         conn: ConnId,
         user: String,
@@ -108,8 +113,10 @@ impl MemberSlot {
 const BATCH: usize = 512;
 /// Most missed lines a rejoining member gets back from storage (beyond those in memory).
 const MAX_CATCH_UP: usize = 5000;
-/// Most bytes of missed lines replayed to a rejoining member; older ones are left to `history`.
-const MAX_REPLAY_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of one answer: the missed lines replayed to a rejoining member (older ones are left
+/// to `history`), or one `history` answer (older lines are left to the next request). At most
+/// half the member's byte budget, so that an answer always leaves room for live lines.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 /// How often the room looks for members that have gone silent.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long, and for how many lines, resent lines are recognised.
@@ -228,6 +235,7 @@ impl Room {
                 before,
                 limit,
             } => self.history(conn, before, limit),
+            RoomEvent::HistoryRead { conn, messages } => self.answer_history(conn, messages),
             RoomEvent::Leave { conn, reason } => self.leave(conn, reason),
             RoomEvent::Lookup { conn, user } => {
                 let member = self
@@ -425,24 +433,49 @@ impl Room {
         let oldest_kept = self.recent.front().map_or(self.seq + 1, |l| l.seq);
         let from_memory = end - start;
         let missing = limit - from_memory;
-        match (&self.config.history, self.members.get(&conn)) {
-            // Older than memory reaches: ask the store, answer when it has looked.
-            (Some(store), Some(slot)) if missing > 0 && oldest_kept > 1 && before > 1 => {
+        let mut messages: Vec<ChatLine> = self.recent.range(start..end).cloned().collect();
+        match &self.config.history {
+            // Older than memory reaches: ask the store, answer when it has looked (through the
+            // room, which keeps the member's budget).
+            Some(store) if missing > 0 && oldest_kept > 1 && before > 1 => {
                 let older_than = before.min(oldest_kept);
                 let fetch = store.before(self.config.id, older_than, missing);
-                let mut messages: Vec<ChatLine> = self.recent.range(start..end).cloned().collect();
-                let tx = slot.tx.clone();
+                let me = self.self_tx.clone();
                 tokio::spawn(async move {
                     let mut lines = fetch.await;
                     lines.append(&mut messages);
-                    let _ = tx.try_send(shared(&ServerMsg::History { messages: lines }));
+                    if let Some(room) = me.upgrade() {
+                        let messages = lines;
+                        let _ = room.send(RoomEvent::HistoryRead { conn, messages }).await;
+                    }
                 });
             }
-            _ => {
-                let messages: Vec<ChatLine> = self.recent.range(start..end).cloned().collect();
-                self.send_to(conn, shared(&ServerMsg::History { messages }));
-            }
+            _ => self.answer_history(conn, messages),
         }
+    }
+
+    /// Sends a history answer: the newest of `messages` that fit in one answer's bytes. The
+    /// client pages back from the oldest it got, so a short answer loses nothing.
+    fn answer_history(&mut self, conn: ConnId, mut messages: Vec<ChatLine>) {
+        // Room for `{"type":"history","messages":[]}` and the newline.
+        let mut budget = self.answer_cap().saturating_sub(64);
+        let keep_from = messages
+            .iter()
+            .rposition(|l| match budget.checked_sub(encoded_len(l) + 1) {
+                Some(left) => {
+                    budget = left;
+                    false
+                }
+                None => true,
+            })
+            .map_or(0, |i| i + 1);
+        messages.drain(..keep_from);
+        self.answer_to(conn, shared(&ServerMsg::History { messages }));
+    }
+
+    /// The most bytes one answer (a replay or a history page) may take.
+    fn answer_cap(&self) -> usize {
+        MAX_ANSWER_BYTES.min(self.config.member_budget / 2)
     }
 
     /// Sends a rejoining member the lines it missed, as ordinary `msg` lines in their place in the
@@ -457,7 +490,8 @@ impl Room {
             .map(|l| encode_line(&ServerMsg::Msg(l.clone())))
             .collect();
         // Keep the newest lines within the byte budget: a replay must end where live lines begin.
-        let mut budget = MAX_REPLAY_BYTES;
+        let cap = self.answer_cap();
+        let mut budget = cap;
         let keep_from = encoded
             .iter()
             .rposition(|b| match budget.checked_sub(b.len()) {
@@ -481,11 +515,11 @@ impl Room {
         }
         if !replayed.is_empty() {
             // One queue entry for the whole replay: it must not look like a backlog.
-            let mut replay = Vec::with_capacity(MAX_REPLAY_BYTES - budget);
+            let mut replay = Vec::with_capacity(cap - budget);
             for line in replayed {
                 replay.extend_from_slice(line);
             }
-            self.send_to(conn, Line::new(Bytes::from(replay)));
+            self.answer_to(conn, Line::new(Bytes::from(replay)));
         }
     }
 
@@ -616,6 +650,17 @@ impl Room {
         }
     }
 
+    /// Like `send_to`, for the answer to a request: the member's next request waits for it.
+    fn answer_to(&mut self, conn: ConnId, bytes: Line) {
+        let full = match self.members.get(&conn) {
+            Some(slot) => matches!(slot.tx.try_send_answer(bytes), Err(Full)),
+            None => false,
+        };
+        if full {
+            self.leave(conn, LeaveReason::TooSlow);
+        }
+    }
+
     fn close_all(&mut self, reason: ByeReason, message: &str) {
         let bye = shared(&ServerMsg::Bye {
             reason,
@@ -628,6 +673,23 @@ impl Room {
         self.members.clear();
         self.names.clear();
     }
+}
+
+/// How many bytes `line` takes in JSON, without keeping the encoding.
+fn encoded_len(line: &ChatLine) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, line);
+    count.0
 }
 
 async fn idle_deadline(empty: bool, idle: Duration) {
