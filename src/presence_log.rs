@@ -28,9 +28,11 @@ impl PresenceLog {
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
+        // Who was where, from which address: for the operator only.
         let file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .await?;
         let (tx, mut rx) = mpsc::channel::<String>(QUEUE);

@@ -136,3 +136,66 @@ async fn a_member_that_never_reads_cannot_grow_the_server_by_asking_for_history(
     }
     coord.stop().await;
 }
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn data_files_are_private_under_umask_022() {
+    // The usual umask; process-wide, and harmless to the other tests of this binary.
+    // SAFETY: umask only swaps the process's file-creation mask.
+    unsafe { libc::umask(0o022) };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").join("confab");
+    let db = data.join("confab.db");
+    let log = dir.path().join("presence.log");
+    let coord = TestCoordinator::start_with(CoordinatorConfig {
+        db: Some(db.clone()),
+        presence_log: Some(log.clone()),
+        ..test_config()
+    })
+    .await;
+    // A registration and a line: the -wal and -shm files exist and hold data.
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    alice.start_session(Some("room")).await.unwrap();
+    alice.say("written down").await.unwrap();
+    messages(&mut a_ev, 1).await;
+    for file in ["confab.db", "confab.db-wal", "confab.db-shm"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(mode(&log), 0o600, "the presence log");
+    assert_eq!(mode(&data), 0o700, "the folder confab made");
+    assert_eq!(
+        mode(&dir.path().join("data")),
+        0o700,
+        "its parent, made too"
+    );
+    coord.stop().await;
+}
+
+#[tokio::test]
+async fn an_existing_database_readable_by_others_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("confab.db");
+    Store::open(&db).unwrap().token_secret().unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let folder = mode(dir.path());
+    let coord = TestCoordinator::start_with(CoordinatorConfig {
+        db: Some(db.clone()),
+        ..test_config()
+    })
+    .await;
+    let _ = client("alice", coord.addr).await;
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(&dir.path().join("confab.db-wal")), 0o600);
+    // The folder was not confab's to make: left as it was.
+    assert_eq!(mode(dir.path()), folder);
+    coord.stop().await;
+}
