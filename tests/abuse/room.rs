@@ -199,3 +199,161 @@ async fn an_existing_database_readable_by_others_is_made_private() {
     assert_eq!(mode(dir.path()), folder);
     coord.stop().await;
 }
+
+/// The real binary, as an operator runs it, with its stderr on a pipe the test holds.
+struct Process {
+    child: tokio::process::Child,
+    listen: SocketAddr,
+}
+
+impl Process {
+    async fn start(db: &std::path::Path, stderr: std::process::Stdio) -> Self {
+        let listen = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args([
+                "coordinator",
+                "--fast-passwords",
+                "--listen",
+                &listen.to_string(),
+            ])
+            .args(["--db", db.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("confab coordinator starts");
+        Self { child, listen }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.id().expect("still running") as libc::pid_t;
+        // SAFETY: a signal to our own child, whose pid we hold.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Waits for the exit, at most `within`.
+    async fn exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the coordinator did not exit within {within:?}"))
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_closed_stderr_neither_stops_the_coordinator_nor_keeps_its_port_after_ctrl_c() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut process =
+        Process::start(&dir.path().join("confab.db"), std::process::Stdio::piped()).await;
+    // Read the log up to "listening", then close the pipe, as a `| tee log` killed by Ctrl-C.
+    let stderr = process.child.stderr.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut log = String::new();
+    while !log.contains("coordinator listening") {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the coordinator logs that it listens")
+            .unwrap()
+            .expect("stderr open");
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal: {log:?}"
+    );
+    drop(lines);
+
+    // Every request below logs a line into the closed pipe.
+    let (alice, mut a_ev) = client("alice", process.listen).await;
+    alice.start_session(Some("room")).await.unwrap();
+    let (bob, _b_ev) = client("bob", process.listen).await;
+    bob.join("room").await.unwrap();
+    bob.say("still serving").await.unwrap();
+    let line = messages(&mut a_ev, 1).await.remove(0);
+    assert_eq!(line.text, "still serving");
+
+    process.signal(libc::SIGINT);
+    let exit = process.exit(WAIT).await;
+    assert!(exit.success(), "{exit:?}");
+    std::net::UdpSocket::bind(process.listen).expect("the port is free again");
+}
+
+#[tokio::test]
+async fn sigterm_tells_members_and_stores_history_like_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("confab.db");
+    let mut process = Process::start(&db, std::process::Stdio::null()).await;
+    let (alice, mut a_ev) = client("alice", process.listen).await;
+    alice.start_session(Some("room")).await.unwrap();
+    for i in 0..30 {
+        alice.say(&format!("t{i}")).await.unwrap();
+    }
+    messages(&mut a_ev, 30).await;
+
+    process.signal(libc::SIGTERM);
+    let exit = process.exit(WAIT).await;
+    assert!(exit.success(), "{exit:?}");
+    let reason = expect(&mut a_ev, "the goodbye", |e| match e {
+        confab::client::Event::Disconnected { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("shutting down"), "{reason}");
+    alice.leave().await;
+
+    // Everything said before the signal was stored.
+    let process = Process::start(&db, std::process::Stdio::null()).await;
+    let mut config = client_config("bob", process.listen);
+    config.history_on_join = 100;
+    let (bob, mut events) = logged_in(config).await;
+    bob.join("room").await.unwrap();
+    let history = expect(&mut events, "history", |e| match e {
+        confab::client::Event::History(l) => Some(l.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(history.len(), 30);
+}
+
+#[tokio::test]
+async fn a_second_ctrl_c_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("confab.db");
+    seed_big_session(&db);
+    let mut process = Process::start(&db, std::process::Stdio::null()).await;
+    let (alice, _a_ev) = client("alice", process.listen).await;
+    let server = alice.join("big").await.unwrap().session.server;
+    // A member that does not read holds the clean shutdown: its last write may take 10 s.
+    let mut stuck = non_reader(server, process.listen, "mallory").await;
+    for _ in 0..4 {
+        stuck
+            .write_all(b"{\"type\":\"history\",\"limit\":500}\n")
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    process.signal(libc::SIGINT);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        process.child.try_wait().unwrap().is_none(),
+        "the clean shutdown is held by the member that does not read"
+    );
+    let second = std::time::Instant::now();
+    process.signal(libc::SIGINT);
+    let exit = process.exit(Duration::from_secs(5)).await;
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        second.elapsed()
+    );
+    assert!(!exit.success(), "a forced exit says so: {exit:?}");
+    drop(stuck);
+}
