@@ -7,6 +7,7 @@
 mod bucket;
 mod member;
 mod outbox;
+mod presence;
 mod room;
 
 use std::net::SocketAddr;

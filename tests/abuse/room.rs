@@ -357,3 +357,85 @@ async fn a_second_ctrl_c_exits_at_once() {
     assert!(!exit.success(), "a forced exit says so: {exit:?}");
     drop(stuck);
 }
+
+/// Joins and leaves `session` as fast as the server answers, as `user`, until `stop`.
+async fn churn(
+    server: SocketAddr,
+    coordinator: SocketAddr,
+    user: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> usize {
+    use tokio::io::AsyncBufReadExt;
+    let token = token_for(&user, coordinator).await;
+    let mut cycles = 0;
+    while !stop.is_cancelled() {
+        // A new endpoint each time, so that no notice can be left out as "no change".
+        let udp = SocketAddr::from(([127, 0, 0, 1], 1000 + cycles as u16));
+        let hello = hello(&user, &token, udp);
+        let Ok(stream) = tokio::net::TcpStream::connect(server).await else {
+            continue;
+        };
+        let (read, mut write) = stream.into_split();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        if write.write_all(hello.as_bytes()).await.is_err() {
+            continue;
+        }
+        // Leave once welcomed, so that the join has been told to the others.
+        let welcomed = tokio::time::timeout(WAIT, lines.next_line()).await;
+        if !matches!(welcomed, Ok(Ok(Some(ref l))) if l.contains("\"welcome\"")) {
+            continue;
+        }
+        let _ = write.write_all(b"{\"type\":\"leave\"}\n").await;
+        // Until the server closes: the leave is applied before the next hello.
+        while let Ok(Ok(Some(_))) = tokio::time::timeout(WAIT, lines.next_line()).await {}
+        cycles += 1;
+    }
+    cycles
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_leave_churn_cannot_flood_the_other_members_with_presence() {
+    let coord = TestCoordinator::start().await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let server = alice
+        .start_session(Some("room"))
+        .await
+        .unwrap()
+        .session
+        .server;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let churners: Vec<_> = (0..6)
+        .map(|i| tokio::spawn(churn(server, coord.addr, format!("eve{i}"), stop.clone())))
+        .collect();
+
+    let watch = Duration::from_secs(3);
+    let mut notices = 0;
+    let started = tokio::time::Instant::now();
+    while let Ok(Some(event)) = tokio::time::timeout_at(started + watch, a_ev.recv()).await {
+        if matches!(event, confab::client::Event::Presence { .. }) {
+            notices += 1;
+        }
+    }
+    stop.cancel();
+    let mut cycles = 0;
+    for churner in churners {
+        cycles += churner.await.unwrap();
+    }
+    println!("{cycles} join/leave cycles in {watch:?}: {notices} presence notices to alice");
+    assert!(cycles >= 6, "the churn ran ({cycles} cycles)");
+    // At most one every 250 ms (and one at once), whatever the churn.
+    assert!(notices <= 14, "{notices} presence notices in {watch:?}");
+
+    // Coalesced, not lost: the roster comes out right once the churn stops.
+    eventually("only alice is left in alice's roster", || async {
+        alice.members().len() == 1
+    })
+    .await;
+    alice.say("after the churn").await.unwrap();
+    expect(&mut a_ev, "alice's line", |e| match e {
+        confab::client::Event::Message(l) if l.text == "after the churn" => Some(()),
+        _ => None,
+    })
+    .await;
+    coord.stop().await;
+}
