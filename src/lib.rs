@@ -12,7 +12,7 @@
 //! - [`auth`]: name rules, password hashes, login tokens, login throttling.
 //! - [`store`]: the SQLite database (users, sessions, history) and its migrations; [`db`] runs
 //!   it on its own thread behind an async handle.
-//! - [`presence_log`]: the human-readable join/leave log.
+//! - [`presence_log`]: the human-readable login/join/leave log, rotated by size.
 //! - [`bench`](mod@bench): `confab bench`, load scenarios that measure the above and check that nothing is
 //!   lost, duplicated or reordered on the way.
 #![warn(missing_docs)]

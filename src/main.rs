@@ -30,9 +30,15 @@ enum Command {
         /// Seconds an empty session stays open before it is closed.
         #[arg(long, default_value_t = 300)]
         idle_timeout: u64,
-        /// File that gets one line per join and leave.
+        /// File that gets one line per login, join and leave.
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// MiB the --log-file may reach before it is renamed to FILE.1 and a new one begun.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+        log_max_mib: u64,
+        /// Old --log-file files kept (FILE.1 … FILE.N); older ones are deleted.
+        #[arg(long, default_value_t = 4)]
+        log_keep: usize,
         /// SQLite database file (created if missing); `:memory:` keeps nothing.
         #[arg(long, env = "CONFAB_DB")]
         db: Option<String>,
@@ -186,6 +192,8 @@ async fn main() -> anyhow::Result<()> {
             listen,
             idle_timeout,
             log_file,
+            log_max_mib,
+            log_keep,
             session_host,
             db,
             token_hours,
@@ -204,6 +212,10 @@ async fn main() -> anyhow::Result<()> {
             let mut config = CoordinatorConfig {
                 idle_timeout: Duration::from_secs(idle_timeout),
                 presence_log: log_file,
+                presence_log_rotation: confab::presence_log::Rotation {
+                    max_bytes: log_max_mib << 20,
+                    keep: log_keep,
+                },
                 session_host,
                 db: match db.as_deref() {
                     Some(":memory:") => None,

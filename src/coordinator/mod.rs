@@ -71,8 +71,10 @@ pub struct CoordinatorConfig {
     /// Address session servers bind to and announce; `None` uses the coordinator's own IP
     /// (or 127.0.0.1 when the coordinator listens on all interfaces).
     pub session_host: Option<IpAddr>,
-    /// Plain-text log of joins and leaves.
+    /// Plain-text log of logins, joins and leaves.
     pub presence_log: Option<PathBuf>,
+    /// How large the presence log may grow before it is rotated, and how many old files are kept.
+    pub presence_log_rotation: crate::presence_log::Rotation,
     /// What each member may send.
     pub member_limits: MemberLimits,
     /// Messages queued per member before it is dropped as too slow.
@@ -105,6 +107,7 @@ impl Default for CoordinatorConfig {
             max_members: 20_000,
             session_host: None,
             presence_log: None,
+            presence_log_rotation: Default::default(),
             member_limits: MemberLimits::default(),
             member_queue: 4096,
             member_budget: session::DEFAULT_MEMBER_BUDGET,
@@ -154,7 +157,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let presence_log = match &config.presence_log {
         Some(path) => Some(
-            PresenceLog::open(path, &tracker, shutdown.clone())
+            PresenceLog::open(path, config.presence_log_rotation, &tracker)
                 .await
                 .map_err(|source| CoordinatorError::PresenceLog {
                     path: path.clone(),
@@ -359,6 +362,11 @@ impl Coordinator {
         }
         if let Some((name, Some(ok))) = &done.login {
             if *ok {
+                if let (Some(log), ResponseBody::LoggedIn { user, .. }) =
+                    (&self.presence_log, &done.body)
+                {
+                    log.login(user, done.from);
+                }
                 self.throttle.record_success(name, done.from.ip());
             } else {
                 self.throttle

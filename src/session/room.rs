@@ -347,9 +347,6 @@ impl Room {
         }
         self.names.insert(key.clone(), conn);
         let user: Arc<str> = user.into();
-        if let Some(log) = &self.config.presence_log {
-            log.record(&self.config.label(), "joined", &user, udp);
-        }
         if let Some(obs) = &self.config.observer {
             obs.member_joined(self.config.id, &user);
         }
@@ -381,13 +378,15 @@ impl Room {
             }));
         }
         self.names.remove(&slot.user.to_lowercase());
-        if let Some(log) = &self.config.presence_log {
-            let event = match reason {
+        if let Some(log) = &self.config.presence_log
+            && slot.welcomed
+        {
+            let reason = match reason {
                 LeaveReason::Left => "left",
                 LeaveReason::Disconnected => "disconnected",
-                LeaveReason::TooSlow => "dropped (too slow)",
+                LeaveReason::TooSlow => "too_slow",
             };
-            log.record(&self.config.label(), event, &slot.user, slot.udp);
+            log.left(&self.config.label(), &slot.user, slot.udp, reason);
         }
         if let Some(obs) = &self.config.observer {
             obs.member_left(self.config.id, &slot.user);
@@ -611,6 +610,10 @@ impl Room {
                 };
                 slot.welcomed = true;
                 slot.tx.heard();
+                // Logged once welcomed: a hello never answered is no visit, and gets no `left`.
+                if let Some(log) = &self.config.presence_log {
+                    log.joined(&self.config.label(), &slot.user, slot.udp);
+                }
                 new.insert(conn);
                 self.send_to(conn, welcome.clone());
                 if let Some(since) = replay.since {
@@ -720,9 +723,19 @@ impl Room {
             reason,
             message: message.to_string(),
         });
+        let label = self.config.label();
         for slot in self.members.values() {
             let _ = slot.tx.try_send(bye.clone());
             slot.tx.close();
+            if let Some(log) = &self.config.presence_log
+                && slot.welcomed
+            {
+                let why = match reason {
+                    ByeReason::Closed => "closed",
+                    _ => "shutdown",
+                };
+                log.left(&label, &slot.user, slot.udp, why);
+            }
         }
         self.members.clear();
         self.names.clear();

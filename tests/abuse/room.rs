@@ -439,3 +439,139 @@ async fn join_leave_churn_cannot_flood_the_other_members_with_presence() {
     .await;
     coord.stop().await;
 }
+
+/// The lines of `log` about sessions, as (session, user, event, reason), in order.
+fn visits(log: &str) -> Vec<(String, String, String, Option<String>)> {
+    log.lines()
+        .filter_map(|l| {
+            let field = |name: &str| {
+                l.split(' ')
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(str::to_string)
+            };
+            let session = field("session=")?;
+            let event = if l.contains(" joined ") {
+                "joined"
+            } else {
+                "left"
+            };
+            Some((
+                session,
+                field("user=")?,
+                event.to_string(),
+                field("reason="),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_joined_in_the_presence_log_gets_one_left_with_a_reason_through_close_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("presence.log");
+    let config = || CoordinatorConfig {
+        db: Some(dir.path().join("confab.db")),
+        presence_log: Some(log.clone()),
+        ..test_config()
+    };
+    let coord = TestCoordinator::start_with(config()).await;
+    let addr = coord.addr;
+    let (alice, _a) = client("alice", addr).await;
+    let (bob, _b) = client("bob", addr).await;
+    let (carol, _c) = client("carol", addr).await;
+    let (dave, _d) = client("dave", addr).await;
+    alice.start_session(Some("one")).await.unwrap();
+    bob.join("one").await.unwrap();
+    carol.start_session(Some("two")).await.unwrap();
+    dave.join("two").await.unwrap();
+    eventually("everyone is in", || async {
+        alice.members().len() == 2 && carol.members().len() == 2
+    })
+    .await;
+    bob.leave().await.unwrap();
+    alice.close_session("one").await.unwrap();
+    // Carol and dave are in "two" when it stops, and when it starts again they rejoin by themselves.
+    coord.stop().await;
+    let coord = TestCoordinator::start_on(addr, config()).await;
+    eventually("carol and dave are back", || async {
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.matches("joined user=carol").count() == 2
+            && text.matches("joined user=dave").count() == 2
+    })
+    .await;
+    coord.stop().await;
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut open: std::collections::HashMap<(String, String), bool> = Default::default();
+    for (session, user, event, reason) in visits(&text) {
+        let inside = open.entry((session.clone(), user.clone())).or_default();
+        match event.as_str() {
+            "joined" => assert!(
+                !*inside,
+                "{user} joined {session} twice without a left:\n{text}"
+            ),
+            _ => {
+                assert!(*inside, "{user} left {session} without a joined:\n{text}");
+                assert!(reason.is_some(), "a left without a reason:\n{text}");
+            }
+        }
+        *inside = event == "joined";
+    }
+    assert!(
+        open.values().all(|inside| !inside),
+        "a joined without its left:\n{text}"
+    );
+    for reason in ["reason=left", "reason=closed", "reason=shutdown"] {
+        assert!(text.contains(reason), "no {reason}:\n{text}");
+    }
+    for user in ["alice", "bob", "carol", "dave"] {
+        assert!(
+            text.contains(&format!("login user={user} ")),
+            "{user}'s login:\n{text}"
+        );
+    }
+    drop((alice, bob, carol, dave));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_cannot_grow_the_presence_log_past_its_rotation_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("presence.log");
+    let max_bytes = 4096;
+    let coord = TestCoordinator::start_with(CoordinatorConfig {
+        presence_log: Some(log.clone()),
+        presence_log_rotation: confab::presence_log::Rotation { max_bytes, keep: 2 },
+        ..test_config()
+    })
+    .await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let server = alice
+        .start_session(Some("room"))
+        .await
+        .unwrap()
+        .session
+        .server;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let churners: Vec<_> = (0..6)
+        .map(|i| tokio::spawn(churn(server, coord.addr, format!("eve{i}"), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let mut cycles = 0;
+    for churner in churners {
+        cycles += churner.await.unwrap();
+    }
+    coord.stop().await;
+    let size = |suffix: &str| {
+        let mut name = log.as_os_str().to_owned();
+        name.push(suffix);
+        std::fs::metadata(std::path::PathBuf::from(name)).map(|m| m.len())
+    };
+    let sizes: Vec<_> = ["", ".1", ".2", ".3"].map(size).into_iter().collect();
+    println!("{cycles} join/leave cycles; presence log files: {sizes:?}");
+    assert!(sizes[2].is_ok(), "the log rotated: {sizes:?}");
+    assert!(sizes[3].is_err(), "two old files kept, no more: {sizes:?}");
+    for len in sizes.iter().flatten() {
+        assert!(*len <= max_bytes, "{sizes:?}");
+    }
+}
