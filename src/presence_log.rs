@@ -4,15 +4,21 @@
 //! It is kept apart from `tracing` output on purpose: operators want a stable, greppable record of
 //! who was where and when, without the noise of debug logs. Every `joined` line is followed, for
 //! the same session and user, by one `left` line with a reason, whatever ended the visit (the
-//! member left, went silent, was too slow, the session was closed, the server shut down); only a
-//! killed process leaves some unmatched, and then the next `started` line says so.
+//! member left, went silent, was too slow, the session was closed, the server shut down, the
+//! session server crashed). The log itself keeps the open visits, so that pairing holds by
+//! construction: a `left` is written only for an open visit, and a session server that ends
+//! closes whatever its room left open. Only a killed process leaves some unmatched, and then
+//! the next `started` line says so.
 //!
 //! Writes go through a bounded queue to one writer task, so a slow disk never stalls a session;
 //! if the queue is full the line is dropped and a warning is logged instead. The file is rotated
 //! by size (`log`, `log.1`, … `log.N`), so no amount of churn can fill the disk: the log takes at
 //! most `(keep + 1) × max_bytes`.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use chrono::Local;
 use tokio::io::AsyncWriteExt;
@@ -44,6 +50,8 @@ impl Default for Rotation {
 #[derive(Debug, Clone)]
 pub struct PresenceLog {
     tx: mpsc::Sender<String>,
+    /// (session, user) → endpoint, for every `joined` without its `left` yet.
+    open: Arc<Mutex<HashMap<(String, String), SocketAddr>>>,
 }
 
 impl PresenceLog {
@@ -76,7 +84,10 @@ impl PresenceLog {
             let _ = out.write(&line("coordinator stopped")).await;
             let _ = out.file.flush().await;
         });
-        let log = Self { tx };
+        let log = Self {
+            tx,
+            open: Default::default(),
+        };
         log.send(line(
             "coordinator started (a joined line before this one without its left: that member was disconnected when the coordinator stopped unexpectedly)",
         ));
@@ -85,22 +96,55 @@ impl PresenceLog {
 
     /// Records a join: `2026-11-22 14:03:07 session=lobby(<id>) joined user=alice
     /// udp=127.0.0.1:5000`.
-    pub fn joined(&self, session: &str, user: &str, udp: std::net::SocketAddr) {
+    pub fn joined(&self, session: &str, user: &str, udp: SocketAddr) {
+        let replaced = self.visits().insert((session.into(), user.into()), udp);
+        if let Some(old) = replaced {
+            // Not expected (a name is in a session once), but the pairing must hold.
+            self.write_left(session, user, old, "replaced");
+        }
         self.send(line(&format!(
             "session={session} joined user={user} udp={udp}"
         )));
     }
 
     /// Records a departure and why (`left`, `disconnected`, `too_slow`, `closed`, `shutdown`):
-    /// `… session=lobby(<id>) left user=alice udp=127.0.0.1:5000 reason=closed`.
-    pub fn left(&self, session: &str, user: &str, udp: std::net::SocketAddr, reason: &str) {
+    /// `… session=lobby(<id>) left user=alice udp=127.0.0.1:5000 reason=closed`. Nothing if the
+    /// visit was not logged as joined, or its departure already was.
+    pub fn left(&self, session: &str, user: &str, reason: &str) {
+        let visit = self
+            .visits()
+            .remove(&(session.to_string(), user.to_string()));
+        if let Some(udp) = visit {
+            self.write_left(session, user, udp, reason);
+        }
+    }
+
+    /// Records the departure of everyone still logged in `session`: its server has stopped.
+    pub fn session_ended(&self, session: &str, reason: &str) {
+        let gone: Vec<((String, String), SocketAddr)> = {
+            let mut open = self.visits();
+            let keys: Vec<_> = open.keys().filter(|(s, _)| s == session).cloned().collect();
+            keys.into_iter()
+                .filter_map(|k| open.remove(&k).map(|udp| (k, udp)))
+                .collect()
+        };
+        for ((session, user), udp) in gone {
+            self.write_left(&session, &user, udp, reason);
+        }
+    }
+
+    fn visits(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), SocketAddr>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_left(&self, session: &str, user: &str, udp: SocketAddr, reason: &str) {
         self.send(line(&format!(
             "session={session} left user={user} udp={udp} reason={reason}"
         )));
     }
 
     /// Records a successful login: `2026-11-22 14:03:07 login user=alice from=127.0.0.1:5000`.
-    pub fn login(&self, user: &str, from: std::net::SocketAddr) {
+    pub fn login(&self, user: &str, from: SocketAddr) {
         self.send(line(&format!("login user={user} from={from}")));
     }
 
@@ -202,5 +246,40 @@ mod tests {
         let newest = std::fs::read_to_string(with("")).unwrap();
         assert!(newest.contains("user199"), "{newest}");
         assert!(newest.ends_with("coordinator stopped\n"), "{newest}");
+    }
+
+    #[tokio::test]
+    async fn every_joined_gets_exactly_one_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("presence.log");
+        let tracker = TaskTracker::new();
+        let log = PresenceLog::open(&path, Rotation::default(), &tracker)
+            .await
+            .unwrap();
+        let udp = "127.0.0.1:9".parse().unwrap();
+        log.left("a", "ghost", "left"); // never joined: nothing
+        log.joined("a", "alice", udp);
+        log.joined("a", "bob", udp);
+        log.joined("b", "carol", udp);
+        log.left("a", "alice", "left");
+        log.left("a", "alice", "disconnected"); // already gone: nothing
+        log.session_ended("a", "crashed");
+        log.session_ended("a", "crashed");
+        drop(log);
+        tracker.close();
+        tracker.wait().await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lefts: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once(" left ").map(|(_, rest)| rest))
+            .collect();
+        assert_eq!(
+            lefts,
+            vec![
+                "user=alice udp=127.0.0.1:9 reason=left",
+                "user=bob udp=127.0.0.1:9 reason=crashed"
+            ],
+            "{text}"
+        );
     }
 }

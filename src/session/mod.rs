@@ -197,6 +197,14 @@ pub async fn run(listener: TcpListener, mut config: SessionConfig, stop: Stop) -
         }
     };
     drop(listener);
+    if let Some(log) = &config.presence_log {
+        // A room that failed logged no departures: its members are gone all the same.
+        let reason = match ended {
+            Ended::Failed => "crashed",
+            Ended::Idle | Ended::Shutdown => "shutdown",
+        };
+        log.session_ended(&config.label(), reason);
+    }
     members_stop.cancel();
     tracker.close();
     tracker.wait().await;

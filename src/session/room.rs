@@ -394,7 +394,7 @@ impl Room {
                 LeaveReason::Disconnected => "disconnected",
                 LeaveReason::TooSlow => "too_slow",
             };
-            log.left(&self.config.label(), &slot.user, slot.udp, reason);
+            log.left(&self.config.label(), &slot.user, reason);
         }
         if let Some(obs) = &self.config.observer {
             obs.member_left(self.config.id, &slot.user);
@@ -745,7 +745,7 @@ impl Room {
                     ByeReason::Closed => "closed",
                     _ => "shutdown",
                 };
-                log.left(&label, &slot.user, slot.udp, why);
+                log.left(&label, &slot.user, why);
             }
         }
         self.members.clear();

@@ -628,3 +628,49 @@ async fn leaving_and_joining_again_does_not_buy_a_fresh_burst_of_lines() {
     assert!(spam <= 50 + 20 * 4, "{spam} lines in {watch:?}");
     coord.stop().await;
 }
+
+#[tokio::test]
+async fn a_crashed_session_server_still_logs_a_left_for_every_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("presence.log");
+    let directory = confab::coordinator::Directory::default();
+    let coord = TestCoordinator::start_with(CoordinatorConfig {
+        presence_log: Some(log.clone()),
+        directory: Some(directory.clone()),
+        ..test_config()
+    })
+    .await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let (bob, _b) = client("bob", coord.addr).await;
+    let id = alice
+        .start_session(Some("doomed"))
+        .await
+        .unwrap()
+        .session
+        .id;
+    bob.join("doomed").await.unwrap();
+    eventually("bob is in", || async { alice.members().len() == 2 }).await;
+    assert!(directory.crash(id));
+    // Both clients rejoin the restarted server by themselves.
+    eventually("alice and bob are back", || async {
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.matches("joined user=alice").count() == 2
+            && text.matches("joined user=bob").count() == 2
+    })
+    .await;
+    coord.stop().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    for user in ["alice", "bob"] {
+        let events: Vec<String> = visits(&text)
+            .into_iter()
+            .filter(|(_, u, _, _)| u == user)
+            .map(|(_, _, event, reason)| format!("{event} {}", reason.unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            events,
+            ["joined ", "left crashed", "joined ", "left shutdown"],
+            "{user}:\n{text}"
+        );
+    }
+    drop((alice, bob));
+}
