@@ -22,14 +22,6 @@ impl TokenBucket {
         }
     }
 
-    /// Whether the bucket has refilled completely: keeping it is then no different from making
-    /// a new one.
-    pub(crate) fn is_full(&self) -> bool {
-        let Some(rate) = self.rate else { return true };
-        let elapsed = self.last.elapsed().as_secs_f64();
-        self.tokens + elapsed * rate >= self.burst
-    }
-
     /// Takes one token, or says how long until one is there.
     pub(crate) fn take(&mut self) -> Result<(), Duration> {
         let Some(rate) = self.rate else { return Ok(()) };
@@ -61,8 +53,5 @@ mod tests {
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(b.take().is_ok());
         assert!(b.take().is_err());
-        assert!(!b.is_full());
-        tokio::time::advance(Duration::from_millis(300)).await;
-        assert!(b.is_full());
     }
 }

@@ -155,9 +155,6 @@ pub(crate) struct Room {
     /// No flush before this; one is due at this time if `flush_due`.
     next_flush: Instant,
     flush_due: bool,
-    /// The rate-limit buckets of members that left, by lowercased name, until they are full
-    /// again: leaving and joining again must not buy a fresh burst.
-    resting_buckets: HashMap<String, TokenBucket>,
     /// Line ids seen per sender, to drop lines a reconnecting client resends.
     line_ids: ExpiringMap<(Arc<str>, u64), ()>,
     /// A large session's count changed since members were last told.
@@ -196,7 +193,6 @@ impl Room {
             recent_cap,
             pending_joined: Vec::new(),
             changes: Changes::default(),
-            resting_buckets: HashMap::new(),
             next_flush: Instant::now(),
             flush_due: false,
         }
@@ -356,10 +352,7 @@ impl Room {
         }
         tracing::info!(session = %self.config.id, user = %user, %udp, "member joined");
         let limits = &self.config.member_limits;
-        let bucket = self
-            .resting_buckets
-            .remove(&key)
-            .unwrap_or_else(|| TokenBucket::new(limits.rate, limits.burst));
+        let bucket = TokenBucket::new(limits.rate, limits.burst);
         let slot = MemberSlot {
             user,
             udp,
@@ -384,8 +377,7 @@ impl Room {
                 message: "you left the session".into(),
             }));
         }
-        let key = slot.user.to_lowercase();
-        self.names.remove(&key);
+        self.names.remove(&slot.user.to_lowercase());
         if let Some(log) = &self.config.presence_log
             && slot.welcomed
         {
@@ -409,10 +401,8 @@ impl Room {
             // Never welcomed: its hello goes unanswered, and the connection closes.
             self.pending_joined.swap_remove(i);
         }
-        self.changes.left(&key, slot.member(), reason);
-        if !slot.bucket.is_full() {
-            self.resting_buckets.insert(key, slot.bucket);
-        }
+        self.changes
+            .left(&slot.user.to_lowercase(), slot.member(), reason);
     }
 
     fn say(&mut self, conn: ConnId, text: String, id: Option<u64>) {
@@ -564,7 +554,6 @@ impl Room {
     /// Drops members that sent nothing, not even a ping, within the heartbeat limit: their
     /// process died without closing the socket, or the path to them is gone (half-open).
     fn sweep_silent(&mut self) {
-        self.resting_buckets.retain(|_, bucket| !bucket.is_full());
         let limit = self.config.member_limits.idle.as_millis() as u64;
         let silent: Vec<ConnId> = self
             .members
