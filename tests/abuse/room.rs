@@ -541,7 +541,7 @@ async fn every_joined_in_the_presence_log_gets_one_left_with_a_reason_through_cl
 async fn churn_cannot_grow_the_presence_log_past_its_rotation_bound() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("presence.log");
-    let max_bytes = 4096;
+    let max_bytes = 1024;
     let coord = TestCoordinator::start_with(CoordinatorConfig {
         presence_log: Some(log.clone()),
         presence_log_rotation: confab::presence_log::Rotation { max_bytes, keep: 2 },
