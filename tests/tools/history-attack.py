@@ -25,7 +25,8 @@ def request(port, **body):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5)
     rid[0] += 1; body["id"] = rid[0]
     for _ in range(40):
-        s.sendto(json.dumps(body).encode(), ("127.0.0.1", port))
+        # Padded with spaces: a coordinator may refuse small requests (anti-amplification).
+        s.sendto(json.dumps(body).ljust(400).encode(), ("127.0.0.1", port))
         try:
             return json.loads(s.recv(4096))
         except socket.timeout:
