@@ -12,7 +12,7 @@
 //! - [`auth`]: name rules, password hashes, login tokens, login throttling.
 //! - [`store`]: the SQLite database (users, sessions, history) and its migrations; [`db`] runs
 //!   it on its own thread behind an async handle.
-//! - [`presence_log`]: the human-readable join/leave log.
+//! - [`presence_log`]: the human-readable login/join/leave log, rotated by size.
 //!
 //! The `confab` program (`src/main.rs` and `src/cli/`, behind the default `cli` feature) is built
 //! on this library and adds what only it needs: the terminal client and `confab bench`.

@@ -33,9 +33,15 @@ enum Command {
         /// Seconds an empty session stays open before it is closed.
         #[arg(long, default_value_t = 300)]
         idle_timeout: u64,
-        /// File that gets one line per join and leave.
+        /// File that gets one line per login, join and leave.
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// MiB the --log-file may reach before it is renamed to FILE.1 and a new one begun.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+        log_max_mib: u64,
+        /// Old --log-file files kept (FILE.1 … FILE.N); older ones are deleted.
+        #[arg(long, default_value_t = 4)]
+        log_keep: usize,
         /// SQLite database file (created if missing); `:memory:` keeps nothing.
         #[arg(long, env = "CONFAB_DB")]
         db: Option<String>,
@@ -59,6 +65,11 @@ enum Command {
         fast_passwords: bool,
         #[command(flatten)]
         abuse: AbuseArgs,
+        /// MiB the server may hold for one member that is not reading (queued lines, a replay, a
+        /// history answer) before dropping it as too slow: bounds what a member that never reads
+        /// costs.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        member_budget_mib: u64,
     },
     /// Measure the server: throughput, latency, joins, private messages, coordinator requests.
     Bench(BenchArgs),
@@ -205,6 +216,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             idle_timeout,
             log_file,
+            log_max_mib,
+            log_keep,
             session_host,
             db,
             token_hours,
@@ -212,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_rate_limit,
             fast_passwords,
             abuse,
+            member_budget_mib,
         } => {
             init_tracing("info");
             match coordinator::raise_fd_limit() {
@@ -227,6 +241,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = CoordinatorConfig {
                 idle_timeout: Duration::from_secs(idle_timeout),
                 presence_log: log_file,
+                presence_log_rotation: confab::presence_log::Rotation {
+                    max_bytes: log_max_mib << 20,
+                    keep: log_keep,
+                },
                 session_host,
                 db: match db.as_deref() {
                     Some(":memory:") => None,
@@ -234,6 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     None => Some(coordinator::default_db_path()),
                 },
                 token_ttl: Duration::from_secs(token_hours * 3600),
+                member_budget: (member_budget_mib as usize) << 20,
                 ..CoordinatorConfig::default()
             };
             if no_rate_limit {
@@ -244,12 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             abuse.apply(&mut config);
             let shutdown = CancellationToken::new();
-            let on_signal = shutdown.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("Ctrl-C: shutting down");
-                on_signal.cancel();
-            });
+            stop_on_signals(shutdown.clone())?;
             coordinator::run(socket, config, shutdown).await?;
         }
         Command::Client {
@@ -338,11 +352,61 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ctrl-C or SIGTERM (how systemd and container runtimes stop a service) starts a clean
+/// shutdown: members are told, history is written. A second one exits at once, for a shutdown
+/// stuck on something (a member whose socket does not drain holds it for up to 10 s).
+fn stop_on_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        // Shutdown first: logging may fail or block (a closed pipe), and must not hold it up.
+        shutdown.cancel();
+        tracing::info!(
+            signal = name,
+            "shutting down; send it again to exit at once"
+        );
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::warn!(
+            signal = name,
+            "second signal: exiting without finishing the shutdown"
+        );
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
 fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(|| Stderr)
+        .log_internal_errors(false)
         .init();
+}
+
+/// Standard error for logs, where a failed write is dropped: when the reader of a pipe (`| tee
+/// log`) goes away, the server must keep serving, not stop at its next log line.
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

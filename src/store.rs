@@ -137,6 +137,42 @@ pub enum StoreError {
     },
 }
 
+/// Creates `dir` and its missing parents with mode 0700 (existing ones are left alone: they may
+/// be shared on purpose, like `~/.local/share`).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates the database file with mode 0600 if it is missing, and takes read and write for
+/// group and others away from it and its `-wal` and `-shm` files if they have them.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %file.display(), mode = format!("{:o}", mode & 0o777), "database file was readable by others; made private (0600)");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    Ok(())
+}
+
 /// Result type of every [`Store`] operation.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -197,13 +233,22 @@ impl Store {
     /// `synchronous=NORMAL` (durable across process crashes; a power loss may
     /// drop the last few commits, an acceptable trade for chat), and brings
     /// the schema up to date.
+    ///
+    /// Whoever reads the file can read every history and forge tokens with the secret in it, so
+    /// the directories it creates are 0700 and the file 0600, whatever the umask (SQLite gives the
+    /// `-wal` and `-shm` files the database file's mode); an existing file readable by others is
+    /// made private, with a warning.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            private_dir(dir).map_err(|source| StoreError::Io {
                 path: dir.to_path_buf(),
                 source,
             })?;
         }
+        private_files(path).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
             source,

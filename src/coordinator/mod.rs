@@ -89,12 +89,16 @@ pub struct CoordinatorConfig {
     /// Address session servers bind to and announce; `None` uses the coordinator's own IP
     /// (or 127.0.0.1 when the coordinator listens on all interfaces).
     pub session_host: Option<IpAddr>,
-    /// Plain-text log of joins and leaves.
+    /// Plain-text log of logins, joins and leaves.
     pub presence_log: Option<PathBuf>,
+    /// How large the presence log may grow before it is rotated, and how many old files are kept.
+    pub presence_log_rotation: crate::presence_log::Rotation,
     /// What each member may send.
     pub member_limits: MemberLimits,
     /// Messages queued per member before it is dropped as too slow.
     pub member_queue: usize,
+    /// Bytes held per member before it is dropped as too slow (see `SessionConfig::member_budget`).
+    pub member_budget: usize,
     /// Above this many members a session's roster is not sent whole.
     pub full_roster_max: usize,
     /// Group lines each session keeps in memory (for history and rejoins; older ones are read
@@ -129,8 +133,10 @@ impl Default for CoordinatorConfig {
             max_members: 20_000,
             session_host: None,
             presence_log: None,
+            presence_log_rotation: Default::default(),
             member_limits: MemberLimits::default(),
             member_queue: 4096,
+            member_budget: session::DEFAULT_MEMBER_BUDGET,
             full_roster_max: limits::FULL_ROSTER_MAX,
             recent_messages: 1000,
             db: None,
@@ -186,7 +192,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let presence_log = match &config.presence_log {
         Some(path) => Some(
-            PresenceLog::open(path, &tracker, shutdown.clone())
+            PresenceLog::open(path, config.presence_log_rotation, &tracker)
                 .await
                 .map_err(|source| CoordinatorError::PresenceLog {
                     path: path.clone(),
@@ -446,6 +452,11 @@ impl Coordinator {
         }
         if let Some((name, Some(ok))) = &done.login {
             if *ok {
+                if let (Some(log), ResponseBody::LoggedIn { user, .. }) =
+                    (&self.presence_log, &done.body)
+                {
+                    log.login(user, done.from);
+                }
                 self.throttle.record_success(name, done.from.ip());
             } else {
                 self.throttle
@@ -835,6 +846,7 @@ impl Coordinator {
         config.idle_timeout = self.config.idle_timeout;
         config.max_members = self.config.max_members;
         config.member_queue = self.config.member_queue;
+        config.member_budget = self.config.member_budget;
         config.full_roster_max = self.config.full_roster_max;
         config.recent_messages = self.config.recent_messages;
         config.member_limits = self.config.member_limits.clone();

@@ -49,6 +49,9 @@ impl Default for MemberLimits {
 
 /// Most queued lines gathered into one socket write.
 const WRITE_LINES: usize = 256;
+/// Most bytes copied together for one socket write; a larger line is written alone, uncopied,
+/// so a history answer is never held twice.
+const WRITE_BYTES: usize = 256 * 1024;
 /// A batch buffer larger than this is freed after use rather than kept.
 const KEEP_BUFFER: usize = 16 * 1024;
 /// Initial read buffer: hello and chat lines are small; it grows for long lines when needed.
@@ -174,7 +177,7 @@ async fn admit_connection(
         }
     };
 
-    let outbox = Arc::new(Outbox::new(config.member_queue));
+    let outbox = Arc::new(Outbox::new(config.member_queue, config.member_budget));
     let kick = stop.child_token();
     let (reply_tx, reply_rx) = oneshot::channel();
     let join = RoomEvent::Join(JoinRequest {
@@ -253,6 +256,11 @@ async fn read_loop(
                     )));
                     continue;
                 }
+                // Not served, and nothing more read, while an earlier answer is unwritten.
+                tokio::select! {
+                    () = tx.ask() => {}
+                    _ = kick.cancelled() => break LeaveReason::Disconnected,
+                }
                 RoomEvent::History {
                     conn,
                     before,
@@ -312,14 +320,14 @@ async fn write_loop(
                 }
                 // Shutting down: deliver what is queued (the goodbye) and stop.
                 outbox.close();
-                outbox.recv_many(&mut lines, WRITE_LINES).await
+                outbox.recv_many(&mut lines, WRITE_LINES, WRITE_BYTES).await
             }
-            more = outbox.recv_many(&mut lines, WRITE_LINES) => more,
+            more = outbox.recv_many(&mut lines, WRITE_LINES, WRITE_BYTES) => more,
         };
         if !more {
             break;
         }
-        let written = if let [one] = lines.as_slice() {
+        let ok = if let [one] = lines.as_slice() {
             // One line ready: write the shared bytes as they are, no copy.
             write_out(&mut write, one, timeout).await
         } else {
@@ -333,8 +341,9 @@ async fn write_loop(
             }
             ok
         };
+        outbox.wrote(lines.iter().map(|l| l.len()).sum());
         lines.clear();
-        if !written {
+        if !ok {
             break;
         }
     }

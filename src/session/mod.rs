@@ -7,6 +7,7 @@
 mod bucket;
 mod member;
 mod outbox;
+mod presence;
 mod room;
 
 use std::net::SocketAddr;
@@ -27,6 +28,10 @@ use crate::presence_log::PresenceLog;
 use crate::protocol::ChatLine;
 
 pub use member::MemberLimits;
+
+/// Default of [`SessionConfig::member_budget`]: room for the largest answer (4 MiB) and as much
+/// again of live lines.
+pub const DEFAULT_MEMBER_BUDGET: usize = 8 * 1024 * 1024;
 
 /// Told about membership changes, so a directory can stay true without asking.
 pub trait SessionObserver: Send + Sync + 'static {
@@ -57,6 +62,10 @@ pub struct SessionConfig {
     pub max_members: usize,
     /// Messages queued for one member before it counts as too slow and is dropped.
     pub member_queue: usize,
+    /// Bytes the server holds for one member (live lines, a replay, a history answer, the write
+    /// under way) before it counts as too slow and is dropped: what bounds the memory a member
+    /// that does not read can cost.
+    pub member_budget: usize,
     /// Above this many members, rosters are not sent whole (see `limits::FULL_ROSTER_MAX`).
     pub full_roster_max: usize,
     /// Group messages kept in memory for `history` and for reconnecting members.
@@ -87,6 +96,7 @@ impl SessionConfig {
             idle_timeout: Duration::from_secs(300),
             max_members: 20_000,
             member_queue: 4096,
+            member_budget: DEFAULT_MEMBER_BUDGET,
             full_roster_max: crate::protocol::limits::FULL_ROSTER_MAX,
             recent_messages: 1000,
             member_limits: MemberLimits::default(),
@@ -205,6 +215,14 @@ pub async fn run(listener: TcpListener, mut config: SessionConfig, stop: Stop) -
         }
     };
     drop(listener);
+    if let Some(log) = &config.presence_log {
+        // A room that failed logged no departures: its members are gone all the same.
+        let reason = match ended {
+            Ended::Failed => "crashed",
+            Ended::Idle | Ended::Shutdown => "shutdown",
+        };
+        log.session_ended(&config.label(), reason);
+    }
     members_stop.cancel();
     tracker.close();
     tracker.wait().await;

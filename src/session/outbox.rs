@@ -1,5 +1,13 @@
-//! One member's outgoing queue: bounded, shared by the room and the member's reader, drained by
-//! the member's writer.
+//! One member's outgoing queue: bounded in lines and in bytes, shared by the room and the member's
+//! reader, drained by the member's writer.
+//!
+//! The byte budget covers everything the server holds for the member until it is written to the
+//! socket: live lines, a replay, history answers, and the batch the writer is writing. A member
+//! that does not read cannot make the server hold more: the line that would cross the budget is
+//! refused, and the room drops the member as too slow. History answers are large (up to 500
+//! lines), so the member's next request waits until the previous answer has been written (see
+//! [`Outbox::ask`]); without that wait, requests at the allowed rate would fill the budget with
+//! answers and drop the member instead of slowing it down.
 //!
 //! A tokio mpsc channel would do, but it costs about a kilobyte per member before the first line
 //! (cache-padded channel state plus a first block of slots); in a session of ten thousand idle
@@ -25,7 +33,10 @@ const KEEP_CAPACITY: usize = 64;
 pub(crate) struct Outbox {
     state: Mutex<State>,
     ready: Notify,
+    /// Woken when the writer has written past the end of the last answer.
+    answered: Notify,
     cap: usize,
+    budget: usize,
     /// When the member was last heard from, in ms since `epoch()`: the room sweeps for silent
     /// members once a second instead of every member keeping a timer of its own.
     heard: AtomicU64,
@@ -40,17 +51,31 @@ pub(crate) fn now_ms() -> u64 {
 struct State {
     lines: VecDeque<Line>,
     closed: bool,
+    /// Bytes queued or being written: what the budget limits.
+    held: usize,
+    /// Bytes ever queued and ever written; positions in the member's stream.
+    queued_total: u64,
+    written_total: u64,
+    /// Where the last answer ends in the stream (`u64::MAX`: asked, not answered yet).
+    answer_end: u64,
 }
 
 impl Outbox {
-    pub(crate) fn new(cap: usize) -> Self {
+    /// A queue of at most `cap` lines and `budget` bytes.
+    pub(crate) fn new(cap: usize, budget: usize) -> Self {
         Self {
             state: Mutex::new(State {
                 lines: VecDeque::new(),
                 closed: false,
+                held: 0,
+                queued_total: 0,
+                written_total: 0,
+                answer_end: 0,
             }),
             ready: Notify::new(),
+            answered: Notify::new(),
             cap: cap.max(1),
+            budget,
             heard: AtomicU64::new(now_ms()),
         }
     }
@@ -71,13 +96,29 @@ impl Outbox {
 
     /// Queues a line; a closed queue takes it silently (nobody will read it).
     pub(crate) fn try_send(&self, line: Line) -> Result<(), Full> {
+        self.push(line, false)
+    }
+
+    /// Queues the answer to a request (history, or a replay): the member's next request waits
+    /// until it has been written.
+    pub(crate) fn try_send_answer(&self, line: Line) -> Result<(), Full> {
+        self.push(line, true)
+    }
+
+    fn push(&self, line: Line, answer: bool) -> Result<(), Full> {
         {
             let mut state = self.lock();
             if state.closed {
                 return Ok(());
             }
-            if state.lines.len() >= self.cap {
+            let held = state.held + line.len();
+            if state.lines.len() >= self.cap || held > self.budget {
                 return Err(Full);
+            }
+            state.held = held;
+            state.queued_total += line.len() as u64;
+            if answer {
+                state.answer_end = state.queued_total;
             }
             state.lines.push_back(line);
         }
@@ -86,20 +127,62 @@ impl Outbox {
         Ok(())
     }
 
+    /// Waits until every earlier answer has been written to the socket, then marks a request as
+    /// asked. The member's reader calls it before passing a request on, and reads nothing more
+    /// meanwhile, so a member that does not read its answers is slowed down by TCP itself.
+    pub(crate) async fn ask(&self) {
+        loop {
+            {
+                let mut state = self.lock();
+                if state.closed || state.written_total >= state.answer_end {
+                    state.answer_end = u64::MAX;
+                    return;
+                }
+            }
+            self.answered.notified().await;
+        }
+    }
+
     /// No more lines: the writer finishes what is queued and stops.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_one();
+        self.answered.notify_one();
     }
 
-    /// Moves up to `max` queued lines into `out`, waiting for at least one; false when the queue
-    /// is closed and empty.
-    pub(crate) async fn recv_many(&self, out: &mut Vec<Line>, max: usize) -> bool {
+    /// The writer wrote `bytes` it had taken: they leave the budget, and a request waiting for
+    /// its answer to be written may go on.
+    pub(crate) fn wrote(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.held -= bytes;
+        state.written_total += bytes as u64;
+        if state.written_total >= state.answer_end {
+            self.answered.notify_one();
+        }
+    }
+
+    /// Moves queued lines into `out`, at most `max` of them and, unless the first alone is
+    /// larger, at most `max_bytes`; waits for at least one. They stay in the budget until the
+    /// writer says it [wrote](Self::wrote) them. False when the queue is closed and empty.
+    pub(crate) async fn recv_many(
+        &self,
+        out: &mut Vec<Line>,
+        max: usize,
+        max_bytes: usize,
+    ) -> bool {
         loop {
             {
                 let mut state = self.lock();
                 if !state.lines.is_empty() {
-                    let n = state.lines.len().min(max.max(1));
+                    let mut n = 0;
+                    let mut bytes = 0;
+                    for line in state.lines.iter().take(max.max(1)) {
+                        if n > 0 && bytes + line.len() > max_bytes {
+                            break;
+                        }
+                        bytes += line.len();
+                        n += 1;
+                    }
                     out.extend(state.lines.drain(..n));
                     if state.lines.is_empty() && state.lines.capacity() > KEEP_CAPACITY {
                         state.lines = VecDeque::new();
@@ -127,33 +210,91 @@ mod tests {
 
     #[tokio::test]
     async fn lines_come_out_in_order_and_close_ends_after_the_last() {
-        let q = Outbox::new(8);
+        let q = Outbox::new(8, 1024);
         q.try_send(line("a")).unwrap();
         q.try_send(line("b")).unwrap();
         q.close();
         q.try_send(line("ignored")).unwrap();
         let mut out = Vec::new();
-        assert!(q.recv_many(&mut out, 10).await);
+        assert!(q.recv_many(&mut out, 10, 1024).await);
         assert_eq!(out, vec![line("a"), line("b")]);
         out.clear();
-        assert!(!q.recv_many(&mut out, 10).await);
+        q.wrote(2);
+        assert!(!q.recv_many(&mut out, 10, 1024).await);
     }
 
     #[tokio::test]
     async fn a_full_queue_refuses() {
-        let q = Outbox::new(2);
+        let q = Outbox::new(2, 1024);
         q.try_send(line("a")).unwrap();
         q.try_send(line("b")).unwrap();
         assert_eq!(q.try_send(line("c")), Err(Full));
     }
 
     #[tokio::test]
+    async fn bytes_count_until_written_not_until_taken() {
+        let q = Outbox::new(100, 10);
+        q.try_send(line("abcdef")).unwrap();
+        assert_eq!(q.try_send(line("ghijk")), Err(Full));
+        let mut out = Vec::new();
+        assert!(q.recv_many(&mut out, 10, 1024).await);
+        // Taken by the writer but not yet written: still held.
+        assert_eq!(q.try_send(line("ghijk")), Err(Full));
+        q.try_send(line("ghij")).unwrap();
+        out.clear();
+        q.wrote(6);
+        assert!(q.recv_many(&mut out, 10, 1024).await);
+        assert_eq!(out, vec![line("ghij")]);
+        q.try_send(line("klmnop")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_before_a_line_that_would_pass_the_byte_limit() {
+        let q = Outbox::new(100, 1024);
+        for l in ["aaaa", "bbbb", "cccc"] {
+            q.try_send(line(l)).unwrap();
+        }
+        let mut out = Vec::new();
+        assert!(q.recv_many(&mut out, 10, 9).await);
+        assert_eq!(out, vec![line("aaaa"), line("bbbb")]);
+        out.clear();
+        // A line larger than the limit goes alone.
+        assert!(q.recv_many(&mut out, 10, 2).await);
+        assert_eq!(out, vec![line("cccc")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_until_the_previous_answer_is_written() {
+        let q = Arc::new(Outbox::new(100, 1024));
+        q.ask().await; // nothing outstanding
+        q.try_send(line("live")).unwrap();
+        q.try_send_answer(line("answer")).unwrap();
+        let q2 = q.clone();
+        let asking = tokio::spawn(async move { q2.ask().await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!asking.is_finished(), "served while the answer is unread");
+        let mut out = Vec::new();
+        assert!(q.recv_many(&mut out, 1, 1024).await);
+        q.wrote(4);
+        assert!(q.recv_many(&mut out, 1, 1024).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !asking.is_finished(),
+            "served before the answer was written"
+        );
+        q.try_send(line("x")).unwrap();
+        q.wrote(6);
+        assert!(q.recv_many(&mut out, 1, 1024).await);
+        asking.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_waiting_writer_is_woken() {
-        let q = Arc::new(Outbox::new(8));
+        let q = Arc::new(Outbox::new(8, 1024));
         let q2 = q.clone();
         let waiter = tokio::spawn(async move {
             let mut out = Vec::new();
-            q2.recv_many(&mut out, 10).await;
+            q2.recv_many(&mut out, 10, 1024).await;
             out
         });
         tokio::task::yield_now().await;

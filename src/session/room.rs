@@ -5,14 +5,18 @@
 //! `.await`. Broadcasts are encoded once and the same `Bytes` go to every member's bounded queue; a
 //! member whose queue is full is dropped rather than allowed to slow the others down.
 //!
-//! Presence is batched: the room drains whatever events are waiting before it tells anyone about
-//! joins and leaves, so a burst of joins costs one roster per new member's batch and one notice per
-//! old member, not one notice per join per member.
+//! Presence is batched and throttled: joins and leaves are told at most once every
+//! [`PRESENCE_INTERVAL`] (at once when the last notice is older), each member getting the net of
+//! what changed ([`Changes`]), so join/leave churn at any speed costs every other member at most a
+//! few notices a second. New members get their welcome at the same moment, and their `hello` is
+//! answered only then, so everyone's picture of the roster changes at the same point in the order.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use chrono::{SubsecRound, Utc};
@@ -22,12 +26,12 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::encode_line;
 use crate::expiring::ExpiringMap;
 use crate::protocol::{
-    ByeReason, ChatLine, Departure, ErrorBody, ErrorCode, LeaveReason, Member, RateLimit,
-    ServerMsg, limits,
+    ByeReason, ChatLine, ErrorBody, ErrorCode, LeaveReason, Member, RateLimit, ServerMsg, limits,
 };
 
 use super::bucket::TokenBucket;
 use super::outbox::{Full, Outbox};
+use super::presence::Changes;
 use super::{SessionConfig, Stop};
 
 /// Identifies one connection for the lifetime of the room.
@@ -77,6 +81,11 @@ pub(crate) enum RoomEvent {
         before: Option<u64>,
         limit: usize,
     },
+    /// A history answer that needed storage, back from it.
+    HistoryRead {
+        conn: ConnId,
+        messages: Vec<ChatLine>,
+    },
     Lookup {
         conn: ConnId,
         user: String,
@@ -87,6 +96,14 @@ pub(crate) enum RoomEvent {
     },
 }
 
+/// A member admitted to the room but not yet welcomed.
+struct Pending {
+    conn: ConnId,
+    replay: Replay,
+    older: Vec<ChatLine>,
+    reply: oneshot::Sender<Result<(), ErrorBody>>,
+}
+
 struct MemberSlot {
     user: Arc<str>,
     udp: SocketAddr,
@@ -94,6 +111,8 @@ struct MemberSlot {
     kick: CancellationToken,
     /// The member's rate limit on group lines.
     bucket: TokenBucket,
+    /// Has had its welcome: lines and notices before it are not for it.
+    welcomed: bool,
 }
 
 impl MemberSlot {
@@ -109,8 +128,12 @@ impl MemberSlot {
 const BATCH: usize = 512;
 /// Most missed lines a rejoining member gets back from storage (beyond those in memory).
 const MAX_CATCH_UP: usize = 5000;
-/// Most bytes of missed lines replayed to a rejoining member; older ones are left to `history`.
-const MAX_REPLAY_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of one answer: the missed lines replayed to a rejoining member (older ones are left
+/// to `history`), or one `history` answer (older lines are left to the next request). At most
+/// half the member's byte budget, so that an answer always leaves room for live lines.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+/// Presence notices (and welcomes) go out at most this often.
+pub(crate) const PRESENCE_INTERVAL: Duration = limits::LARGE_PRESENCE_INTERVAL;
 /// How often the room looks for members that have gone silent.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long, and for how many lines, resent lines are recognised.
@@ -125,9 +148,13 @@ pub(crate) struct Room {
     seq: u64,
     recent: VecDeque<ChatLine>,
     recent_cap: usize,
-    /// Joined in this batch: they get a welcome at the flush, the others a presence notice.
-    pending_joined: Vec<(ConnId, Replay, Vec<ChatLine>)>,
-    pending_left: Vec<Departure>,
+    /// Joined since the last flush: they get a welcome then, and their hello is answered.
+    pending_joined: Vec<Pending>,
+    /// Joins and leaves since the last flush, net.
+    changes: Changes,
+    /// No flush before this; one is due at this time if `flush_due`.
+    next_flush: Instant,
+    flush_due: bool,
     /// Line ids seen per sender, to drop lines a reconnecting client resends.
     line_ids: ExpiringMap<(Arc<str>, u64), ()>,
     /// A large session's count changed since members were last told.
@@ -165,7 +192,9 @@ impl Room {
             recent: recent.into(),
             recent_cap,
             pending_joined: Vec::new(),
-            pending_left: Vec::new(),
+            changes: Changes::default(),
+            next_flush: Instant::now(),
+            flush_due: false,
         }
     }
 
@@ -186,7 +215,11 @@ impl Room {
                 }
                 _ = sweep_tick.tick(), if !self.members.is_empty() => {
                     self.sweep_silent();
-                    self.flush_presence();
+                    self.flush_presence(false);
+                    continue;
+                }
+                _ = flush_deadline(self.flush_due, self.next_flush) => {
+                    self.flush_presence(false);
                     continue;
                 }
                 _ = idle_sleep => {
@@ -198,7 +231,7 @@ impl Room {
                     while let Ok(event) = rx.try_recv() {
                         self.apply(event);
                     }
-                    self.flush_presence();
+                    self.flush_presence(true);
                     self.close_all(ByeReason::Shutdown, "the server is shutting down", None);
                     break;
                 }
@@ -220,7 +253,7 @@ impl Room {
                     Err(_) => break,
                 }
             }
-            self.flush_presence();
+            self.flush_presence(false);
         }
     }
 
@@ -234,6 +267,7 @@ impl Room {
                 before,
                 limit,
             } => self.history(conn, before, limit),
+            RoomEvent::HistoryRead { conn, messages } => self.answer_history(conn, messages),
             RoomEvent::Leave { conn, reason } => self.leave(conn, reason),
             RoomEvent::Lookup { conn, user } => {
                 let member = self
@@ -281,11 +315,18 @@ impl Room {
         } = request;
         // Waiting for storage is not the member's silence.
         tx.heard();
-        let result = self.join(conn, user, udp, tx, kick);
-        if result.is_ok() {
-            self.pending_joined.push((conn, replay, older));
+        match self.join(conn, user, udp, tx, kick) {
+            // Answered with the welcome, at the next flush.
+            Ok(()) => self.pending_joined.push(Pending {
+                conn,
+                replay,
+                older,
+                reply,
+            }),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
         }
-        let _ = reply.send(result);
     }
 
     fn join(
@@ -309,27 +350,24 @@ impl Room {
                 format!("this session is full ({} members)", self.config.max_members),
             ));
         }
-        self.names.insert(key, conn);
+        self.names.insert(key.clone(), conn);
         let user: Arc<str> = user.into();
-        if let Some(log) = &self.config.presence_log {
-            log.record(&self.config.label(), "joined", &user, udp);
-        }
         if let Some(obs) = &self.config.observer {
             obs.member_joined(self.config.id, &user);
         }
         tracing::info!(session = %self.config.id, user = %user, %udp, "member joined");
         let limits = &self.config.member_limits;
         let bucket = TokenBucket::new(limits.rate, limits.burst);
-        self.members.insert(
-            conn,
-            MemberSlot {
-                user,
-                udp,
-                tx,
-                kick,
-                bucket,
-            },
-        );
+        let slot = MemberSlot {
+            user,
+            udp,
+            tx,
+            kick,
+            bucket,
+            welcomed: false,
+        };
+        self.changes.joined(&key, slot.member());
+        self.members.insert(conn, slot);
         Ok(())
     }
 
@@ -346,13 +384,15 @@ impl Room {
             }));
         }
         self.names.remove(&slot.user.to_lowercase());
-        if let Some(log) = &self.config.presence_log {
-            let event = match reason {
+        if let Some(log) = &self.config.presence_log
+            && slot.welcomed
+        {
+            let reason = match reason {
                 LeaveReason::Left => "left",
                 LeaveReason::Disconnected => "disconnected",
-                LeaveReason::TooSlow => "dropped (too slow)",
+                LeaveReason::TooSlow => "too_slow",
             };
-            log.record(&self.config.label(), event, &slot.user, slot.udp);
+            log.left(&self.config.label(), &slot.user, reason);
         }
         if let Some(obs) = &self.config.observer {
             obs.member_left(self.config.id, &slot.user);
@@ -363,16 +403,12 @@ impl Room {
         }
         // The writer sends what is queued (the goodbye last) and ends.
         slot.tx.close();
-        if let Some(i) = self.pending_joined.iter().position(|(c, _, _)| *c == conn) {
-            // Nobody was told it arrived, so nobody needs to be told it went.
+        if let Some(i) = self.pending_joined.iter().position(|p| p.conn == conn) {
+            // Never welcomed: its hello goes unanswered, and the connection closes.
             self.pending_joined.swap_remove(i);
-        } else {
-            self.pending_left.push(Departure {
-                user: slot.user.to_string(),
-                udp: slot.udp,
-                reason,
-            });
         }
+        self.changes
+            .left(&slot.user.to_lowercase(), slot.member(), reason);
     }
 
     fn say(&mut self, conn: ConnId, text: String, id: Option<u64>) {
@@ -403,8 +439,7 @@ impl Room {
             self.line_ids.insert((user.clone(), id), ());
         }
         let from = user.to_string();
-        // Members joining in this batch must get their welcome before any line after it.
-        self.flush_presence();
+        // Members not yet welcomed do not get it: their welcome's `seq` and history will.
         self.seq += 1;
         let line = ChatLine {
             seq: self.seq,
@@ -432,24 +467,49 @@ impl Room {
         let oldest_kept = self.recent.front().map_or(self.seq + 1, |l| l.seq);
         let from_memory = end - start;
         let missing = limit - from_memory;
-        match (&self.config.history, self.members.get(&conn)) {
-            // Older than memory reaches: ask the store, answer when it has looked.
-            (Some(store), Some(slot)) if missing > 0 && oldest_kept > 1 && before > 1 => {
+        let mut messages: Vec<ChatLine> = self.recent.range(start..end).cloned().collect();
+        match &self.config.history {
+            // Older than memory reaches: ask the store, answer when it has looked (through the
+            // room, which keeps the member's budget).
+            Some(store) if missing > 0 && oldest_kept > 1 && before > 1 => {
                 let older_than = before.min(oldest_kept);
                 let fetch = store.before(self.config.id, older_than, missing);
-                let mut messages: Vec<ChatLine> = self.recent.range(start..end).cloned().collect();
-                let tx = slot.tx.clone();
+                let me = self.self_tx.clone();
                 tokio::spawn(async move {
                     let mut lines = fetch.await;
                     lines.append(&mut messages);
-                    let _ = tx.try_send(shared(&ServerMsg::History { messages: lines }));
+                    if let Some(room) = me.upgrade() {
+                        let messages = lines;
+                        let _ = room.send(RoomEvent::HistoryRead { conn, messages }).await;
+                    }
                 });
             }
-            _ => {
-                let messages: Vec<ChatLine> = self.recent.range(start..end).cloned().collect();
-                self.send_to(conn, shared(&ServerMsg::History { messages }));
-            }
+            _ => self.answer_history(conn, messages),
         }
+    }
+
+    /// Sends a history answer: the newest of `messages` that fit in one answer's bytes. The
+    /// client pages back from the oldest it got, so a short answer loses nothing.
+    fn answer_history(&mut self, conn: ConnId, mut messages: Vec<ChatLine>) {
+        // Room for `{"type":"history","messages":[]}` and the newline.
+        let mut budget = self.answer_cap().saturating_sub(64);
+        let keep_from = messages
+            .iter()
+            .rposition(|l| match budget.checked_sub(encoded_len(l) + 1) {
+                Some(left) => {
+                    budget = left;
+                    false
+                }
+                None => true,
+            })
+            .map_or(0, |i| i + 1);
+        messages.drain(..keep_from);
+        self.answer_to(conn, shared(&ServerMsg::History { messages }));
+    }
+
+    /// The most bytes one answer (a replay or a history page) may take.
+    fn answer_cap(&self) -> usize {
+        MAX_ANSWER_BYTES.min(self.config.member_budget / 2)
     }
 
     /// Sends a rejoining member the lines it missed, as ordinary `msg` lines in their place in the
@@ -464,7 +524,8 @@ impl Room {
             .map(|l| encode_line(&ServerMsg::Msg(l.clone())))
             .collect();
         // Keep the newest lines within the byte budget: a replay must end where live lines begin.
-        let mut budget = MAX_REPLAY_BYTES;
+        let cap = self.answer_cap();
+        let mut budget = cap;
         let keep_from = encoded
             .iter()
             .rposition(|b| match budget.checked_sub(b.len()) {
@@ -488,11 +549,11 @@ impl Room {
         }
         if !replayed.is_empty() {
             // One queue entry for the whole replay: it must not look like a backlog.
-            let mut replay = Vec::with_capacity(MAX_REPLAY_BYTES - budget);
+            let mut replay = Vec::with_capacity(cap - budget);
             for line in replayed {
                 replay.extend_from_slice(line);
             }
-            self.send_to(conn, Line::new(Bytes::from(replay)));
+            self.answer_to(conn, Line::new(Bytes::from(replay)));
         }
     }
 
@@ -524,21 +585,52 @@ impl Room {
         self.members.len() > self.config.full_roster_max
     }
 
-    fn flush_presence(&mut self) {
-        if self.pending_joined.is_empty() && self.pending_left.is_empty() {
+    /// Welcomes the members that joined and tells the others what changed, unless the last
+    /// flush was less than `PRESENCE_INTERVAL` ago (then one is due at the end of it) and not
+    /// `now`.
+    fn flush_presence(&mut self, now: bool) {
+        if self.pending_joined.is_empty() && self.changes.is_empty() {
             return;
         }
-        let joined_conns = std::mem::take(&mut self.pending_joined);
-        let left = std::mem::take(&mut self.pending_left);
+        let time = Instant::now();
+        if !now && time < self.next_flush {
+            self.flush_due = true;
+            return;
+        }
+        self.flush_due = false;
+        self.next_flush = time + PRESENCE_INTERVAL;
+        let joiners = std::mem::take(&mut self.pending_joined);
+        let (joined, left) = self.changes.take();
         let large = self.large();
-        if !joined_conns.is_empty() {
+        let mut new = HashSet::new();
+        if !joiners.is_empty() {
             let welcome = self.welcome(!large);
-            for (conn, replay, older) in &joined_conns {
-                self.send_to(*conn, welcome.clone());
+            for Pending {
+                conn,
+                replay,
+                older,
+                reply,
+            } in joiners
+            {
+                let Some(slot) = self.members.get_mut(&conn) else {
+                    continue;
+                };
+                slot.welcomed = true;
+                slot.tx.heard();
+                // Logged once welcomed: a hello never answered is no visit, and gets no `left`.
+                if let Some(log) = &self.config.presence_log {
+                    log.joined(&self.config.label(), &slot.user, slot.udp);
+                }
+                new.insert(conn);
+                self.send_to(conn, welcome.clone());
                 if let Some(since) = replay.since {
-                    self.replay_after(*conn, since, older);
+                    self.replay_after(conn, since, &older);
                 } else if let Some(last) = replay.last {
-                    self.history(*conn, None, last);
+                    self.history(conn, None, last);
+                }
+                if reply.send(Ok(())).is_err() {
+                    // Its handler is gone (the server is stopping): nobody will read for it.
+                    self.leave(conn, LeaveReason::Disconnected);
                 }
             }
         }
@@ -548,16 +640,14 @@ impl Room {
             self.was_large = true;
             return;
         }
-        let new: HashSet<ConnId> = joined_conns.iter().map(|(c, _, _)| *c).collect();
         let notice = if std::mem::take(&mut self.was_large) {
             // Back under the limit: rosters built from counts are stale, so everyone gets the
             // whole roster again (clients take a welcome mid-stream as a fresh roster).
             self.welcome(true)
         } else {
-            let joined: Vec<Member> = joined_conns
-                .iter()
-                .filter_map(|(c, _, _)| self.members.get(c))
-                .map(MemberSlot::member)
+            let joined: Vec<Member> = joined
+                .into_iter()
+                .filter(|m| self.names.contains_key(&m.user.to_lowercase()))
                 .collect();
             if joined.is_empty() && left.is_empty() {
                 return;
@@ -605,7 +695,7 @@ impl Room {
     fn broadcast(&mut self, bytes: &Line, to: impl Fn(ConnId) -> bool) {
         let mut slow = Vec::new();
         for (&conn, slot) in &self.members {
-            if !to(conn) {
+            if !slot.welcomed || !to(conn) {
                 continue;
             }
             if slot.tx.try_send(bytes.clone()).is_err() {
@@ -628,18 +718,65 @@ impl Room {
         }
     }
 
+    /// Like `send_to`, for the answer to a request: the member's next request waits for it.
+    fn answer_to(&mut self, conn: ConnId, bytes: Line) {
+        let full = match self.members.get(&conn) {
+            Some(slot) => matches!(slot.tx.try_send_answer(bytes), Err(Full)),
+            None => false,
+        };
+        if full {
+            self.leave(conn, LeaveReason::TooSlow);
+        }
+    }
+
     fn close_all(&mut self, reason: ByeReason, message: &str, by: Option<String>) {
         let bye = shared(&ServerMsg::Bye {
             reason,
             message: message.to_string(),
             by,
         });
+        let label = self.config.label();
         for slot in self.members.values() {
             let _ = slot.tx.try_send(bye.clone());
             slot.tx.close();
+            if let Some(log) = &self.config.presence_log
+                && slot.welcomed
+            {
+                let why = match reason {
+                    ByeReason::Closed => "closed",
+                    _ => "shutdown",
+                };
+                log.left(&label, &slot.user, why);
+            }
         }
         self.members.clear();
         self.names.clear();
+    }
+}
+
+/// How many bytes `line` takes in JSON, without keeping the encoding.
+fn encoded_len(line: &ChatLine) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, line);
+    count.0
+}
+
+/// When a flush that had to wait is due; never if none is.
+async fn flush_deadline(due: bool, at: Instant) {
+    if due {
+        tokio::time::sleep_until(at).await
+    } else {
+        std::future::pending().await
     }
 }
 
