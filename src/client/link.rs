@@ -22,7 +22,10 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientConfig, ClientError, Coord, Event, Roster};
+use super::error::ClientError;
+use super::event::Event;
+use super::roster::Roster;
+use super::rpc::{Coord, lock};
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::expiring::ExpiringMap;
 use crate::protocol::{
@@ -120,10 +123,14 @@ const PENDING_CAP: usize = 4096;
 const SHOWN_TTL: Duration = Duration::from_secs(3600);
 const SHOWN_CAP: usize = 20_000;
 
-/// What a session task needs to (re)join.
+/// What a session task needs to (re)join: the parts of the client's configuration it uses, and
+/// the way to ask the coordinator where the session is now.
 #[derive(Clone)]
 pub(super) struct Joiner {
-    pub(super) config: ClientConfig,
+    pub(super) user: String,
+    pub(super) advertise: Option<SocketAddr>,
+    pub(super) heartbeat: Duration,
+    pub(super) history_on_join: usize,
     pub(super) coord: Coord,
     pub(super) token: String,
     pub(super) local: SocketAddr,
@@ -131,8 +138,7 @@ pub(super) struct Joiner {
 
 impl Joiner {
     fn endpoint(&self) -> SocketAddr {
-        self.config
-            .advertise
+        self.advertise
             .or(self.coord.observed())
             .unwrap_or(self.local)
     }
@@ -156,9 +162,9 @@ impl Joiner {
         let _ = stream.set_nodelay(true);
         let (read, mut write) = stream.into_split();
         let mut reader = FramedRead::new(read, LineCodec::new(limits::MAX_SERVER_LINE));
-        let history = self.config.history_on_join;
+        let history = self.history_on_join;
         let hello = ClientMsg::Hello {
-            user: self.config.user.clone(),
+            user: self.user.clone(),
             token: self.token.clone(),
             udp: self.endpoint(),
             since,
@@ -496,7 +502,7 @@ impl Keeper {
         ),
         resend: Vec<Bytes>,
     ) -> Broken {
-        let heartbeat = self.joiner.config.heartbeat;
+        let heartbeat = self.joiner.heartbeat;
         let silence = heartbeat * 3;
         let read = async {
             loop {
@@ -517,7 +523,7 @@ impl Keeper {
                 let event = match serde_json::from_slice::<ServerMsg>(&line) {
                     Ok(ServerMsg::Msg(line)) => {
                         if let Some(id) = line.id
-                            && line.from.eq_ignore_ascii_case(&self.joiner.config.user)
+                            && line.from.eq_ignore_ascii_case(&self.joiner.user)
                         {
                             // Ours, and every line of ours written before it, reached the
                             // order (write order is the server's order; ids from several
@@ -659,10 +665,6 @@ impl Keeper {
             },
         }
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn await_welcome(reader: &mut Reader) -> Result<Welcome, ClientError> {

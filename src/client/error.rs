@@ -1,0 +1,85 @@
+//! What can go wrong for a client, in one enum that every part of the client returns.
+//!
+//! It lives below the client's other files (the requests, the private messages, the session
+//! link all return it) so that none of them has to import the facade that uses them.
+
+use std::net::SocketAddr;
+
+use uuid::Uuid;
+
+use crate::protocol::ErrorBody;
+
+/// Everything that can go wrong for a client, in words a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The local UDP socket could not be opened.
+    #[error("cannot open a UDP socket on {addr}: {source}")]
+    Bind {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The coordinator never answered.
+    #[error("the coordinator at {addr} did not answer after {attempts} tries")]
+    CoordinatorTimeout {
+        /// Its address.
+        addr: SocketAddr,
+        /// How often we asked.
+        attempts: u32,
+    },
+    /// The coordinator or the session server said no.
+    #[error("{0}")]
+    Refused(ErrorBody),
+    /// The session server could not be reached.
+    #[error("cannot connect to the session server at {addr}: {source}")]
+    Connect {
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The session server went away.
+    #[error("the session server closed the connection: {0}")]
+    Closed(String),
+    /// The operation needs a session.
+    #[error("not in a session; use /start or /join first")]
+    NotInSession,
+    /// `join` named the session the client is already in, so nothing was done.
+    #[error("you are already in session {0}")]
+    AlreadyInSession(String),
+    /// The operation needs a login.
+    #[error("not logged in")]
+    NotLoggedIn,
+    /// `@name` named nobody present.
+    #[error("no member named {0} is in this session")]
+    NoSuchMember(String),
+    /// The peer never acknowledged a private message. A copy may still arrive late (delayed in
+    /// the network, or at a peer that was frozen); the client then says
+    /// [`Event::DeliveredLate`](super::Event::DeliveredLate) with the same `id`.
+    #[error("private message to {to} was not delivered: no answer after {attempts} tries")]
+    NotDelivered {
+        /// Who it was for.
+        to: String,
+        /// How often we sent it.
+        attempts: u32,
+        /// The message's id.
+        id: Uuid,
+    },
+    /// The session ended for us (it was closed) while a private message to one of its members
+    /// was still unacknowledged; it is not sent again.
+    #[error("private message to {to} was given up: the session ended before {to} acknowledged it")]
+    SessionEnded {
+        /// Who it was for.
+        to: String,
+    },
+    /// Something the user typed breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+    /// An answer that does not fit the question.
+    #[error("unexpected answer from the coordinator")]
+    Unexpected,
+    /// Socket trouble.
+    #[error("network error: {0}")]
+    Io(#[from] std::io::Error),
+}

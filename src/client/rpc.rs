@@ -1,0 +1,148 @@
+//! Requests to the coordinator over the client's UDP socket: numbering, padding, retries, and
+//! handing each answer to the request that waits for it.
+//!
+//! The socket is shared with the private messages (see `dm`), so this module does not read it:
+//! the hub that does passes coordinator datagrams to [`Coord::deliver`].
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::backoff::Retry;
+use super::error::ClientError;
+use crate::protocol::{ErrorCode, Request, RequestBody, Response, ResponseBody};
+
+/// A lock that a panicking holder cannot wedge: the client's shared state stays usable.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waiters keyed by id: whoever registered gets the first value delivered for it.
+pub(super) struct Waiters<K, V> {
+    map: Arc<Mutex<HashMap<K, oneshot::Sender<V>>>>,
+}
+
+impl<K, V> Clone for Waiters<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> Waiters<K, V> {
+    pub(super) fn new() -> Self {
+        Self {
+            map: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub(super) fn register(&self, key: K) -> oneshot::Receiver<V> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.map).insert(key, tx);
+        rx
+    }
+
+    /// Hands `value` to whoever waits for `key`; false if nobody does.
+    pub(super) fn complete(&self, key: &K, value: V) -> bool {
+        match lock(&self.map).remove(key) {
+            Some(tx) => {
+                let _ = tx.send(value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn forget(&self, key: &K) {
+        lock(&self.map).remove(key);
+    }
+}
+
+/// Sends requests to the coordinator over the client's UDP socket and waits for the answers,
+/// retrying with backoff. Shared by the client and its session links (which rejoin through it).
+#[derive(Clone)]
+pub(super) struct Coord {
+    udp: Arc<UdpSocket>,
+    addr: SocketAddr,
+    retry: Retry,
+    next_id: Arc<AtomicU64>,
+    requests: Waiters<u64, Response>,
+    observed: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+impl Coord {
+    pub(super) fn new(udp: Arc<UdpSocket>, addr: SocketAddr, retry: Retry) -> Self {
+        // Random start: a restarted client on a reused port must not hit cached answers.
+        let first_id = Uuid::new_v4().as_u64_pair().0 >> 12;
+        Self {
+            udp,
+            addr,
+            retry,
+            next_id: Arc::new(AtomicU64::new(first_id)),
+            requests: Waiters::new(),
+            observed: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The coordinator's address: datagrams from it are answers, never private messages.
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address the coordinator last saw our requests come from.
+    pub(super) fn observed(&self) -> Option<SocketAddr> {
+        *lock(&self.observed)
+    }
+
+    /// Hands a datagram from the coordinator to the request it answers.
+    pub(super) fn deliver(&self, datagram: &[u8]) {
+        match serde_json::from_slice::<Response>(datagram) {
+            Ok(resp) => {
+                if let Some(id) = resp.id {
+                    self.requests.complete(&id, resp);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "unreadable coordinator answer"),
+        }
+    }
+
+    /// Sends one request, retrying with backoff until the coordinator answers.
+    pub(super) async fn request(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut bytes =
+            serde_json::to_vec(&Request { id, body }).expect("protocol types serialize");
+        crate::protocol::pad_request(&mut bytes);
+        let mut answer = self.requests.register(id);
+        let mut delays = self.retry.delays();
+        while let Some(delay) = delays.next() {
+            if let Err(e) = self.udp.send_to(&bytes, self.addr).await {
+                tracing::debug!(error = %e, "request send failed");
+            }
+            if let Ok(Ok(resp)) = tokio::time::timeout(delay, &mut answer).await {
+                *lock(&self.observed) = Some(resp.observed);
+                match resp.body {
+                    // Nothing was done; the same request after the next delay may find room.
+                    ResponseBody::Error(e) if e.code == ErrorCode::Busy => {
+                        let Some(delay) = delays.next() else { break };
+                        tokio::time::sleep(delay).await;
+                        answer = self.requests.register(id);
+                    }
+                    ResponseBody::Error(e) => return Err(ClientError::Refused(e)),
+                    body => return Ok(body),
+                }
+            }
+        }
+        self.requests.forget(&id);
+        Err(ClientError::CoordinatorTimeout {
+            addr: self.addr,
+            attempts: self.retry.attempts,
+        })
+    }
+}
