@@ -24,13 +24,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ClientError;
 use super::event::Event;
+use super::pacer::Pacer;
 use super::roster::Roster;
 use super::rpc::{Coord, lock};
+use super::tracker::{Broken, Reaction, Tracker};
 use crate::codec::{Frame, LineCodec, encode_line};
-use crate::expiring::ExpiringMap;
 use crate::protocol::{
-    ByeReason, ClientMsg, ErrorCode, Member, RateLimit, RequestBody, ResponseBody, ServerMsg,
-    SessionInfo, limits,
+    ClientMsg, ErrorCode, Member, RateLimit, RequestBody, ResponseBody, ServerMsg, SessionInfo,
+    limits,
 };
 
 /// Lines we may queue towards the server before `say` waits.
@@ -52,76 +53,11 @@ pub(super) struct Welcome {
     pub(super) rate_limit: Option<RateLimit>,
 }
 
-/// Keeps our `say` lines within the rate limit the session announced, so that none is refused:
-/// a script typing faster than the limit used to lose every line past the burst to `slow down`.
-/// It mirrors the server's bucket with some slack (a fifth smaller, refilled at 90 % of the
-/// rate), because the server counts from when it reads lines, and a network or a busy server
-/// may bunch them: the slack absorbs about half a second of bunching at the default limit.
-struct Pacer {
-    limit: Option<RateLimit>,
-    tokens: f64,
-    last: tokio::time::Instant,
-}
-
-impl Pacer {
-    /// The server gives every connection a full bucket at its welcome; so do we.
-    fn new(limit: Option<RateLimit>) -> Self {
-        let mut pacer = Self {
-            limit,
-            tokens: 0.0,
-            last: tokio::time::Instant::now(),
-        };
-        pacer.tokens = pacer.capacity();
-        pacer
-    }
-
-    fn capacity(&self) -> f64 {
-        self.limit.map_or(0.0, |l| {
-            let burst = f64::from(l.burst);
-            (burst - (burst / 5.0).max(1.0)).max(1.0)
-        })
-    }
-
-    fn rate(&self) -> Option<f64> {
-        self.limit.map(|l| l.per_second * 0.9).filter(|r| *r > 0.0)
-    }
-
-    /// How long one line takes on average, for waiting on a queue of them.
-    fn per_line(&self) -> Duration {
-        self.rate()
-            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r))
-    }
-
-    /// Takes a token, or says how long until there is one.
-    fn take(&mut self) -> Result<(), Duration> {
-        let Some(rate) = self.rate() else {
-            return Ok(());
-        };
-        let now = tokio::time::Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate).min(self.capacity());
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
-        }
-    }
-}
-
 /// A line on its way to the server; group lines carry their id so they can be resent.
 pub(super) struct Outgoing {
     bytes: Bytes,
     line_id: Option<u64>,
 }
-
-/// Group lines sent but not yet seen echoed, resent after a rejoin. Bounded: beyond this the
-/// oldest are forgotten (they were almost certainly applied long ago).
-const PENDING_CAP: usize = 4096;
-/// How long, and for how many lines, shown line ids are remembered.
-const SHOWN_TTL: Duration = Duration::from_secs(3600);
-const SHOWN_CAP: usize = 20_000;
 
 /// What a session task needs to (re)join: the parts of the client's configuration it uses, and
 /// the way to ask the coordinator where the session is now.
@@ -247,6 +183,7 @@ impl Link {
         let (write, reader, welcome) = joiner.connect(session.server, None).await?;
         roster.replace(&welcome.members, welcome.member_count);
         let seq = welcome.seq;
+        let user = joiner.user.clone();
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
         let (lookup_tx, lookup_rx) = mpsc::channel(64);
         roster.set_lookups(lookup_tx);
@@ -257,11 +194,9 @@ impl Link {
         let keeper = Keeper {
             session: session.clone(),
             joiner,
+            tracker: std::sync::Mutex::new(Tracker::new(user, roster.clone(), seq)),
             roster,
             events,
-            last_seq: Arc::new(AtomicU64::new(seq)),
-            pending: std::sync::Mutex::new(std::collections::VecDeque::new()),
-            shown: std::sync::Mutex::new(ExpiringMap::new(SHOWN_TTL, SHOWN_CAP)),
             server: std::sync::Mutex::new(session.server),
             stop: stop.clone(),
             ended: ended.clone(),
@@ -322,29 +257,14 @@ impl Link {
     }
 }
 
-/// How one connection ended.
-enum Broken {
-    /// We left; the server said goodbye (or the queue closed and it did not answer in time).
-    Left,
-    /// The session is gone for good: closed (by this user, if the server said), or no longer
-    /// known to the coordinator.
-    Closed { by: Option<String> },
-    /// The connection broke; reconnect.
-    Lost(String),
-}
-
 struct Keeper {
     session: SessionInfo,
     joiner: Joiner,
     roster: Roster,
     events: mpsc::Sender<Event>,
-    /// Newest sequence number shown; replays and duplicates at or below it are dropped.
-    last_seq: Arc<AtomicU64>,
-    /// Our group lines not yet seen echoed: (line id, encoded line).
-    pending: std::sync::Mutex<std::collections::VecDeque<(u64, Bytes)>>,
-    /// Lines shown, by sender and the sender's line id: a server that crashed before storing a
-    /// line may accept its resend under a new sequence number, and it must not show twice.
-    shown: std::sync::Mutex<ExpiringMap<(String, u64), ()>>,
+    /// What the server's lines mean: shared by the reading and the writing half of a
+    /// connection (the writer records what it sent), never locked across an await.
+    tracker: std::sync::Mutex<Tracker>,
     /// Where the session was last served, for when the coordinator cannot be asked.
     server: std::sync::Mutex<SocketAddr>,
     stop: CancellationToken,
@@ -355,10 +275,6 @@ struct Keeper {
 }
 
 impl Keeper {
-    fn pending(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, Bytes)>> {
-        lock(&self.pending)
-    }
-
     async fn run(
         self,
         mut write: OwnedWriteHalf,
@@ -386,13 +302,13 @@ impl Keeper {
                     self.new_pacer(welcome.rate_limit);
                     // Lines that may not have reached the server go again, first; the server
                     // drops those it already has.
-                    resend = self.pending().iter().map(|(_, b)| b.clone()).collect();
+                    let event;
+                    (resend, event) = lock(&self.tracker).rejoined(
+                        &welcome.members,
+                        welcome.member_count,
+                        welcome.seq,
+                    );
                     (write, reader) = (w, r);
-                    self.roster.replace(&welcome.members, welcome.member_count);
-                    let event = Event::Reconnected {
-                        members: self.roster.members(),
-                        member_count: self.roster.count(),
-                    };
                     let _ = self.events.send(event).await;
                 }
                 Err(Broken::Left) => return,
@@ -472,14 +388,9 @@ impl Keeper {
                 // The coordinator may be restarting; the last address may still answer.
                 _ => *lock(&self.server),
             };
-            let since = Some(self.last_seq.load(Ordering::Relaxed));
+            let since = Some(lock(&self.tracker).since());
             match self.joiner.connect(server, since).await {
-                Ok((w, r, welcome)) => {
-                    // A server that crashed may have lost its newest lines; what it numbers
-                    // next is new to us even if we saw those numbers before.
-                    self.last_seq.fetch_min(welcome.seq, Ordering::Relaxed);
-                    return Ok((w, r, welcome));
-                }
+                Ok(connected) => return Ok(connected),
                 Err(e) => tracing::debug!(error = %e, "rejoin attempt failed"),
             }
             if started.elapsed() > RETRY_GIVE_UP {
@@ -520,74 +431,11 @@ impl Keeper {
                     Ok(Some(Ok(Frame::Oversized))) => continue,
                     Ok(Some(Ok(Frame::Line(line)))) => line,
                 };
-                let event = match serde_json::from_slice::<ServerMsg>(&line) {
-                    Ok(ServerMsg::Msg(line)) => {
-                        if let Some(id) = line.id
-                            && line.from.eq_ignore_ascii_case(&self.joiner.user)
-                        {
-                            // Ours, and every line of ours written before it, reached the
-                            // order (write order is the server's order; ids from several
-                            // callers need not be).
-                            let mut pending = self.pending();
-                            if let Some(i) = pending.iter().position(|(p, _)| *p == id) {
-                                pending.drain(..=i);
-                            }
-                        }
-                        // Replays after a rejoin overlap what we showed; show each line once.
-                        if line.seq <= self.last_seq.load(Ordering::Relaxed) {
-                            continue;
-                        }
-                        self.last_seq.store(line.seq, Ordering::Relaxed);
-                        if let Some(id) = line.id
-                            && !lock(&self.shown).insert((line.from.to_lowercase(), id), ())
-                        {
-                            continue;
-                        }
-                        Event::Message(line)
-                    }
-                    Ok(ServerMsg::Presence {
-                        joined,
-                        left,
-                        member_count,
-                    }) => {
-                        self.roster.apply(&joined, &left, member_count);
-                        Event::Presence {
-                            joined,
-                            left,
-                            member_count,
-                            members: self.roster.members(),
-                        }
-                    }
-                    Ok(ServerMsg::Member { user, member }) => {
-                        self.roster.found(&user, member);
-                        continue;
-                    }
-                    Ok(ServerMsg::History { messages }) => Event::History(messages),
-                    Ok(ServerMsg::Error(e)) => Event::ServerError(e),
-                    Ok(ServerMsg::Bye {
-                        reason,
-                        message,
-                        by,
-                    }) => {
-                        return match reason {
-                            ByeReason::Left => Broken::Left,
-                            ByeReason::Closed => Broken::Closed { by },
-                            _ => Broken::Lost(message),
-                        };
-                    }
-                    Ok(ServerMsg::Welcome {
-                        members,
-                        member_count,
-                        ..
-                    }) => {
-                        self.roster.replace(&members, member_count);
-                        continue;
-                    }
-                    Ok(ServerMsg::Pong) => continue,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "unreadable line from session server");
-                        continue;
-                    }
+                let reaction = lock(&self.tracker).on_line(&line);
+                let event = match reaction {
+                    Reaction::Show(event) => event,
+                    Reaction::Nothing => continue,
+                    Reaction::End(broken) => return broken,
                 };
                 // Waiting here when the application is slow is right: the server's queue for us
                 // absorbs the wait, and if it overflows the server drops us and we rejoin.
@@ -637,11 +485,7 @@ impl Keeper {
                     }
                     buf.extend_from_slice(&bytes);
                     if let Some(id) = line_id {
-                        let mut pending = self.pending();
-                        if pending.len() == PENDING_CAP {
-                            pending.pop_front();
-                        }
-                        pending.push_back((id, bytes));
+                        lock(&self.tracker).sent(id, bytes);
                     }
                     if buf.len() < 64 * 1024 {
                         item = out.try_recv().ok();
@@ -695,35 +539,5 @@ async fn await_welcome(reader: &mut Reader) -> Result<Welcome, ClientError> {
             Ok(_) => continue,
             Err(e) => tracing::debug!(error = %e, "unreadable line from session server"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn the_pacer_stays_inside_the_announced_bucket_with_slack() {
-        let limit = RateLimit {
-            per_second: 20.0,
-            burst: 50,
-        };
-        let mut pacer = Pacer::new(Some(limit));
-        let at_once = std::iter::from_fn(|| pacer.take().ok()).take(100).count();
-        assert_eq!(at_once, 40, "a fifth of the burst is kept in reserve");
-        let wait = pacer.take().unwrap_err();
-        assert!(wait >= Duration::from_millis(50), "{wait:?}");
-        // Over ten seconds it sends at 90 % of the rate, never more.
-        let mut sent = 0;
-        for _ in 0..1000 {
-            tokio::time::advance(Duration::from_millis(10)).await;
-            if pacer.take().is_ok() {
-                sent += 1;
-            }
-        }
-        assert!((170..=180).contains(&sent), "{sent}");
-        // No limit announced: nothing is held back.
-        let mut free = Pacer::new(None);
-        assert!((0..1000).all(|_| free.take().is_ok()));
     }
 }

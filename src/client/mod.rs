@@ -7,15 +7,20 @@
 //! - `rpc`: requests to the coordinator, with retries; waiters for their answers.
 //! - `roster`: our copy of who is in the session and where their UDP endpoints are.
 //! - `dm`: private messages over UDP, and the hub that reads the socket for them and for `rpc`.
-//! - `link`: the connection to the session, which survives the server.
+//! - `tracker`: what each line from the session server means to us (seq, our unechoed lines,
+//!   lines already shown, the roster), decided without a socket so tests can drive it.
+//! - `link`: the connection to the session, a thin task around `tracker` that survives the
+//!   server: heartbeat, reconnect, resend; `pacer` keeps its lines to the rate limit.
 
 mod backoff;
 mod dm;
 mod error;
 mod event;
 mod link;
+mod pacer;
 mod roster;
 mod rpc;
+mod tracker;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
