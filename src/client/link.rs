@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::error::ClientError;
 use super::event::Event;
 use super::pacer::Pacer;
@@ -38,7 +39,8 @@ use crate::protocol::{
 const OUT_QUEUE: usize = 1024;
 /// How long joining may take, from connect to welcome.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reconnect backoff: first wait, longest wait, and when to give up.
+/// Reconnect backoff (nominal first wait, longest nominal wait; see `backoff`), and when to give
+/// up.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(3);
 const RETRY_GIVE_UP: Duration = Duration::from_secs(300);
@@ -362,13 +364,14 @@ impl Keeper {
     /// Asks the coordinator where the session is now and reconnects, with backoff.
     async fn rejoin(&self) -> Result<(OwnedWriteHalf, Reader, Welcome), Broken> {
         let started = tokio::time::Instant::now();
-        let mut delay = RETRY_FIRST;
+        // Endless: the clock, not a count, says when to give up.
+        let mut waits = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
+            let wait = waits.next().unwrap_or(RETRY_MAX);
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.stop.cancelled() => return Err(Broken::Left),
             }
-            delay = (delay * 2).min(RETRY_MAX);
             let body = RequestBody::Join {
                 session: self.session.id.to_string(),
                 token: self.joiner.token.clone(),

@@ -39,6 +39,7 @@ pub use roster::Roster;
 use crate::protocol::{
     DirectoryEntry, Member, Password, RequestBody, ResponseBody, SessionInfo, limits,
 };
+use backoff::Backoff;
 use dm::Dms;
 use link::Link;
 use rpc::{Coord, lock};
@@ -294,7 +295,9 @@ impl Client {
 
     /// Finds a session and joins it, leaving the current one first.
     pub async fn join(&self, session: &str) -> Result<Joined, ClientError> {
-        let mut tries = 0;
+        // Nominally 200, 400 and 600 ms between the tries after the first.
+        let mut waits =
+            Backoff::new(Duration::from_millis(200), Duration::from_millis(600)).take(3);
         loop {
             let info = self.find(session).await?;
             // Leaving and joining again would announce us twice and replay history: do nothing.
@@ -307,10 +310,10 @@ impl Client {
             match self.join_info(info).await {
                 // The server may have stopped (idle) between the answer and our connect; asking
                 // again starts it anew.
-                Err(ClientError::Connect { .. }) if tries < 3 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
-                }
+                Err(e @ ClientError::Connect { .. }) => match waits.next() {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => return Err(e),
+                },
                 result => return result,
             }
         }
