@@ -1,7 +1,8 @@
 //! The client: an async API for programs (the `confab` terminal program, tests, the benchmark,
 //! bots). It emits [`Event`]s and knows nothing of terminals.
 //!
-//! The API is [`Client`]; its parts, each in its own file and none importing one above it:
+//! The API is [`Client`]. Its parts, from the bottom up, each in its own file that imports only
+//! files listed before it (so no two files import each other):
 //! - `error` and `event`: [`ClientError`] and [`Event`], which every part below returns or sends.
 //! - `backoff`: the retry schedule that requests, private messages and reconnects share.
 //! - `rpc`: requests to the coordinator, with retries; waiters for their answers.
@@ -295,7 +296,7 @@ impl Client {
 
     /// Finds a session and joins it, leaving the current one first.
     pub async fn join(&self, session: &str) -> Result<Joined, ClientError> {
-        // Nominally 200, 400 and 600 ms between the tries after the first.
+        // Up to three more tries, after nominally 200, 400 and 600 ms.
         let mut waits =
             Backoff::new(Duration::from_millis(200), Duration::from_millis(600)).take(3);
         loop {
