@@ -18,13 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::complete::{Completion, Names};
+use super::history;
 use super::output::{Output, Style};
 use super::screen::{Options, Screen};
 use super::show::{
     Shown, print_events, prompt_for, session_label, show_joined, show_roster_upto, show_sessions,
 };
 use super::text::clean;
-use super::history;
 use confab::client::{Client, ClientConfig, ClientError};
 use confab::protocol::ErrorCode;
 
