@@ -5,7 +5,9 @@
 //! rules stay apart from the screen that asks them. The names come from what the program last
 //! saw (the roster, the last `/sessions`), kept in [`Names`].
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use rustyline::Context;
 use rustyline::completion::Completer;
@@ -47,7 +49,7 @@ pub struct Names {
 
 impl Names {
     fn lock(&self) -> MutexGuard<'_, Lists> {
-        self.lists.lock().unwrap_or_else(|e| e.into_inner())
+        self.lists.lock()
     }
 
     /// Takes the members from the client's roster (only those known, in a large session).

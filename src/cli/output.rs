@@ -7,7 +7,9 @@
 //! others send can colour or move anything.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Local, NaiveDate, Utc};
 
@@ -121,7 +123,7 @@ impl Output {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// Prints one line (or several, separated by newlines).

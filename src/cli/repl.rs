@@ -444,7 +444,6 @@ fn whois(ctx: &Ctx<'_>, name: &str) -> Result<(), ClientError> {
         .shown
         .arrived
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .get(&member.user.to_lowercase())
         .copied();
     let when = match arrived {

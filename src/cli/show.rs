@@ -2,8 +2,10 @@
 //! they came; the answers of commands are shaped here too.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
@@ -31,8 +33,8 @@ pub struct Shown {
 }
 
 impl Shown {
-    fn arrived(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<DateTime<Utc>>>> {
-        self.arrived.lock().unwrap_or_else(|e| e.into_inner())
+    fn arrived(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Option<DateTime<Utc>>>> {
+        self.arrived.lock()
     }
 }
 

@@ -8,7 +8,9 @@
 //! the application as [`Event::Private`], each shown once and acknowledged every time.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -21,7 +23,7 @@ use super::backoff::Retry;
 use super::error::ClientError;
 use super::event::Event;
 use super::roster::Roster;
-use super::rpc::{Coord, Waiters, lock};
+use super::rpc::{Coord, Waiters};
 use crate::expiring::ExpiringMap;
 use crate::protocol::{Member, PeerMsg, limits};
 
@@ -140,10 +142,10 @@ impl Dms {
             time,
             text: text.to_string(),
         };
-        lock(&self.late).insert(key, Some(late));
+        self.late.lock().insert(key, Some(late));
         self.acks.forget(&key);
         if acked.try_recv().is_ok() {
-            if let Some(slot) = lock(&self.late).get_mut(&key) {
+            if let Some(slot) = self.late.lock().get_mut(&key) {
                 slot.take();
             }
             return Ok(DmReceipt {
@@ -222,7 +224,7 @@ impl Hub {
         match serde_json::from_slice::<PeerMsg>(datagram) {
             Ok(PeerMsg::Ack { id, .. }) => {
                 if !self.acks.complete(&(id, from), ()) {
-                    let late = lock(&self.late).get_mut(&(id, from)).and_then(Option::take);
+                    let late = self.late.lock().get_mut(&(id, from)).and_then(Option::take);
                     if let Some(LateDm { to, time, text }) = late {
                         let event = Event::DeliveredLate { id, to, time, text };
                         let _ = self.events.try_send(event);

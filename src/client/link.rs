@@ -27,7 +27,7 @@ use super::error::ClientError;
 use super::event::Event;
 use super::pacer::Pacer;
 use super::roster::Roster;
-use super::rpc::{Coord, lock};
+use super::rpc::Coord;
 use super::tracker::{Broken, Reaction, Tracker};
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{
@@ -196,13 +196,13 @@ impl Link {
         let keeper = Keeper {
             session: session.clone(),
             joiner,
-            tracker: std::sync::Mutex::new(Tracker::new(user, roster.clone(), seq)),
+            tracker: parking_lot::Mutex::new(Tracker::new(user, roster.clone(), seq)),
             roster,
             events,
-            server: std::sync::Mutex::new(session.server),
+            server: parking_lot::Mutex::new(session.server),
             stop: stop.clone(),
             ended: ended.clone(),
-            pacer: std::sync::Mutex::new(pacer),
+            pacer: parking_lot::Mutex::new(pacer),
             per_line_us: per_line_us.clone(),
         };
         let task = tokio::spawn(keeper.run(write, reader, out_rx, lookup_rx));
@@ -266,13 +266,13 @@ struct Keeper {
     events: mpsc::Sender<Event>,
     /// What the server's lines mean: shared by the reading and the writing half of a
     /// connection (the writer records what it sent), never locked across an await.
-    tracker: std::sync::Mutex<Tracker>,
+    tracker: parking_lot::Mutex<Tracker>,
     /// Where the session was last served, for when the coordinator cannot be asked.
-    server: std::sync::Mutex<SocketAddr>,
+    server: parking_lot::Mutex<SocketAddr>,
     stop: CancellationToken,
     ended: CancellationToken,
     /// Paces our group lines to the rate limit of the current connection.
-    pacer: std::sync::Mutex<Pacer>,
+    pacer: parking_lot::Mutex<Pacer>,
     per_line_us: Arc<AtomicU64>,
 }
 
@@ -305,7 +305,7 @@ impl Keeper {
                     // Lines that may not have reached the server go again, first; the server
                     // drops those it already has.
                     let event;
-                    (resend, event) = lock(&self.tracker).rejoined(
+                    (resend, event) = self.tracker.lock().rejoined(
                         &welcome.members,
                         welcome.member_count,
                         welcome.seq,
@@ -327,13 +327,13 @@ impl Keeper {
         let pacer = Pacer::new(limit);
         let us = pacer.per_line().as_micros() as u64;
         self.per_line_us.store(us, Ordering::Relaxed);
-        *lock(&self.pacer) = pacer;
+        *self.pacer.lock() = pacer;
     }
 
     /// Waits until the rate limit allows one more group line, and takes it.
     async fn token(&self) {
         loop {
-            let wait = lock(&self.pacer).take();
+            let wait = self.pacer.lock().take();
             match wait {
                 Ok(()) => return,
                 Err(wait) => tokio::time::sleep(wait).await,
@@ -378,7 +378,7 @@ impl Keeper {
             };
             let server = match self.joiner.coord.request(body).await {
                 Ok(ResponseBody::Session { session }) => {
-                    *lock(&self.server) = session.server;
+                    *self.server.lock() = session.server;
                     session.server
                 }
                 // Closed while we were away: its bye never reached us, so we do not know by whom.
@@ -389,9 +389,9 @@ impl Keeper {
                     return Err(Broken::Lost(e.message));
                 }
                 // The coordinator may be restarting; the last address may still answer.
-                _ => *lock(&self.server),
+                _ => *self.server.lock(),
             };
-            let since = Some(lock(&self.tracker).since());
+            let since = Some(self.tracker.lock().since());
             match self.joiner.connect(server, since).await {
                 Ok(connected) => return Ok(connected),
                 Err(e) => tracing::debug!(error = %e, "rejoin attempt failed"),
@@ -434,7 +434,7 @@ impl Keeper {
                     Ok(Some(Ok(Frame::Oversized))) => continue,
                     Ok(Some(Ok(Frame::Line(line)))) => line,
                 };
-                let reaction = lock(&self.tracker).on_line(&line);
+                let reaction = self.tracker.lock().on_line(&line);
                 let event = match reaction {
                     Reaction::Show(event) => event,
                     Reaction::Nothing => continue,
@@ -475,7 +475,7 @@ impl Keeper {
                 };
                 let mut item = Some(first);
                 while let Some(Outgoing { bytes, line_id }) = item.take() {
-                    if line_id.is_some() && lock(&self.pacer).take().is_err() {
+                    if line_id.is_some() && self.pacer.lock().take().is_err() {
                         // Over the rate limit: what is gathered goes now, this line when the
                         // limit allows (waiting here also holds back the lines behind it).
                         if !buf.is_empty() {
@@ -488,7 +488,7 @@ impl Keeper {
                     }
                     buf.extend_from_slice(&bytes);
                     if let Some(id) = line_id {
-                        lock(&self.tracker).sent(id, bytes);
+                        self.tracker.lock().sent(id, bytes);
                     }
                     if buf.len() < 64 * 1024 {
                         item = out.try_recv().ok();

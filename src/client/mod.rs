@@ -24,7 +24,9 @@ mod rpc;
 mod tracker;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -43,7 +45,7 @@ use crate::protocol::{
 use backoff::Backoff;
 use dm::Dms;
 use link::Link;
-use rpc::{Coord, lock};
+use rpc::Coord;
 
 /// What a client needs to know before it starts.
 #[derive(Debug, Clone)]
@@ -209,7 +211,7 @@ impl Client {
         };
         match self.request(body).await? {
             ResponseBody::LoggedIn { user, token, .. } => {
-                *lock(&self.inner.token) = Some(token);
+                *self.inner.token.lock() = Some(token);
                 Ok(user)
             }
             _ => Err(ClientError::Unexpected),
@@ -218,16 +220,18 @@ impl Client {
 
     /// Uses a token obtained elsewhere (a test forging one, a tool sharing one).
     pub fn set_token(&self, token: impl Into<String>) {
-        *lock(&self.inner.token) = Some(token.into());
+        *self.inner.token.lock() = Some(token.into());
     }
 
     /// The token of the last login, for programs that speak to a session server themselves.
     pub fn session_token(&self) -> Option<String> {
-        lock(&self.inner.token).clone()
+        self.inner.token.lock().clone()
     }
 
     fn token(&self) -> Result<String, ClientError> {
-        lock(&self.inner.token)
+        self.inner
+            .token
+            .lock()
             .clone()
             .ok_or(ClientError::NotLoggedIn)
     }
@@ -341,7 +345,7 @@ impl Client {
             inner.events.clone(),
         )
         .await?;
-        *lock(&inner.link) = Some(link);
+        *inner.link.lock() = Some(link);
         Ok(Joined {
             session: info,
             members: welcome.members,
@@ -353,7 +357,7 @@ impl Client {
     /// The link to the session we are in; a link whose session is over for us (closed, or
     /// reconnecting gave up) is dropped here, so every caller sees "not in a session".
     fn link(&self) -> MutexGuard<'_, Option<Link>> {
-        let mut link = lock(&self.inner.link);
+        let mut link = self.inner.link.lock();
         if link.as_ref().is_some_and(Link::is_ended) {
             *link = None;
         }

@@ -7,8 +7,10 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+
+use parking_lot::Mutex;
 
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
@@ -17,11 +19,6 @@ use uuid::Uuid;
 use super::backoff::Retry;
 use super::error::ClientError;
 use crate::protocol::{ErrorCode, Request, RequestBody, Response, ResponseBody};
-
-/// A lock that a panicking holder cannot wedge: the client's shared state stays usable.
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Waiters keyed by id: whoever registered gets the first value delivered for it.
 pub(super) struct Waiters<K, V> {
@@ -45,13 +42,13 @@ impl<K: Hash + Eq, V> Waiters<K, V> {
 
     pub(super) fn register(&self, key: K) -> oneshot::Receiver<V> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.map).insert(key, tx);
+        self.map.lock().insert(key, tx);
         rx
     }
 
     /// Hands `value` to whoever waits for `key`; false if nobody does.
     pub(super) fn complete(&self, key: &K, value: V) -> bool {
-        match lock(&self.map).remove(key) {
+        match self.map.lock().remove(key) {
             Some(tx) => {
                 let _ = tx.send(value);
                 true
@@ -61,7 +58,7 @@ impl<K: Hash + Eq, V> Waiters<K, V> {
     }
 
     pub(super) fn forget(&self, key: &K) {
-        lock(&self.map).remove(key);
+        self.map.lock().remove(key);
     }
 }
 
@@ -98,7 +95,7 @@ impl Coord {
 
     /// The address the coordinator last saw our requests come from.
     pub(super) fn observed(&self) -> Option<SocketAddr> {
-        *lock(&self.observed)
+        *self.observed.lock()
     }
 
     /// Hands a datagram from the coordinator to the request it answers.
@@ -126,7 +123,7 @@ impl Coord {
                 tracing::debug!(error = %e, "request send failed");
             }
             if let Ok(Ok(resp)) = tokio::time::timeout(delay, &mut answer).await {
-                *lock(&self.observed) = Some(resp.observed);
+                *self.observed.lock() = Some(resp.observed);
                 match resp.body {
                     // Nothing was done; the same request after the next delay may find room.
                     ResponseBody::Error(e) if e.code == ErrorCode::Busy => {
