@@ -126,6 +126,29 @@ impl Drop for Inner {
 impl Client {
     /// Opens the UDP socket and starts listening for answers and private messages.
     /// Events arrive on the returned receiver; read it, or the session stalls and drops you.
+    ///
+    /// # Examples
+    ///
+    /// A bot that logs in, joins `lobby` and answers `ping` in the group:
+    ///
+    /// ```no_run
+    /// use confab::client::{Client, ClientConfig, Event};
+    ///
+    /// # async fn bot() -> Result<(), confab::client::ClientError> {
+    /// let config = ClientConfig::new("bot", "127.0.0.1:7500".parse().unwrap());
+    /// let (client, mut events) = Client::start(config).await?;
+    /// client.login("its password").await?;
+    /// client.join("lobby").await?;
+    /// while let Some(event) = events.recv().await {
+    ///     if let Event::Message(line) = event
+    ///         && line.text == "ping"
+    ///     {
+    ///         client.say("pong").await?;
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn start(
         config: ClientConfig,
     ) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
