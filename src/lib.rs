@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+mod bucket;
 pub mod client;
 pub mod codec;
 pub mod coordinator;

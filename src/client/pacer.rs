@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::bucket::TokenBucket;
 use crate::protocol::RateLimit;
 
 /// Keeps our `say` lines within the rate limit the session announced, so that none is refused:
@@ -10,55 +11,34 @@ use crate::protocol::RateLimit;
 /// rate), because the server counts from when it reads lines, and a network or a busy server
 /// may bunch them: the slack absorbs about half a second of bunching at the default limit.
 pub(super) struct Pacer {
-    limit: Option<RateLimit>,
-    tokens: f64,
-    last: tokio::time::Instant,
+    /// The announced rate at 90 %, `None` when the session announced no limit.
+    rate: Option<f64>,
+    bucket: TokenBucket,
 }
 
 impl Pacer {
     /// The server gives every connection a full bucket at its welcome; so do we.
     pub(super) fn new(limit: Option<RateLimit>) -> Self {
-        let mut pacer = Self {
-            limit,
-            tokens: 0.0,
-            last: tokio::time::Instant::now(),
-        };
-        pacer.tokens = pacer.capacity();
-        pacer
-    }
-
-    fn capacity(&self) -> f64 {
-        self.limit.map_or(0.0, |l| {
+        let rate = limit.map(|l| l.per_second * 0.9).filter(|r| *r > 0.0);
+        let capacity = limit.map_or(0.0, |l| {
             let burst = f64::from(l.burst);
             (burst - (burst / 5.0).max(1.0)).max(1.0)
-        })
-    }
-
-    fn rate(&self) -> Option<f64> {
-        self.limit.map(|l| l.per_second * 0.9).filter(|r| *r > 0.0)
+        });
+        Self {
+            rate,
+            bucket: TokenBucket::new(rate, capacity),
+        }
     }
 
     /// How long one line takes on average, for waiting on a queue of them.
     pub(super) fn per_line(&self) -> Duration {
-        self.rate()
+        self.rate
             .map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r))
     }
 
     /// Takes a token, or says how long until there is one.
     pub(super) fn take(&mut self) -> Result<(), Duration> {
-        let Some(rate) = self.rate() else {
-            return Ok(());
-        };
-        let now = tokio::time::Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate).min(self.capacity());
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
-        }
+        self.bucket.take()
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::SessionConfig;
-use super::bucket::TokenBucket;
+use crate::bucket::TokenBucket;
 use super::outbox::Outbox;
 use super::room::{ConnId, JoinRequest, Line, Replay, RoomEvent};
 use crate::codec::{Frame, LineCodec, encode_line};

@@ -4,7 +4,6 @@
 //! about the coordinator except through the [`SessionObserver`] it may be given, so a session server
 //! can also be started on its own (tests do).
 
-mod bucket;
 mod member;
 mod outbox;
 mod presence;

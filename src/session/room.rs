@@ -29,7 +29,7 @@ use crate::protocol::{
     ByeReason, ChatLine, ErrorBody, ErrorCode, LeaveReason, Member, RateLimit, ServerMsg, limits,
 };
 
-use super::bucket::TokenBucket;
+use crate::bucket::TokenBucket;
 use super::outbox::{Full, Outbox};
 use super::presence::Changes;
 use super::{SessionConfig, Stop};

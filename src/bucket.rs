@@ -1,4 +1,5 @@
-//! A token bucket: the rate limit on what one member sends.
+//! A token bucket: the rate limit a session server applies to what one member sends, and the
+//! client's own pacing to stay inside it.
 
 use std::time::Duration;
 
