@@ -16,9 +16,9 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::SessionConfig;
-use crate::bucket::TokenBucket;
 use super::outbox::Outbox;
 use super::room::{ConnId, JoinRequest, Line, Replay, RoomEvent};
+use crate::bucket::TokenBucket;
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{ByeReason, ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, limits};
 

@@ -29,10 +29,10 @@ use crate::protocol::{
     ByeReason, ChatLine, ErrorBody, ErrorCode, LeaveReason, Member, RateLimit, ServerMsg, limits,
 };
 
-use crate::bucket::TokenBucket;
 use super::outbox::{Full, Outbox};
 use super::presence::Changes;
 use super::{SessionConfig, Stop};
+use crate::bucket::TokenBucket;
 
 /// Identifies one connection for the lifetime of the room.
 pub(crate) type ConnId = u64;

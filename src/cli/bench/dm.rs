@@ -78,10 +78,7 @@ pub struct DmReport {
 
 /// Pairs of members exchange private messages.
 pub async fn dm(env: &BenchEnv, opts: &DmOpts) -> Result<DmReport> {
-    let server = Server::start(&env.server).await?;
-    let result = run_on(env, opts, &server).await;
-    server.stop().await;
-    result
+    Server::with(&env.server, async |server| run_on(env, opts, server).await).await
 }
 
 /// After the last sender is done, how long receivers wait for stragglers.

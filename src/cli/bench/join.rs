@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::stats::{Histogram, LatencySummary};
 use super::{BenchEnv, BenchError, ProcUsage, Progress, Result, Server, run_tag};
-use confab::client::{Client, ClientConfig};
 use confab::codec::{Frame, LineCodec, encode_line};
 use confab::protocol::{ClientMsg, SessionInfo, limits};
 
@@ -88,10 +87,7 @@ pub struct JoinReport {
 
 /// Members join one session; measures how long until everyone is in with a full roster.
 pub async fn join(env: &BenchEnv, opts: &JoinOpts) -> Result<JoinReport> {
-    let server = Server::start(&env.server).await?;
-    let result = run_on(env, opts, &server).await;
-    server.stop().await;
-    result
+    Server::with(&env.server, async |server| run_on(env, opts, server).await).await
 }
 
 /// How long a stalled run (some members failed, the rest will never see a full roster) waits
@@ -102,18 +98,10 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn run_on(env: &BenchEnv, opts: &JoinOpts, server: &Server) -> Result<JoinReport> {
     let n = opts.members;
-    let (creator, _events) = Client::start(ClientConfig::new("bench-creator", server.addr()))
-        .await
-        .map_err(|source| BenchError::Member {
-            user: "bench-creator".into(),
-            source,
-        })?;
-    super::account(&creator)
-        .await
-        .map_err(|source| BenchError::Member {
-            user: "bench-creator".into(),
-            source,
-        })?;
+    let super::Member {
+        client: creator,
+        events: _events,
+    } = super::logged_in(server.addr(), "bench-creator").await?;
     let info: SessionInfo = creator
         .create(Some(&format!("bench-{}-join", run_tag())))
         .await
@@ -290,14 +278,10 @@ async fn tokens(env: &BenchEnv, coordinator: SocketAddr, n: usize) -> Result<Vec
             let done = done.clone();
             async move {
                 let user = format!("j{i}");
-                let failed = |source| BenchError::Member {
-                    user: user.clone(),
-                    source,
-                };
-                let (client, _events) = Client::start(ClientConfig::new(user.clone(), coordinator))
-                    .await
-                    .map_err(failed)?;
-                super::account(&client).await.map_err(failed)?;
+                let super::Member {
+                    client,
+                    events: _events,
+                } = super::logged_in(coordinator, &user).await?;
                 done.fetch_add(1, Ordering::Relaxed);
                 Ok(client.session_token().unwrap_or_default())
             }

@@ -131,7 +131,20 @@ pub(crate) async fn account(client: &Client) -> std::result::Result<(), ClientEr
     client.login(PASSWORD).await.map(|_| ())
 }
 
-/// The one place a benchmark member is set up on the client API.
+/// A client of `user`, registered if new and logged in: the one place a benchmark account is
+/// set up.
+pub(crate) async fn logged_in(coordinator: SocketAddr, user: &str) -> Result<Member> {
+    let failed = |source| BenchError::Member {
+        user: user.to_string(),
+        source,
+    };
+    let config = ClientConfig::new(user, coordinator);
+    let (client, events) = Client::start(config).await.map_err(failed)?;
+    account(&client).await.map_err(failed)?;
+    Ok(Member { client, events })
+}
+
+/// A benchmark member on the client API, in its session.
 pub(crate) async fn connect_member(
     coordinator: SocketAddr,
     user: &str,
@@ -141,9 +154,7 @@ pub(crate) async fn connect_member(
         user: user.to_string(),
         source,
     };
-    let config = ClientConfig::new(user, coordinator);
-    let (client, events) = Client::start(config).await.map_err(failed)?;
-    account(&client).await.map_err(failed)?;
+    let Member { client, events } = logged_in(coordinator, user).await?;
     match entry {
         Entry::Create(name) => client.start_session(Some(name)).await,
         Entry::Join(name) => client.join(name).await,

@@ -12,7 +12,6 @@ use tokio::net::UdpSocket;
 
 use super::stats::{Histogram, LatencySummary};
 use super::{BenchEnv, BenchError, ProcUsage, Progress, Result, Server, run_tag};
-use confab::client::{Client, ClientConfig};
 use confab::protocol::limits;
 
 /// What a coordinator run does.
@@ -85,28 +84,17 @@ pub struct RequestsReport {
 
 /// Measures `list` and then `join` requests per second.
 pub async fn requests(env: &BenchEnv, opts: &RequestsOpts) -> Result<RequestsReport> {
-    let server = Server::start(&env.server).await?;
-    let result = run_on(env, opts, &server).await;
-    server.stop().await;
-    result
+    Server::with(&env.server, async |server| run_on(env, opts, server).await).await
 }
 
 /// With no answer for this long, a socket's outstanding requests count as lost.
 const QUIET: Duration = Duration::from_millis(500);
 
 async fn run_on(env: &BenchEnv, opts: &RequestsOpts, server: &Server) -> Result<RequestsReport> {
-    let (creator, _events) = Client::start(ClientConfig::new("bench-creator", server.addr()))
-        .await
-        .map_err(|source| BenchError::Member {
-            user: "bench-creator".into(),
-            source,
-        })?;
-    super::account(&creator)
-        .await
-        .map_err(|source| BenchError::Member {
-            user: "bench-creator".into(),
-            source,
-        })?;
+    let super::Member {
+        client: creator,
+        events: _events,
+    } = super::logged_in(server.addr(), "bench-creator").await?;
     let token = creator.session_token().unwrap_or_default();
     let tag = run_tag();
     let first = format!("bench-{tag}-0");

@@ -153,6 +153,18 @@ impl Server {
         }
     }
 
+    /// Runs `scenario` against a coordinator started as `choice` says, and stops it afterwards
+    /// whatever the outcome.
+    pub async fn with<T>(
+        choice: &ServerChoice,
+        scenario: impl AsyncFnOnce(&Server) -> Result<T>,
+    ) -> Result<T> {
+        let server = Server::start(choice).await?;
+        let result = scenario(&server).await;
+        server.stop().await;
+        result
+    }
+
     /// Stops a server we started; leaves an external one alone.
     pub async fn stop(self) {
         match self.kind {

@@ -14,9 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::FanoutOpts;
 use crate::cli::bench::tally::{Tally, parse, user_name};
 use crate::cli::bench::{
-    BenchEnv, BenchError, CONNECT_CONCURRENCY, Progress, Result, Server, account, lean, run_tag,
+    BenchEnv, BenchError, CONNECT_CONCURRENCY, Progress, Result, Server, lean, logged_in, run_tag,
 };
-use confab::client::{Client, ClientConfig};
 
 /// What every member task of one run shares.
 pub(super) struct Shared {
@@ -113,10 +112,10 @@ pub(super) async fn connect_members(
                 user: user.clone(),
                 source,
             };
-            let (client, _events) = Client::start(ClientConfig::new(user.clone(), coordinator))
-                .await
-                .map_err(failed)?;
-            account(&client).await.map_err(failed)?;
+            let crate::cli::bench::Member {
+                client,
+                events: _events,
+            } = logged_in(coordinator, &user).await?;
             let info = if i == 0 {
                 client.create(Some(name)).await
             } else {

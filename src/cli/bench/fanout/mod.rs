@@ -189,10 +189,10 @@ async fn run(scenario: &str, env: &BenchEnv, opts: &FanoutOpts) -> Result<Fanout
         senders: opts.senders.min(opts.members),
         ..opts.clone()
     };
-    let server = Server::start(&env.server).await?;
-    let result = run_on(scenario, env, &opts, &server).await;
-    server.stop().await;
-    result
+    Server::with(&env.server, async |server| {
+        run_on(scenario, env, &opts, server).await
+    })
+    .await
 }
 
 async fn run_on(
