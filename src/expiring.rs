@@ -57,14 +57,9 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
         true
     }
 
-    /// Number of live entries.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     fn expire(&mut self, now: Instant) {

@@ -10,7 +10,7 @@
 //!   the example bot) and the terminal program itself. Private messages go peer to peer over UDP.
 //! - [`protocol`]: every message on the wire, mirrored in `protocol.md`; [`codec`] frames TCP lines.
 //! - [`auth`]: name rules, password hashes, login tokens, login throttling.
-//! - [`store`]: the SQLite database (users, sessions, history) and its migrations; [`db`] runs
+//! - [`store`]: the SQLite database (users, sessions, history) and its migrations; `db` runs
 //!   it on its own thread behind an async handle.
 //! - [`presence_log`]: the human-readable login/join/leave log, rotated by size.
 //!
@@ -23,8 +23,8 @@ mod bucket;
 pub mod client;
 pub mod codec;
 pub mod coordinator;
-pub mod db;
-pub mod expiring;
+pub(crate) mod db;
+pub(crate) mod expiring;
 pub mod presence_log;
 pub mod protocol;
 pub mod session;
