@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 mod cli;
 
-use cli::repl;
+use cli::{process, repl};
 use confab::client::ClientConfig;
 use confab::coordinator::{self, CoordinatorConfig};
 
@@ -72,7 +72,7 @@ enum Command {
         member_budget_mib: u64,
     },
     /// Measure the server: throughput, latency, joins, private messages, coordinator requests.
-    Bench(BenchArgs),
+    Bench(cli::bench::BenchArgs),
     /// Run the terminal client.
     Client {
         /// Your user name.
@@ -157,39 +157,6 @@ impl AbuseArgs {
     }
 }
 
-/// Where the server runs and how results are shown; scenario options follow the scenario name.
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// Use this running coordinator instead of starting one (no server CPU or memory figures).
-    #[arg(long, global = true, conflicts_with = "in_process")]
-    coordinator: Option<SocketAddr>,
-    /// Run the coordinator inside the benchmark process (no server CPU or memory figures).
-    #[arg(long, global = true)]
-    in_process: bool,
-    /// Print one JSON object instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
-    /// Seconds any one phase may take before it is reported as failed.
-    #[arg(long, global = true, default_value_t = 120)]
-    timeout: u64,
-    #[command(subcommand)]
-    scenario: Scenario,
-}
-
-#[derive(Subcommand)]
-enum Scenario {
-    /// One session: every member receives what the senders send.
-    Fanout(cli::bench::FanoutOpts),
-    /// Many members joining one session.
-    Join(cli::bench::JoinOpts),
-    /// Many sessions at once, every member sending.
-    Sessions(cli::bench::SessionsOpts),
-    /// Pairs of members exchanging private messages peer to peer.
-    Dm(cli::bench::DmOpts),
-    /// Coordinator `list` and `join` requests per second.
-    Coordinator(cli::bench::RequestsOpts),
-}
-
 /// Errors are printed as one readable chain, `confab: what: why`, and never as a `Debug` dump
 /// with a backtrace, whatever `RUST_BACKTRACE` says: they are answers for a person, not bugs.
 fn main() -> std::process::ExitCode {
@@ -227,7 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             abuse,
             member_budget_mib,
         } => {
-            init_tracing("info");
+            process::init_tracing("info");
             match coordinator::raise_fd_limit() {
                 Ok(limit) => tracing::info!(limit, "open-file limit"),
                 Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
@@ -263,7 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             abuse.apply(&mut config);
             let shutdown = CancellationToken::new();
-            stop_on_signals(shutdown.clone())?;
+            process::stop_on_signals(shutdown.clone())?;
             coordinator::run(socket, config, shutdown).await?;
         }
         Command::Client {
@@ -275,8 +242,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             join,
         } => {
             // Logs would garble the prompt; only warnings, and only if asked for with RUST_LOG.
-            init_tracing("off");
-            let coordinator = resolve(&coordinator).await?;
+            process::init_tracing("off");
+            let coordinator = cli::address::resolve(&coordinator).await?;
             let password = std::env::var("CONFAB_PASSWORD").ok();
             let mut config = ClientConfig::new(user, coordinator);
             config.bind = bind;
@@ -285,128 +252,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             repl::run(config, credentials, repl::Start { join }).await?;
         }
         Command::Bench(args) => {
-            init_tracing("warn");
-            bench(args).await?;
+            process::init_tracing("warn");
+            cli::bench::run(args).await?;
         }
     }
     Ok(())
-}
-
-/// The coordinator's port when none is given.
-const COORDINATOR_PORT: u16 = 7500;
-
-/// `host:port`, `host`, `ip`, `[v6]:port` or `v6` to one address.
-async fn resolve(coordinator: &str) -> anyhow::Result<SocketAddr> {
-    if let Ok(addr) = coordinator.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    if let Ok(ip) = coordinator
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-    {
-        return Ok(SocketAddr::new(ip, COORDINATOR_PORT));
-    }
-    let with_port = match coordinator.rsplit_once(':') {
-        Some((_, port)) if port.parse::<u16>().is_ok() => coordinator.to_string(),
-        _ => format!("{coordinator}:{COORDINATOR_PORT}"),
-    };
-    let found: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
-        .await
-        .with_context(|| format!("cannot resolve the coordinator address {coordinator}"))?
-        .collect();
-    // IPv4 first: the coordinator listens on 127.0.0.1 by default, and `localhost` often
-    // resolves to ::1 as well.
-    found
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(found.first())
-        .copied()
-        .with_context(|| format!("the coordinator address {coordinator} resolves to nothing"))
-}
-
-async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    use cli::bench;
-    bench::raise_fd_limit().context("cannot raise the open-file limit")?;
-    let env = bench::BenchEnv {
-        server: match (args.coordinator, args.in_process) {
-            (Some(addr), _) => bench::ServerChoice::External(addr),
-            (None, true) => bench::ServerChoice::InProcess,
-            (None, false) => bench::ServerChoice::Child,
-        },
-        timeout: Duration::from_secs(args.timeout),
-        progress: true,
-    };
-    let output = match args.scenario {
-        Scenario::Fanout(opts) => bench::render(&bench::fanout(&env, &opts).await?, args.json),
-        Scenario::Sessions(opts) => {
-            bench::render(&bench::sessions(&env, &opts.into()).await?, args.json)
-        }
-        Scenario::Join(opts) => bench::render(&bench::join(&env, &opts).await?, args.json),
-        Scenario::Dm(opts) => bench::render(&bench::dm(&env, &opts).await?, args.json),
-        Scenario::Coordinator(opts) => {
-            bench::render(&bench::requests(&env, &opts).await?, args.json)
-        }
-    };
-    print!("{output}");
-    Ok(())
-}
-
-/// Ctrl-C or SIGTERM (how systemd and container runtimes stop a service) starts a clean
-/// shutdown: members are told, history is written. A second one exits at once, for a shutdown
-/// stuck on something (a member whose socket does not drain holds it for up to 10 s).
-fn stop_on_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        };
-        // Shutdown first: logging may fail or block (a closed pipe), and must not hold it up.
-        shutdown.cancel();
-        tracing::info!(
-            signal = name,
-            "shutting down; send it again to exit at once"
-        );
-        let name = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        };
-        tracing::warn!(
-            signal = name,
-            "second signal: exiting without finishing the shutdown"
-        );
-        std::process::exit(130);
-    });
-    Ok(())
-}
-
-fn init_tracing(default: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colour codes only for a person at a terminal, not in files or pipes.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(|| Stderr)
-        .log_internal_errors(false)
-        .init();
-}
-
-/// Standard error for logs, where a failed write is dropped: when the reader of a pipe (`| tee
-/// log`) goes away, the server must keep serving, not stop at its next log line.
-struct Stderr;
-
-impl std::io::Write for Stderr {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

@@ -2,12 +2,14 @@
 //! a server needs. The library (`confab::…`) knows nothing of these, so a bot that depends on it
 //! with `default-features = false` builds none of clap, rustyline or the benchmark.
 
+pub mod address;
 pub mod bench;
 mod complete;
 mod history;
 mod keys;
 mod lineedit;
 mod output;
+pub mod process;
 pub mod repl;
 mod screen;
 mod show;

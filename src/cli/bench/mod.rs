@@ -22,6 +22,7 @@
 //! - [`dm`]: peer-to-peer private messages with acknowledgements.
 //! - [`requests`]: coordinator `list` and `join` requests per second.
 
+mod args;
 mod dm;
 mod fanout;
 mod join;
@@ -44,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use confab::client::{Client, ClientConfig, ClientError, Event};
 
+pub use args::{BenchArgs, run};
 pub use dm::{DmOpts, DmReport, dm};
 pub use fanout::{FanoutOpts, FanoutReport, SessionsOpts, fanout, sessions};
 pub use join::{JoinOpts, JoinReport, join};
