@@ -70,6 +70,10 @@ enum Command {
         /// costs.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
         member_budget_mib: u64,
+        /// Seconds a member's queue may stay past its high-water mark (the room holds the
+        /// senders back meanwhile) before the member is dropped as too slow.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=60))]
+        drain_secs: u64,
     },
     /// Measure the server: throughput, latency, joins, private messages, coordinator requests.
     Bench(cli::bench::BenchArgs),
@@ -193,6 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fast_passwords,
             abuse,
             member_budget_mib,
+            drain_secs,
         } => {
             process::init_tracing("info");
             match coordinator::raise_fd_limit() {
@@ -222,6 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 member_budget: (member_budget_mib as usize) << 20,
                 ..CoordinatorConfig::default()
             };
+            config.member_limits.drain_timeout = Duration::from_secs(drain_secs);
             if no_rate_limit {
                 config.member_limits.rate = None;
             }

@@ -450,36 +450,49 @@ async fn bad_lines_get_errors_and_the_session_carries_on() {
     assert_eq!(alice.members().len(), 2);
 }
 
-#[tokio::test]
-async fn a_member_that_stops_reading_is_dropped_and_the_others_never_wait() {
-    let config = CoordinatorConfig {
+/// A coordinator whose members queue 256 lines before the senders are held, and are dropped
+/// when their queue stays past that for `drain`.
+fn flow_config(drain: Duration) -> CoordinatorConfig {
+    CoordinatorConfig {
         member_queue: 256,
         member_limits: confab::session::MemberLimits {
             rate: None,
+            drain_timeout: drain,
             ..Default::default()
         },
         ..test_config()
-    };
-    let coord = TestCoordinator::start_with(config).await;
-    let (alice, mut a_ev) = client("alice", coord.addr).await;
-    let info = alice.start_session(Some("room")).await.unwrap().session;
-    // A member that never reads: its socket buffers fill, then its queue.
-    let mut sloth = TcpStream::connect(info.server).await.unwrap();
-    let token = token_for("sloth", coord.addr).await;
-    sloth
-        .write_all(hello("sloth", &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
+    }
+}
+
+/// Joins a member on the bare protocol that reads nothing until told to.
+async fn silent_member(
+    user: &str,
+    coord: &TestCoordinator,
+    server: std::net::SocketAddr,
+) -> TcpStream {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let token = token_for(user, coord.addr).await;
+    stream
+        .write_all(hello(user, &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
         .await
         .unwrap();
-    eventually("sloth joined", || async { alice.members().len() == 2 }).await;
-    // Alice waits for her own echo every 50 lines, so her queue never holds more than that;
-    // the sloth's socket buffers and then its queue of 256 fill up.
-    let text = "y".repeat(3000);
-    let n = 4000;
+    stream
+}
+
+/// Alice says `n` lines of `text` in windows of 50 (waiting for her own echoes) and returns
+/// how many she saw come back and whether `who` was dropped as too slow meanwhile.
+async fn say_in_windows(
+    alice: &confab::client::Client,
+    a_ev: &mut tokio::sync::mpsc::Receiver<Event>,
+    text: &str,
+    n: usize,
+    who: &str,
+) -> (usize, bool) {
     let mut got = 0;
     let mut dropped = false;
     while got < n {
         for _ in 0..50 {
-            alice.say(&text).await.unwrap();
+            alice.say(text).await.unwrap();
         }
         let target = got + 50;
         while got < target {
@@ -488,21 +501,70 @@ async fn a_member_that_stops_reading_is_dropped_and_the_others_never_wait() {
                 .expect("alice keeps receiving")
                 .unwrap()
             {
-                Event::Message(_) => got += 1,
+                Event::Message(m) => {
+                    assert_eq!(m.text, text);
+                    got += 1
+                }
                 Event::Presence { left, .. } => {
                     dropped |= left
                         .iter()
-                        .any(|d| d.user == "sloth" && d.reason == LeaveReason::TooSlow)
+                        .any(|d| d.user == who && d.reason == LeaveReason::TooSlow)
                 }
                 _ => {}
             }
         }
-        if dropped {
-            break;
-        }
     }
-    assert!(dropped, "the slow member was dropped");
+    (got, dropped)
+}
+
+#[tokio::test]
+async fn a_member_that_stops_reading_is_dropped_after_the_drain_timeout_and_nothing_is_lost() {
+    let coord = TestCoordinator::start_with(flow_config(Duration::from_millis(500))).await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let info = alice.start_session(Some("room")).await.unwrap().session;
+    // A member that never reads: its socket buffers fill, then its queue passes 256 lines and
+    // alice is held back, until the drain timeout drops it.
+    let sloth = silent_member("sloth", &coord, info.server).await;
+    eventually("sloth joined", || async { alice.members().len() == 2 }).await;
+    let text = "y".repeat(3000);
+    // 12 MB: more than loopback's socket buffers hold.
+    let (got, dropped) = say_in_windows(&alice, &mut a_ev, &text, 4000, "sloth").await;
+    assert!(dropped, "the member that never reads was dropped");
+    assert_eq!(got, 4000, "alice lost nothing while she was held back");
     drop(sloth);
+}
+
+#[tokio::test]
+async fn a_member_that_pauses_reading_is_waited_for_and_gets_every_line() {
+    let coord = TestCoordinator::start_with(flow_config(Duration::from_secs(30))).await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let info = alice.start_session(Some("room")).await.unwrap().session;
+    let napper = silent_member("napper", &coord, info.server).await;
+    eventually("napper joined", || async { alice.members().len() == 2 }).await;
+    // The napper reads nothing for the first second, while alice fills its socket buffers and
+    // its queue many times over; a queue of 256 lines is ~770 KB here, the burst 12 MB.
+    let text = "z".repeat(3000);
+    let n = 4000;
+    let reading = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut lines = BufReader::new(napper).lines();
+        let mut said = 0;
+        while said < n {
+            let line = tokio::time::timeout(WAIT, lines.next_line())
+                .await
+                .expect("the napper keeps receiving")
+                .unwrap()
+                .expect("the napper was not dropped");
+            if line.contains("\"type\":\"msg\"") {
+                said += 1;
+            }
+        }
+        said
+    });
+    let (got, dropped) = say_in_windows(&alice, &mut a_ev, &text, n, "napper").await;
+    assert!(!dropped, "a member that pauses is not dropped");
+    assert_eq!(got, n);
+    assert_eq!(reading.await.unwrap(), n, "the napper got every line");
 }
 
 #[tokio::test]

@@ -95,7 +95,8 @@ pub struct CoordinatorConfig {
     pub presence_log_rotation: crate::presence_log::Rotation,
     /// What each member may send.
     pub member_limits: MemberLimits,
-    /// Messages queued per member before it is dropped as too slow.
+    /// Messages queued per member before the room holds the senders back (see
+    /// `SessionConfig::member_queue`).
     pub member_queue: usize,
     /// Bytes held per member before it is dropped as too slow (see `SessionConfig::member_budget`).
     pub member_budget: usize,

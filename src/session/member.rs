@@ -16,6 +16,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::SessionConfig;
+use super::gate::Gate;
 use super::outbox::Outbox;
 use super::room::{ConnId, JoinRequest, Line, Replay, RoomEvent};
 use crate::bucket::TokenBucket;
@@ -34,6 +35,10 @@ pub struct MemberLimits {
     pub burst: f64,
     /// A write to the member that does not finish in this time drops the member.
     pub write_timeout: Duration,
+    /// A member whose queue stays past its high-water mark this long is dropped as too slow;
+    /// until then the room holds the senders back (flow control). Kept below the client's
+    /// silence limit (three heartbeats), since a held sender hears no pong.
+    pub drain_timeout: Duration,
 }
 
 impl Default for MemberLimits {
@@ -43,6 +48,7 @@ impl Default for MemberLimits {
             rate: Some(20.0),
             burst: 50.0,
             write_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(4),
         }
     }
 }
@@ -62,6 +68,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     conn: ConnId,
     room: mpsc::Sender<RoomEvent>,
+    gate: Arc<Gate>,
     config: Arc<SessionConfig>,
     stop: CancellationToken,
 ) {
@@ -71,7 +78,18 @@ pub(crate) async fn serve(
     // The hello phase runs boxed: it is short, and keeping its state out of this long-lived
     // future is what keeps an idle member small.
     let admitted = Box::pin(admit_connection(
-        reader, write, peer, conn, &room, &config, &stop,
+        reader,
+        write,
+        peer,
+        conn,
+        &room,
+        Arc::new(Outbox::new(
+            config.member_queue,
+            config.member_budget,
+            gate.clone(),
+        )),
+        &config,
+        &stop,
     ))
     .await;
     let Some(Admitted {
@@ -91,7 +109,7 @@ pub(crate) async fn serve(
         stop.clone(),
         config.member_limits.write_timeout,
     );
-    let reader = read_loop(&mut reader, conn, &room, outbox, &kick, &config);
+    let reader = read_loop(&mut reader, conn, &room, &gate, outbox, &kick, &config);
     let ((), ()) = tokio::join!(writer, reader);
     tracing::debug!(%peer, %user, "connection closed");
 }
@@ -109,12 +127,17 @@ struct Admitted {
 
 /// Waits for a good hello and joins the room; errors go straight to the socket, since the
 /// connection is nobody's yet.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pieces of one connection, each handed on to the room once"
+)]
 async fn admit_connection(
     mut reader: Reader,
     mut write: OwnedWriteHalf,
     peer: SocketAddr,
     conn: ConnId,
     room: &mpsc::Sender<RoomEvent>,
+    outbox: Arc<Outbox>,
     config: &SessionConfig,
     stop: &CancellationToken,
 ) -> Option<Admitted> {
@@ -177,7 +200,8 @@ async fn admit_connection(
         }
     };
 
-    let outbox = Arc::new(Outbox::new(config.member_queue, config.member_budget));
+    // Silence counts from the hello, not from the connect.
+    outbox.heard();
     let kick = stop.child_token();
     let (reply_tx, reply_rx) = oneshot::channel();
     let join = RoomEvent::Join(JoinRequest {
@@ -217,6 +241,7 @@ async fn read_loop(
     reader: &mut Reader,
     conn: ConnId,
     room: &mpsc::Sender<RoomEvent>,
+    gate: &Gate,
     tx: Arc<Outbox>,
     kick: &CancellationToken,
     config: &SessionConfig,
@@ -243,6 +268,14 @@ async fn read_loop(
                 if let Err(e) = check_text(&text) {
                     let _ = tx.try_send(Line::new(encode_line(&ServerMsg::Error(e))));
                     continue;
+                }
+                // Held here, reading nothing more, while some member's queue is past its mark:
+                // TCP slows this sender down instead of the room dropping that member.
+                if !gate.is_open() {
+                    tokio::select! {
+                        () = gate.open() => {}
+                        _ = kick.cancelled() => break LeaveReason::Disconnected,
+                    }
                 }
                 // The room applies the rate limit, after recognising resends (which are free).
                 RoomEvent::Say { conn, text, id }

@@ -4,6 +4,7 @@
 //! about the coordinator except through the [`SessionObserver`] it may be given, so a session server
 //! can also be started on its own (tests do).
 
+mod gate;
 mod member;
 mod outbox;
 mod presence;
@@ -59,7 +60,8 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// Most members at once.
     pub max_members: usize,
-    /// Messages queued for one member before it counts as too slow and is dropped.
+    /// Messages queued for one member before the room holds its senders back until the queue
+    /// drains (flow control, see `MemberLimits::drain_timeout`).
     pub member_queue: usize,
     /// Bytes the server holds for one member (live lines, a replay, a history answer, the write
     /// under way) before it counts as too slow and is dropped: what bounds the memory a member
@@ -167,11 +169,13 @@ pub async fn run(listener: TcpListener, mut config: SessionConfig, stop: Stop) -
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(session = %config.id, addr = ?local, "session server listening");
     let (tx, rx) = mpsc::channel(4096);
+    let gate = Arc::new(gate::Gate::default());
     let room = room::Room::new(
         config.clone(),
         config.start_seq,
         start_recent,
         tx.downgrade(),
+        gate.clone(),
     );
     // Members are told to go when the room ends, whatever the reason.
     let members_stop = CancellationToken::new();
@@ -185,7 +189,8 @@ pub async fn run(listener: TcpListener, mut config: SessionConfig, stop: Stop) -
                 Ok((stream, peer)) => {
                     let conn = next_conn.fetch_add(1, Ordering::Relaxed);
                     let handler = member::serve(
-                        stream, peer, conn, tx.clone(), config.clone(), members_stop.clone(),
+                        stream, peer, conn, tx.clone(), gate.clone(), config.clone(),
+                        members_stop.clone(),
                     );
                     tracker.spawn(handler);
                 }

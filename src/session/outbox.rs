@@ -1,7 +1,9 @@
-//! One member's outgoing queue: bounded in lines and in bytes, shared by the room and the member's
-//! reader, drained by the member's writer.
+//! One member's outgoing queue, shared by the room and the member's reader, drained by the
+//! member's writer.
 //!
-//! The byte budget covers everything the server holds for the member until it is written to the
+//! Its length in lines is a high-water mark, not a limit: a queue above it closes the room's
+//! [`Gate`], which holds the senders back until the queue has drained below half of it (see
+//! `gate.rs`). The byte budget covers everything the server holds for the member until it is written to the
 //! socket: live lines, a replay, history answers, and the batch the writer is writing. A member
 //! that does not read cannot make the server hold more: the line that would cross the budget is
 //! refused, and the room drops the member as too slow. History answers are large (up to 500
@@ -16,14 +18,15 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::gate::Gate;
 use super::room::Line;
 
-/// The queue is full: the member is not keeping up.
+/// The queue is at its byte budget: the member is not keeping up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Full;
 
@@ -35,8 +38,10 @@ pub(crate) struct Outbox {
     ready: Notify,
     /// Woken when the writer has written past the end of the last answer.
     answered: Notify,
+    /// High-water mark in lines.
     cap: usize,
     budget: usize,
+    gate: Arc<Gate>,
     /// When the member was last heard from, in ms since `epoch()`: the room sweeps for silent
     /// members once a second instead of every member keeping a timer of its own.
     heard: AtomicU64,
@@ -58,11 +63,14 @@ struct State {
     written_total: u64,
     /// Where the last answer ends in the stream (`u64::MAX`: asked, not answered yet).
     answer_end: u64,
+    /// Since when (ms on `now_ms`'s clock) the queue has been above its high-water mark,
+    /// holding the gate closed.
+    pressed_since: Option<u64>,
 }
 
 impl Outbox {
-    /// A queue of at most `cap` lines and `budget` bytes.
-    pub(crate) fn new(cap: usize, budget: usize) -> Self {
+    /// A queue that closes `gate` above `cap` lines and refuses lines beyond `budget` bytes.
+    pub(crate) fn new(cap: usize, budget: usize, gate: Arc<Gate>) -> Self {
         Self {
             state: Mutex::new(State {
                 lines: VecDeque::new(),
@@ -71,11 +79,13 @@ impl Outbox {
                 queued_total: 0,
                 written_total: 0,
                 answer_end: 0,
+                pressed_since: None,
             }),
             ready: Notify::new(),
             answered: Notify::new(),
             cap: cap.max(1),
             budget,
+            gate,
             heard: AtomicU64::new(now_ms()),
         }
     }
@@ -112,8 +122,12 @@ impl Outbox {
                 return Ok(());
             }
             let held = state.held + line.len();
-            if state.lines.len() >= self.cap || held > self.budget {
+            if held > self.budget {
                 return Err(Full);
+            }
+            if state.lines.len() >= self.cap && state.pressed_since.is_none() {
+                state.pressed_since = Some(now_ms());
+                self.gate.press();
             }
             state.held = held;
             state.queued_total += line.len() as u64;
@@ -145,7 +159,12 @@ impl Outbox {
 
     /// No more lines: the writer finishes what is queued and stops.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
+        let mut state = self.lock();
+        state.closed = true;
+        if state.pressed_since.take().is_some() {
+            self.gate.release();
+        }
+        drop(state);
         self.ready.notify_one();
         self.answered.notify_one();
     }
@@ -159,6 +178,17 @@ impl Outbox {
         if state.written_total >= state.answer_end {
             self.answered.notify_one();
         }
+        if state.pressed_since.is_some() && state.lines.len() <= self.cap / 2 {
+            state.pressed_since = None;
+            self.gate.release();
+        }
+    }
+
+    /// Milliseconds the queue has been above its high-water mark without draining below half
+    /// of it; `None` when it is not.
+    pub(crate) fn pressed_ms(&self) -> Option<u64> {
+        let since = self.lock().pressed_since?;
+        Some(now_ms().saturating_sub(since))
     }
 
     /// Moves queued lines into `out`, at most `max` of them and, unless the first alone is
@@ -198,6 +228,16 @@ impl Outbox {
     }
 }
 
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // A queue dropped without being closed must not hold the room's senders forever.
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if state.pressed_since.take().is_some() {
+            self.gate.release();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,7 +250,7 @@ mod tests {
 
     #[tokio::test]
     async fn lines_come_out_in_order_and_close_ends_after_the_last() {
-        let q = Outbox::new(8, 1024);
+        let q = Outbox::new(8, 1024, gate());
         q.try_send(line("a")).unwrap();
         q.try_send(line("b")).unwrap();
         q.close();
@@ -223,17 +263,52 @@ mod tests {
         assert!(!q.recv_many(&mut out, 10, 1024).await);
     }
 
+    fn gate() -> Arc<Gate> {
+        Arc::new(Gate::default())
+    }
+
     #[tokio::test]
-    async fn a_full_queue_refuses() {
-        let q = Outbox::new(2, 1024);
-        q.try_send(line("a")).unwrap();
-        q.try_send(line("b")).unwrap();
-        assert_eq!(q.try_send(line("c")), Err(Full));
+    async fn a_queue_past_its_mark_holds_the_gate_until_it_drains_below_half() {
+        let gate = gate();
+        let q = Outbox::new(4, 1024, gate.clone());
+        for l in ["a", "b", "c", "d", "e", "f"] {
+            q.try_send(line(l)).unwrap();
+        }
+        assert!(
+            !gate.is_open(),
+            "a queue past its mark must hold the senders"
+        );
+        assert!(q.pressed_ms().is_some());
+        let mut out = Vec::new();
+        assert!(q.recv_many(&mut out, 3, 1024).await);
+        q.wrote(3);
+        assert!(!gate.is_open(), "3 lines left is above half the mark");
+        out.clear();
+        assert!(q.recv_many(&mut out, 1, 1024).await);
+        q.wrote(1);
+        assert!(gate.is_open(), "2 lines left is half the mark");
+        assert_eq!(q.pressed_ms(), None);
+    }
+
+    #[tokio::test]
+    async fn a_queue_closed_or_dropped_while_pressed_opens_the_gate() {
+        let gate = gate();
+        let closed = Outbox::new(1, 1024, gate.clone());
+        let dropped = Outbox::new(1, 1024, gate.clone());
+        for q in [&closed, &dropped] {
+            q.try_send(line("a")).unwrap();
+            q.try_send(line("b")).unwrap();
+        }
+        assert!(!gate.is_open());
+        closed.close();
+        assert!(!gate.is_open());
+        drop(dropped);
+        assert!(gate.is_open());
     }
 
     #[tokio::test]
     async fn bytes_count_until_written_not_until_taken() {
-        let q = Outbox::new(100, 10);
+        let q = Outbox::new(100, 10, gate());
         q.try_send(line("abcdef")).unwrap();
         assert_eq!(q.try_send(line("ghijk")), Err(Full));
         let mut out = Vec::new();
@@ -250,7 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_stops_before_a_line_that_would_pass_the_byte_limit() {
-        let q = Outbox::new(100, 1024);
+        let q = Outbox::new(100, 1024, gate());
         for l in ["aaaa", "bbbb", "cccc"] {
             q.try_send(line(l)).unwrap();
         }
@@ -265,7 +340,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_waits_until_the_previous_answer_is_written() {
-        let q = Arc::new(Outbox::new(100, 1024));
+        let q = Arc::new(Outbox::new(100, 1024, gate()));
         q.ask().await; // nothing outstanding
         q.try_send(line("live")).unwrap();
         q.try_send_answer(line("answer")).unwrap();
@@ -290,7 +365,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_writer_is_woken() {
-        let q = Arc::new(Outbox::new(8, 1024));
+        let q = Arc::new(Outbox::new(8, 1024, gate()));
         let q2 = q.clone();
         let waiter = tokio::spawn(async move {
             let mut out = Vec::new();

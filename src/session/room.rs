@@ -29,6 +29,7 @@ use crate::protocol::{
     ByeReason, ChatLine, ErrorBody, ErrorCode, LeaveReason, Member, RateLimit, ServerMsg, limits,
 };
 
+use super::gate::Gate;
 use super::outbox::{Full, Outbox};
 use super::presence::Changes;
 use super::{SessionConfig, Stop};
@@ -164,6 +165,8 @@ pub(crate) struct Room {
     /// The room's own inbox, for work finished elsewhere (reads from storage) to come back in
     /// order. Weak, so it does not keep the room alive.
     self_tx: mpsc::WeakSender<RoomEvent>,
+    /// Closed by members' queues past their mark; the room only reads it (see `gate.rs`).
+    gate: Arc<Gate>,
 }
 
 impl Room {
@@ -172,6 +175,7 @@ impl Room {
         seq: u64,
         recent: Vec<ChatLine>,
         self_tx: mpsc::WeakSender<RoomEvent>,
+        gate: Arc<Gate>,
     ) -> Self {
         let recent_cap = config.recent_messages.max(1);
         let mut line_ids = ExpiringMap::new(LINE_ID_TTL, LINE_ID_CAP);
@@ -185,6 +189,7 @@ impl Room {
             count_dirty: false,
             was_large: false,
             self_tx,
+            gate,
             config,
             members: HashMap::new(),
             names: HashMap::new(),
@@ -558,13 +563,34 @@ impl Room {
     }
 
     /// Drops members that sent nothing, not even a ping, within the heartbeat limit: their
-    /// process died without closing the socket, or the path to them is gone (half-open).
+    /// process died without closing the socket, or the path to them is gone (half-open). Also
+    /// drops members whose queue has stayed past its mark for the drain timeout: they hold
+    /// every sender back, and one that cannot catch up in that time is not going to.
     fn sweep_silent(&mut self) {
-        let limit = self.config.member_limits.idle.as_millis() as u64;
+        let limits = &self.config.member_limits;
+        let limit = limits.idle.as_millis() as u64;
+        let drain = limits.drain_timeout.as_millis() as u64;
+        // Readers held at the gate read no pings: time held is nobody's silence.
+        let open_for = self.gate.open_for_ms();
+        let stuck: Vec<ConnId> = self
+            .members
+            .iter()
+            .filter(|(_, slot)| slot.tx.pressed_ms().is_some_and(|ms| ms >= drain))
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in stuck {
+            tracing::info!(
+                session = %self.config.id,
+                conn,
+                "dropping a member whose queue did not drain within the drain timeout"
+            );
+            self.leave(conn, LeaveReason::TooSlow);
+        }
+        let Some(open_for) = open_for else { return };
         let silent: Vec<ConnId> = self
             .members
             .iter()
-            .filter(|(_, slot)| slot.tx.silent_ms() >= limit)
+            .filter(|(_, slot)| slot.tx.silent_ms().min(open_for) >= limit)
             .map(|(&conn, _)| conn)
             .collect();
         for conn in silent {

@@ -88,7 +88,9 @@ impl Render for FanoutReport {
         let mut rate_text = o.rate.map_or("full speed".to_string(), |r| {
             format!("{r} msg/s per sender")
         });
-        if o.window > 0 {
+        if o.window == 0 || o.open_loop {
+            rate_text += ", open loop";
+        } else {
             rate_text += &format!(", window {}", o.window);
         }
         let mut rows = vec![

@@ -22,6 +22,7 @@ async fn short_fanout_delivers_everything_once_and_in_order() {
         messages: 20,
         rate: None,
         window: 0,
+        open_loop: true,
     };
     let report = bench::fanout(&in_process(), &opts).await.unwrap();
     assert_eq!(report.expected, 5 * 5 * 20);
@@ -45,6 +46,7 @@ async fn short_sessions_run_keeps_every_session_apart() {
         messages: 10,
         rate: None,
         window: 4,
+        open_loop: false,
     };
     let report = bench::sessions(&in_process(), &opts).await.unwrap();
     assert_eq!(report.expected, 3 * 3 * 2 * 10);
@@ -92,5 +94,22 @@ async fn short_coordinator_run_answers_every_request() {
     for op in &report.ops {
         assert_eq!(op.answered, 200, "{op:?}");
         assert_eq!(op.errors, 0, "{op:?}");
+    }
+}
+
+/// Issue 11's case: 50 members, every one writing 200 lines at once with no window. Before flow
+/// control one run in three dropped members as too slow within milliseconds of each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_fanout_drops_no_one_and_loses_nothing_run_after_run() {
+    let opts = FanoutOpts {
+        open_loop: true,
+        ..FanoutOpts::default()
+    };
+    for run in 0..20 {
+        let report = bench::fanout(&in_process(), &opts).await.unwrap();
+        assert_eq!(report.expected, 50 * 50 * 200);
+        assert_eq!(report.disconnected, 0, "run {run}: {report:?}");
+        assert_eq!(report.delivered, report.expected, "run {run}");
+        assert!(report.is_clean(), "run {run}: {report:?}");
     }
 }

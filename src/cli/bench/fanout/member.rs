@@ -237,7 +237,7 @@ async fn member(
     let mut last_read = tokio::time::Instant::now();
     let (mut sent, mut in_flight, mut send_failed) = (0u64, 0usize, 0u64);
     let mut sending = false;
-    let window = if opts.window == 0 {
+    let window = if opts.window == 0 || opts.open_loop {
         usize::MAX
     } else {
         opts.window

@@ -42,12 +42,14 @@ pub struct FanoutOpts {
     pub rate: Option<f64>,
     /// Most messages one sender has on the way (sent, not yet back to itself); 0 for no limit.
     ///
-    /// Nothing in the protocol slows a sender down for the sake of slow receivers: the server
-    /// drops a member whose queue (4096 lines) overflows. Unlimited senders at full speed thus
-    /// measure how many members get dropped, not throughput; a window keeps the run closed-loop,
-    /// as a real sender that waits to see its own line would be.
+    /// A window keeps the run closed-loop, as a real sender that waits to see its own line
+    /// would be; without one (`--open-loop`) every sender writes all its lines at once and the
+    /// server's flow control is what keeps every reader seated.
     #[arg(long, default_value_t = 64)]
     pub window: usize,
+    /// Every sender writes all its lines at once, with no window (the same as `--window 0`).
+    #[arg(long, conflicts_with = "window")]
+    pub open_loop: bool,
 }
 
 /// `confab bench sessions`: the fan-out run over many sessions at once, with smaller defaults.
@@ -82,6 +84,7 @@ impl From<SessionsOpts> for FanoutOpts {
             messages: o.messages,
             rate: o.rate,
             window: o.window,
+            open_loop: false,
         }
     }
 }
@@ -96,6 +99,7 @@ impl Default for FanoutOpts {
             messages: 200,
             rate: None,
             window: 64,
+            open_loop: false,
         }
     }
 }
