@@ -25,6 +25,7 @@
 mod args;
 mod dm;
 mod fanout;
+mod irc;
 mod join;
 mod lean;
 mod report;
@@ -48,6 +49,7 @@ use confab::client::{Client, ClientConfig, ClientError, Event};
 pub use args::{BenchArgs, run};
 pub use dm::{DmOpts, DmReport, dm};
 pub use fanout::{FanoutOpts, FanoutReport, SessionsOpts, fanout, sessions};
+pub use irc::{IrcOpts, IrcReport, irc};
 pub use join::{JoinOpts, JoinReport, join};
 pub use report::render;
 pub use requests::{RequestsOpts, RequestsReport, requests};

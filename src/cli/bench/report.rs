@@ -5,7 +5,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::stats::LatencySummary;
-use super::{DmReport, FanoutReport, JoinReport, ProcUsage, RequestsReport};
+use super::{DmReport, FanoutReport, IrcReport, JoinReport, ProcUsage, RequestsReport};
 
 /// A report that can be printed either way.
 pub trait Render: Serialize {
@@ -201,6 +201,41 @@ impl Render for JoinReport {
                 .map_or("not measured".into(), |b| format!("{:.0} bytes", b)),
         ));
         usage_rows(&mut rows, self.server_usage.as_ref(), self.bench_cpu_secs);
+        rows
+    }
+}
+
+impl Render for IrcReport {
+    fn rows(&self) -> Vec<(String, String)> {
+        let o = &self.opts;
+        let mut rows = vec![
+            row(
+                "scenario",
+                format!(
+                    "irc at {}: 1 channel × {} members, {} senders × {} lines, open loop",
+                    o.server, o.members, o.senders, o.messages
+                ),
+            ),
+            row("setup", format!("{:.3} s", self.setup_secs)),
+            row(
+                "deliveries",
+                format!(
+                    "{} of {} in {:.3} s",
+                    self.delivered, self.expected, self.secs
+                ),
+            ),
+            row("deliveries/s", rate(self.deliveries_per_sec)),
+            row("latency", latency(&self.latency)),
+            row(
+                "lost / duplicated / out of order",
+                format!(
+                    "{} / {} / {}",
+                    self.lost, self.duplicated, self.out_of_order
+                ),
+            ),
+            row("disconnected", self.disconnected),
+        ];
+        usage_rows(&mut rows, self.server_usage.as_ref(), None);
         rows
     }
 }
