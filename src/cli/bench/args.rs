@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::{DmOpts, FanoutOpts, IrcOpts, JoinOpts, RequestsOpts, SessionsOpts};
+use super::{DmOpts, FanoutOpts, IrcOpts, JoinOpts, LoginsOpts, RequestsOpts, SessionsOpts};
 
 /// Where the server runs and how results are shown; scenario options follow the scenario name.
 #[derive(clap::Args)]
@@ -40,6 +40,8 @@ pub enum Scenario {
     Dm(DmOpts),
     /// Coordinator `list` and `join` requests per second.
     Coordinator(RequestsOpts),
+    /// Many clients logging in at the same moment, at the real password-hashing cost.
+    Logins(LoginsOpts),
     /// The open-loop fan-out against an IRC server (ngIRCd, InspIRCd), for a side-by-side
     /// comparison.
     Irc(IrcOpts),
@@ -64,6 +66,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Scenario::Join(opts) => super::render(&super::join(&env, &opts).await?, args.json),
         Scenario::Dm(opts) => super::render(&super::dm(&env, &opts).await?, args.json),
+        Scenario::Logins(opts) => super::render(&super::logins(&env, &opts).await?, args.json),
         Scenario::Irc(opts) => super::render(&super::irc(&opts, env.timeout).await?, args.json),
         Scenario::Coordinator(opts) => {
             super::render(&super::requests(&env, &opts).await?, args.json)

@@ -5,7 +5,9 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::stats::LatencySummary;
-use super::{DmReport, FanoutReport, IrcReport, JoinReport, ProcUsage, RequestsReport};
+use super::{
+    DmReport, FanoutReport, IrcReport, JoinReport, LoginsReport, ProcUsage, RequestsReport,
+};
 
 /// A report that can be printed either way.
 pub trait Render: Serialize {
@@ -201,6 +203,46 @@ impl Render for JoinReport {
                 .map_or("not measured".into(), |b| format!("{:.0} bytes", b)),
         ));
         usage_rows(&mut rows, self.server_usage.as_ref(), self.bench_cpu_secs);
+        rows
+    }
+}
+
+impl Render for LoginsReport {
+    fn rows(&self) -> Vec<(String, String)> {
+        let cost = if self.opts.fast_passwords {
+            "cheapest"
+        } else {
+            "real"
+        };
+        let mut rows = vec![
+            row(
+                "scenario",
+                format!(
+                    "logins: {} clients at once, {cost} password cost",
+                    self.opts.clients
+                ),
+            ),
+            row("server", &self.server),
+            row(
+                "logged in / failed",
+                format!("{} / {}", self.logged_in, self.failed),
+            ),
+            row("all answered in", format!("{:.2} s", self.secs)),
+            row("per login", latency(&self.latency)),
+        ];
+        if let Some(e) = &self.first_error {
+            rows.push(row("first failure", e));
+        }
+        if let (Some(cpu), Some(floor)) = (self.server_cpu_secs, self.hashing_floor_secs) {
+            rows.push(row(
+                "hashing alone",
+                format!(
+                    "{floor:.2} s ({cpu:.2} s server CPU over the cores): {:.2}× the floor",
+                    self.secs / floor.max(f64::EPSILON)
+                ),
+            ));
+        }
+        usage_rows(&mut rows, self.server_usage.as_ref(), None);
         rows
     }
 }

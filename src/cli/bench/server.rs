@@ -50,8 +50,16 @@ enum Kind {
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Server {
-    /// Starts (or, for [`ServerChoice::External`], just names) the coordinator.
+    /// Starts (or, for [`ServerChoice::External`], just names) the coordinator, hashing
+    /// passwords at the cheapest cost: thousands of bench accounts, and the hash cost is not
+    /// what most scenarios measure.
     pub async fn start(choice: &ServerChoice) -> Result<Server> {
+        Self::start_hashing(choice, true).await
+    }
+
+    /// [`Server::start`], hashing at the real cost unless `fast_passwords`: for the scenario
+    /// that measures logins.
+    pub async fn start_hashing(choice: &ServerChoice, fast_passwords: bool) -> Result<Server> {
         match choice {
             ServerChoice::External(addr) => Ok(Server {
                 addr: *addr,
@@ -62,8 +70,9 @@ impl Server {
                 let addr = socket.local_addr()?;
                 let mut config = CoordinatorConfig::default();
                 config.member_limits.rate = None;
-                // Thousands of bench accounts; the hash cost is not what is measured.
-                config.password_cost = confab::auth::PasswordCost::INSECURE_FAST;
+                if fast_passwords {
+                    config.password_cost = confab::auth::PasswordCost::INSECURE_FAST;
+                }
                 config.abuse = coordinator::AbuseLimits::off();
                 let stop = CancellationToken::new();
                 let task = tokio::spawn({
@@ -91,9 +100,9 @@ impl Server {
                         "--no-rate-limit",
                         "--db",
                         ":memory:",
-                        "--fast-passwords",
                         "--no-abuse-limits",
                     ])
+                    .args(fast_passwords.then_some("--fast-passwords"))
                     // Info logs cost the server a line per join; the bench measures the server,
                     // not its logging.
                     .env("RUST_LOG", "warn")
