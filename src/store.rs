@@ -123,6 +123,10 @@ pub enum StoreError {
     /// length...). Indicates manual tampering or a bug, never user input.
     #[error("corrupt value in database: {0}")]
     Corrupt(String),
+    /// The database thread is gone (it panicked, or shutdown has begun): nothing was read or
+    /// written.
+    #[error("the database is not available")]
+    Gone,
     /// A sequence number does not fit SQLite's signed 64-bit integers.
     #[error("sequence number {0} is out of range for the database")]
     SeqOutOfRange(u64),

@@ -308,26 +308,6 @@ async fn a_forged_private_message_is_rejected() {
     alice.dm("bob", "real").await.unwrap();
 }
 
-async fn raw_request(
-    socket: &UdpSocket,
-    coordinator: std::net::SocketAddr,
-    body: &str,
-) -> Response {
-    let mut body = body.as_bytes().to_vec();
-    confab::protocol::pad_request(&mut body);
-    socket.send_to(&body, coordinator).await.unwrap();
-    let mut buf = vec![0u8; 65536];
-    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        n <= 1200,
-        "answer of {n} bytes is larger than one safe datagram"
-    );
-    serde_json::from_slice(&buf[..n]).unwrap()
-}
-
 #[tokio::test]
 async fn a_retried_create_makes_one_session() {
     let coord = TestCoordinator::start().await;
