@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use confab::client::{ClientError, Event};
 use confab::coordinator::CoordinatorConfig;
-use confab::protocol::{ErrorCode, LeaveReason, Response, ResponseBody};
+use confab::protocol::{ErrorCode, LeaveReason, ResponseBody};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
