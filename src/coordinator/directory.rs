@@ -415,6 +415,31 @@ mod tests {
     }
 
     #[test]
+    fn a_starting_server_counts_as_running_until_it_runs_or_fails() {
+        let d = Directory::default();
+        let s = Listed {
+            server: None,
+            ..info(Some("idle"))
+        };
+        d.insert(s.clone()).unwrap();
+        assert_eq!(d.running(), 0);
+        d.set_starting(s.id);
+        assert!(d.is_starting(s.id));
+        assert_eq!(d.running(), 1, "its listener is bound");
+        assert_eq!(
+            d.find("idle").unwrap().server,
+            None,
+            "no address to join yet"
+        );
+        d.set_start_failed(s.id);
+        assert!(!d.is_starting(s.id));
+        assert_eq!(d.running(), 0);
+        d.set_starting(s.id);
+        d.remove(s.id, "alice");
+        assert!(!d.is_starting(s.id), "closed while starting");
+    }
+
+    #[test]
     fn pages_respect_the_budget_and_cover_everything() {
         let d = Directory::default();
         for i in 0..50 {

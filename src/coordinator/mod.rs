@@ -72,6 +72,32 @@ const RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
 
 /// Runs the coordinator on `socket` until `shutdown` is cancelled; then stops every session server
 /// (telling members why), finishes the database writes, and returns.
+///
+/// # Examples
+///
+/// A coordinator on a free port with everything in memory, stopped again:
+///
+/// ```
+/// use confab::coordinator::{self, CoordinatorConfig};
+/// use tokio::net::UdpSocket;
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let socket = UdpSocket::bind("127.0.0.1:0").await?;
+/// println!("coordinator on {}", socket.local_addr()?);
+/// let config = CoordinatorConfig {
+///     db: None, // in memory, gone at exit
+///     ..CoordinatorConfig::default()
+/// };
+/// let shutdown = CancellationToken::new();
+/// let running = tokio::spawn(coordinator::run(socket, config, shutdown.clone()));
+/// // ... clients register, log in, create and join sessions ...
+/// shutdown.cancel();
+/// running.await??;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn run(
     socket: UdpSocket,
     config: CoordinatorConfig,

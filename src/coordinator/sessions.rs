@@ -62,7 +62,8 @@ impl Coordinator {
         // Listed at once (its name is taken from now on); taken out again if it cannot be stored.
         self.directory.insert(listed.clone())?;
         tracing::info!(session = %listed.id, name = ?listed.name, creator = %listed.creator, "session created");
-        self.start(reply, true, listed, listener);
+        let creator = listed.creator.clone();
+        self.start(reply, &creator, true, listed, listener);
         Ok(None)
     }
 
@@ -101,7 +102,7 @@ impl Coordinator {
     }
 
     pub(super) fn join(&mut self, reply: Reply, key: &str, token: &str) -> Now {
-        self.verify(token)?;
+        let claims = self.verify(token)?;
         let listed = self.directory.find(key)?;
         if let Some(session) = listed.info() {
             return Ok(Some(ResponseBody::Session { session }));
@@ -112,13 +113,20 @@ impl Coordinator {
             return Ok(None);
         }
         let listener = self.open_listener()?;
-        self.start(reply, false, listed, listener);
+        self.start(reply, &claims.user, false, listed, listener);
         Ok(None)
     }
 
     /// Marks `listed` as starting and reads (for a new session: first stores) it in a job;
-    /// `reply` waits for the start, its answer kept for retries when `keep`.
-    fn start(&mut self, reply: Reply, keep: bool, listed: Listed, listener: TcpListener) {
+    /// `reply` (from `user`) waits for the start, its answer kept for retries when `keep`.
+    fn start(
+        &mut self,
+        reply: Reply,
+        user: &str,
+        keep: bool,
+        listed: Listed,
+        listener: TcpListener,
+    ) {
         let id = listed.id;
         let new = keep.then(|| SessionRecord {
             id,
@@ -139,8 +147,7 @@ impl Coordinator {
         self.directory.set_starting(id);
         self.starting.insert(id, vec![(reply, keep)]);
         self.replies.pending(reply.key);
-        let span =
-            tracing::info_span!("start", request = reply.id, user = %listed.creator, session = %id);
+        let span = tracing::info_span!("start", request = reply.id, %user, session = %id);
         self.spawn_job(
             async move {
                 let result = match stored.await {
