@@ -66,6 +66,10 @@ const REPLY_TTL: Duration = Duration::from_secs(120);
 const REPLY_BUDGET: usize = 16 * 1024 * 1024;
 /// No answer is more than this many times the size of its request.
 const AMPLIFICATION: usize = 3;
+/// Most database jobs (`create`, `close`, a `join` that starts a server) in flight; beyond it
+/// they are answered `busy`, as the loop would otherwise spawn without bound for a token holder
+/// who sends them faster than the database thread works.
+const MAX_JOBS: usize = 4096;
 /// Receive buffer asked for the UDP socket: padded requests take about 1.3 KiB of buffer each,
 /// so the usual 208 KiB default drops bursts of more than ~150 requests.
 const RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
@@ -164,6 +168,7 @@ pub async fn run(
         logins_in_flight: Default::default(),
         done: done_tx,
         starting: HashMap::new(),
+        jobs: 0,
         generation: 0,
     };
     for rec in stored {
@@ -276,6 +281,8 @@ struct Coordinator {
     /// Sessions marked `Starting` in the directory, with the requests waiting for their server
     /// (and whether each answer is kept for retries: a `create`'s is, a `join`'s is not).
     starting: HashMap<Uuid, Vec<(Reply, bool)>>,
+    /// Jobs spawned whose result the loop has not applied yet.
+    jobs: usize,
     generation: u64,
 }
 
@@ -404,6 +411,7 @@ impl Coordinator {
     /// Applies a job's result and encodes its answers (a session start answers every request
     /// that waited for it).
     fn finish(&mut self, done: Done) -> Vec<(Bytes, SocketAddr)> {
+        self.jobs -= 1;
         match done {
             Done::Account { reply, body, login } => vec![self.finish_account(reply, body, login)],
             Done::Started {
@@ -451,7 +459,8 @@ impl Coordinator {
     /// Runs `job` on the coordinator's tracker, so shutdown waits for it (and ends it: a job
     /// still waiting when shutdown begins is dropped, its request unanswered), and hands its
     /// result to the loop.
-    fn spawn_job(&self, job: impl Future<Output = Done> + Send + 'static) {
+    fn spawn_job(&mut self, job: impl Future<Output = Done> + Send + 'static) {
+        self.jobs += 1;
         let (done, shutdown) = (self.done.clone(), self.shutdown.clone());
         self.tracker.spawn(async move {
             tokio::select! {
@@ -461,6 +470,17 @@ impl Coordinator {
                 _ = shutdown.cancelled() => {}
             }
         });
+    }
+
+    /// Refuses a database job beyond `MAX_JOBS` in flight (nothing was done; clients retry).
+    fn room_for_job(&self) -> Result<(), ErrorBody> {
+        if self.jobs >= MAX_JOBS {
+            return Err(err(
+                ErrorCode::Busy,
+                "the coordinator has too many requests in progress; try again in a moment",
+            ));
+        }
+        Ok(())
     }
 
     fn verify(&self, token: &str) -> Result<Claims, ErrorBody> {

@@ -42,6 +42,7 @@ type Now = Result<Option<ResponseBody>, ErrorBody>;
 impl Coordinator {
     pub(super) fn create(&mut self, reply: Reply, name: Option<String>, token: &str) -> Now {
         let claims = self.verify(token)?;
+        self.room_for_job()?;
         if let Some(name) = &name {
             auth::validate_session_name(name)
                 .map_err(|e| err(ErrorCode::InvalidName, e.to_string()))?;
@@ -112,6 +113,7 @@ impl Coordinator {
             self.replies.pending(reply.key);
             return Ok(None);
         }
+        self.room_for_job()?;
         let listener = self.open_listener()?;
         self.start(reply, &claims.user, false, listed, listener);
         Ok(None)
@@ -215,6 +217,7 @@ impl Coordinator {
                 format!("only {} may close this session", listed.creator),
             ));
         }
+        self.room_for_job()?;
         let id = listed.id;
         let deleted = self.db.call(move |s| s.delete_session(id));
         self.replies.pending(reply.key);
