@@ -9,7 +9,8 @@ use chrono::{SubsecRound, Utc};
 use tracing::Instrument;
 
 use super::hashing::Ticket;
-use super::{Coordinator, Done, Reply, err, internal, quota, refuse};
+use super::jobs::{Done, Reply};
+use super::{Coordinator, err, internal, quota, refuse};
 use crate::auth;
 use crate::protocol::{ErrorBody, ErrorCode, Password, ResponseBody, limits};
 use crate::store::StoreError;

@@ -25,6 +25,7 @@ mod config;
 mod directory;
 mod fds;
 mod hashing;
+mod jobs;
 mod quota;
 mod replies;
 mod sessions;
@@ -56,9 +57,9 @@ use crate::presence_log::PresenceLog;
 use crate::protocol::{ErrorBody, ErrorCode, Request, RequestBody, Response, ResponseBody, limits};
 use crate::store::Store;
 use hashing::HashPool;
+use jobs::{Done, Reply};
 use quota::Buckets;
 use replies::{ReplyCache, RequestKey, Slot};
-use sessions::Started;
 
 /// How long a cached answer is replayed to a retrying client.
 const REPLY_TTL: Duration = Duration::from_secs(120);
@@ -219,41 +220,6 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || db_thread.join()).await;
     tracing::info!("coordinator stopped");
     Ok(())
-}
-
-/// Whom to answer: the request's address and id, and its key in the reply cache.
-#[derive(Debug, Clone, Copy)]
-struct Reply {
-    from: SocketAddr,
-    id: u64,
-    key: RequestKey,
-}
-
-/// A job that finished, for the loop to apply and answer.
-enum Done {
-    /// `register` or `login`.
-    Account {
-        reply: Reply,
-        body: ResponseBody,
-        /// For logins: the name, and whether it succeeded (`None` when an internal error says
-        /// nothing about the password), for the throttle.
-        login: Option<(String, Option<bool>)>,
-    },
-    /// A session's server is ready to start (or could not be); answers every request waiting
-    /// for it.
-    Started {
-        session: Uuid,
-        /// By a `create`: the session was not stored before.
-        created: bool,
-        result: Result<Started, ErrorBody>,
-    },
-    /// A `close` was written to the database (or could not be).
-    Closed {
-        reply: Reply,
-        session: Uuid,
-        by: String,
-        result: Result<(), ErrorBody>,
-    },
 }
 
 struct Coordinator {

@@ -18,23 +18,16 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::directory::{Listed, name_taken};
-use super::{Coordinator, Done, Reply, encode, err, fds, internal, quota};
+use super::jobs::{Done, Reply, Started};
+use super::{Coordinator, encode, err, fds, internal, quota};
 use crate::auth;
 use crate::db::to_line;
 use crate::protocol::{ErrorBody, ErrorCode, ResponseBody, SessionInfo, limits};
 use crate::session::{self, SessionConfig, Stop};
-use crate::store::{SessionRecord, StoreError, StoredMessage};
+use crate::store::{SessionRecord, StoreError};
 
 /// Backlog of session listeners: bursts of thousands of joins must not be reset.
 const LISTEN_BACKLOG: u32 = 4096;
-
-/// A session whose server can start: its listener, and the history it starts with.
-pub(super) struct Started {
-    listed: Listed,
-    listener: TcpListener,
-    seq: u64,
-    recent: Vec<StoredMessage>,
-}
 
 /// What a request for the loop leads to: an answer now (`Some`), or later, from a job (`None`).
 type Now = Result<Option<ResponseBody>, ErrorBody>;
