@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::{Result, StoreError};
+use super::error::{Result, StoreError};
 
 /// Schema migrations, applied in order. Step `i` (0-based) brings the schema
 /// from version `i` to version `i + 1`; the version is recorded in
