@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::protocol::ChatLine;
 use crate::session::HistoryStore;
-use crate::store::{Store, StoredMessage};
+use crate::store::{Store, StoreError, StoredMessage};
 
 /// Jobs waiting for the database thread; appends beyond this are dropped with an error logged.
 const QUEUE: usize = 100_000;
@@ -26,11 +26,6 @@ enum Job {
     Call(Call),
     Append(StoredMessage),
 }
-
-/// The database thread is gone (it panicked, or shutdown has begun).
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the database is not available")]
-pub struct DbGone;
 
 /// Cheap to clone; the thread ends when the last handle is dropped, after finishing its queue.
 #[derive(Clone)]
@@ -49,26 +44,34 @@ impl Db {
         Ok((Db { tx }, thread))
     }
 
-    /// Runs `f` on the database thread and returns its result.
-    pub async fn call<R: Send + 'static>(
+    /// Runs `f` on the database thread and returns its result; a thread that is gone is one more
+    /// storage error ([`StoreError::Gone`]), so callers handle every failure with one `?`.
+    ///
+    /// The job is queued when `call` is called, not when the future is first polled, so the jobs
+    /// one task hands to other tasks reach the database in the order it made them (unless the
+    /// queue is full).
+    pub fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> R + Send + 'static,
-    ) -> Result<R, DbGone> {
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
         let (reply, result) = oneshot::channel();
         let job = Job::Call(Box::new(move |store| {
             let _ = reply.send(f(store));
         }));
-        // The queue is bounded; waiting for room must not block the runtime.
         let tx = self.tx.clone();
-        match tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job)) => tokio::task::spawn_blocking(move || tx.send(job))
-                .await
-                .map_err(|_| DbGone)?
-                .map_err(|_| DbGone)?,
-            Err(TrySendError::Disconnected(_)) => return Err(DbGone),
+        let queued = tx.try_send(job);
+        async move {
+            match queued {
+                Ok(()) => {}
+                // The queue is bounded; waiting for room must not block the runtime.
+                Err(TrySendError::Full(job)) => tokio::task::spawn_blocking(move || tx.send(job))
+                    .await
+                    .map_err(|_| StoreError::Gone)?
+                    .map_err(|_| StoreError::Gone)?,
+                Err(TrySendError::Disconnected(_)) => return Err(StoreError::Gone),
+            }
+            result.await.map_err(|_| StoreError::Gone)?
         }
-        result.await.map_err(|_| DbGone)
     }
 }
 
@@ -99,12 +102,12 @@ impl HistoryStore for Db {
                 .call(move |s| s.history(session, Some(before), limit))
                 .await
             {
-                Ok(Ok(msgs)) => msgs.into_iter().map(to_line).collect(),
-                Ok(Err(e)) => {
+                Ok(msgs) => msgs.into_iter().map(to_line).collect(),
+                Err(StoreError::Gone) => Vec::new(),
+                Err(e) => {
                     tracing::error!(%session, error = %e, "history read failed");
                     Vec::new()
                 }
-                Err(DbGone) => Vec::new(),
             }
         })
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use confab::client::{ClientError, Event};
 use confab::coordinator::CoordinatorConfig;
-use confab::protocol::{ErrorCode, LeaveReason, Response, ResponseBody};
+use confab::protocol::{ErrorCode, LeaveReason, ResponseBody};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -306,26 +306,6 @@ async fn a_forged_private_message_is_rejected() {
     );
     // The real alice still gets through.
     alice.dm("bob", "real").await.unwrap();
-}
-
-async fn raw_request(
-    socket: &UdpSocket,
-    coordinator: std::net::SocketAddr,
-    body: &str,
-) -> Response {
-    let mut body = body.as_bytes().to_vec();
-    confab::protocol::pad_request(&mut body);
-    socket.send_to(&body, coordinator).await.unwrap();
-    let mut buf = vec![0u8; 65536];
-    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        n <= 1200,
-        "answer of {n} bytes is larger than one safe datagram"
-    );
-    serde_json::from_slice(&buf[..n]).unwrap()
 }
 
 #[tokio::test]

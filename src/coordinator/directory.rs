@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use parking_lot::{Mutex, MutexGuard};
 use uuid::Uuid;
 
 use crate::protocol::{DirectoryEntry, ErrorBody, ErrorCode, SessionInfo};
@@ -73,8 +74,17 @@ struct State {
 
 struct Entry {
     listed: Listed,
-    running: Option<Running>,
+    server: Server,
     members: BTreeSet<String>,
+}
+
+/// Where a session's server is in its life.
+enum Server {
+    Stopped,
+    /// Its listener is bound and its history being read: a `join` waits for this start rather
+    /// than making a second server.
+    Starting,
+    Running(Running),
 }
 
 struct Running {
@@ -86,8 +96,7 @@ struct Running {
 
 impl Directory {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock leaves plain data behind; keep serving.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     /// Number of sessions.
@@ -100,12 +109,12 @@ impl Directory {
         self.len() == 0
     }
 
-    /// Number of sessions whose server runs.
+    /// Number of sessions whose server runs or is starting.
     pub fn running(&self) -> usize {
         self.lock()
             .by_id
             .values()
-            .filter(|e| e.running.is_some())
+            .filter(|e| !matches!(e.server, Server::Stopped))
             .count()
     }
 
@@ -142,43 +151,66 @@ impl Directory {
             listed.id,
             Entry {
                 listed,
-                running: None,
+                server: Server::Stopped,
                 members: BTreeSet::new(),
             },
         );
         Ok(())
     }
 
+    /// Marks the server of a stopped session `id` as starting.
+    pub(super) fn set_starting(&self, id: Uuid) {
+        if let Some(entry) = self.lock().by_id.get_mut(&id)
+            && matches!(entry.server, Server::Stopped)
+        {
+            entry.server = Server::Starting;
+        }
+    }
+
+    /// Whether the server of `id` is starting (false once the session is closed).
+    pub(super) fn is_starting(&self, id: Uuid) -> bool {
+        self.lock()
+            .by_id
+            .get(&id)
+            .is_some_and(|e| matches!(e.server, Server::Starting))
+    }
+
+    /// Marks a server that could not start as stopped (a later `join` tries again).
+    pub(super) fn set_start_failed(&self, id: Uuid) {
+        if let Some(entry) = self.lock().by_id.get_mut(&id)
+            && matches!(entry.server, Server::Starting)
+        {
+            entry.server = Server::Stopped;
+        }
+    }
+
     /// Records that a server for `id` runs at `server`.
     pub fn set_running(&self, id: Uuid, server: SocketAddr, generation: u64, stop: Stop) {
         if let Some(entry) = self.lock().by_id.get_mut(&id) {
             entry.listed.server = Some(server);
-            entry.running = Some(Running { generation, stop });
+            entry.server = Server::Running(Running { generation, stop });
         }
     }
 
     /// Fault injection: kills the running server of `id` as a panic would. Returns whether one ran.
     #[cfg(feature = "test-util")]
     pub fn crash(&self, id: Uuid) -> bool {
-        match self.lock().by_id.get(&id).and_then(|e| e.running.as_ref()) {
-            Some(running) => {
+        match self.lock().by_id.get(&id).map(|e| &e.server) {
+            Some(Server::Running(running)) => {
                 running.stop.crash();
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
     /// Records that the server of that generation stopped; its members are gone with it.
     pub fn set_stopped(&self, id: Uuid, generation: u64) {
         if let Some(entry) = self.lock().by_id.get_mut(&id)
-            && entry
-                .running
-                .as_ref()
-                .is_some_and(|r| r.generation == generation)
+            && matches!(&entry.server, Server::Running(r) if r.generation == generation)
         {
             entry.listed.server = None;
-            entry.running = None;
+            entry.server = Server::Stopped;
             entry.members.clear();
         }
     }
@@ -199,7 +231,7 @@ impl Directory {
                 state.by_creator.remove(&creator);
             }
         }
-        if let Some(running) = entry.running {
+        if let Server::Running(running) = entry.server {
             running.stop.close_by(by);
         }
         Some(entry.listed)
@@ -311,7 +343,8 @@ impl SessionObserver for Directory {
     }
 }
 
-fn name_taken(name: &str) -> ErrorBody {
+/// The refusal of a session name already in use.
+pub(super) fn name_taken(name: &str) -> ErrorBody {
     ErrorBody::new(
         ErrorCode::NameTaken,
         format!("a session named {name} already exists"),
@@ -379,6 +412,31 @@ mod tests {
         };
         d.insert(own.clone()).unwrap();
         assert_eq!(d.find(&own.id.to_string()[..6]).unwrap(), own);
+    }
+
+    #[test]
+    fn a_starting_server_counts_as_running_until_it_runs_or_fails() {
+        let d = Directory::default();
+        let s = Listed {
+            server: None,
+            ..info(Some("idle"))
+        };
+        d.insert(s.clone()).unwrap();
+        assert_eq!(d.running(), 0);
+        d.set_starting(s.id);
+        assert!(d.is_starting(s.id));
+        assert_eq!(d.running(), 1, "its listener is bound");
+        assert_eq!(
+            d.find("idle").unwrap().server,
+            None,
+            "no address to join yet"
+        );
+        d.set_start_failed(s.id);
+        assert!(!d.is_starting(s.id));
+        assert_eq!(d.running(), 0);
+        d.set_starting(s.id);
+        d.remove(s.id, "alice");
+        assert!(!d.is_starting(s.id), "closed while starting");
     }
 
     #[test]

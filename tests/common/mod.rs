@@ -142,6 +142,27 @@ pub async fn token_for(user: &str, coordinator: SocketAddr) -> String {
     panic!("no login answer");
 }
 
+/// Sends one request by hand (padded) and waits for its answer, which must fit a safe datagram.
+pub async fn raw_request(
+    socket: &UdpSocket,
+    coordinator: std::net::SocketAddr,
+    body: &str,
+) -> confab::protocol::Response {
+    let mut body = body.as_bytes().to_vec();
+    confab::protocol::pad_request(&mut body);
+    socket.send_to(&body, coordinator).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        n <= 1200,
+        "answer of {n} bytes is larger than one safe datagram"
+    );
+    serde_json::from_slice(&buf[..n]).unwrap()
+}
+
 /// The first line a raw TCP member sends.
 pub fn hello(user: &str, token: &str, udp: SocketAddr) -> String {
     format!(r#"{{"type":"hello","user":"{user}","token":"{token}","udp":"{udp}"}}"#) + "\n"

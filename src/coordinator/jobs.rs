@@ -1,0 +1,58 @@
+//! What the loop hands to jobs and gets back from them: whom to answer, and what finished.
+//!
+//! A leaf module: the request handlers (`accounts.rs`, `sessions.rs`) import the loop's
+//! `Coordinator`, and the loop (`mod.rs`) takes these types from here, never from them, so no two
+//! files import each other.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use super::directory::Listed;
+use super::replies::RequestKey;
+use crate::protocol::{ErrorBody, ResponseBody};
+use crate::store::StoredMessage;
+
+/// Whom to answer: the request's address and id, and its key in the reply cache.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reply {
+    pub(super) from: SocketAddr,
+    pub(super) id: u64,
+    pub(super) key: RequestKey,
+}
+
+/// A job that finished, for the loop to apply and answer.
+pub(super) enum Done {
+    /// `register` or `login`.
+    Account {
+        reply: Reply,
+        body: ResponseBody,
+        /// For logins: the name, and whether it succeeded (`None` when an internal error says
+        /// nothing about the password), for the throttle.
+        login: Option<(String, Option<bool>)>,
+    },
+    /// A session's server is ready to start (or could not be); answers every request waiting
+    /// for it.
+    Started {
+        session: Uuid,
+        /// By a `create`: the session was not stored before.
+        created: bool,
+        result: Result<Started, ErrorBody>,
+    },
+    /// A `close` was written to the database (or could not be).
+    Closed {
+        reply: Reply,
+        session: Uuid,
+        by: String,
+        result: Result<(), ErrorBody>,
+    },
+}
+
+/// A session whose server can start: its listener, and the history it starts with.
+pub(super) struct Started {
+    pub(super) listed: Listed,
+    pub(super) listener: TcpListener,
+    pub(super) seq: u64,
+    pub(super) recent: Vec<StoredMessage>,
+}

@@ -1,0 +1,351 @@
+//! Sessions: `create`, `join`, `close` and `list`, and starting a session's server.
+//!
+//! A server starts in two steps. The loop binds its listener and marks the session `Starting`
+//! in the directory; a job then reads the session's history (storing the session first, for a
+//! `create`), and the loop spawns the server when the job reports back, answering every request
+//! that waited for it. A `join` of a session that is starting waits for that start, so two joins
+//! of an idle session start one server and both are told its address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{SubsecRound, Utc};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::directory::{Listed, name_taken};
+use super::jobs::{Done, Reply, Started};
+use super::{Coordinator, encode, err, fds, internal, quota};
+use crate::auth;
+use crate::db::to_line;
+use crate::protocol::{ErrorBody, ErrorCode, ResponseBody, SessionInfo, limits};
+use crate::session::{self, SessionConfig, Stop};
+use crate::store::{SessionRecord, StoreError};
+
+/// Backlog of session listeners: bursts of thousands of joins must not be reset.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// What a request for the loop leads to: an answer now (`Some`), or later, from a job (`None`).
+type Now = Result<Option<ResponseBody>, ErrorBody>;
+
+impl Coordinator {
+    pub(super) fn create(&mut self, reply: Reply, name: Option<String>, token: &str) -> Now {
+        let claims = self.verify(token)?;
+        self.room_for_job()?;
+        if let Some(name) = &name {
+            auth::validate_session_name(name)
+                .map_err(|e| err(ErrorCode::InvalidName, e.to_string()))?;
+            if self.directory.name_taken(name) {
+                return Err(name_taken(name));
+            }
+        }
+        self.check_session_quotas(reply.from, &claims.user)?;
+        // The server's port first: a session whose server cannot start is never listed.
+        let listener = self.open_listener()?;
+        let listed = Listed {
+            id: Uuid::new_v4(),
+            name,
+            creator: claims.user,
+            created: Utc::now().trunc_subsecs(3),
+            server: None,
+        };
+        // Listed at once (its name is taken from now on); taken out again if it cannot be stored.
+        self.directory.insert(listed.clone())?;
+        tracing::info!(session = %listed.id, name = ?listed.name, creator = %listed.creator, "session created");
+        let creator = listed.creator.clone();
+        self.start(reply, &creator, true, listed, listener);
+        Ok(None)
+    }
+
+    /// Refuses a `create` beyond the creator's or the address's quota, taking one of each
+    /// otherwise.
+    fn check_session_quotas(&mut self, from: SocketAddr, user: &str) -> Result<(), ErrorBody> {
+        let limits = &self.config.abuse;
+        if let Some(cap) = limits.live_sessions_per_user
+            && self.directory.created_by(user) >= cap
+        {
+            return Err(err(
+                ErrorCode::Quota,
+                format!("you have {cap} sessions, the most one account may have; close one first"),
+            ));
+        }
+        let now = Instant::now();
+        if let Err(wait) = self.created_by_user.take(&user.to_lowercase(), now) {
+            return Err(err(
+                ErrorCode::Quota,
+                format!(
+                    "you created too many sessions in the last hour; try again in {}",
+                    quota::in_words(wait)
+                ),
+            ));
+        }
+        if let Err(wait) = self.created_by_address.take(&auth::ip_key(from.ip()), now) {
+            return Err(err(
+                ErrorCode::Quota,
+                format!(
+                    "too many sessions created from this address; try again in {}",
+                    quota::in_words(wait)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn join(&mut self, reply: Reply, key: &str, token: &str) -> Now {
+        let claims = self.verify(token)?;
+        let listed = self.directory.find(key)?;
+        if let Some(session) = listed.info() {
+            return Ok(Some(ResponseBody::Session { session }));
+        }
+        if let Some(waiting) = self.starting.get_mut(&listed.id) {
+            waiting.push((reply, false));
+            self.replies.pending(reply.key);
+            return Ok(None);
+        }
+        self.room_for_job()?;
+        let listener = self.open_listener()?;
+        self.start(reply, &claims.user, false, listed, listener);
+        Ok(None)
+    }
+
+    /// Marks `listed` as starting and reads (for a new session: first stores) it in a job;
+    /// `reply` (from `user`) waits for the start, its answer kept for retries when `keep`.
+    fn start(
+        &mut self,
+        reply: Reply,
+        user: &str,
+        keep: bool,
+        listed: Listed,
+        listener: TcpListener,
+    ) {
+        let id = listed.id;
+        let new = keep.then(|| SessionRecord {
+            id,
+            name: listed.name.clone(),
+            creator: listed.creator.clone(),
+            created: listed.created,
+        });
+        let created = new.is_some();
+        let recent = self.config.recent_messages;
+        // Queued now, in the loop, so it reaches the database before anything asked after it
+        // (a `close` of the new session above all).
+        let stored = self.db.call(move |s| {
+            if let Some(rec) = &new {
+                s.insert_session(rec)?;
+            }
+            Ok((s.last_seq(id)?, s.history(id, None, recent)?))
+        });
+        self.directory.set_starting(id);
+        self.starting.insert(id, vec![(reply, keep)]);
+        self.replies.pending(reply.key);
+        let span = tracing::info_span!("start", request = reply.id, %user, session = %id);
+        self.spawn_job(
+            async move {
+                let result = match stored.await {
+                    Ok((seq, recent)) => Ok(Started {
+                        listed,
+                        listener,
+                        seq,
+                        recent,
+                    }),
+                    Err(StoreError::NameTaken) => {
+                        Err(name_taken(listed.name.as_deref().unwrap_or_default()))
+                    }
+                    Err(e) => Err(internal(e)),
+                };
+                Done::Started {
+                    session: id,
+                    created,
+                    result,
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Starts the server of a session whose start job finished, and answers whoever waited.
+    pub(super) fn launch(
+        &mut self,
+        id: Uuid,
+        created: bool,
+        result: Result<Started, ErrorBody>,
+    ) -> Vec<(Bytes, SocketAddr)> {
+        let waiting = self.starting.remove(&id).unwrap_or_default();
+        let body = match result {
+            Ok(started) if self.directory.is_starting(id) => self
+                .spawn_server(started)
+                .map(|session| ResponseBody::Session { session }),
+            // Closed while it was starting.
+            Ok(_) => Err(err(
+                ErrorCode::SessionNotFound,
+                format!("session not found: {id}"),
+            )),
+            Err(e) => Err(e),
+        };
+        if body.is_err() && self.directory.is_starting(id) {
+            if created {
+                // Never stored, so it does not exist (and has no members to tell).
+                self.directory.remove(id, "");
+            } else {
+                self.directory.set_start_failed(id);
+            }
+        }
+        let ok = body.is_ok();
+        waiting
+            .into_iter()
+            .map(|(reply, keep)| self.settle(reply, body.clone(), keep && ok))
+            .collect()
+    }
+
+    pub(super) fn close(&mut self, reply: Reply, key: &str, token: &str) -> Now {
+        let claims = self.verify(token)?;
+        let listed = self.directory.find(key)?;
+        if !listed.creator.eq_ignore_ascii_case(&claims.user) {
+            return Err(err(
+                ErrorCode::Forbidden,
+                format!("only {} may close this session", listed.creator),
+            ));
+        }
+        self.room_for_job()?;
+        let id = listed.id;
+        let deleted = self.db.call(move |s| s.delete_session(id));
+        self.replies.pending(reply.key);
+        let span =
+            tracing::info_span!("close", request = reply.id, user = %claims.user, session = %id);
+        self.spawn_job(
+            async move {
+                Done::Closed {
+                    reply,
+                    session: id,
+                    by: claims.user,
+                    result: deleted.await.map(drop).map_err(internal),
+                }
+            }
+            .instrument(span),
+        );
+        Ok(None)
+    }
+
+    /// A listener for one more session server, unless that would leave too few descriptors for
+    /// the members of the sessions already running (or the server limit is reached).
+    fn open_listener(&self) -> Result<TcpListener, ErrorBody> {
+        let running = self.directory.running();
+        if running >= self.config.max_sessions {
+            return Err(err(
+                ErrorCode::Full,
+                format!(
+                    "the coordinator already runs {} sessions, its limit",
+                    self.config.max_sessions
+                ),
+            ));
+        }
+        if let Some((open, limit)) = fds::usage() {
+            let reserve = self.config.fd_reserve.unwrap_or(limit / 4);
+            if open.saturating_add(reserve) >= limit {
+                tracing::warn!(
+                    open,
+                    limit,
+                    reserve,
+                    running,
+                    "no descriptors to spare for a new session"
+                );
+                return Err(err(
+                    ErrorCode::Full,
+                    "the coordinator has no file descriptors to spare for another session; \
+                     try again later",
+                ));
+            }
+        }
+        bind_listener(SocketAddr::new(self.session_host, 0)).map_err(|e| {
+            tracing::warn!(error = %e, "cannot bind a session server");
+            err(
+                ErrorCode::Full,
+                format!("the coordinator cannot start another session server: {e}"),
+            )
+        })
+    }
+
+    /// Spawns the server of a session on its listener, with its stored history.
+    fn spawn_server(&mut self, started: Started) -> Result<SessionInfo, ErrorBody> {
+        let Started {
+            listed,
+            listener,
+            seq,
+            recent,
+        } = started;
+        let id = listed.id;
+        let server = listener.local_addr().map_err(internal)?;
+        let mut config = SessionConfig::new(id, listed.name.clone());
+        config.idle_timeout = self.config.idle_timeout;
+        config.max_members = self.config.max_members;
+        config.member_queue = self.config.member_queue;
+        config.member_budget = self.config.member_budget;
+        config.full_roster_max = self.config.full_roster_max;
+        config.recent_messages = self.config.recent_messages;
+        config.member_limits = self.config.member_limits.clone();
+        config.presence_log = self.presence_log.clone();
+        config.observer = Some(Arc::new(self.directory.clone()));
+        config.history = Some(Arc::new(self.db.clone()));
+        config.tokens = Some(self.keys.clone());
+        config.start_seq = seq;
+        config.start_recent = recent.into_iter().map(to_line).collect();
+
+        self.generation += 1;
+        let generation = self.generation;
+        let stop = Stop {
+            shutdown: self.shutdown.clone(),
+            close: CancellationToken::new(),
+            crash: CancellationToken::new(),
+            closed_by: Default::default(),
+        };
+        self.directory
+            .set_running(id, server, generation, stop.clone());
+        let directory = self.directory.clone();
+        self.tracker.spawn(async move {
+            let ended = session::run(listener, config, stop).await;
+            tracing::info!(session = %id, ?ended, "session server stopped");
+            directory.set_stopped(id, generation);
+        });
+        Ok(SessionInfo {
+            id,
+            name: listed.name,
+            server,
+            creator: listed.creator,
+            created: listed.created,
+        })
+    }
+
+    pub(super) fn list(&self, cursor: usize, from: SocketAddr) -> ResponseBody {
+        // What an answer costs without entries, with the widest numbers it could hold.
+        let empty = encode(
+            Some(u64::MAX),
+            from,
+            ResponseBody::Sessions {
+                sessions: Vec::new(),
+                next: Some(usize::MAX),
+                total: usize::MAX,
+            },
+        );
+        let budget = limits::MAX_DATAGRAM.saturating_sub(empty.len());
+        let (sessions, next, total) = self.directory.page(cursor, budget);
+        ResponseBody::Sessions {
+            sessions,
+            next,
+            total,
+        }
+    }
+}
+
+/// A listener with a backlog deep enough for thousands of simultaneous joins.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
