@@ -40,7 +40,7 @@ pub use event::Event;
 pub use roster::Roster;
 
 use crate::protocol::{
-    DirectoryEntry, Member, Password, RequestBody, ResponseBody, SessionInfo, limits,
+    DirectoryEntry, Member, Password, RequestBody, ResponseBody, SessionInfo, check_text,
 };
 use backoff::Backoff;
 use dm::Dms;
@@ -414,16 +414,7 @@ impl Client {
     /// Sends a line to the whole group; it comes back as [`Event::Message`] in its place in the
     /// session's order.
     pub async fn say(&self, text: &str) -> Result<(), ClientError> {
-        if text.trim().is_empty() {
-            return Err(ClientError::Invalid("empty message".into()));
-        }
-        if text.len() > limits::MAX_TEXT {
-            return Err(ClientError::Invalid(format!(
-                "message too long: {} bytes, limit {}",
-                text.len(),
-                limits::MAX_TEXT
-            )));
-        }
+        check_text(text).map_err(|e| ClientError::Invalid(e.message))?;
         let link = self.link_sender()?;
         link.say(text).await
     }

@@ -21,7 +21,9 @@ use super::outbox::Outbox;
 use super::room::{ConnId, JoinRequest, Line, Replay, RoomEvent};
 use crate::bucket::TokenBucket;
 use crate::codec::{Frame, LineCodec, encode_line};
-use crate::protocol::{ByeReason, ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, limits};
+use crate::protocol::{
+    ByeReason, ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, check_text, limits,
+};
 
 /// Limits on what one member may send; documented in README's "Limits and failure behaviour".
 #[derive(Debug, Clone)]
@@ -429,23 +431,6 @@ fn admit(config: &SessionConfig, user: String, token: &str) -> Result<String, Er
     Ok(claims.user)
 }
 
-fn check_text(text: &str) -> Result<(), ErrorBody> {
-    if text.trim().is_empty() {
-        return Err(ErrorBody::new(ErrorCode::InvalidText, "empty message"));
-    }
-    if text.len() > limits::MAX_TEXT {
-        return Err(ErrorBody::new(
-            ErrorCode::InvalidText,
-            format!(
-                "message too long: {} bytes, limit {}",
-                text.len(),
-                limits::MAX_TEXT
-            ),
-        ));
-    }
-    Ok(())
-}
-
 fn error(code: ErrorCode, message: impl Into<String>) -> Bytes {
     encode_line(&ServerMsg::Error(ErrorBody::new(code, message)))
 }
@@ -467,17 +452,4 @@ fn bye(reason: ByeReason, message: &str) -> Bytes {
         message: message.to_string(),
         by: None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_limits() {
-        assert!(check_text("hi").is_ok());
-        assert_eq!(check_text("  ").unwrap_err().code, ErrorCode::InvalidText);
-        assert!(check_text(&"x".repeat(limits::MAX_TEXT)).is_ok());
-        assert!(check_text(&"x".repeat(limits::MAX_TEXT + 1)).is_err());
-    }
 }

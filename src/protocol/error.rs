@@ -1,0 +1,76 @@
+//! Errors every transport shares: a code for programs and a message for people.
+
+use serde::{Deserialize, Serialize};
+
+/// Machine-readable error codes, shared by every transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not valid JSON, or not a message this side understands.
+    Malformed,
+    /// The datagram or line is larger than the documented limit.
+    TooLarge,
+    /// No session matches the given id or name.
+    SessionNotFound,
+    /// An id prefix matches more than one session.
+    Ambiguous,
+    /// The session name, or the member name within a session, is in use.
+    NameTaken,
+    /// A name breaks the naming rules.
+    InvalidName,
+    /// A text is empty or too long.
+    InvalidText,
+    /// A limit of the server was reached (sessions, members).
+    Full,
+    /// The member sent faster than allowed.
+    RateLimited,
+    /// A message arrived out of turn (for example `say` before `hello`).
+    Unexpected,
+    /// No token, or a token that is forged, altered or expired.
+    Unauthorized,
+    /// Login failed: unknown user or wrong password (deliberately not saying which).
+    InvalidCredentials,
+    /// The password is empty or too long.
+    InvalidPassword,
+    /// Too many failed logins; wait and try again.
+    Throttled,
+    /// Allowed only to someone else (closing a session one did not create).
+    Forbidden,
+    /// A rejoining member missed more lines than the server replays; `history` has them.
+    Gap,
+    /// The server has too much of this kind of work at once (password checks); nothing was
+    /// done; try again in a moment.
+    Busy,
+    /// A coordinator request shorter than `limits::MIN_REQUEST` bytes: pad it with spaces.
+    TooSmall,
+    /// A per-user or per-address quota was reached (registrations or sessions created per hour,
+    /// sessions kept); the message says which, and when to try again.
+    Quota,
+    /// Something failed inside the server.
+    Internal,
+}
+
+/// An error answer: a code for programs and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// What happened, in words a person can act on.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error with its message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
