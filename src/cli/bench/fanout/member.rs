@@ -32,8 +32,8 @@ pub(super) struct Shared {
     pub(super) go: CancellationToken,
     /// Senders still sending; the last one to finish cancels `senders_done`.
     pub(super) senders_left: AtomicUsize,
-    /// Cancelled when every sender is done; from then on a receiver that hears nothing for
-    /// [`QUIET`] stops waiting (its missing messages are lost, and counted so).
+    /// Cancelled when every sender is done; from then on a receiver stops waiting once nobody in
+    /// the run has heard anything for [`QUIET`] (its missing messages are lost, and counted so).
     pub(super) senders_done: CancellationToken,
     /// Deliveries so far, for the progress line.
     pub(super) delivered: Arc<AtomicU64>,
@@ -235,6 +235,7 @@ async fn member(
     let mut ticker = None;
     let mut deadline = tokio::time::Instant::now() + shared.timeout;
     let mut last_read = tokio::time::Instant::now();
+    let mut heard_at_quiet_check = u64::MAX;
     let (mut sent, mut in_flight, mut send_failed) = (0u64, 0usize, 0u64);
     let mut sending = false;
     let window = if opts.window == 0 || opts.open_loop {
@@ -336,6 +337,16 @@ async fn member(
                 continue;
             }
             Wake::Timeout => {
+                // Quiet for us, but if anyone in the run still hears lines the server is busy
+                // (flow control paces the room to its slowest reader, and a loaded machine can
+                // deschedule it for seconds): keep waiting until the whole run is quiet.
+                let heard = shared.delivered.load(Ordering::Relaxed);
+                if quiet && heard != heard_at_quiet_check && tokio::time::Instant::now() < deadline
+                {
+                    heard_at_quiet_check = heard;
+                    last_read = tokio::time::Instant::now();
+                    continue;
+                }
                 if started {
                     tally.timed_out += 1;
                 } else {
