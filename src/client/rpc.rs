@@ -9,6 +9,7 @@ use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -111,6 +112,10 @@ impl Coord {
     }
 
     /// Sends one request, retrying with backoff until the coordinator answers.
+    ///
+    /// A `busy` answer is not a lost one: the coordinator is there and says when to come back, so
+    /// the wait it asks for (spread by up to half again, so that clients refused together do not
+    /// return together) costs none of the tries, only time, up to [`BUSY_PATIENCE`].
     pub(super) async fn request(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut bytes =
@@ -118,22 +123,31 @@ impl Coord {
         crate::protocol::pad_request(&mut bytes);
         let mut answer = self.requests.register(id);
         let mut delays = self.retry.delays();
-        while let Some(delay) = delays.next() {
+        let mut delay = delays.next();
+        let patience = tokio::time::Instant::now() + BUSY_PATIENCE;
+        while let Some(wait) = delay {
             if let Err(e) = self.udp.send_to(&bytes, self.addr).await {
                 tracing::debug!(error = %e, "request send failed");
             }
-            if let Ok(Ok(resp)) = tokio::time::timeout(delay, &mut answer).await {
-                *self.observed.lock() = Some(resp.observed);
-                match resp.body {
-                    // Nothing was done; the same request after the next delay may find room.
-                    ResponseBody::Error(e) if e.code == ErrorCode::Busy => {
-                        let Some(delay) = delays.next() else { break };
-                        tokio::time::sleep(delay).await;
-                        answer = self.requests.register(id);
+            let Ok(Ok(resp)) = tokio::time::timeout(wait, &mut answer).await else {
+                delay = delays.next();
+                continue;
+            };
+            *self.observed.lock() = Some(resp.observed);
+            match resp.body {
+                // Nothing was done; the same request after the wait asked for may find room.
+                ResponseBody::Error(e) if e.code == ErrorCode::Busy => {
+                    let asked = e.retry_after().unwrap_or(wait);
+                    let back = tokio::time::Instant::now() + spread(asked);
+                    if back > patience {
+                        self.requests.forget(&id);
+                        return Err(ClientError::Refused(e));
                     }
-                    ResponseBody::Error(e) => return Err(ClientError::Refused(e)),
-                    body => return Ok(body),
+                    tokio::time::sleep_until(back).await;
+                    answer = self.requests.register(id);
                 }
+                ResponseBody::Error(e) => return Err(ClientError::Refused(e)),
+                body => return Ok(body),
             }
         }
         self.requests.forget(&id);
@@ -142,4 +156,13 @@ impl Coord {
             attempts: self.retry.attempts,
         })
     }
+}
+
+/// Longest a request keeps coming back to a coordinator that answers `busy`; then the client
+/// reports the `busy` answer (its message says to try again in a moment).
+const BUSY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// `wait` lengthened by a random part of up to half of it.
+fn spread(wait: Duration) -> Duration {
+    wait.mul_f64(1.0 + rand::random::<f64>() / 2.0)
 }

@@ -421,10 +421,7 @@ mod tests {
         let (mut t, _) = tracker(0);
         assert_eq!(t.on_line(br#"{"type":"pong"}"#), Reaction::Nothing);
         assert_eq!(t.on_line(b"not json"), Reaction::Nothing);
-        let error = ErrorBody {
-            code: ErrorCode::RateLimited,
-            message: "slow down".into(),
-        };
+        let error = ErrorBody::new(ErrorCode::RateLimited, "slow down");
         let line = serde_json::to_vec(&ServerMsg::Error(error.clone())).unwrap();
         assert_eq!(t.on_line(&line), Reaction::Show(Event::ServerError(error)));
         let history = ServerMsg::History {

@@ -21,9 +21,9 @@ impl Coordinator {
         check_credentials(user, password).map_err(|e| refuse(reply, e))?;
         self.hashing.admit().ok_or_else(|| {
             tracing::debug!(from = %reply.from, "hashing pool full; answered busy");
-            let e = err(
-                ErrorCode::Busy,
+            let e = ErrorBody::busy(
                 "too many logins and registrations at once; try again in a moment",
+                self.hashing.retry_hint(),
             );
             refuse(reply, e)
         })
@@ -114,9 +114,10 @@ impl Coordinator {
         }
         let now = Instant::now();
         if self.config.abuse.hold_parallel_logins && !self.throttle.may_start(from.ip(), now) {
-            let e = err(
-                ErrorCode::Busy,
+            // Its own logins end one hash from now.
+            let e = ErrorBody::busy(
                 "too many logins from this address at once; try again in a moment",
+                self.hashing.hash_time(),
             );
             return Some(refuse(reply, e));
         }

@@ -7,9 +7,11 @@
 //! workers follows the machine: more than the cores would only share the same CPU time.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
@@ -20,6 +22,11 @@ pub(super) struct HashPool {
     jobs: std_mpsc::Sender<Job>,
     /// Workers plus queue places; a request holds one from admission until its answer is ready.
     places: Arc<Semaphore>,
+    workers: usize,
+    queue: usize,
+    /// How long one hash takes here, in nanoseconds (a moving average), for the wait a `busy`
+    /// answer suggests.
+    hash_nanos: Arc<AtomicU64>,
 }
 
 /// The worker threads, joined at shutdown once every [`Ticket`] and the pool are gone.
@@ -28,8 +35,17 @@ pub(super) struct Workers(Vec<JoinHandle<()>>);
 /// One admitted request: its place in the pool, held until dropped.
 pub(super) struct Ticket {
     jobs: std_mpsc::Sender<Job>,
+    hash_nanos: Arc<AtomicU64>,
     _place: OwnedSemaphorePermit,
 }
+
+/// What one hash is assumed to take before any has been timed (argon2 at the default cost on one
+/// core of a small machine).
+const FIRST_GUESS: Duration = Duration::from_millis(20);
+
+/// Bounds on the wait a `busy` answer suggests.
+const MIN_HINT: Duration = Duration::from_millis(20);
+const MAX_HINT: Duration = Duration::from_secs(5);
 
 /// Two workers per core: enough to keep every core busy while some wait for the database.
 pub fn default_workers() -> usize {
@@ -66,6 +82,9 @@ impl HashPool {
         let pool = HashPool {
             jobs: tx,
             places: Arc::new(Semaphore::new(workers + queue)),
+            workers,
+            queue,
+            hash_nanos: Arc::new(AtomicU64::new(FIRST_GUESS.as_nanos() as u64)),
         };
         Ok((pool, Workers(handles)))
     }
@@ -75,8 +94,23 @@ impl HashPool {
         let place = self.places.clone().try_acquire_owned().ok()?;
         Some(Ticket {
             jobs: self.jobs.clone(),
+            hash_nanos: self.hash_nanos.clone(),
             _place: place,
         })
+    }
+
+    /// How long one hash takes here (a moving average of the last few).
+    pub(super) fn hash_time(&self) -> Duration {
+        Duration::from_nanos(self.hash_nanos.load(Ordering::Relaxed))
+    }
+
+    /// The wait to suggest to a request refused because every place is taken: the time the
+    /// workers need to work through half the queue. Clients that come back then find places
+    /// freeing while the other half still keeps every worker busy, so the pool neither idles
+    /// nor sends them straight back.
+    pub(super) fn retry_hint(&self) -> Duration {
+        let half_queue = (self.queue as u32 / 2).max(1);
+        (self.hash_time() * half_queue / self.workers as u32).clamp(MIN_HINT, MAX_HINT)
     }
 }
 
@@ -87,8 +121,17 @@ impl Ticket {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
+        let hash_nanos = self.hash_nanos.clone();
         let job: Job = Box::new(move || {
-            let _ = tx.send(work());
+            let started = Instant::now();
+            let result = work();
+            let took = started.elapsed().as_nanos() as u64;
+            // An average over about the last eight: it follows a change of cost or of load
+            // quickly, and one slow hash does not swing it. Lost updates between workers only
+            // drop a sample.
+            let old = hash_nanos.load(Ordering::Relaxed);
+            hash_nanos.store(old - old / 8 + took / 8, Ordering::Relaxed);
+            let _ = tx.send(result);
         });
         self.jobs.send(job).ok()?;
         rx.await.ok()
@@ -139,6 +182,28 @@ mod tests {
             Some(1),
             "the worker survived"
         );
+        drop(pool);
+        workers.join();
+    }
+
+    #[tokio::test]
+    async fn the_busy_hint_follows_how_long_hashes_take() {
+        let (pool, workers) = HashPool::start(2, 8).unwrap();
+        assert_eq!(pool.retry_hint(), FIRST_GUESS * 4 / 2);
+        for _ in 0..20 {
+            let ticket = pool.admit().unwrap();
+            ticket
+                .run(|| std::thread::sleep(Duration::from_millis(40)))
+                .await
+                .unwrap();
+        }
+        let took = pool.hash_time();
+        assert!(
+            took > Duration::from_millis(35) && took < Duration::from_millis(80),
+            "{took:?}"
+        );
+        // Half the queue (4) shared by two workers: two hashes' time.
+        assert_eq!(pool.retry_hint(), took * 2);
         drop(pool);
         workers.join();
     }

@@ -71,6 +71,9 @@ const AMPLIFICATION: usize = 3;
 /// they are answered `busy`, as the loop would otherwise spawn without bound for a token holder
 /// who sends them faster than the database thread works.
 const MAX_JOBS: usize = 4096;
+/// The wait a `busy` answer for `MAX_JOBS` suggests: the database thread works through thousands
+/// of small jobs in that time.
+const JOBS_BUSY_HINT: Duration = Duration::from_millis(100);
 /// Receive buffer asked for the UDP socket: padded requests take about 1.3 KiB of buffer each,
 /// so the usual 208 KiB default drops bursts of more than ~150 requests.
 const RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
@@ -441,9 +444,9 @@ impl Coordinator {
     /// Refuses a database job beyond `MAX_JOBS` in flight (nothing was done; clients retry).
     fn room_for_job(&self) -> Result<(), ErrorBody> {
         if self.jobs >= MAX_JOBS {
-            return Err(err(
-                ErrorCode::Busy,
+            return Err(ErrorBody::busy(
                 "the coordinator has too many requests in progress; try again in a moment",
+                JOBS_BUSY_HINT,
             ));
         }
         Ok(())
@@ -483,22 +486,22 @@ fn encode(id: Option<u64>, observed: SocketAddr, body: ResponseBody) -> Bytes {
     }
 }
 
-/// Asks for a receive buffer of `bytes` (the system caps it at its maximum, `rmem_max` on Linux).
+/// Asks for a receive buffer of `bytes`. Linux caps the request at `net.core.rmem_max` (often
+/// 208 KiB), and a burst of logins larger than the buffer is dropped by the kernel before the
+/// coordinator sees it, so a smaller buffer than asked is worth a line in the log.
 fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the descriptor is the socket's own and open; the option value is a c_int of the
-    // size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot grow the receive buffer");
+    let sock = socket2::SockRef::from(socket);
+    if let Err(e) = sock.set_recv_buffer_size(bytes) {
+        tracing::debug!(error = %e, "cannot grow the receive buffer");
+    }
+    // Linux reports double what it grants (half is its bookkeeping).
+    match sock.recv_buffer_size() {
+        Ok(got) if got < bytes => tracing::info!(
+            asked = bytes,
+            got,
+            "UDP receive buffer smaller than asked; raise net.core.rmem_max for bursts of logins"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot read the receive buffer size"),
     }
 }

@@ -57,6 +57,11 @@ pub struct ErrorBody {
     pub code: ErrorCode,
     /// What happened, in words a person can act on.
     pub message: String,
+    /// For `busy`: how long to wait before trying again, in milliseconds. A retry that waits this
+    /// long (plus some random spread, so that clients refused together do not return together)
+    /// is likely to find room; one that comes sooner is likely to be refused again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ErrorBody {
@@ -65,7 +70,21 @@ impl ErrorBody {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
+    }
+
+    /// A `busy` answer: nothing was done, and a retry after `after` is likely to find room.
+    pub fn busy(message: impl Into<String>, after: std::time::Duration) -> Self {
+        Self {
+            retry_after_ms: Some(after.as_millis().try_into().unwrap_or(u64::MAX)),
+            ..Self::new(ErrorCode::Busy, message)
+        }
+    }
+
+    /// The wait a `busy` answer asks for, if it names one.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after_ms.map(std::time::Duration::from_millis)
     }
 }
 

@@ -292,6 +292,71 @@ async fn a_burst_of_password_checks_holds_memory_to_the_hashing_pool() {
     );
 }
 
+#[tokio::test]
+async fn a_busy_answer_says_when_to_come_back_and_costs_the_client_no_tries() {
+    // One hashing thread and two places in its queue, at the real password cost.
+    let coord = Process::start(
+        &[
+            "--no-abuse-limits",
+            "--hash-workers",
+            "1",
+            "--hash-queue",
+            "2",
+        ],
+        None,
+    )
+    .await;
+
+    // Six registrations at once: three find places, the rest are told how long to wait.
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..6 {
+        let request = format!(r#"{{"id":{i},"op":"register","user":"raw{i}","password":"pw"}}"#);
+        socket.send_to(&padded(&request), coord.addr).await.unwrap();
+    }
+    let mut hints = Vec::new();
+    for _ in 0..6 {
+        let v = answer(&socket).await;
+        if v["code"] == "busy" {
+            hints.push(
+                v["retry_after_ms"]
+                    .as_u64()
+                    .expect("a busy answer names its wait"),
+            );
+        } else {
+            assert_eq!(v["type"], "registered", "{v}");
+        }
+    }
+    assert_eq!(hints.len(), 3, "{hints:?}");
+    assert!(
+        hints.iter().all(|&ms| (20..=5000).contains(&ms)),
+        "{hints:?}"
+    );
+
+    // Forty clients at once, each allowed only two tries (time enough for the queue ahead of it
+    // on loopback): a busy answer must not spend them (before, each spent one, and any client
+    // refused twice gave up).
+    let clients: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = coord.addr;
+            tokio::spawn(async move {
+                let mut config = client_config(&format!("many{i}"), addr);
+                config.request_retry.first = Duration::from_millis(500);
+                config.request_retry.max_delay = Duration::from_millis(500);
+                config.request_retry.attempts = 2;
+                let (c, _ev) = confab::client::Client::start(config).await.unwrap();
+                c.register("a password").await
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        if let Err(e) = c.await.unwrap() {
+            refused.push(format!("many{i}: {e}"));
+        }
+    }
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
 /// Sends every request in `requests` at once from `socket`, then collects answers until `quiet`
 /// passes without one; returns them.
 async fn burst(
