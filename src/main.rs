@@ -128,7 +128,7 @@ struct AbuseArgs {
     #[arg(long, value_name = "N")]
     hash_workers: Option<usize>,
     /// Logins and registrations waiting for a hashing thread; more are answered `busy`.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = 256, value_name = "N")]
     hash_queue: usize,
     /// File descriptors kept free for members of running sessions (default: a quarter of the
     /// open-file limit); no new session server starts when fewer would be left.

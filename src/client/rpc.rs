@@ -160,7 +160,7 @@ impl Coord {
 
 /// Longest a request keeps coming back to a coordinator that answers `busy`; then the client
 /// reports the `busy` answer (its message says to try again in a moment).
-const BUSY_PATIENCE: Duration = Duration::from_secs(30);
+const BUSY_PATIENCE: Duration = Duration::from_secs(60);
 
 /// `wait` lengthened by a random part of up to half of it.
 fn spread(wait: Duration) -> Duration {

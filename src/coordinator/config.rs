@@ -109,7 +109,7 @@ impl Default for CoordinatorConfig {
             token_ttl: Duration::from_secs(24 * 3600),
             password_cost: PasswordCost::default(),
             hash_workers: hashing::default_workers(),
-            hash_queue: 64,
+            hash_queue: 256,
             abuse: AbuseLimits::default(),
             fd_reserve: None,
             directory: None,
