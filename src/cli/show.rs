@@ -15,7 +15,7 @@ use super::complete::Names;
 use super::output::Output;
 use super::text::clean;
 use confab::client::{Client, Event, Joined};
-use confab::protocol::{ChatLine, DirectoryEntry, LeaveReason};
+use confab::protocol::{ChatLine, DirectoryEntry};
 
 /// Roster lines printed at most; the rest are summarised.
 const ROSTER_SHOWN: usize = 20;
@@ -156,12 +156,8 @@ fn show_event(client: &Client, out: &Output, shown: &Shown, event: Event) {
             // Departures first: a user in both lists left and came back.
             for d in &left {
                 shown.arrived().remove(&d.user.to_lowercase());
-                let how = match d.reason {
-                    LeaveReason::Left => "left",
-                    LeaveReason::Disconnected => "disconnected",
-                    LeaveReason::TooSlow => "was dropped (too slow)",
-                };
-                out.stamped(now, &style.notice(&format!("* {} {how}", clean(&d.user))));
+                let text = format!("* {} {}", clean(&d.user), d.reason);
+                out.stamped(now, &style.notice(&text));
             }
             for m in &joined {
                 shown.arrived().insert(m.user.to_lowercase(), Some(now));

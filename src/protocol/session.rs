@@ -25,8 +25,31 @@ pub enum LeaveReason {
     Left,
     /// The connection closed or broke without a goodbye.
     Disconnected,
-    /// The member could not keep up with the session and its queue overflowed.
+    /// The member did not read: its queue did not drain within the drain timeout, or passed its
+    /// byte budget.
     TooSlow,
+}
+
+impl LeaveReason {
+    /// The name on the wire (`too_slow`), which logs use too so that one grep finds both.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Disconnected => "disconnected",
+            LeaveReason::TooSlow => "too_slow",
+        }
+    }
+}
+
+/// What happened, as words that follow the member's name: "bob was dropped (too slow)".
+impl std::fmt::Display for LeaveReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Disconnected => "disconnected",
+            LeaveReason::TooSlow => "was dropped (too slow)",
+        })
+    }
 }
 
 /// Messages a member sends to its session server, one JSON object per line.

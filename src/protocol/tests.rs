@@ -136,3 +136,15 @@ mod decoders {
         }
     }
 }
+
+#[test]
+fn leave_reasons_log_as_on_the_wire() {
+    for reason in [
+        LeaveReason::Left,
+        LeaveReason::Disconnected,
+        LeaveReason::TooSlow,
+    ] {
+        let wire = serde_json::to_string(&reason).unwrap();
+        assert_eq!(wire, format!("\"{}\"", reason.as_str()));
+    }
+}
