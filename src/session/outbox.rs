@@ -47,10 +47,20 @@ pub(crate) struct Outbox {
     heard: AtomicU64,
 }
 
-/// Milliseconds since the first call, on tokio's clock (so paused-time tests work).
+/// Milliseconds on tokio's clock (so paused-time tests work), from an hour before the first call.
+/// The hour matters in tests: a paused runtime's clock starts when that runtime starts, and a
+/// first call made later by another test must not put the epoch after this runtime's "now"
+/// (every reading would then be 0).
 pub(crate) fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    EPOCH
+        .get_or_init(|| {
+            let now = Instant::now();
+            now.checked_sub(std::time::Duration::from_secs(3600))
+                .unwrap_or(now)
+        })
+        .elapsed()
+        .as_millis() as u64
 }
 
 struct State {
@@ -116,6 +126,7 @@ impl Outbox {
     }
 
     fn push(&self, line: Line, answer: bool) -> Result<(), Full> {
+        let was_empty;
         {
             let mut state = self.lock();
             if state.closed {
@@ -134,10 +145,15 @@ impl Outbox {
             if answer {
                 state.answer_end = state.queued_total;
             }
+            was_empty = state.lines.is_empty();
             state.lines.push_back(line);
         }
-        // Stores a permit if the writer is not waiting yet, so no wake-up is lost.
-        self.ready.notify_one();
+        // Only the first line into an empty queue wakes the writer (or stores a permit if it is
+        // not waiting yet, so no wake-up is lost): the writer takes every queued line under the
+        // lock before it waits again, so lines behind the first need no wake-up of their own.
+        if was_empty {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
