@@ -67,7 +67,8 @@ pub struct IrcReport {
     pub deliveries_per_sec: f64,
     /// Send to receive, over every delivery.
     pub latency: LatencySummary,
-    /// The server process's CPU and memory after the run, when `--pid` was given.
+    /// The server process's CPU seconds during the sending phase and its memory after the run
+    /// (as `bench fanout` reports its own server's), when `--pid` was given.
     pub server_usage: Option<ProcUsage>,
 }
 
@@ -88,6 +89,7 @@ pub async fn irc(opts: &IrcOpts, timeout: Duration) -> Result<IrcReport> {
         .await
         .map_err(|_| BenchError::Timeout(format!("not every member joined {CHANNEL}")))?;
     let setup_secs = setup_start.elapsed().as_secs_f64();
+    let server_before = opts.pid.and_then(ProcUsage::of);
     let start = Instant::now();
     let mut total = Tally::new(senders, opts.messages);
     while let Some(done) = tasks.join_next().await {
@@ -116,7 +118,13 @@ pub async fn irc(opts: &IrcOpts, timeout: Duration) -> Result<IrcReport> {
             0.0
         },
         latency: total.latency.summary(),
-        server_usage: opts.pid.and_then(ProcUsage::of),
+        server_usage: match (server_before, opts.pid.and_then(ProcUsage::of)) {
+            (Some(before), Some(after)) => Some(ProcUsage {
+                cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+                ..after
+            }),
+            _ => None,
+        },
     })
 }
 
