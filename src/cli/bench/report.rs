@@ -44,6 +44,20 @@ fn row(k: &str, v: impl std::fmt::Display) -> (String, String) {
     (k.to_string(), v.to_string())
 }
 
+fn deliveries_row(delivered: u64, expected: u64, secs: f64) -> (String, String) {
+    row(
+        "deliveries",
+        format!("{delivered} of {expected} in {secs:.3} s"),
+    )
+}
+
+fn losses_row(lost: u64, duplicated: u64, out_of_order: u64) -> (String, String) {
+    row(
+        "lost / duplicated / out of order",
+        format!("{lost} / {duplicated} / {out_of_order}"),
+    )
+}
+
 fn latency(l: &LatencySummary) -> String {
     format!(
         "p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs (mean {:.0} µs, {} samples)",
@@ -105,23 +119,11 @@ impl Render for FanoutReport {
             ),
             row("server", &self.server),
             row("setup", format!("{:.2} s", self.setup_secs)),
-            row(
-                "deliveries",
-                format!(
-                    "{} of {} in {:.3} s",
-                    self.delivered, self.expected, self.secs
-                ),
-            ),
+            deliveries_row(self.delivered, self.expected, self.secs),
             row("deliveries/s", rate(self.deliveries_per_sec)),
             row("messages/s", rate(self.messages_per_sec)),
             row("latency", latency(&self.latency)),
-            row(
-                "lost / duplicated / out of order",
-                format!(
-                    "{} / {} / {}",
-                    self.lost, self.duplicated, self.out_of_order
-                ),
-            ),
+            losses_row(self.lost, self.duplicated, self.out_of_order),
             row(
                 "dropped / errors / failed sends / timeouts",
                 format!(
@@ -259,22 +261,10 @@ impl Render for IrcReport {
                 ),
             ),
             row("setup", format!("{:.3} s", self.setup_secs)),
-            row(
-                "deliveries",
-                format!(
-                    "{} of {} in {:.3} s",
-                    self.delivered, self.expected, self.secs
-                ),
-            ),
+            deliveries_row(self.delivered, self.expected, self.secs),
             row("deliveries/s", rate(self.deliveries_per_sec)),
             row("latency", latency(&self.latency)),
-            row(
-                "lost / duplicated / out of order",
-                format!(
-                    "{} / {} / {}",
-                    self.lost, self.duplicated, self.out_of_order
-                ),
-            ),
+            losses_row(self.lost, self.duplicated, self.out_of_order),
             row("disconnected", self.disconnected),
         ];
         usage_rows(&mut rows, self.server_usage.as_ref(), None);
