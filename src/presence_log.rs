@@ -51,7 +51,7 @@ impl Default for Rotation {
 pub struct PresenceLog {
     tx: mpsc::Sender<String>,
     /// (session, user) → endpoint, for every `joined` without its `left` yet.
-    open: Arc<Mutex<HashMap<(String, String), SocketAddr>>>,
+    open: Arc<Mutex<Visits>>,
 }
 
 impl PresenceLog {
@@ -95,13 +95,14 @@ impl PresenceLog {
     }
 
     /// Records a join: `2026-11-22 14:03:07 session=lobby(<id>) joined user=alice
-    /// udp=127.0.0.1:5000`.
-    pub fn joined(&self, session: &str, user: &str, udp: SocketAddr) {
+    /// udp=127.0.0.1:5000` (`udp=none` for a member that takes no private messages).
+    pub fn joined(&self, session: &str, user: &str, udp: Option<SocketAddr>) {
         let replaced = self.visits().insert((session.into(), user.into()), udp);
         if let Some(old) = replaced {
             // Not expected (a name is in a session once), but the pairing must hold.
             self.write_left(session, user, old, "replaced");
         }
+        let udp = Udp(udp);
         self.send(line(&format!(
             "session={session} joined user={user} udp={udp}"
         )));
@@ -121,7 +122,7 @@ impl PresenceLog {
 
     /// Records the departure of everyone still logged in `session`: its server has stopped.
     pub fn session_ended(&self, session: &str, reason: &str) {
-        let gone: Vec<((String, String), SocketAddr)> = {
+        let gone: Vec<((String, String), Option<SocketAddr>)> = {
             let mut open = self.visits();
             let keys: Vec<_> = open.keys().filter(|(s, _)| s == session).cloned().collect();
             keys.into_iter()
@@ -133,11 +134,12 @@ impl PresenceLog {
         }
     }
 
-    fn visits(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), SocketAddr>> {
+    fn visits(&self) -> std::sync::MutexGuard<'_, Visits> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_left(&self, session: &str, user: &str, udp: SocketAddr, reason: &str) {
+    fn write_left(&self, session: &str, user: &str, udp: Option<SocketAddr>, reason: &str) {
+        let udp = Udp(udp);
         self.send(line(&format!(
             "session={session} left user={user} udp={udp} reason={reason}"
         )));
@@ -151,6 +153,21 @@ impl PresenceLog {
     fn send(&self, line: String) {
         if self.tx.try_send(line).is_err() {
             tracing::warn!("presence log queue full; line dropped");
+        }
+    }
+}
+
+/// Members logged as joined and not yet as left: (session, user) → their endpoint.
+type Visits = HashMap<(String, String), Option<SocketAddr>>;
+
+/// A member's endpoint in a log line: the address, or `none`.
+struct Udp(Option<SocketAddr>);
+
+impl std::fmt::Display for Udp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("none"),
         }
     }
 }
@@ -227,7 +244,7 @@ mod tests {
             keep: 2,
         };
         let log = PresenceLog::open(&path, rotation, &tracker).await.unwrap();
-        let udp = "127.0.0.1:9".parse().unwrap();
+        let udp = Some("127.0.0.1:9".parse().unwrap());
         for i in 0..200 {
             log.joined("lobby", &format!("user{i}"), udp);
             // Through the queue at its pace: the test is about files, not about a full queue.
@@ -256,7 +273,7 @@ mod tests {
         let log = PresenceLog::open(&path, Rotation::default(), &tracker)
             .await
             .unwrap();
-        let udp = "127.0.0.1:9".parse().unwrap();
+        let udp = Some("127.0.0.1:9".parse().unwrap());
         log.left("a", "ghost", "left"); // never joined: nothing
         log.joined("a", "alice", udp);
         log.joined("a", "bob", udp);

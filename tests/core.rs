@@ -153,7 +153,7 @@ async fn leave_updates_every_roster_with_who_and_endpoint() {
         _ => None,
     })
     .await;
-    assert_eq!(joined.udp, carol_udp);
+    assert_eq!(joined.udp, Some(carol_udp));
 
     carol.leave().await.unwrap();
     for events in [&mut a_ev, &mut b_ev] {
@@ -162,7 +162,7 @@ async fn leave_updates_every_roster_with_who_and_endpoint() {
             _ => None,
         })
         .await;
-        assert_eq!(gone.udp, carol_udp);
+        assert_eq!(gone.udp, Some(carol_udp));
         assert_eq!(gone.reason, LeaveReason::Left);
     }
     let names =
@@ -754,4 +754,92 @@ async fn a_hello_with_an_absurd_since_harms_nobody() {
         (&"msg".into(), &2.into()),
         "nothing replayed, then the live line: {next}"
     );
+}
+
+#[tokio::test]
+async fn a_listener_without_an_endpoint_stays_in_by_answering_the_servers_pings() {
+    let idle = Duration::from_millis(1500);
+    let config = CoordinatorConfig {
+        member_limits: confab::session::MemberLimits {
+            idle,
+            ..Default::default()
+        },
+        ..test_config()
+    };
+    let coord = TestCoordinator::start_with(config).await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let info = alice.start_session(Some("quiet")).await.unwrap().session;
+
+    // A bot that takes no private messages: its hello names no UDP endpoint.
+    let token = token_for("listener", coord.addr).await;
+    let mut bot = RawMember::connect(info.server).await;
+    bot.send(
+        format!("{{\"type\":\"hello\",\"user\":\"listener\",\"token\":\"{token}\"}}\n").as_bytes(),
+    )
+    .await;
+    let welcome = bot.json().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let me = welcome["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"] == "listener")
+        .expect("the bot is in its own welcome")
+        .clone();
+    assert!(me.get("udp").is_none(), "{me}");
+    eventually("alice sees the bot without an endpoint", || async {
+        alice
+            .members()
+            .iter()
+            .any(|m| m.user == "listener" && m.udp.is_none())
+    })
+    .await;
+    match alice.dm("listener", "hi").await {
+        Err(ClientError::NoPrivateMessages(who)) => assert_eq!(who, "listener"),
+        other => panic!("{other:?}"),
+    }
+
+    // Three silence limits long the bot sends nothing but its answers to the server's pings.
+    let started = tokio::time::Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < idle * 3 {
+        let line = bot.json().await;
+        match line["type"].as_str() {
+            Some("ping") => {
+                pings += 1;
+                bot.send(b"{\"type\":\"pong\"}\n").await;
+            }
+            Some("bye") => panic!("dropped although it answered every ping: {line}"),
+            _ => {}
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in {:?}", idle * 3);
+    alice.say("still there?").await.unwrap();
+    loop {
+        let line = bot.json().await;
+        if line["type"] == "msg" {
+            assert_eq!(line["text"], "still there?");
+            break;
+        }
+    }
+
+    // Once it stops answering, it is dropped at the silence limit, as before.
+    loop {
+        let line = bot.json().await;
+        if line["type"] == "bye" {
+            assert_eq!(line["reason"], "silent", "{line}");
+            break;
+        }
+    }
+    let gone = loop {
+        if let Event::Presence { left, .. } = tokio::time::timeout(WAIT, a_ev.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            && let Some(d) = left.into_iter().find(|d| d.user == "listener")
+        {
+            break d;
+        }
+    };
+    assert_eq!(gone.udp, None);
 }

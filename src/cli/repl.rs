@@ -453,18 +453,15 @@ fn whois(ctx: &Ctx<'_>, name: &str) -> Result<(), ClientError> {
         ),
         _ => "was here when you joined".into(),
     };
-    let how = if member.user.eq_ignore_ascii_case(client.user()) {
-        "that is you".to_string()
-    } else {
-        format!(
-            "private messages go straight to {} over UDP, peer to peer",
-            member.udp
-        )
+    let how = match member.udp {
+        _ if member.user.eq_ignore_ascii_case(client.user()) => "that is you".to_string(),
+        Some(udp) => format!("private messages go straight to {udp} over UDP, peer to peer"),
+        None => "takes no private messages".to_string(),
     };
     ctx.out.notice(&format!(
         "{}: udp {}, {when}; {how}",
         clean(&member.user),
-        member.udp
+        super::show::endpoint(member.udp)
     ));
     Ok(())
 }

@@ -161,7 +161,7 @@ fn show_event(client: &Client, out: &Output, shown: &Shown, event: Event) {
             }
             for m in &joined {
                 shown.arrived().insert(m.user.to_lowercase(), Some(now));
-                let text = format!("* {} joined ({})", clean(&m.user), m.udp);
+                let text = format!("* {} joined ({})", clean(&m.user), endpoint(m.udp));
                 out.stamped(now, &style.notice(&text));
             }
             // The roster as of this notice, not as of now: later notices may be applied already.
@@ -247,7 +247,7 @@ fn show_members(members: &[confab::protocol::Member], count: usize, out: &Output
     }
     let mut text = format!("  members ({}):", members.len());
     for m in members.iter().take(shown) {
-        text.push_str(&format!(" {} {},", clean(&m.user), m.udp));
+        text.push_str(&format!(" {} {},", clean(&m.user), endpoint(m.udp)));
     }
     if text.ends_with(',') {
         text.pop();
@@ -295,6 +295,11 @@ pub fn session_label(id: &str, name: Option<&str>) -> String {
         Some(n) => format!("session {} ({id})", clean(n)),
         None => format!("session {id}"),
     }
+}
+
+/// Where a member takes private messages, for the screen.
+pub(crate) fn endpoint(udp: Option<std::net::SocketAddr>) -> String {
+    udp.map_or_else(|| "no private messages".to_string(), |a| a.to_string())
 }
 
 #[cfg(test)]

@@ -115,10 +115,13 @@ impl Dms {
                 limits::MAX_DATAGRAM
             )));
         }
-        let key = (id, member.udp);
+        let Some(to) = member.udp else {
+            return Err(ClientError::NoPrivateMessages(member.user));
+        };
+        let key = (id, to);
         let mut acked = self.acks.register(key);
         for delay in self.retry.delays() {
-            if let Err(e) = self.udp.send_to(&bytes, member.udp).await {
+            if let Err(e) = self.udp.send_to(&bytes, to).await {
                 tracing::debug!(error = %e, to = %member.user, "private message send failed");
             }
             let answered = tokio::select! {

@@ -54,6 +54,9 @@ pub enum ClientError {
     /// `@name` named nobody present.
     #[error("no member named {0} is in this session")]
     NoSuchMember(String),
+    /// That member takes no private messages (it joined without a UDP endpoint).
+    #[error("{0} does not take private messages")]
+    NoPrivateMessages(String),
     /// The peer never acknowledged a private message. A copy may still arrive late (delayed in
     /// the network, or at a peer that was frozen); the client then says
     /// [`Event::DeliveredLate`](super::Event::DeliveredLate) with the same `id`.

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +104,7 @@ impl Joiner {
         let hello = ClientMsg::Hello {
             user: self.user.clone(),
             token: self.token.clone(),
-            udp: self.endpoint(),
+            udp: Some(self.endpoint()),
             since,
             history: (since.is_none() && history > 0).then_some(history),
         };
@@ -418,6 +418,9 @@ impl Keeper {
     ) -> Broken {
         let heartbeat = self.joiner.heartbeat;
         let silence = heartbeat * 3;
+        // The reader asks the writer to answer the server's pings; pings that come faster than
+        // the writer answers need one pong between them.
+        let ping_heard = Notify::new();
         let read = async {
             loop {
                 let line = match tokio::time::timeout(silence, reader.next()).await {
@@ -438,6 +441,10 @@ impl Keeper {
                 let event = match reaction {
                     Reaction::Show(event) => event,
                     Reaction::Nothing => continue,
+                    Reaction::Pong => {
+                        ping_heard.notify_one();
+                        continue;
+                    }
                     Reaction::End(broken) => return broken,
                 };
                 // Waiting here when the application is slow is right: the server's queue for us
@@ -457,12 +464,17 @@ impl Keeper {
                 }
             }
             let ping = encode_line(&ClientMsg::Ping);
+            let pong = encode_line(&ClientMsg::Pong);
             let mut buf = Vec::with_capacity(8 * 1024);
             loop {
                 let next = tokio::select! {
                     item = out.recv() => item,
                     Some(user) = lookups.recv() => Some(Outgoing {
                         bytes: encode_line(&ClientMsg::Lookup { user }),
+                        line_id: None,
+                    }),
+                    () = ping_heard.notified() => Some(Outgoing {
+                        bytes: pong.clone(),
                         line_id: None,
                     }),
                     _ = tokio::time::sleep(heartbeat) => Some(Outgoing {

@@ -159,7 +159,7 @@ impl Roster {
         self.lock()
             .members
             .get(&user.to_lowercase())
-            .is_some_and(|m| m.udp == addr)
+            .is_some_and(|m| m.udp == Some(addr))
     }
 
     /// Everyone known, sorted by name.

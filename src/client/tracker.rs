@@ -45,6 +45,8 @@ pub(super) enum Reaction {
     Nothing,
     /// The server said goodbye; the connection is over.
     End(Broken),
+    /// The server asked whether we are there: answer `pong`.
+    Pong,
 }
 
 /// The client's side of one session's stream, across all the connections that carry it.
@@ -159,6 +161,7 @@ impl Tracker {
                 Reaction::Nothing
             }
             ServerMsg::Pong => Reaction::Nothing,
+            ServerMsg::Ping => Reaction::Pong,
         }
     }
 
@@ -214,7 +217,7 @@ mod tests {
     fn member(user: &str, port: u16) -> Member {
         Member {
             user: user.into(),
-            udp: SocketAddr::from(([127, 0, 0, 1], port)),
+            udp: Some(SocketAddr::from(([127, 0, 0, 1], port))),
         }
     }
 
@@ -358,7 +361,7 @@ mod tests {
             members,
             [member("alice", 1), member("bob", 3), member("carol", 4)]
         );
-        assert!(roster.is_at("bob", member("bob", 3).udp));
+        assert!(roster.is_at("bob", member("bob", 3).udp.unwrap()));
         // Later notices do not change what an earlier event said.
         t.on_message(ServerMsg::Presence {
             joined: vec![],

@@ -13,8 +13,10 @@ use super::error::ErrorBody;
 pub struct Member {
     /// The member's user name.
     pub user: String,
-    /// The UDP endpoint that receives the member's private messages.
-    pub udp: SocketAddr,
+    /// The UDP endpoint that receives the member's private messages; absent for a member that
+    /// takes none (a bot, a listener at `nc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<SocketAddr>,
 }
 
 /// Why a member left a session.
@@ -62,8 +64,9 @@ pub enum ClientMsg {
         user: String,
         /// A token from the coordinator's `login`.
         token: String,
-        /// UDP endpoint for private messages.
-        udp: SocketAddr,
+        /// UDP endpoint for private messages; without one, the member takes none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        udp: Option<SocketAddr>,
         /// Send this many of the newest group messages right after the welcome.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         history: Option<usize>,
@@ -96,6 +99,8 @@ pub enum ClientMsg {
     },
     /// Liveness check; answered with `pong`.
     Ping,
+    /// Answer to the server's `ping`.
+    Pong,
     /// Leave the session; the server closes the connection after telling the others.
     Leave,
 }
@@ -121,8 +126,9 @@ pub struct ChatLine {
 pub struct Departure {
     /// Who left.
     pub user: String,
-    /// The endpoint they had, so clients can forget it.
-    pub udp: SocketAddr,
+    /// The endpoint they had, so clients can forget it (absent if they had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<SocketAddr>,
     /// Why.
     pub reason: LeaveReason,
 }
@@ -204,6 +210,9 @@ pub enum ServerMsg {
     },
     /// Answer to `ping`.
     Pong,
+    /// Sent to a member the server has not heard from for a while; answer with `pong` (any
+    /// line will do) to stay in.
+    Ping,
     /// A request failed; the connection stays open unless a `bye` follows.
     Error(ErrorBody),
     /// The server is about to close this connection.

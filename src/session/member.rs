@@ -192,6 +192,7 @@ async fn admit_connection(
             Ok(ClientMsg::Ping) => {
                 let _ = send_now(&mut write, &encode_line(&ServerMsg::Pong)).await;
             }
+            Ok(ClientMsg::Pong) => {}
             Ok(_) => {
                 let err = error(ErrorCode::Unexpected, "say hello first");
                 let _ = send_now(&mut write, &err).await;
@@ -306,6 +307,8 @@ async fn read_loop(
                 let _ = tx.try_send(Line::new(encode_line(&ServerMsg::Pong)));
                 continue;
             }
+            // Hearing it was the point (see `tx.heard()` above).
+            Ok(ClientMsg::Pong) => continue,
             Ok(ClientMsg::Lookup { user }) => RoomEvent::Lookup { conn, user },
             Ok(ClientMsg::Leave) => break LeaveReason::Left,
             Ok(ClientMsg::Hello { .. }) => {

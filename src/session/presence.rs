@@ -84,7 +84,7 @@ mod tests {
     fn m(user: &str, port: u16) -> Member {
         Member {
             user: user.into(),
-            udp: ([127, 0, 0, 1], port).into(),
+            udp: Some(([127, 0, 0, 1], port).into()),
         }
     }
 

@@ -30,7 +30,7 @@ use crate::protocol::{
 };
 
 use super::gate::Gate;
-use super::outbox::{Full, Outbox};
+use super::outbox::{Full, Outbox, now_ms};
 use super::presence::Changes;
 use super::{SessionConfig, Stop};
 use crate::bucket::TokenBucket;
@@ -60,7 +60,7 @@ pub(crate) struct Replay {
 pub(crate) struct JoinRequest {
     pub(crate) conn: ConnId,
     pub(crate) user: String,
-    pub(crate) udp: SocketAddr,
+    pub(crate) udp: Option<SocketAddr>,
     pub(crate) replay: Replay,
     pub(crate) tx: Arc<Outbox>,
     pub(crate) kick: CancellationToken,
@@ -107,13 +107,15 @@ struct Pending {
 
 struct MemberSlot {
     user: Arc<str>,
-    udp: SocketAddr,
+    udp: Option<SocketAddr>,
     tx: Arc<Outbox>,
     kick: CancellationToken,
     /// The member's rate limit on group lines.
     bucket: TokenBucket,
     /// Has had its welcome: lines and notices before it are not for it.
     welcomed: bool,
+    /// When the server last pinged the member, in ms on `now_ms`'s clock.
+    last_ping_ms: u64,
 }
 
 impl MemberSlot {
@@ -338,7 +340,7 @@ impl Room {
         &mut self,
         conn: ConnId,
         user: String,
-        udp: SocketAddr,
+        udp: Option<SocketAddr>,
         tx: Arc<Outbox>,
         kick: CancellationToken,
     ) -> Result<(), ErrorBody> {
@@ -360,7 +362,7 @@ impl Room {
         if let Some(obs) = &self.config.observer {
             obs.member_joined(self.config.id, &user);
         }
-        tracing::info!(session = %self.config.id, user = %user, %udp, "member joined");
+        tracing::info!(session = %self.config.id, user = %user, udp = ?udp, "member joined");
         let limits = &self.config.member_limits;
         let bucket = TokenBucket::new(limits.rate, limits.burst);
         let slot = MemberSlot {
@@ -370,6 +372,7 @@ impl Room {
             kick,
             bucket,
             welcomed: false,
+            last_ping_ms: 0,
         };
         self.changes.joined(&key, slot.member());
         self.members.insert(conn, slot);
@@ -586,6 +589,7 @@ impl Room {
             );
             self.leave(conn, LeaveReason::TooSlow);
         }
+        self.ping_the_quiet(limit);
         let Some(open_for) = open_for else { return };
         let silent: Vec<ConnId> = self
             .members
@@ -603,6 +607,21 @@ impl Room {
             }
             // Closing the queue lets the writer send the goodbye and end, which ends the reader.
             self.leave(conn, LeaveReason::Disconnected);
+        }
+    }
+
+    /// Pings members not heard from for a third of the silence `limit`, at most once per third,
+    /// as IRC servers do: a client that only listens stays in by answering, and need not ping on
+    /// its own.
+    fn ping_the_quiet(&mut self, limit: u64) {
+        let now = now_ms();
+        let every = limit / 3;
+        let ping = shared(&ServerMsg::Ping);
+        for slot in self.members.values_mut().filter(|s| s.welcomed) {
+            if slot.tx.silent_ms() >= every && now.saturating_sub(slot.last_ping_ms) >= every {
+                let _ = slot.tx.try_send(ping.clone());
+                slot.last_ping_ms = now;
+            }
         }
     }
 

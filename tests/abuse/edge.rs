@@ -195,7 +195,18 @@ impl Drop for Process {
 #[tokio::test]
 async fn a_burst_of_password_checks_holds_memory_to_the_hashing_pool() {
     // The real password cost (19 MiB per hash): the attack is the memory.
-    let coord = Process::start(&["--no-abuse-limits", "--hash-workers", "4"], None).await;
+    // A queue smaller than the burst, so that the burst also meets `busy`.
+    let coord = Process::start(
+        &[
+            "--no-abuse-limits",
+            "--hash-workers",
+            "4",
+            "--hash-queue",
+            "64",
+        ],
+        None,
+    )
+    .await;
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let v = ask(
         &socket,
@@ -389,7 +400,8 @@ async fn one_address_gets_a_bounded_number_of_answers_per_second() {
     config.abuse.requests = Some(confab::coordinator::Rate::per_second(50));
     let coord = TestCoordinator::start_with(config).await;
     let token = token_for("alice", coord.addr).await;
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Not 127.0.0.1, whose requests for the token above already took some of its burst.
+    let socket = UdpSocket::bind("127.0.0.3:0").await.unwrap();
     let started = std::time::Instant::now();
     let lists = (0..2000).map(|i| padded(&format!(r#"{{"id":{i},"op":"list"}}"#)));
     let answers = burst(&socket, coord.addr, lists, Duration::from_millis(300)).await;

@@ -96,7 +96,7 @@ pub(super) async fn open(
         user: user.to_string(),
         token,
         // Nobody sends these members private messages; any endpoint will do.
-        udp: SocketAddr::from(([127, 0, 0, 1], 9)),
+        udp: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
         since: None,
         history: None,
     };
