@@ -18,7 +18,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use chrono::Local;
 use tokio::io::AsyncWriteExt;
@@ -134,8 +136,8 @@ impl PresenceLog {
         }
     }
 
-    fn visits(&self) -> std::sync::MutexGuard<'_, Visits> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    fn visits(&self) -> parking_lot::MutexGuard<'_, Visits> {
+        self.open.lock()
     }
 
     fn write_left(&self, session: &str, user: &str, udp: Option<SocketAddr>, reason: &str) {

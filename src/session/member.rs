@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::SessionConfig;
 use super::gate::Gate;
-use super::outbox::Outbox;
-use super::room::{ConnId, JoinRequest, Line, Replay, RoomEvent};
+use super::outbox::{Line, Outbox};
+use super::room::{ConnId, JoinRequest, Replay, RoomEvent};
 use crate::bucket::TokenBucket;
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{

@@ -30,22 +30,13 @@ use crate::protocol::{
 };
 
 use super::gate::Gate;
-use super::outbox::{Full, Outbox, now_ms};
+use super::outbox::{Full, Line, Outbox, now_ms, shared};
 use super::presence::Changes;
 use super::{SessionConfig, Stop};
 use crate::bucket::TokenBucket;
 
 /// Identifies one connection for the lifetime of the room.
 pub(crate) type ConnId = u64;
-
-/// An encoded line on its way to members. One pointer wide, so a member's queue costs a quarter
-/// of what `Bytes` slots would: idle members in a big session are mostly queue.
-pub(crate) type Line = Arc<Bytes>;
-
-/// Encodes a message once for any number of members.
-fn shared<T: serde::Serialize>(msg: &T) -> Line {
-    Arc::new(encode_line(msg))
-}
 
 /// Earlier messages a joining member asked for, sent right after its welcome.
 #[derive(Debug, Clone, Copy, Default)]
