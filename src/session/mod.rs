@@ -5,6 +5,7 @@
 //! can also be started on its own (tests do).
 
 mod gate;
+mod history;
 mod member;
 mod outbox;
 mod presence;

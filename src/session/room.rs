@@ -11,25 +11,23 @@
 //! few notices a second. New members get their welcome at the same moment, and their `hello` is
 //! answered only then, so everyone's picture of the roster changes at the same point in the order.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use bytes::Bytes;
-use chrono::{SubsecRound, Utc};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::encode_line;
 use crate::expiring::ExpiringMap;
 use crate::protocol::{
     ByeReason, ChatLine, ErrorBody, ErrorCode, LeaveReason, Member, RateLimit, ServerMsg, limits,
 };
 
 use super::gate::Gate;
+use super::history::{self, Page, Recent};
 use super::outbox::{Full, Line, Outbox, now_ms, shared};
 use super::presence::Changes;
 use super::{SessionConfig, Stop};
@@ -120,8 +118,6 @@ impl MemberSlot {
 
 /// Most events applied before presence is flushed, so a flood cannot postpone notices forever.
 const BATCH: usize = 512;
-/// Most missed lines a rejoining member gets back from storage (beyond those in memory).
-const MAX_CATCH_UP: usize = 5000;
 /// Most bytes of one answer: the missed lines replayed to a rejoining member (older ones are left
 /// to `history`), or one `history` answer (older lines are left to the next request). At most
 /// half the member's byte budget, so that an answer always leaves room for live lines.
@@ -139,9 +135,8 @@ pub(crate) struct Room {
     members: HashMap<ConnId, MemberSlot>,
     /// Lowercased names present, for case-insensitive uniqueness.
     names: HashMap<String, ConnId>,
-    seq: u64,
-    recent: VecDeque<ChatLine>,
-    recent_cap: usize,
+    /// The newest lines and the order's sequence number.
+    recent: Recent,
     /// Joined since the last flush: they get a welcome then, and their hello is answered.
     pending_joined: Vec<Pending>,
     /// Joins and leaves since the last flush, net.
@@ -170,7 +165,7 @@ impl Room {
         self_tx: mpsc::WeakSender<RoomEvent>,
         gate: Arc<Gate>,
     ) -> Self {
-        let recent_cap = config.recent_messages.max(1);
+        let config_recent = config.recent_messages;
         let mut line_ids = ExpiringMap::new(LINE_ID_TTL, LINE_ID_CAP);
         for line in &recent {
             if let Some(id) = line.id {
@@ -186,9 +181,7 @@ impl Room {
             config,
             members: HashMap::new(),
             names: HashMap::new(),
-            seq,
-            recent: recent.into(),
-            recent_cap,
+            recent: Recent::new(seq, recent, config_recent),
             pending_joined: Vec::new(),
             changes: Changes::default(),
             next_flush: Instant::now(),
@@ -283,12 +276,11 @@ impl Room {
     /// and follow in order, so the member sees no gap.
     fn begin_join(&mut self, mut request: JoinRequest) {
         // A `since` from the future (or u64::MAX from a hostile client) means "nothing missed".
-        request.replay.since = request.replay.since.map(|s| s.min(self.seq));
-        let oldest = self.recent.front().map_or(self.seq + 1, |l| l.seq);
-        match (request.replay.since, &self.config.history) {
-            (Some(since), Some(store)) if since + 1 < oldest => {
-                let missed = (oldest - since - 1).min(MAX_CATCH_UP as u64) as usize;
-                let fetch = store.before(self.config.id, oldest, missed);
+        request.replay.since = request.replay.since.map(|s| s.min(self.recent.seq()));
+        let wanted = request.replay.since.and_then(|s| self.recent.catch_up(s));
+        match (wanted, &self.config.history) {
+            (Some((below, missed)), Some(store)) => {
+                let fetch = store.before(self.config.id, below, missed);
                 let me = self.self_tx.clone();
                 tokio::spawn(async move {
                     let older = fetch.await;
@@ -437,72 +429,43 @@ impl Room {
         if let Some(id) = id {
             self.line_ids.insert((user.clone(), id), ());
         }
-        let from = user.to_string();
         // Members not yet welcomed do not get it: their welcome's `seq` and history will.
-        self.seq += 1;
-        let line = ChatLine {
-            seq: self.seq,
-            time: Utc::now().trunc_subsecs(3),
-            from,
-            text,
-            id,
-        };
+        let line = self.recent.push(user.to_string(), text, id);
         let bytes = shared(&ServerMsg::Msg(line.clone()));
         if let Some(store) = &self.config.history {
-            store.append(self.config.id, &line);
+            store.append(self.config.id, line);
         }
-        if self.recent.len() == self.recent_cap {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(line);
         self.broadcast(&bytes, |_| true);
     }
 
     fn history(&mut self, conn: ConnId, before: Option<u64>, limit: usize) {
-        let limit = limit.min(limits::MAX_HISTORY);
-        let before = before.unwrap_or(u64::MAX).min(self.seq + 1);
-        let end = self.recent.partition_point(|l| l.seq < before);
-        let start = end.saturating_sub(limit);
-        let oldest_kept = self.recent.front().map_or(self.seq + 1, |l| l.seq);
-        let from_memory = end - start;
-        let missing = limit - from_memory;
-        let mut messages: Vec<ChatLine> = self.recent.range(start..end).cloned().collect();
-        match &self.config.history {
+        let store = self.config.history.as_ref();
+        match self.recent.page(before, limit, store.is_some()) {
+            Page::Ready(messages) => self.answer_history(conn, messages),
             // Older than memory reaches: ask the store, answer when it has looked (through the
             // room, which keeps the member's budget).
-            Some(store) if missing > 0 && oldest_kept > 1 && before > 1 => {
-                let older_than = before.min(oldest_kept);
+            Page::NeedsStorage {
+                mut have,
+                older_than,
+                missing,
+            } => {
+                let store = store.expect("a page needs storage only when there is one");
                 let fetch = store.before(self.config.id, older_than, missing);
                 let me = self.self_tx.clone();
                 tokio::spawn(async move {
-                    let mut lines = fetch.await;
-                    lines.append(&mut messages);
+                    let mut messages = fetch.await;
+                    messages.append(&mut have);
                     if let Some(room) = me.upgrade() {
-                        let messages = lines;
                         let _ = room.send(RoomEvent::HistoryRead { conn, messages }).await;
                     }
                 });
             }
-            _ => self.answer_history(conn, messages),
         }
     }
 
-    /// Sends a history answer: the newest of `messages` that fit in one answer's bytes. The
-    /// client pages back from the oldest it got, so a short answer loses nothing.
+    /// Sends a history answer: the newest of `messages` that fit in one answer.
     fn answer_history(&mut self, conn: ConnId, mut messages: Vec<ChatLine>) {
-        // Room for `{"type":"history","messages":[]}` and the newline.
-        let mut budget = self.answer_cap().saturating_sub(64);
-        let keep_from = messages
-            .iter()
-            .rposition(|l| match budget.checked_sub(encoded_len(l) + 1) {
-                Some(left) => {
-                    budget = left;
-                    false
-                }
-                None => true,
-            })
-            .map_or(0, |i| i + 1);
-        messages.drain(..keep_from);
+        history::fit(&mut messages, self.answer_cap());
         self.answer_to(conn, shared(&ServerMsg::History { messages }));
     }
 
@@ -512,47 +475,22 @@ impl Room {
     }
 
     /// Sends a rejoining member the lines it missed, as ordinary `msg` lines in their place in the
-    /// order (the client drops any it already has). Only what memory holds is replayed.
+    /// order (the client drops any it already has), and says how many it cannot have.
     fn replay_after(&mut self, conn: ConnId, since: u64, older: &[ChatLine]) {
-        let since = since.min(self.seq);
-        let start = self.recent.partition_point(|l| l.seq <= since);
-        let encoded: Vec<Bytes> = older
-            .iter()
-            .filter(|l| l.seq > since && self.recent.front().is_none_or(|r| l.seq < r.seq))
-            .chain(self.recent.range(start..))
-            .map(|l| encode_line(&ServerMsg::Msg(l.clone())))
-            .collect();
-        // Keep the newest lines within the byte budget: a replay must end where live lines begin.
-        let cap = self.answer_cap();
-        let mut budget = cap;
-        let keep_from = encoded
-            .iter()
-            .rposition(|b| match budget.checked_sub(b.len()) {
-                Some(left) => {
-                    budget = left;
-                    false
-                }
-                None => true,
-            })
-            .map_or(0, |i| i + 1);
-        let replayed = &encoded[keep_from..];
-        // Whatever is not replayed (too old, too much, or pushed out of memory while storage
-        // was read) is counted, so the member knows to ask for history.
-        let missed = (self.seq - since).saturating_sub(replayed.len() as u64);
-        if missed > 0 {
+        let replay = self.recent.replay(since, older, self.answer_cap());
+        if replay.missed > 0 {
             let notice = ErrorBody::new(
                 ErrorCode::Gap,
-                format!("{missed} earlier message(s) are not replayed; use history to read them"),
+                format!(
+                    "{} earlier message(s) are not replayed; use history to read them",
+                    replay.missed
+                ),
             );
             self.send_to(conn, shared(&ServerMsg::Error(notice)));
         }
-        if !replayed.is_empty() {
+        if let Some(bytes) = replay.bytes {
             // One queue entry for the whole replay: it must not look like a backlog.
-            let mut replay = Vec::with_capacity(cap - budget);
-            for line in replayed {
-                replay.extend_from_slice(line);
-            }
-            self.answer_to(conn, Line::new(Bytes::from(replay)));
+            self.answer_to(conn, Line::new(bytes));
         }
     }
 
@@ -708,7 +646,7 @@ impl Room {
             name: self.config.name.clone(),
             members,
             member_count: self.members.len(),
-            seq: self.seq,
+            seq: self.recent.seq(),
             rate_limit: self.config.member_limits.rate.map(|per_second| RateLimit {
                 per_second,
                 burst: self.config.member_limits.burst as u32,
@@ -788,23 +726,6 @@ impl Room {
         self.members.clear();
         self.names.clear();
     }
-}
-
-/// How many bytes `line` takes in JSON, without keeping the encoding.
-fn encoded_len(line: &ChatLine) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, line);
-    count.0
 }
 
 /// When a flush that had to wait is due; never if none is.
