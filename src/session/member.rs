@@ -16,9 +16,9 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::SessionConfig;
+use super::events::{ConnId, JoinRequest, Replay, RoomEvent};
 use super::gate::Gate;
 use super::outbox::{Line, Outbox};
-use super::room::{ConnId, JoinRequest, Replay, RoomEvent};
 use crate::bucket::TokenBucket;
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{

@@ -4,9 +4,11 @@
 //! about the coordinator except through the [`SessionObserver`] it may be given, so a session server
 //! can also be started on its own (tests do).
 
+mod events;
 mod gate;
 mod history;
 mod member;
+mod members;
 mod outbox;
 mod presence;
 mod room;

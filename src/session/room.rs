@@ -2,21 +2,20 @@
 //!
 //! Member handlers never touch each other; they send [`RoomEvent`]s here. Because one task applies
 //! every join, leave and line, all members see the same order, and no lock is ever held across an
-//! `.await`. Broadcasts are encoded once and the same `Bytes` go to every member's bounded queue; a
-//! member whose queue is full is dropped rather than allowed to slow the others down.
+//! `.await`. Broadcasts are encoded once and the same `Bytes` go to every member's queue; a queue
+//! past its mark holds the senders back (`gate.rs`), and only a member that does not drain for the
+//! drain timeout, or passes its byte budget, is dropped.
 //!
-//! Presence is batched and throttled: joins and leaves are told at most once every
-//! [`PRESENCE_INTERVAL`] (at once when the last notice is older), each member getting the net of
-//! what changed ([`Changes`]), so join/leave churn at any speed costs every other member at most a
-//! few notices a second. New members get their welcome at the same moment, and their `hello` is
+//! The room keeps the actor's state and its sending; plain parts it owns do the rest:
+//! `history.rs` the lines in memory (paging, replays, gaps), `presence.rs` the batching and
+//! throttling of joins and leaves (at most a few notices a second, each the net of what changed,
+//! however fast members churn). New members get their welcome at a flush, and their `hello` is
 //! answered only then, so everyone's picture of the roster changes at the same point in the order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -26,65 +25,14 @@ use crate::protocol::{
     ByeReason, ChatLine, ErrorBody, ErrorCode, LeaveReason, Member, RateLimit, ServerMsg, limits,
 };
 
+use super::events::{ConnId, JoinRequest, Replay, RoomEvent};
 use super::gate::Gate;
 use super::history::{self, Page, Recent};
-use super::outbox::{Full, Line, Outbox, now_ms, shared};
-use super::presence::Changes;
+use super::members::{MemberSlot, Members};
+use super::outbox::{Full, Line, Outbox, shared};
+use super::presence::{Notice, Presence};
 use super::{SessionConfig, Stop};
 use crate::bucket::TokenBucket;
-
-/// Identifies one connection for the lifetime of the room.
-pub(crate) type ConnId = u64;
-
-/// Earlier messages a joining member asked for, sent right after its welcome.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Replay {
-    /// Everything after this sequence number (a reconnecting client).
-    pub(crate) since: Option<u64>,
-    /// The newest this many (a client joining fresh).
-    pub(crate) last: Option<usize>,
-}
-
-/// A member asking to join.
-pub(crate) struct JoinRequest {
-    pub(crate) conn: ConnId,
-    pub(crate) user: String,
-    pub(crate) udp: Option<SocketAddr>,
-    pub(crate) replay: Replay,
-    pub(crate) tx: Arc<Outbox>,
-    pub(crate) kick: CancellationToken,
-    pub(crate) reply: oneshot::Sender<Result<(), ErrorBody>>,
-}
-
-/// What member handlers ask of the room.
-pub(crate) enum RoomEvent {
-    Join(JoinRequest),
-    /// A rejoin that missed more than memory holds, with the missed lines read from storage.
-    CaughtUp(JoinRequest, Vec<ChatLine>),
-    Say {
-        conn: ConnId,
-        text: String,
-        id: Option<u64>,
-    },
-    History {
-        conn: ConnId,
-        before: Option<u64>,
-        limit: usize,
-    },
-    /// A history answer that needed storage, back from it.
-    HistoryRead {
-        conn: ConnId,
-        messages: Vec<ChatLine>,
-    },
-    Lookup {
-        conn: ConnId,
-        user: String,
-    },
-    Leave {
-        conn: ConnId,
-        reason: LeaveReason,
-    },
-}
 
 /// A member admitted to the room but not yet welcomed.
 struct Pending {
@@ -94,36 +42,12 @@ struct Pending {
     reply: oneshot::Sender<Result<(), ErrorBody>>,
 }
 
-struct MemberSlot {
-    user: Arc<str>,
-    udp: Option<SocketAddr>,
-    tx: Arc<Outbox>,
-    kick: CancellationToken,
-    /// The member's rate limit on group lines.
-    bucket: TokenBucket,
-    /// Has had its welcome: lines and notices before it are not for it.
-    welcomed: bool,
-    /// When the server last pinged the member, in ms on `now_ms`'s clock.
-    last_ping_ms: u64,
-}
-
-impl MemberSlot {
-    fn member(&self) -> Member {
-        Member {
-            user: self.user.to_string(),
-            udp: self.udp,
-        }
-    }
-}
-
 /// Most events applied before presence is flushed, so a flood cannot postpone notices forever.
 const BATCH: usize = 512;
 /// Most bytes of one answer: the missed lines replayed to a rejoining member (older ones are left
 /// to `history`), or one `history` answer (older lines are left to the next request). At most
 /// half the member's byte budget, so that an answer always leaves room for live lines.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
-/// Presence notices (and welcomes) go out at most this often.
-pub(crate) const PRESENCE_INTERVAL: Duration = limits::LARGE_PRESENCE_INTERVAL;
 /// How often the room looks for members that have gone silent.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long, and for how many lines, resent lines are recognised.
@@ -132,24 +56,15 @@ const LINE_ID_CAP: usize = 100_000;
 
 pub(crate) struct Room {
     config: Arc<SessionConfig>,
-    members: HashMap<ConnId, MemberSlot>,
-    /// Lowercased names present, for case-insensitive uniqueness.
-    names: HashMap<String, ConnId>,
+    members: Members,
     /// The newest lines and the order's sequence number.
     recent: Recent,
     /// Joined since the last flush: they get a welcome then, and their hello is answered.
     pending_joined: Vec<Pending>,
-    /// Joins and leaves since the last flush, net.
-    changes: Changes,
-    /// No flush before this; one is due at this time if `flush_due`.
-    next_flush: Instant,
-    flush_due: bool,
+    /// Joins and leaves since the last flush, and when the next may go.
+    presence: Presence,
     /// Line ids seen per sender, to drop lines a reconnecting client resends.
     line_ids: ExpiringMap<(Arc<str>, u64), ()>,
-    /// A large session's count changed since members were last told.
-    count_dirty: bool,
-    /// The session was large at the last notice: rosters must be resent when it is not.
-    was_large: bool,
     /// The room's own inbox, for work finished elsewhere (reads from storage) to come back in
     /// order. Weak, so it does not keep the room alive.
     self_tx: mpsc::WeakSender<RoomEvent>,
@@ -174,18 +89,13 @@ impl Room {
         }
         Self {
             line_ids,
-            count_dirty: false,
-            was_large: false,
             self_tx,
             gate,
             config,
-            members: HashMap::new(),
-            names: HashMap::new(),
+            members: Members::default(),
             recent: Recent::new(seq, recent, config_recent),
             pending_joined: Vec::new(),
-            changes: Changes::default(),
-            next_flush: Instant::now(),
-            flush_due: false,
+            presence: Presence::default(),
         }
     }
 
@@ -200,7 +110,7 @@ impl Room {
             let idle_sleep = idle_deadline(self.members.is_empty(), idle);
             let event = tokio::select! {
                 event = rx.recv() => event,
-                _ = count_tick.tick(), if self.count_dirty => {
+                _ = count_tick.tick(), if self.presence.count_dirty() => {
                     self.flush_count();
                     continue;
                 }
@@ -209,7 +119,7 @@ impl Room {
                     self.flush_presence(false);
                     continue;
                 }
-                _ = flush_deadline(self.flush_due, self.next_flush) => {
+                () = self.presence.flush_due() => {
                     self.flush_presence(false);
                     continue;
                 }
@@ -261,11 +171,7 @@ impl Room {
             RoomEvent::HistoryRead { conn, messages } => self.answer_history(conn, messages),
             RoomEvent::Leave { conn, reason } => self.leave(conn, reason),
             RoomEvent::Lookup { conn, user } => {
-                let member = self
-                    .names
-                    .get(&user.to_lowercase())
-                    .and_then(|c| self.members.get(c))
-                    .map(MemberSlot::member);
+                let member = self.members.named(&user).map(MemberSlot::member);
                 self.send_to(conn, shared(&ServerMsg::Member { user, member }));
             }
         }
@@ -327,43 +233,22 @@ impl Room {
         tx: Arc<Outbox>,
         kick: CancellationToken,
     ) -> Result<(), ErrorBody> {
-        let key = user.to_lowercase();
-        if self.names.contains_key(&key) {
-            return Err(ErrorBody::new(
-                ErrorCode::NameTaken,
-                format!("{user} is already in this session"),
-            ));
-        }
-        if self.members.len() >= self.config.max_members {
-            return Err(ErrorBody::new(
-                ErrorCode::Full,
-                format!("this session is full ({} members)", self.config.max_members),
-            ));
-        }
-        self.names.insert(key.clone(), conn);
         let user: Arc<str> = user.into();
+        let limits = &self.config.member_limits;
+        let bucket = TokenBucket::new(limits.rate, limits.burst);
+        let slot = MemberSlot::new(user.clone(), udp, tx, kick, bucket);
+        let member = slot.member();
+        self.members.add(conn, slot, self.config.max_members)?;
         if let Some(obs) = &self.config.observer {
             obs.member_joined(self.config.id, &user);
         }
         tracing::info!(session = %self.config.id, user = %user, udp = ?udp, "member joined");
-        let limits = &self.config.member_limits;
-        let bucket = TokenBucket::new(limits.rate, limits.burst);
-        let slot = MemberSlot {
-            user,
-            udp,
-            tx,
-            kick,
-            bucket,
-            welcomed: false,
-            last_ping_ms: 0,
-        };
-        self.changes.joined(&key, slot.member());
-        self.members.insert(conn, slot);
+        self.presence.joined(&user.to_lowercase(), member);
         Ok(())
     }
 
     fn leave(&mut self, conn: ConnId, reason: LeaveReason) {
-        let Some(slot) = self.members.remove(&conn) else {
+        let Some(slot) = self.members.remove(conn) else {
             return;
         };
         if reason == LeaveReason::Left {
@@ -374,7 +259,6 @@ impl Room {
                 by: None,
             }));
         }
-        self.names.remove(&slot.user.to_lowercase());
         if let Some(log) = &self.config.presence_log
             && slot.welcomed
         {
@@ -398,12 +282,12 @@ impl Room {
             // Never welcomed: its hello goes unanswered, and the connection closes.
             self.pending_joined.swap_remove(i);
         }
-        self.changes
+        self.presence
             .left(&slot.user.to_lowercase(), slot.member(), reason);
     }
 
     fn say(&mut self, conn: ConnId, text: String, id: Option<u64>) {
-        let Some(slot) = self.members.get_mut(&conn) else {
+        let Some(slot) = self.members.get_mut(conn) else {
             return;
         };
         let user = slot.user.clone();
@@ -494,23 +378,15 @@ impl Room {
         }
     }
 
-    /// Drops members that sent nothing, not even a ping, within the heartbeat limit: their
-    /// process died without closing the socket, or the path to them is gone (half-open). Also
-    /// drops members whose queue has stayed past its mark for the drain timeout: they hold
-    /// every sender back, and one that cannot catch up in that time is not going to.
+    /// Pings the quiet, and drops members that sent nothing, not even a ping, within the
+    /// heartbeat limit (their process died without closing the socket, or the path to them is
+    /// gone) and members whose queue stayed past its mark for the drain timeout (they hold every
+    /// sender back, and one that cannot catch up in that time is not going to).
     fn sweep_silent(&mut self) {
-        let limits = &self.config.member_limits;
-        let limit = limits.idle.as_millis() as u64;
-        let drain = limits.drain_timeout.as_millis() as u64;
-        // Readers held at the gate read no pings: time held is nobody's silence.
-        let open_for = self.gate.open_for_ms();
-        let stuck: Vec<ConnId> = self
+        let found = self
             .members
-            .iter()
-            .filter(|(_, slot)| slot.tx.pressed_ms().is_some_and(|ms| ms >= drain))
-            .map(|(&conn, _)| conn)
-            .collect();
-        for conn in stuck {
+            .sweep(&self.config.member_limits, self.gate.open_for_ms());
+        for conn in found.stuck {
             tracing::info!(
                 session = %self.config.id,
                 conn,
@@ -518,16 +394,8 @@ impl Room {
             );
             self.leave(conn, LeaveReason::TooSlow);
         }
-        self.ping_the_quiet(limit);
-        let Some(open_for) = open_for else { return };
-        let silent: Vec<ConnId> = self
-            .members
-            .iter()
-            .filter(|(_, slot)| slot.tx.silent_ms().min(open_for) >= limit)
-            .map(|(&conn, _)| conn)
-            .collect();
-        for conn in silent {
-            if let Some(slot) = self.members.get(&conn) {
+        for conn in found.silent {
+            if let Some(slot) = self.members.get(conn) {
                 let _ = slot.tx.try_send(shared(&ServerMsg::Bye {
                     reason: ByeReason::Silent,
                     message: "no message or ping within the heartbeat limit".into(),
@@ -539,42 +407,23 @@ impl Room {
         }
     }
 
-    /// Pings members not heard from for a third of the silence `limit`, at most once per third,
-    /// as IRC servers do: a client that only listens stays in by answering, and need not ping on
-    /// its own.
-    fn ping_the_quiet(&mut self, limit: u64) {
-        let now = now_ms();
-        let every = limit / 3;
-        let ping = shared(&ServerMsg::Ping);
-        for slot in self.members.values_mut().filter(|s| s.welcomed) {
-            if slot.tx.silent_ms() >= every && now.saturating_sub(slot.last_ping_ms) >= every {
-                let _ = slot.tx.try_send(ping.clone());
-                slot.last_ping_ms = now;
-            }
-        }
-    }
-
     /// Whether the session is past the size where rosters are sent whole.
     fn large(&self) -> bool {
         self.members.len() > self.config.full_roster_max
     }
 
     /// Welcomes the members that joined and tells the others what changed, unless the last
-    /// flush was less than `PRESENCE_INTERVAL` ago (then one is due at the end of it) and not
+    /// flush was less than `presence::PRESENCE_INTERVAL` ago (then one is due at the end of it) and not
     /// `now`.
     fn flush_presence(&mut self, now: bool) {
-        if self.pending_joined.is_empty() && self.changes.is_empty() {
+        if !self
+            .presence
+            .may_flush(!self.pending_joined.is_empty(), now)
+        {
             return;
         }
-        let time = Instant::now();
-        if !now && time < self.next_flush {
-            self.flush_due = true;
-            return;
-        }
-        self.flush_due = false;
-        self.next_flush = time + PRESENCE_INTERVAL;
         let joiners = std::mem::take(&mut self.pending_joined);
-        let (joined, left) = self.changes.take();
+        let changes = self.presence.take();
         let large = self.large();
         let mut new = HashSet::new();
         if !joiners.is_empty() {
@@ -586,7 +435,7 @@ impl Room {
                 reply,
             } in joiners
             {
-                let Some(slot) = self.members.get_mut(&conn) else {
+                let Some(slot) = self.members.get_mut(conn) else {
                     continue;
                 };
                 slot.welcomed = true;
@@ -608,29 +457,26 @@ impl Room {
                 }
             }
         }
-        if large {
+        let notice = match self.presence.notice(large, changes) {
             // Counts only, and at most every LARGE_PRESENCE_INTERVAL: see `flush_count`.
-            self.count_dirty = true;
-            self.was_large = true;
-            return;
-        }
-        let notice = if std::mem::take(&mut self.was_large) {
-            // Back under the limit: rosters built from counts are stale, so everyone gets the
-            // whole roster again (clients take a welcome mid-stream as a fresh roster).
-            self.welcome(true)
-        } else {
-            let joined: Vec<Member> = joined
-                .into_iter()
-                .filter(|m| self.names.contains_key(&m.user.to_lowercase()))
-                .collect();
-            if joined.is_empty() && left.is_empty() {
-                return;
+            Notice::Nothing => return,
+            // Everyone gets the whole roster again (clients take a welcome mid-stream as a
+            // fresh roster).
+            Notice::Roster => self.welcome(true),
+            Notice::Changes(joined, left) => {
+                let joined: Vec<Member> = joined
+                    .into_iter()
+                    .filter(|m| self.members.named(&m.user).is_some())
+                    .collect();
+                if joined.is_empty() && left.is_empty() {
+                    return;
+                }
+                shared(&ServerMsg::Presence {
+                    joined,
+                    left,
+                    member_count: self.members.len(),
+                })
             }
-            shared(&ServerMsg::Presence {
-                joined,
-                left,
-                member_count: self.members.len(),
-            })
         };
         self.broadcast(&notice, |conn| !new.contains(&conn));
     }
@@ -638,7 +484,7 @@ impl Room {
     /// The welcome as it stands now; without the roster in a large session.
     fn welcome(&self, with_roster: bool) -> Line {
         let members = match with_roster {
-            true => self.members.values().map(MemberSlot::member).collect(),
+            true => self.members.iter().map(|(_, s)| s.member()).collect(),
             false => Vec::new(),
         };
         shared(&ServerMsg::Welcome {
@@ -656,7 +502,7 @@ impl Room {
 
     /// Tells every member of a large session how many are present now.
     fn flush_count(&mut self) {
-        self.count_dirty = false;
+        self.presence.count_told();
         let notice = shared(&ServerMsg::Presence {
             joined: Vec::new(),
             left: Vec::new(),
@@ -668,7 +514,7 @@ impl Room {
     /// Queues `bytes` for every member that `to` selects, dropping members whose queue is full.
     fn broadcast(&mut self, bytes: &Line, to: impl Fn(ConnId) -> bool) {
         let mut slow = Vec::new();
-        for (&conn, slot) in &self.members {
+        for (&conn, slot) in self.members.iter() {
             if !slot.welcomed || !to(conn) {
                 continue;
             }
@@ -683,7 +529,7 @@ impl Room {
 
     fn send_to(&mut self, conn: ConnId, bytes: impl Into<Line>) {
         let bytes = bytes.into();
-        let full = match self.members.get(&conn) {
+        let full = match self.members.get(conn) {
             Some(slot) => matches!(slot.tx.try_send(bytes), Err(Full)),
             None => false,
         };
@@ -694,7 +540,7 @@ impl Room {
 
     /// Like `send_to`, for the answer to a request: the member's next request waits for it.
     fn answer_to(&mut self, conn: ConnId, bytes: Line) {
-        let full = match self.members.get(&conn) {
+        let full = match self.members.get(conn) {
             Some(slot) => matches!(slot.tx.try_send_answer(bytes), Err(Full)),
             None => false,
         };
@@ -710,10 +556,11 @@ impl Room {
             by,
         });
         let label = self.config.label();
-        for slot in self.members.values() {
+        let log = self.config.presence_log.clone();
+        for slot in self.members.drain() {
             let _ = slot.tx.try_send(bye.clone());
             slot.tx.close();
-            if let Some(log) = &self.config.presence_log
+            if let Some(log) = &log
                 && slot.welcomed
             {
                 let why = match reason {
@@ -723,17 +570,6 @@ impl Room {
                 log.left(&label, &slot.user, why);
             }
         }
-        self.members.clear();
-        self.names.clear();
-    }
-}
-
-/// When a flush that had to wait is due; never if none is.
-async fn flush_deadline(due: bool, at: Instant) {
-    if due {
-        tokio::time::sleep_until(at).await
-    } else {
-        std::future::pending().await
     }
 }
 
