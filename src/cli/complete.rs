@@ -87,7 +87,13 @@ fn starts_with_ignore_case(candidate: &str, word: &str) -> bool {
 impl Completion {
     fn candidates(&self, line: &str, pos: usize) -> (usize, Vec<String>) {
         let before = &line[..pos];
-        let start = before.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        // After the last white space, whatever its width: an ideographic space (U+3000) is
+        // three bytes, and `i + 1` would cut it.
+        let start = before
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let word = &before[start..];
         let lists = self.names.lock();
         let pick = |names: &[String], prefix: &str, typed: &str| -> Vec<String> {
@@ -221,6 +227,30 @@ mod tests {
         assert_eq!(c.hint("/sessions", 9, &ctx), None);
         assert_eq!(c.hint("@al", 3, &ctx).as_deref(), Some("ice"));
         assert_eq!(c.hint("hi al", 5, &ctx), None);
+    }
+
+    #[test]
+    fn wide_white_space_and_wide_names_complete_without_panicking() {
+        let c = completion();
+        let history = rustyline::history::MemHistory::new();
+        let ctx = Context::new(&history);
+        for line in [
+            "hi\u{3000}@al",
+            "\u{3000}",
+            "/msg\u{3000}al",
+            "日本語\u{3000}@bo",
+            "é @",
+            "@",
+        ] {
+            let _ = c.candidates(line, line.len());
+            let _ = c.hint(line, line.len(), &ctx);
+        }
+        assert_eq!(complete("hi\u{3000}@al"), ["@alice "]);
+        assert_eq!(
+            c.hint("日本\u{3000}@al", "日本\u{3000}@al".len(), &ctx)
+                .as_deref(),
+            Some("ice")
+        );
     }
 
     #[test]
