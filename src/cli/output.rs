@@ -63,11 +63,17 @@ impl Style {
 
     /// Private messages and mentions: bold yellow, and the terminal bell.
     pub fn alert(&self, text: &str) -> String {
-        let mut s = self.paint("1;33", text);
+        let mut s = self.highlight(text);
         if self.bell {
             s.push('\x07');
         }
         s
+    }
+
+    /// Bold yellow without the bell: a mention in history is worth seeing, not hearing (a join
+    /// that shows twenty old mentions must not ring twenty times).
+    pub fn highlight(&self, text: &str) -> String {
+        self.paint("1;33", text)
     }
 
     /// Notices (`* …`): grey.
@@ -255,5 +261,7 @@ mod tests {
         let code = |s: String| s.split('m').next().unwrap().to_string();
         assert_eq!(code(colour.nick("Bob")), code(colour.nick("bob")));
         assert!(colour.alert("x").ends_with('\x07'));
+        // History is highlighted the same, without the bell.
+        assert_eq!(format!("{}\x07", colour.highlight("x")), colour.alert("x"));
     }
 }

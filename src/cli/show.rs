@@ -95,19 +95,21 @@ pub fn mentions(text: &str, me: &str) -> bool {
 }
 
 /// A group line as shown: `<nick> text` (`* nick text` for `/me`); one's own dimmed, one that
-/// mentions us highlighted with a bell.
-pub fn said(client: &Client, out: &Output, line: &ChatLine) {
+/// mentions us highlighted, with a bell when it is `live` (not history).
+pub fn said(client: &Client, out: &Output, line: &ChatLine, live: bool) {
     let style = out.style();
+    let alert = |text: &str| match live {
+        true => style.alert(text),
+        false => style.highlight(text),
+    };
     let (from, text) = (clean(&line.from), clean(&line.text));
     let mine = line.from.eq_ignore_ascii_case(client.user());
     let body = match text.strip_prefix("/me ") {
         Some(action) if mine => style.dim(&format!("* {from} {action}")),
-        Some(action) if mentions(action, client.user()) => {
-            style.alert(&format!("* {from} {action}"))
-        }
+        Some(action) if mentions(action, client.user()) => alert(&format!("* {from} {action}")),
         Some(action) => format!("* {} {action}", style.nick(&from)),
         None if mine => style.dim(&format!("<{from}> {text}")),
-        None if mentions(&text, client.user()) => style.alert(&format!("<{from}> {text}")),
+        None if mentions(&text, client.user()) => alert(&format!("<{from}> {text}")),
         None => format!("<{}> {text}", style.nick(&from)),
     };
     out.stamped(line.time, &body);
@@ -120,7 +122,7 @@ fn show_event(client: &Client, out: &Output, shown: &Shown, event: Event) {
             let _ = shown
                 .earliest
                 .compare_exchange(0, l.seq, Ordering::Relaxed, Ordering::Relaxed);
-            said(client, out, &l);
+            said(client, out, &l, true);
         }
         Event::History(lines) => {
             let asked = shown.asked.swap(false, Ordering::Relaxed);
@@ -139,7 +141,7 @@ fn show_event(client: &Client, out: &Output, shown: &Shown, event: Event) {
                 });
             out.notice(&format!("{} earlier message(s):", lines.len()));
             for l in &lines {
-                said(client, out, l);
+                said(client, out, l, false);
             }
         }
         Event::Presence {
