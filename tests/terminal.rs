@@ -696,3 +696,34 @@ async fn passwords_are_asked_twice_to_register_and_again_when_wrong() {
             .any(|r| r.contains("right-pw-9") || r.contains("bad-pw-7"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_a_command_left_waiting_and_a_second_ctrl_c_quits() {
+    let coord = TestCoordinator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let alice = Term::client("alice", coord.addr, state.path()).await;
+    alice.wait_for("logged in as alice").await;
+    // The coordinator goes away: `/sessions` would wait through every retry (13 s and more).
+    coord.stop().await;
+    alice.type_lines(&["/sessions"]).await;
+    alice.wait_for("/sessions").await;
+    let pressed = Instant::now();
+    alice.key("C-c").await;
+    alice.wait_for("cancelled: /sessions").await;
+    assert!(
+        pressed.elapsed() < Duration::from_secs(10),
+        "cancelled only after {:?}",
+        pressed.elapsed()
+    );
+    // The prompt is back and takes keys.
+    alice.type_text("still here").await;
+    alice.wait_typed("still here").await;
+    alice.key("C-u").await;
+    alice
+        .wait("an empty prompt", |rows| {
+            rows.last().is_some_and(|r| is_prompt_with(r, ""))
+        })
+        .await;
+    alice.key("C-c").await;
+    alice.wait_for("[exited 0]").await;
+}

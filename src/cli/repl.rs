@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::complete::{Completion, Names};
 use super::history;
 use super::output::{Output, Style};
-use super::screen::{Options, Screen};
+use super::screen::{Interrupt, Options, Screen};
 use super::show::{
     Shown, print_events, prompt_for, session_label, show_joined, show_roster_upto, show_sessions,
 };
@@ -48,7 +48,7 @@ commands:
   text               say text to everyone in the session
   @name text         say text to name only, peer to peer (private); also /msg name text
 keys: Tab completes commands, @names and sessions; Up/Down browse what you typed;
-  Ctrl-C clears the line; Ctrl-A/E start/end, Ctrl-W/U/K delete word/to start/to end";
+  Ctrl-C clears the line, or cancels a command still waiting; Ctrl-A/E start/end, Ctrl-W/U/K delete word/to start/to end";
 
 /// More about one command, for `/help <command>`.
 fn help_for(command: &str) -> Option<&'static str> {
@@ -115,6 +115,7 @@ pub async fn run(
     println!("* logged in as {user}; type /help for commands");
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
     let names = Names::default();
+    let interrupt = Arc::new(Interrupt::default());
     let out = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         let options = Options {
             prompt: prompt_for(&client),
@@ -123,6 +124,7 @@ pub async fn run(
                 names: names.clone(),
             },
             history: history::path(&user),
+            interrupt: interrupt.clone(),
         };
         Output::screen(Screen::start(lines_tx, options)?)
     } else {
@@ -185,7 +187,9 @@ pub async fn run(
         if line.is_empty() {
             continue;
         }
-        command(&ctx, &line).await;
+        if interrupt.run(command(&ctx, &line)).await.is_none() {
+            out.notice(&format!("cancelled: {line}"));
+        }
         out.prompt(prompt_for(&client));
     }
 

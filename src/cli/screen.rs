@@ -83,6 +83,13 @@ impl Screen {
             }
         }
         let saved = RawMode::enter()?;
+        // A panic may leave with other threads still holding the screen: give the terminal
+        // back first, so the message is readable and the shell usable.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            RawMode::restore();
+            previous(info);
+        }));
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let stop_reader = Arc::new(AtomicBool::new(false));
         {
@@ -101,6 +108,7 @@ impl Screen {
             colour: options.colour,
             completion: options.completion,
             history_file: options.history,
+            interrupt: options.interrupt,
             no_history: MemHistory::new(),
         };
         let thread = std::thread::Builder::new()
@@ -115,6 +123,13 @@ impl Screen {
 
     /// Draws what was sent before, erases the prompt and restores the terminal.
     pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if self.thread.is_none() {
+            return;
+        }
         self.stop_reader.store(true, Ordering::Relaxed);
         let (done, wait) = mpsc::channel();
         if self.tx.send(ToScreen::Stop(done)).is_ok() {
@@ -123,6 +138,49 @@ impl Screen {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Whatever way the program leaves (an error returned early, say), the terminal is given back.
+impl Drop for Screen {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Ctrl-C while a command waits (on a coordinator that does not answer, say) cancels the
+/// command and gives the prompt back, instead of queueing a `/quit` behind it; a second
+/// Ctrl-C, on an idle prompt, quits as usual.
+#[derive(Default)]
+pub struct Interrupt {
+    running: AtomicBool,
+    cancel: tokio::sync::Notify,
+}
+
+impl Interrupt {
+    /// Runs a command; `None` if Ctrl-C cancelled it.
+    pub async fn run<F: std::future::Future>(&self, command: F) -> Option<F::Output> {
+        let cancelled = self.cancel.notified();
+        tokio::pin!(cancelled);
+        // Registered before the command starts, so a Ctrl-C at once is not missed.
+        cancelled.as_mut().enable();
+        self.running.store(true, Ordering::SeqCst);
+        let result = tokio::select! {
+            out = command => Some(out),
+            () = &mut cancelled => None,
+        };
+        self.running.store(false, Ordering::SeqCst);
+        result
+    }
+
+    /// Ctrl-C on an empty line: true if it cancelled a running command.
+    fn press(&self) -> bool {
+        if !self.running.load(Ordering::SeqCst) {
+            return false;
+        }
+        // Wakes only a command waiting now: nothing is left over to cancel the next one.
+        self.cancel.notify_waiters();
+        true
     }
 }
 
@@ -136,6 +194,8 @@ pub struct Options {
     pub completion: Completion,
     /// The input history file, if one is kept.
     pub history: Option<PathBuf>,
+    /// Shared with the command loop, which runs each command through it.
+    pub interrupt: Arc<Interrupt>,
 }
 
 struct State {
@@ -150,6 +210,7 @@ struct State {
     colour: bool,
     completion: Completion,
     history_file: Option<PathBuf>,
+    interrupt: Arc<Interrupt>,
     /// rustyline's completer and hinter are handed the editor's history; ours lives in the
     /// line editor, so they get an empty one (they do not use it).
     no_history: MemHistory,
@@ -212,8 +273,10 @@ impl State {
                     self.enter(line);
                 }
             }
-            // Ctrl-C clears a half-typed line, and quits from an empty one; so does Ctrl-D.
+            // Ctrl-C clears a half-typed line, cancels a command that is waiting, and quits from
+            // an empty prompt; Ctrl-D quits.
             Key::Ctrl('c') if !self.editor.line().is_empty() => self.editor.clear(),
+            Key::Ctrl('c') if self.interrupt.press() => {}
             Key::Ctrl('c' | 'd') if self.editor.line().is_empty() => self.enter("/quit".into()),
             // At the end of the line, Right and End take the hint.
             Key::Right | Key::End | Key::Ctrl('f' | 'e')
@@ -403,9 +466,10 @@ fn read_keys(tx: mpsc::SyncSender<ToScreen>, stop: Arc<AtomicBool>) {
 
 /// The terminal in raw mode, for as long as this lives; dropping it restores the settings it
 /// found and turns bracketed paste off again.
-struct RawMode {
-    saved: libc::termios,
-}
+struct RawMode;
+
+/// The settings the terminal had before raw mode, for [`RawMode::restore`].
+static SAVED: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
 
 impl RawMode {
     fn enter() -> std::io::Result<RawMode> {
@@ -430,17 +494,24 @@ impl RawMode {
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(b"\x1b[?2004h")?;
         stdout.flush()?;
-        Ok(RawMode { saved })
+        let _ = SAVED.set(saved);
+        Ok(RawMode)
+    }
+
+    /// Turns bracketed paste off and puts back the settings raw mode found; harmless twice.
+    fn restore() {
+        let Some(saved) = SAVED.get() else { return };
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(b"\x1b[?2004l\x1b[?25h");
+        let _ = stdout.flush();
+        // SAFETY: restores the settings read from the same descriptor.
+        let fd = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
+        unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSADRAIN, saved) };
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(b"\x1b[?2004l");
-        let _ = stdout.flush();
-        // SAFETY: restores the settings read from the same descriptor.
-        let fd = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
-        unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSADRAIN, &self.saved) };
+        RawMode::restore();
     }
 }
