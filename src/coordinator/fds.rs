@@ -7,37 +7,19 @@
 /// while the hard limit is usually much higher and ours to take. Children inherit the raised
 /// limit.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
+    let (soft, hard) = rlimit::Resource::NOFILE.get()?;
+    if soft < hard {
+        rlimit::Resource::NOFILE.set(hard, hard)?;
+        return Ok(hard);
     }
-    Ok(lim.rlim_cur)
+    Ok(soft)
 }
 
 /// Descriptors open now and the soft limit, where the system tells (Linux `/proc`); `None`
 /// elsewhere, and then no reserve is kept.
 pub(super) fn usage() -> Option<(usize, usize)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return None;
-    }
-    let limit = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+    let (soft, _) = rlimit::Resource::NOFILE.get().ok()?;
+    let limit = usize::try_from(soft).unwrap_or(usize::MAX);
     // The directory being read holds one descriptor of its own while it is counted.
     let open = std::fs::read_dir("/proc/self/fd")
         .ok()?
