@@ -225,7 +225,7 @@ async fn log_in(client: &Client, credentials: Credentials) -> Result<String, Cli
     };
     if credentials.register {
         let pw = password.as_deref().unwrap_or_default();
-        let name = client.register(pw).await?;
+        let name = patiently(client, client.register(pw)).await?;
         println!("* registered {name}");
     }
     for attempt in 1..=LOGIN_TRIES {
@@ -233,7 +233,7 @@ async fn log_in(client: &Client, credentials: Credentials) -> Result<String, Cli
             Some(p) => p,
             None => ask_password(&format!("password for {user}: ")).await?,
         };
-        match client.login(&pw).await {
+        match patiently(client, client.login(&pw)).await {
             Err(ClientError::Refused(e))
                 if e.code == ErrorCode::InvalidCredentials
                     && interactive
@@ -245,6 +245,22 @@ async fn log_in(client: &Client, credentials: Credentials) -> Result<String, Cli
         }
     }
     unreachable!("the last try returns")
+}
+
+/// Awaits a request to the coordinator, saying so when it takes more than a second: before the
+/// prompt exists, a person staring at nothing through 13 s of retries cannot tell a coordinator
+/// that does not answer from a program that hangs.
+async fn patiently<T>(client: &Client, request: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(request);
+    tokio::select! {
+        out = &mut request => return out,
+        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+    }
+    eprintln!(
+        "* contacting the coordinator at {}…",
+        client.config().coordinator
+    );
+    request.await
 }
 
 async fn ask_password(prompt: &str) -> Result<String, ClientError> {
