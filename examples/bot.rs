@@ -100,7 +100,9 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             Event::ServerError(e) => println!("! server: {e}"),
-            Event::Disconnected { reason, retrying } => {
+            Event::Disconnected {
+                reason, retrying, ..
+            } => {
                 println!("! disconnected: {reason}");
                 if !retrying {
                     break;

@@ -182,11 +182,21 @@ fn show_event(client: &Client, out: &Output, shown: &Shown, event: Event) {
             }
             out.error(&clean(&e.message));
         }
-        Event::Disconnected { reason, retrying } => out.error(&format!(
-            "disconnected from the session: {}{}",
-            clean(&reason),
-            if retrying { "; reconnecting…" } else { "" }
-        )),
+        Event::Disconnected {
+            reason,
+            retrying,
+            unsent,
+        } => {
+            out.error(&format!(
+                "disconnected from the session: {}{}",
+                clean(&reason),
+                if retrying { "; reconnecting…" } else { "" }
+            ));
+            // Nothing said may vanish unseen: what the session may not have had is shown.
+            for text in unsent {
+                out.error(&format!("not sent: {}", clean(&text)));
+            }
+        }
         Event::Reconnected {
             members,
             member_count,

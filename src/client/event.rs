@@ -52,6 +52,10 @@ pub enum Event {
         /// Whether the client is reconnecting (it will say [`Event::Reconnected`]); if not, the
         /// session is over for us.
         retrying: bool,
+        /// When not retrying: the group lines we said that the session may never have had
+        /// (unconfirmed, or still waiting to go), oldest first, so they can be shown and said
+        /// again elsewhere rather than vanish.
+        unsent: Vec<String>,
     },
     /// Back in the session after a [`Event::Disconnected`]; missed lines follow as messages.
     Reconnected {

@@ -28,7 +28,7 @@ use super::event::Event;
 use super::pacer::Pacer;
 use super::roster::Roster;
 use super::rpc::Coord;
-use super::tracker::{Broken, Reaction, Tracker};
+use super::tracker::{Broken, Reaction, Tracker, say_text};
 use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{
     ClientMsg, ErrorCode, Member, RateLimit, RequestBody, ResponseBody, ServerMsg, SessionInfo,
@@ -298,7 +298,7 @@ impl Keeper {
                 Broken::Closed { by } => return self.closed(by).await,
                 Broken::Lost(reason) => reason,
             };
-            self.disconnected(reason, true).await;
+            self.disconnected(reason, true, Vec::new()).await;
             match self.rejoin().await {
                 Ok((w, r, welcome)) => {
                     self.new_pacer(welcome.rate_limit);
@@ -317,7 +317,16 @@ impl Keeper {
                 Err(Broken::Closed { by }) => return self.closed(by).await,
                 Err(Broken::Lost(reason)) => {
                     self.end();
-                    return self.disconnected(reason, false).await;
+                    // What we said that the session may never have had: sent but not echoed,
+                    // then still queued (nothing more can be queued once it is closed).
+                    let mut unsent = self.tracker.lock().unconfirmed();
+                    out.close();
+                    while let Ok(item) = out.try_recv() {
+                        if item.line_id.is_some() {
+                            unsent.extend(say_text(&item.bytes));
+                        }
+                    }
+                    return self.disconnected(reason, false, unsent).await;
                 }
             }
         }
@@ -354,10 +363,14 @@ impl Keeper {
         let _ = self.events.send(Event::Closed { session, by }).await;
     }
 
-    async fn disconnected(&self, reason: String, retrying: bool) {
+    async fn disconnected(&self, reason: String, retrying: bool, unsent: Vec<String>) {
         let _ = self
             .events
-            .send(Event::Disconnected { reason, retrying })
+            .send(Event::Disconnected {
+                reason,
+                retrying,
+                unsent,
+            })
             .await;
     }
 

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::event::Event;
 use super::roster::Roster;
 use crate::expiring::ExpiringMap;
-use crate::protocol::{ByeReason, ChatLine, Member, ServerMsg};
+use crate::protocol::{ByeReason, ChatLine, ClientMsg, Member, ServerMsg};
 
 /// Group lines sent but not yet seen echoed, resent after a rejoin. Bounded: beyond this the
 /// oldest are forgotten (they were almost certainly applied long ago).
@@ -108,6 +108,15 @@ impl Tracker {
         (resend, event)
     }
 
+    /// The texts of our lines not seen echoed, oldest first: the session may never have had
+    /// them.
+    pub(super) fn unconfirmed(&self) -> Vec<String> {
+        self.pending
+            .iter()
+            .filter_map(|(_, line)| say_text(line))
+            .collect()
+    }
+
     /// What one line from the server means.
     pub(super) fn on_line(&mut self, line: &[u8]) -> Reaction {
         match serde_json::from_slice::<ServerMsg>(line) {
@@ -190,6 +199,14 @@ impl Tracker {
     }
 }
 
+/// The text of an encoded `say` line.
+pub(super) fn say_text(line: &[u8]) -> Option<String> {
+    match serde_json::from_slice(line) {
+        Ok(ClientMsg::Say { text, .. }) => Some(text),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -264,6 +281,20 @@ mod tests {
         // An id we are not waiting for leaves the rest alone.
         t.on_message(line(3, "alice", Some(99)));
         assert_eq!(pending_ids(&t), [13]);
+    }
+
+    #[test]
+    fn the_texts_of_unechoed_lines_can_be_shown_when_the_session_is_lost() {
+        let (mut t, _) = tracker(0);
+        for (id, text) in [(1, "first"), (2, "second"), (3, "third")] {
+            let msg = ClientMsg::Say {
+                text: text.into(),
+                id: Some(id),
+            };
+            t.sent(id, crate::codec::encode_line(&msg));
+        }
+        t.on_message(line(1, "alice", Some(1)));
+        assert_eq!(t.unconfirmed(), ["second", "third"]);
     }
 
     #[test]
