@@ -25,6 +25,7 @@ pub mod codec;
 pub mod coordinator;
 pub(crate) mod db;
 pub(crate) mod expiring;
+pub mod identity;
 pub mod presence_log;
 pub mod protocol;
 pub mod session;

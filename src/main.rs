@@ -74,6 +74,10 @@ enum Command {
         /// senders back meanwhile) before the member is dropped as too slow.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=60))]
         drain_secs: u64,
+        /// Print the coordinator's public key (its identity, kept in --db; made now if the
+        /// database has none) and exit, so that it can be published for clients to pin.
+        #[arg(long)]
+        print_key: bool,
     },
     /// Measure the server: throughput, latency, joins, private messages, coordinator requests.
     Bench(cli::bench::BenchArgs),
@@ -97,6 +101,10 @@ enum Command {
         /// Join this session (id, id prefix or name) on start.
         #[arg(long, value_name = "NAME")]
         join: Option<String>,
+        /// The coordinator's key (`confab coordinator --print-key`), to trust only that one
+        /// instead of the one it shows on first use.
+        #[arg(long, value_name = "KEY", value_parser = parse_key)]
+        coordinator_key: Option<[u8; 32]>,
     },
 }
 
@@ -181,6 +189,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn parse_key(text: &str) -> Result<[u8; 32], confab::identity::BadFingerprint> {
+    confab::identity::parse_fingerprint(text)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Coordinator {
@@ -198,7 +210,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             abuse,
             member_budget_mib,
             drain_secs,
+            print_key,
         } => {
+            let db = match db.as_deref() {
+                Some(":memory:") => None,
+                Some(path) => Some(PathBuf::from(path)),
+                None => Some(coordinator::default_db_path()),
+            };
+            if print_key {
+                println!("{}", coordinator::identity(db.as_deref())?.fingerprint());
+                return Ok(());
+            }
             process::init_tracing("info");
             match coordinator::raise_fd_limit() {
                 Ok(limit) => tracing::info!(limit, "open-file limit"),
@@ -218,11 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     keep: log_keep,
                 },
                 session_host,
-                db: match db.as_deref() {
-                    Some(":memory:") => None,
-                    Some(path) => Some(PathBuf::from(path)),
-                    None => Some(coordinator::default_db_path()),
-                },
+                db,
                 token_ttl: Duration::from_secs(token_hours * 3600),
                 member_budget: (member_budget_mib as usize) << 20,
                 ..CoordinatorConfig::default()
@@ -246,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
             register,
             join,
+            coordinator_key,
         } => {
             // Logs would garble the prompt; only warnings, and only if asked for with RUST_LOG.
             process::init_tracing("off");
@@ -255,7 +274,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.bind = bind;
             config.advertise = advertise;
             let credentials = repl::Credentials { password, register };
-            repl::run(config, credentials, repl::Start { join }).await?;
+            let start = repl::Start {
+                join,
+                coordinator_key,
+            };
+            repl::run(config, credentials, start).await?;
         }
         Command::Bench(args) => {
             process::init_tracing("warn");

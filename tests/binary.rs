@@ -11,6 +11,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 struct Program {
+    /// The client's own known_coordinators (see `cli/known.rs`): a coordinator of an earlier
+    /// test on the same port had another key.
+    _data: tempfile::TempDir,
     child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
@@ -19,6 +22,7 @@ struct Program {
 
 impl Program {
     fn client(user: &str, coordinator: std::net::SocketAddr) -> Self {
+        let data = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
             .args([
                 "client",
@@ -29,6 +33,7 @@ impl Program {
             ])
             .args(["--bind", "127.0.0.1:0", "--register"])
             .env("CONFAB_PASSWORD", password(user))
+            .env("XDG_DATA_HOME", data.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -38,6 +43,7 @@ impl Program {
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         Self {
+            _data: data,
             child,
             stdin,
             stdout,

@@ -293,8 +293,10 @@ async fn a_piped_script_faster_than_the_rate_limit_gets_every_line_through_in_or
     for i in 0..60 {
         script.push_str(&format!("line {i}\n"));
     }
+    let data = tempfile::tempdir().unwrap();
     let mut alice = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
         .args(["client", "--user", "alice", "--register"])
+        .env("XDG_DATA_HOME", data.path())
         .args([
             "--coordinator",
             &coord.addr.to_string(),

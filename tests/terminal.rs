@@ -42,7 +42,7 @@ impl Term {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("tmux").to_str().unwrap().to_string();
         let program = format!(
-            "env -u CONFAB_PASSWORD -u NO_COLOR XDG_STATE_HOME={} {env} {} client --bind 127.0.0.1:0 {args}; \
+            "env -u CONFAB_PASSWORD -u NO_COLOR XDG_STATE_HOME={0} XDG_DATA_HOME={0} {env} {1} client --bind 127.0.0.1:0 {args}; \
              echo \"[exited $?]\"; sleep 3600",
             state.display(),
             env!("CARGO_BIN_EXE_confab"),

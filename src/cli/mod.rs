@@ -7,6 +7,7 @@ pub mod bench;
 mod complete;
 mod history;
 mod keys;
+mod known;
 mod lineedit;
 mod output;
 pub mod process;

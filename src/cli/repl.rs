@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::complete::{Completion, Names};
 use super::history;
+use super::known;
 use super::output::{Output, Style};
 use super::screen::{Interrupt, Options, Screen};
 use super::show::{
@@ -102,6 +103,8 @@ pub struct Credentials {
 pub struct Start {
     /// Join this session (id, id prefix or name) before reading commands.
     pub join: Option<String>,
+    /// Trust only this coordinator key (`--coordinator-key`), not the one met first.
+    pub coordinator_key: Option<[u8; 32]>,
 }
 
 /// Runs the terminal client until `/quit`, Ctrl-D or the end of input.
@@ -111,6 +114,8 @@ pub async fn run(
     start: Start,
 ) -> Result<(), ClientError> {
     let (client, events) = Client::start(config).await?;
+    // Before any password goes out: is this the coordinator we met before?
+    trust_coordinator(&client, start.coordinator_key.as_ref()).await?;
     let user = log_in(&client, credentials).await?;
     println!("* logged in as {user}; type /help for commands");
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
@@ -245,6 +250,36 @@ async fn log_in(client: &Client, credentials: Credentials) -> Result<String, Cli
         }
     }
     unreachable!("the last try returns")
+}
+
+/// Checks the coordinator's key against the one pinned or on file (see `known.rs`), and says
+/// so when it is met for the first time.
+async fn trust_coordinator(client: &Client, pinned: Option<&[u8; 32]>) -> Result<(), ClientError> {
+    let key = patiently(client, client.coordinator_key()).await?;
+    let addr = client.config().coordinator.to_string();
+    let Some(file) = known::path() else {
+        // Nowhere to remember it: only a pin can be checked.
+        return match pinned {
+            Some(pin) if pin != &key => Err(ClientError::Invalid(format!(
+                "the coordinator at {addr} has key {}, not the one given with --coordinator-key",
+                confab::identity::fingerprint(&key)
+            ))),
+            _ => Ok(()),
+        };
+    };
+    match known::check(&file, &addr, &key, pinned) {
+        Ok(known::Trust::Known) => Ok(()),
+        Ok(known::Trust::New) => {
+            println!(
+                "* first contact with the coordinator at {addr}: its key {} is now remembered in {}",
+                confab::identity::fingerprint(&key),
+                file.display()
+            );
+            Ok(())
+        }
+        Ok(known::Trust::Pinned) => Ok(()),
+        Err(e) => Err(ClientError::Invalid(e.to_string())),
+    }
 }
 
 /// Awaits a request to the coordinator, saying so when it takes more than a second: before the

@@ -295,6 +295,16 @@ impl Client {
         }
     }
 
+    /// The coordinator's long-term public key, to pin (see [`crate::identity`]). Answered to
+    /// anyone; what makes it worth having is remembering it and noticing when it changes.
+    pub async fn coordinator_key(&self) -> Result<[u8; 32], ClientError> {
+        match self.request(RequestBody::Key).await? {
+            ResponseBody::Key { key } => crate::identity::parse_fingerprint(&key)
+                .map_err(|e| ClientError::Invalid(format!("the coordinator's key: {e}"))),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
     /// The whole directory, fetched page by page.
     pub async fn list(&self) -> Result<Vec<DirectoryEntry>, ClientError> {
         let mut all = Vec::new();

@@ -53,6 +53,7 @@ pub use quota::{AbuseLimits, Rate};
 
 use crate::auth::{self, Claims, LoginThrottle, TokenKey};
 use crate::db::Db;
+use crate::identity::Identity;
 use crate::presence_log::PresenceLog;
 use crate::protocol::{ErrorBody, ErrorCode, Request, RequestBody, Response, ResponseBody, limits};
 use crate::store::Store;
@@ -77,6 +78,16 @@ const JOBS_BUSY_HINT: Duration = Duration::from_millis(100);
 /// Receive buffer asked for the UDP socket: padded requests take about 1.3 KiB of buffer each,
 /// so the usual 208 KiB default drops bursts of more than ~150 requests.
 const RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// The identity a coordinator with database `db` has (made and stored now if it has none yet;
+/// `None` is a fresh in-memory one), for `confab coordinator --print-key`.
+pub fn identity(db: Option<&std::path::Path>) -> Result<Identity, CoordinatorError> {
+    let store = match db {
+        Some(path) => Store::open(path)?,
+        None => Store::open_in_memory()?,
+    };
+    Ok(Identity::from_secret(store.identity_secret()?))
+}
 
 /// Runs the coordinator on `socket` until `shutdown` is cancelled; then stops every session server
 /// (telling members why), finishes the database writes, and returns.
@@ -134,6 +145,7 @@ pub async fn run(
     .map_err(|e| CoordinatorError::Db(e.to_string()))??;
     let (db, db_thread) = Db::start(store).map_err(|e| CoordinatorError::Db(e.to_string()))?;
     let secret = db.call(|s| s.token_secret()).await?;
+    let identity = Identity::from_secret(db.call(|s| s.identity_secret()).await?);
     let stored = db.call(|s| s.sessions()).await?;
     #[cfg(feature = "test-util")]
     let tap = config.history_tap.clone();
@@ -168,6 +180,7 @@ pub async fn run(
         replies: ReplyCache::new(REPLY_TTL, REPLY_BUDGET),
         db,
         keys: Arc::new(TokenKey::new(secret)),
+        identity,
         throttle: LoginThrottle::new(),
         logins_in_flight: Default::default(),
         done: done_tx,
@@ -187,7 +200,12 @@ pub async fn run(
             tracing::warn!(session = %rec.id, error = %e, "stored session skipped");
         }
     }
-    tracing::info!(%local, sessions = coordinator.directory.len(), "coordinator listening");
+    tracing::info!(
+        %local,
+        sessions = coordinator.directory.len(),
+        key = %coordinator.identity.fingerprint(),
+        "coordinator listening"
+    );
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let answers = tokio::select! {
@@ -227,6 +245,8 @@ pub async fn run(
 
 struct Coordinator {
     config: CoordinatorConfig,
+    /// The long-term key pair clients pin (see `identity.rs`).
+    identity: Identity,
     session_host: IpAddr,
     directory: Directory,
     tracker: TaskTracker,
@@ -342,7 +362,7 @@ impl Coordinator {
         // remembered, which keeps the cache small under heavy listing.
         let remember = !matches!(
             request.body,
-            RequestBody::List { .. } | RequestBody::Join { .. }
+            RequestBody::List { .. } | RequestBody::Join { .. } | RequestBody::Key
         );
         let reply = Reply {
             from,
@@ -360,6 +380,9 @@ impl Coordinator {
             RequestBody::Join { session, token } => self.join(reply, &session, &token),
             RequestBody::Close { session, token } => self.close(reply, &session, &token),
             RequestBody::List { cursor } => Ok(Some(self.list(cursor, from))),
+            RequestBody::Key => Ok(Some(ResponseBody::Key {
+                key: self.identity.fingerprint(),
+            })),
         };
         // `None`: a job answers it when it finishes.
         let body = body.transpose()?;

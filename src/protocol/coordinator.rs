@@ -96,6 +96,8 @@ pub enum RequestBody {
         #[serde(default)]
         cursor: usize,
     },
+    /// The coordinator's public key, for a client to pin.
+    Key,
 }
 
 impl RequestBody {
@@ -105,9 +107,10 @@ impl RequestBody {
             RequestBody::Create { token, .. }
             | RequestBody::Join { token, .. }
             | RequestBody::Close { token, .. } => Some(token),
-            RequestBody::Register { .. } | RequestBody::Login { .. } | RequestBody::List { .. } => {
-                None
-            }
+            RequestBody::Register { .. }
+            | RequestBody::Login { .. }
+            | RequestBody::List { .. }
+            | RequestBody::Key => None,
         }
     }
 }
@@ -174,6 +177,11 @@ pub enum ResponseBody {
         next: Option<usize>,
         /// Number of sessions in the whole directory.
         total: usize,
+    },
+    /// Answer to `key`: the coordinator's long-term public key (X25519), standard base64.
+    Key {
+        /// The key, as `confab coordinator --print-key` prints it.
+        key: String,
     },
     /// The request failed.
     Error(ErrorBody),

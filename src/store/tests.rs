@@ -101,6 +101,22 @@ fn token_secret_is_stable_across_reopen() {
 }
 
 #[test]
+fn the_identity_key_is_its_own_and_stable_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("confab.db");
+    let store = Store::open(&path).unwrap();
+    let first = store.identity_secret().unwrap();
+    assert_ne!(first, store.token_secret().unwrap());
+    drop(store);
+    assert_eq!(
+        Store::open(&path).unwrap().identity_secret().unwrap(),
+        first
+    );
+    let fresh = Store::open_in_memory().unwrap().identity_secret().unwrap();
+    assert_ne!(fresh, first);
+}
+
+#[test]
 fn sessions_unique_ordered_and_deletable() {
     let store = Store::open_in_memory().unwrap();
     let b = session(&store, "Later", 10);

@@ -1,4 +1,4 @@
-//! Users and the token-signing secret.
+//! Users, the token-signing secret and the coordinator's private key.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -6,6 +6,8 @@ use super::*;
 
 /// Key in the `meta` table under which the token-signing secret is kept.
 const TOKEN_SECRET_KEY: &str = "token_secret";
+/// Key in the `meta` table under which the coordinator's private key is kept.
+const IDENTITY_KEY: &str = "identity_key";
 
 impl Store {
     /// Registers a user. Returns [`StoreError::NameTaken`] if a user with the
@@ -64,23 +66,31 @@ impl Store {
 
     /// Returns the 32-byte secret used to sign login tokens, generating and
     /// storing a random one on first use. Persisting it means tokens survive
-    /// server restarts; the insert-if-absent is a single statement so two
-    /// processes racing on a fresh database agree on one secret.
+    /// server restarts.
     pub fn token_secret(&self) -> Result<[u8; 32]> {
+        self.secret(TOKEN_SECRET_KEY)
+    }
+
+    /// Returns the coordinator's long-term private key (X25519), generating and storing a random
+    /// one on first use: the database names the coordinator's identity, as clients pin it.
+    pub fn identity_secret(&self) -> Result<[u8; 32]> {
+        self.secret(IDENTITY_KEY)
+    }
+
+    /// A random 32-byte secret kept under `key`; the insert-if-absent is a single statement, so
+    /// two processes racing on a fresh database agree on one.
+    fn secret(&self, key: &str) -> Result<[u8; 32]> {
         let mut fresh = [0u8; 32];
         rand::fill(&mut fresh[..]);
         self.conn
             .prepare_cached("INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)")?
-            .execute(params![TOKEN_SECRET_KEY, &fresh[..]])?;
+            .execute(params![key, &fresh[..]])?;
         let stored: Vec<u8> = self
             .conn
             .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-            .query_row([TOKEN_SECRET_KEY], |r| r.get(0))?;
+            .query_row([key], |r| r.get(0))?;
         stored.as_slice().try_into().map_err(|_| {
-            StoreError::Corrupt(format!(
-                "token secret has {} bytes, expected 32",
-                stored.len()
-            ))
+            StoreError::Corrupt(format!("{key} has {} bytes, expected 32", stored.len()))
         })
     }
 }
