@@ -28,5 +28,6 @@ pub(crate) mod expiring;
 pub mod identity;
 pub mod presence_log;
 pub mod protocol;
+pub mod seal;
 pub mod session;
 pub mod store;

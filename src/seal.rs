@@ -1,0 +1,191 @@
+//! Sealed coordinator requests: each request and its answer in NaCl's public-key box
+//! (`crypto_box`: X25519 key agreement, XChaCha20-Poly1305), between a key pair the client makes
+//! for that one request and the coordinator's identity key (`identity.rs`).
+//!
+//! Only the coordinator's private key opens a request, and only the client that made the request
+//! opens its answer, so a password or a token on the wire is readable by nobody else, and an
+//! answer that opens came from the coordinator the client pinned. It is one datagram each way,
+//! with nothing for the coordinator to remember between them: UDP stays stateless, and a retry
+//! (the same bytes) is answered from the reply cache as before. The construction is the
+//! `crypto_box` crate's `ChaChaBox`, unchanged; protocol.md ("Sealed requests") gives the bytes.
+//!
+//! Not forward secret: whoever later learns the coordinator's private key can open recorded
+//! requests and answers. Session traffic and private messages are not covered here.
+
+use crypto_box::aead::{Aead, AeadCore, OsRng};
+use crypto_box::{ChaChaBox, PublicKey, SecretKey};
+
+/// First byte of a sealed request. Not `{` nor white space, so never JSON.
+pub const REQUEST_MARK: u8 = 0xC5;
+/// First byte of a sealed answer.
+pub const ANSWER_MARK: u8 = 0xC6;
+const KEY: usize = 32;
+const NONCE: usize = 24;
+const TAG: usize = 16;
+/// What sealing adds to a request: mark, the client's key, nonce, direction, tag.
+pub const REQUEST_OVERHEAD: usize = 1 + KEY + NONCE + 1 + TAG;
+/// What sealing adds to an answer: mark, nonce, direction, tag.
+pub const ANSWER_OVERHEAD: usize = 1 + NONCE + 1 + TAG;
+/// The first byte inside each box says which way it goes (NaCl's box has no associated data),
+/// so a request can never be taken for an answer or back.
+const REQUEST_TAG: u8 = b'Q';
+const ANSWER_TAG: u8 = b'A';
+
+/// A datagram that is not a sealed request or answer, or does not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a sealed datagram for this key")]
+pub struct SealError;
+
+/// Whether a datagram is a sealed request (rather than plain JSON).
+pub fn is_sealed_request(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&REQUEST_MARK)
+}
+
+/// The client's side of one request: opens its answer.
+pub struct Opener {
+    shared: ChaChaBox,
+}
+
+/// Seals `request` for the coordinator whose public key is `coordinator`.
+pub fn seal_request(coordinator: &[u8; 32], request: &[u8]) -> (Vec<u8>, Opener) {
+    let mine = SecretKey::generate(&mut OsRng);
+    let shared = ChaChaBox::new(&PublicKey::from(*coordinator), &mine);
+    let mut out = Vec::with_capacity(request.len() + REQUEST_OVERHEAD);
+    out.push(REQUEST_MARK);
+    out.extend_from_slice(mine.public_key().as_bytes());
+    out.extend(seal(&shared, REQUEST_TAG, request));
+    (out, Opener { shared })
+}
+
+impl Opener {
+    /// The answer inside a sealed answer to this request.
+    pub fn open(&self, datagram: &[u8]) -> Result<Vec<u8>, SealError> {
+        match datagram.split_first() {
+            Some((&ANSWER_MARK, rest)) => open(&self.shared, ANSWER_TAG, rest),
+            _ => Err(SealError),
+        }
+    }
+}
+
+/// The coordinator's side of one request: seals its answer. Cheap to clone (the box is shared),
+/// so it can travel with the request into the job that answers it.
+#[derive(Clone)]
+pub struct Answerer {
+    shared: std::sync::Arc<ChaChaBox>,
+}
+
+impl std::fmt::Debug for Answerer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Answerer(<key>)")
+    }
+}
+
+/// Opens a sealed request with the coordinator's private key.
+pub fn open_request(secret: &[u8; 32], datagram: &[u8]) -> Result<(Vec<u8>, Answerer), SealError> {
+    let Some((&REQUEST_MARK, rest)) = datagram.split_first() else {
+        return Err(SealError);
+    };
+    if rest.len() < KEY + NONCE + 1 + TAG {
+        return Err(SealError);
+    }
+    let (theirs, sealed) = rest.split_at(KEY);
+    let theirs: [u8; KEY] = theirs.try_into().map_err(|_| SealError)?;
+    let shared = ChaChaBox::new(&PublicKey::from(theirs), &SecretKey::from(*secret));
+    let request = open(&shared, REQUEST_TAG, sealed)?;
+    Ok((
+        request,
+        Answerer {
+            shared: std::sync::Arc::new(shared),
+        },
+    ))
+}
+
+impl Answerer {
+    /// Seals an answer for the client that sent the request.
+    pub fn seal(&self, answer: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(answer.len() + ANSWER_OVERHEAD);
+        out.push(ANSWER_MARK);
+        out.extend(seal(&self.shared, ANSWER_TAG, answer));
+        out
+    }
+}
+
+/// A random nonce, then the box of the direction byte and `msg`.
+fn seal(shared: &ChaChaBox, direction: u8, msg: &[u8]) -> Vec<u8> {
+    let nonce = ChaChaBox::generate_nonce(&mut OsRng);
+    let mut plain = Vec::with_capacity(1 + msg.len());
+    plain.push(direction);
+    plain.extend_from_slice(msg);
+    let sealed = shared
+        .encrypt(&nonce, plain.as_slice())
+        .expect("sealing in memory does not fail");
+    let mut out = Vec::with_capacity(NONCE + sealed.len());
+    out.extend_from_slice(&nonce);
+    out.extend(sealed);
+    out
+}
+
+fn open(shared: &ChaChaBox, direction: u8, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    if sealed.len() < NONCE + 1 + TAG {
+        return Err(SealError);
+    }
+    let (nonce, msg) = sealed.split_at(NONCE);
+    let mut plain = shared.decrypt(nonce.into(), msg).map_err(|_| SealError)?;
+    if plain.first() != Some(&direction) {
+        return Err(SealError);
+    }
+    plain.remove(0);
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    #[test]
+    fn a_request_and_its_answer_open_only_for_the_two_ends() {
+        let coordinator = Identity::from_secret([9; 32]);
+        let (sealed, opener) = seal_request(&coordinator.public_key(), b"{\"op\":\"login\"}");
+        assert!(is_sealed_request(&sealed));
+        assert_eq!(sealed.len(), 14 + REQUEST_OVERHEAD);
+        assert!(
+            !sealed.windows(5).any(|w| w == b"login"),
+            "the request is not readable"
+        );
+        let (request, answerer) = open_request(&coordinator.secret(), &sealed).unwrap();
+        assert_eq!(request, b"{\"op\":\"login\"}");
+        let answer = answerer.seal(b"token");
+        assert_eq!(answer.len(), 5 + ANSWER_OVERHEAD);
+        assert_eq!(opener.open(&answer).unwrap(), b"token");
+
+        // Another coordinator's key opens nothing; another request's opener opens no answer.
+        let other = Identity::from_secret([8; 32]);
+        assert_eq!(
+            open_request(&other.secret(), &sealed).unwrap_err(),
+            SealError
+        );
+        let (_, stranger) = seal_request(&coordinator.public_key(), b"x");
+        assert_eq!(stranger.open(&answer), Err(SealError));
+    }
+
+    #[test]
+    fn altered_truncated_or_reflected_datagrams_do_not_open() {
+        let coordinator = Identity::from_secret([9; 32]);
+        let (sealed, opener) = seal_request(&coordinator.public_key(), b"request");
+        for i in [1, 40, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(
+                open_request(&coordinator.secret(), &bad).is_err(),
+                "byte {i}"
+            );
+        }
+        assert!(open_request(&coordinator.secret(), &sealed[..40]).is_err());
+        assert!(open_request(&coordinator.secret(), b"{\"id\":1}").is_err());
+        // The request's own box bytes, sent back as an answer, are not an answer.
+        let mut reflected = vec![ANSWER_MARK];
+        reflected.extend_from_slice(&sealed[1 + KEY..]);
+        assert_eq!(opener.open(&reflected), Err(SealError));
+    }
+}
