@@ -78,6 +78,10 @@ enum Command {
         /// database has none) and exit, so that it can be published for clients to pin.
         #[arg(long)]
         print_key: bool,
+        /// Also take plain (unsealed) requests, as typed into `nc`. For debugging only:
+        /// passwords and tokens sent that way cross the network readable.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Measure the server: throughput, latency, joins, private messages, coordinator requests.
     Bench(cli::bench::BenchArgs),
@@ -211,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             member_budget_mib,
             drain_secs,
             print_key,
+            insecure,
         } => {
             let db = match db.as_deref() {
                 Some(":memory:") => None,
@@ -246,6 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..CoordinatorConfig::default()
             };
             config.member_limits.drain_timeout = Duration::from_secs(drain_secs);
+            config.insecure = insecure;
             if no_rate_limit {
                 config.member_limits.rate = None;
             }

@@ -119,3 +119,109 @@ async fn the_client_remembers_the_first_key_and_refuses_another_before_any_passw
 fn coord_addr(file: &str) -> std::net::SocketAddr {
     file.split_whitespace().next().unwrap().parse().unwrap()
 }
+
+/// A UDP relay in front of `server` that keeps a copy of every byte it carries, both ways.
+async fn recording_relay(
+    server: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    use tokio::net::UdpSocket;
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let client = Arc::new(Mutex::new(None));
+    tokio::spawn({
+        let (front, up, seen, client) = (front.clone(), up.clone(), seen.clone(), client.clone());
+        async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                *client.lock().unwrap() = Some(from);
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                let _ = up.send_to(&buf[..n], server).await;
+            }
+        }
+    });
+    tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, _)) = up.recv_from(&mut buf).await {
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                let to = *client.lock().unwrap();
+                if let Some(to) = to {
+                    let _ = front.send_to(&buf[..n], to).await;
+                }
+            }
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn passwords_and_tokens_never_cross_the_wire_readable() {
+    let coord = TestCoordinator::start_with(CoordinatorConfig {
+        insecure: false,
+        ..test_config()
+    })
+    .await;
+    let (relay, seen) = recording_relay(coord.addr).await;
+    let marker = "pw-marker-7f3a9c";
+    let (c, _) = confab::client::Client::start(client_config("erin", relay))
+        .await
+        .unwrap();
+    c.register(marker).await.unwrap();
+    c.login(marker).await.unwrap();
+    c.start_session(Some("sealed")).await.unwrap();
+    let bytes = seen.lock().unwrap().clone();
+    let has = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has("\"op\":\"key\""), "the capture saw the key request");
+    for secret in [
+        marker,
+        "\"op\":\"login\"",
+        "logged_in",
+        "\"token\"",
+        "sealed",
+    ] {
+        assert!(!has(secret), "{secret} crossed the wire readable");
+    }
+}
+
+#[tokio::test]
+async fn a_coordinator_without_insecure_answers_only_the_key_in_the_open() {
+    let coord = TestCoordinator::start_with(CoordinatorConfig {
+        insecure: false,
+        ..test_config()
+    })
+    .await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ask = |request: &str| {
+        let mut bytes = request.as_bytes().to_vec();
+        confab::protocol::pad_request(&mut bytes);
+        bytes
+    };
+    let mut buf = vec![0u8; 2048];
+    for (request, want) in [
+        (r#"{"id":1,"op":"key"}"#, "key"),
+        (
+            r#"{"id":2,"op":"register","user":"x","password":"y"}"#,
+            "not_sealed",
+        ),
+        (r#"{"id":3,"op":"list"}"#, "not_sealed"),
+    ] {
+        socket.send_to(&ask(request), coord.addr).await.unwrap();
+        let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+        let got = v["code"].as_str().or(v["type"].as_str()).unwrap();
+        assert_eq!(got, want, "{request}: {v}");
+    }
+    // The client library seals, so it is served as usual.
+    let (alice, _) = client("alice", coord.addr).await;
+    alice.start_session(Some("safe")).await.unwrap();
+}

@@ -59,6 +59,9 @@ pub struct ClientConfig {
     /// Endpoint to announce to peers instead of the one the coordinator observed (a port forward,
     /// or a relay in tests).
     pub advertise: Option<SocketAddr>,
+    /// The coordinator's public key (`confab coordinator --print-key`), to seal requests for and
+    /// to accept no other; `None` takes the one the coordinator gives when first asked.
+    pub coordinator_key: Option<[u8; 32]>,
     /// Retries of coordinator requests.
     pub request_retry: Retry,
     /// Retries of private messages.
@@ -80,6 +83,7 @@ impl ClientConfig {
             coordinator,
             bind: None,
             advertise: None,
+            coordinator_key: None,
             // 200 ms, 400, 800, then 1 s: 15 tries cover about 13 s and survive heavy loss.
             request_retry: Retry {
                 first: Duration::from_millis(200),
@@ -164,7 +168,12 @@ impl Client {
         let local = udp.local_addr()?;
         let udp = Arc::new(udp);
         let (events, events_rx) = mpsc::channel(config.event_queue);
-        let coord = Coord::new(udp.clone(), config.coordinator, config.request_retry);
+        let coord = Coord::new(
+            udp.clone(),
+            config.coordinator,
+            config.request_retry,
+            config.coordinator_key,
+        );
         let dms = Dms::new(udp, config.user.clone(), config.dm_retry);
         let inner = Arc::new(Inner {
             config,
@@ -297,12 +306,12 @@ impl Client {
 
     /// The coordinator's long-term public key, to pin (see [`crate::identity`]). Answered to
     /// anyone; what makes it worth having is remembering it and noticing when it changes.
+    ///
+    /// The key given is the one later requests are sealed for (unless one was pinned in
+    /// [`ClientConfig::coordinator_key`]: then a different one is an error), so a program that
+    /// checks it before logging in (as the terminal client does) seals for the key it checked.
     pub async fn coordinator_key(&self) -> Result<[u8; 32], ClientError> {
-        match self.request(RequestBody::Key).await? {
-            ResponseBody::Key { key } => crate::identity::parse_fingerprint(&key)
-                .map_err(|e| ClientError::Invalid(format!("the coordinator's key: {e}"))),
-            _ => Err(ClientError::Unexpected),
-        }
+        self.inner.coord.fetch_key().await
     }
 
     /// The whole directory, fetched page by page.

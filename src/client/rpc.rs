@@ -3,6 +3,11 @@
 //!
 //! The socket is shared with the private messages (see `dm`), so this module does not read it:
 //! the hub that does passes coordinator datagrams to [`Coord::deliver`].
+//!
+//! Every request but `key` is sealed for the coordinator's key (`crate::seal`): the one the
+//! application pinned, or else the one the coordinator gave when first asked, which is then kept
+//! for the client's life (trust on first use). A sealed answer says nothing outside its box, not
+//! even the request id, so it is tried against the requests waiting for one.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -20,6 +25,7 @@ use uuid::Uuid;
 use super::backoff::Retry;
 use super::error::ClientError;
 use crate::protocol::{ErrorCode, Request, RequestBody, Response, ResponseBody};
+use crate::seal::{self, Opener};
 
 /// Waiters keyed by id: whoever registered gets the first value delivered for it.
 pub(super) struct Waiters<K, V> {
@@ -73,10 +79,19 @@ pub(super) struct Coord {
     next_id: Arc<AtomicU64>,
     requests: Waiters<u64, Response>,
     observed: Arc<Mutex<Option<SocketAddr>>>,
+    /// The coordinator's public key, once pinned or first heard.
+    key: Arc<Mutex<Option<[u8; 32]>>>,
+    /// Requests waiting for a sealed answer, and what opens it.
+    openers: Arc<Mutex<Vec<(u64, Opener)>>>,
 }
 
 impl Coord {
-    pub(super) fn new(udp: Arc<UdpSocket>, addr: SocketAddr, retry: Retry) -> Self {
+    pub(super) fn new(
+        udp: Arc<UdpSocket>,
+        addr: SocketAddr,
+        retry: Retry,
+        key: Option<[u8; 32]>,
+    ) -> Self {
         // Random start: a restarted client on a reused port must not hit cached answers.
         let first_id = Uuid::new_v4().as_u64_pair().0 >> 12;
         Self {
@@ -86,6 +101,31 @@ impl Coord {
             next_id: Arc::new(AtomicU64::new(first_id)),
             requests: Waiters::new(),
             observed: Arc::new(Mutex::new(None)),
+            key: Arc::new(Mutex::new(key)),
+            openers: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The coordinator's key as the coordinator gives it, in the open (there is nothing to seal
+    /// for yet). Kept for sealing if none was pinned; a pinned key that differs is an error.
+    pub(super) async fn fetch_key(&self) -> Result<[u8; 32], ClientError> {
+        let given = match self.send(RequestBody::Key, None).await? {
+            ResponseBody::Key { key } => crate::identity::parse_fingerprint(&key)
+                .map_err(|e| ClientError::Invalid(format!("the coordinator's key: {e}")))?,
+            _ => return Err(ClientError::Unexpected),
+        };
+        let mut key = self.key.lock();
+        match *key {
+            Some(pinned) if pinned != given => Err(ClientError::Invalid(format!(
+                "the coordinator at {} has key {}, not the pinned {}",
+                self.addr,
+                crate::identity::fingerprint(&given),
+                crate::identity::fingerprint(&pinned)
+            ))),
+            _ => {
+                *key = Some(given);
+                Ok(given)
+            }
         }
     }
 
@@ -101,11 +141,32 @@ impl Coord {
 
     /// Hands a datagram from the coordinator to the request it answers.
     pub(super) fn deliver(&self, datagram: &[u8]) {
-        match serde_json::from_slice::<Response>(datagram) {
+        let sealed = datagram.first() == Some(&seal::ANSWER_MARK);
+        let opened = sealed.then(|| {
+            self.openers
+                .lock()
+                .iter()
+                .find_map(|(id, opener)| opener.open(datagram).ok().map(|plain| (*id, plain)))
+        });
+        let (plain, sealed_for) = match opened {
+            Some(Some((id, plain))) => (plain, Some(id)),
+            Some(None) => {
+                tracing::debug!("sealed answer that no waiting request opens");
+                return;
+            }
+            None => (datagram.to_vec(), None),
+        };
+        match serde_json::from_slice::<Response>(&plain) {
             Ok(resp) => {
-                if let Some(id) = resp.id {
-                    self.requests.complete(&id, resp);
+                let Some(id) = resp.id else { return };
+                // A sealed request takes only the answer sealed for it: anyone on the path can
+                // write a plain one with its id.
+                let was_sealed = self.openers.lock().iter().any(|(i, _)| *i == id);
+                if sealed_for.is_some_and(|s| s != id) || (sealed_for.is_none() && was_sealed) {
+                    tracing::debug!(id, "answer not sealed for the request it names; dropped");
+                    return;
                 }
+                self.requests.complete(&id, resp);
             }
             Err(e) => tracing::debug!(error = %e, "unreadable coordinator answer"),
         }
@@ -117,11 +178,35 @@ impl Coord {
     /// the wait it asks for (spread by up to half again, so that clients refused together do not
     /// return together) costs none of the tries, only time, up to [`BUSY_PATIENCE`].
     pub(super) async fn request(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
+        let known = *self.key.lock();
+        let key = match known {
+            Some(key) => key,
+            None => self.fetch_key().await?,
+        };
+        self.send(body, Some(key)).await
+    }
+
+    /// Sends one request, sealed for `key` if given, and waits for its answer.
+    async fn send(
+        &self,
+        body: RequestBody,
+        key: Option<[u8; 32]>,
+    ) -> Result<ResponseBody, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut bytes =
             serde_json::to_vec(&Request { id, body }).expect("protocol types serialize");
         crate::protocol::pad_request(&mut bytes);
         let mut answer = self.requests.register(id);
+        let sealed = key.map(|key| {
+            let (sealed, opener) = seal::seal_request(&key, &bytes);
+            self.openers.lock().push((id, opener));
+            sealed
+        });
+        let _opened = OpenerGuard {
+            openers: &self.openers,
+            id,
+        };
+        let bytes = sealed.unwrap_or(bytes);
         let mut delays = self.retry.delays();
         let mut delay = delays.next();
         let patience = tokio::time::Instant::now() + BUSY_PATIENCE;
@@ -165,4 +250,16 @@ const BUSY_PATIENCE: Duration = Duration::from_secs(60);
 /// `wait` lengthened by a random part of up to half of it.
 fn spread(wait: Duration) -> Duration {
     wait.mul_f64(1.0 + rand::random::<f64>() / 2.0)
+}
+
+/// Takes a request's opener off the list however its wait ends.
+struct OpenerGuard<'a> {
+    openers: &'a Mutex<Vec<(u64, Opener)>>,
+    id: u64,
+}
+
+impl Drop for OpenerGuard<'_> {
+    fn drop(&mut self) {
+        self.openers.lock().retain(|(id, _)| *id != self.id);
+    }
 }

@@ -17,7 +17,7 @@ use crate::store::StoreError;
 
 impl Coordinator {
     /// A place in the hashing pool for valid credentials, or the answer refusing them.
-    fn admit(&self, reply: Reply, user: &str, password: &Password) -> Result<Ticket, Bytes> {
+    fn admit(&self, reply: &Reply, user: &str, password: &Password) -> Result<Ticket, Bytes> {
         check_credentials(user, password).map_err(|e| refuse(reply, e))?;
         self.hashing.admit().ok_or_else(|| {
             tracing::debug!(from = %reply.from, "hashing pool full; answered busy");
@@ -36,7 +36,7 @@ impl Coordinator {
         password: Password,
     ) -> Option<Bytes> {
         // Admitted first, so that a `busy` answer costs the address none of its quota.
-        let ticket = match self.admit(reply, &user, &password) {
+        let ticket = match self.admit(&reply, &user, &password) {
             Ok(t) => t,
             Err(refused) => return Some(refused),
         };
@@ -51,7 +51,7 @@ impl Coordinator {
                     quota::in_words(wait)
                 ),
             );
-            return Some(refuse(reply, e));
+            return Some(refuse(&reply, e));
         }
         let (db, cost) = (self.db.clone(), self.config.password_cost);
         let span = tracing::info_span!("register", request = reply.id, %user);
@@ -100,7 +100,7 @@ impl Coordinator {
     ) -> Option<Bytes> {
         let from = reply.from;
         if let Err(e) = check_credentials(&user, &password) {
-            return Some(refuse(reply, e));
+            return Some(refuse(&reply, e));
         }
         // One login per name at a time: the throttle learns of a failure only when its hash is
         // checked, so parallel guesses would otherwise all pass the check before the first fails.
@@ -110,7 +110,7 @@ impl Coordinator {
                 ErrorCode::Throttled,
                 "another login for this name is in progress; try again in a moment",
             );
-            return Some(refuse(reply, e));
+            return Some(refuse(&reply, e));
         }
         let now = Instant::now();
         if self.config.abuse.hold_parallel_logins && !self.throttle.may_start(from.ip(), now) {
@@ -119,7 +119,7 @@ impl Coordinator {
                 "too many logins from this address at once; try again in a moment",
                 self.hashing.hash_time(),
             );
-            return Some(refuse(reply, e));
+            return Some(refuse(&reply, e));
         }
         if let Err(wait) = self.throttle.check(&user, from.ip(), now) {
             let e = err(
@@ -129,9 +129,9 @@ impl Coordinator {
                     wait.as_secs().max(1)
                 ),
             );
-            return Some(refuse(reply, e));
+            return Some(refuse(&reply, e));
         }
-        let ticket = match self.admit(reply, &user, &password) {
+        let ticket = match self.admit(&reply, &user, &password) {
             Ok(t) => t,
             Err(refused) => return Some(refused),
         };

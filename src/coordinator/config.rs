@@ -79,6 +79,9 @@ pub struct CoordinatorConfig {
     pub hash_queue: usize,
     /// What one address or one account may ask for (see README, "Limits and abuse").
     pub abuse: AbuseLimits,
+    /// Also take plain (unsealed) requests, as typed into `nc`: for debugging only, since
+    /// passwords and tokens then cross the network readable. Off by default.
+    pub insecure: bool,
     /// File descriptors kept free for members of running sessions: no new session server starts
     /// when fewer would be left. `None`: a quarter of the open-file limit.
     pub fd_reserve: Option<usize>,
@@ -112,6 +115,7 @@ impl Default for CoordinatorConfig {
             hash_queue: 256,
             abuse: AbuseLimits::default(),
             fd_reserve: None,
+            insecure: false,
             directory: None,
             #[cfg(feature = "test-util")]
             history_tap: None,

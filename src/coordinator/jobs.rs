@@ -4,6 +4,7 @@
 //! `Coordinator`, and the loop (`mod.rs`) takes these types from here, never from them, so no two
 //! files import each other.
 
+use crate::seal::Answerer;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
@@ -14,12 +15,14 @@ use super::replies::RequestKey;
 use crate::protocol::{ErrorBody, ResponseBody};
 use crate::store::StoredMessage;
 
-/// Whom to answer: the request's address and id, and its key in the reply cache.
-#[derive(Debug, Clone, Copy)]
+/// Whom to answer: the request's address and id, its key in the reply cache, and how to seal the
+/// answer if the request came sealed.
+#[derive(Debug, Clone)]
 pub(super) struct Reply {
     pub(super) from: SocketAddr,
     pub(super) id: u64,
     pub(super) key: RequestKey,
+    pub(super) seal: Option<Answerer>,
 }
 
 /// A job that finished, for the loop to apply and answer.

@@ -56,6 +56,7 @@ use crate::db::Db;
 use crate::identity::Identity;
 use crate::presence_log::PresenceLog;
 use crate::protocol::{ErrorBody, ErrorCode, Request, RequestBody, Response, ResponseBody, limits};
+use crate::seal::{self, Answerer};
 use crate::store::Store;
 use hashing::HashPool;
 use jobs::{Done, Reply};
@@ -206,6 +207,11 @@ pub async fn run(
         key = %coordinator.identity.fingerprint(),
         "coordinator listening"
     );
+    if coordinator.config.insecure {
+        tracing::warn!(
+            "INSECURE: --insecure takes plain requests too; passwords and tokens sent that way cross the network readable. For debugging only."
+        );
+    }
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let answers = tokio::select! {
@@ -305,9 +311,31 @@ impl Coordinator {
         Some(answer)
     }
 
-    fn answer(&mut self, datagram: &[u8], from: SocketAddr) -> Option<Bytes> {
+    fn answer(&mut self, wire: &[u8], from: SocketAddr) -> Option<Bytes> {
+        // A sealed request is opened first: what follows reads what is inside, and every
+        // answer goes back sealed for the one client that can open it. One that does not open
+        // gets nothing (there is nobody to seal an answer for), and counts against its address.
+        let (datagram, seal) =
+            if seal::is_sealed_request(wire) && wire.len() <= limits::MAX_DATAGRAM {
+                match seal::open_request(&self.identity.secret(), wire) {
+                    Ok((plain, answerer)) => (std::borrow::Cow::Owned(plain), Some(answerer)),
+                    Err(_) => {
+                        tracing::debug!(%from, "sealed request that does not open; dropped");
+                        let _ = self
+                            .unauthenticated
+                            .take(&auth::ip_key(from.ip()), Instant::now());
+                        return None;
+                    }
+                }
+            } else {
+                (std::borrow::Cow::Borrowed(wire), None)
+            };
+        let datagram: &[u8] = &datagram;
+        let early = |id: Option<u64>, e: ErrorBody| {
+            sealed(seal.as_ref(), encode(id, from, ResponseBody::Error(e)))
+        };
         let id_of = |d: &[u8]| serde_json::from_slice::<IdOnly>(d).ok().and_then(|r| r.id);
-        let parsed = (datagram.len() <= limits::MAX_DATAGRAM)
+        let parsed = (wire.len() <= limits::MAX_DATAGRAM)
             .then(|| serde_json::from_slice::<Request>(datagram));
         // Requests with a valid token answer to the account's quotas; everything else to the
         // address's, which drops what is beyond it without a word.
@@ -324,32 +352,41 @@ impl Coordinator {
             tracing::debug!(%from, "over the per-address request rate; dropped");
             return None;
         }
-        if datagram.len() < limits::MIN_REQUEST {
+        if wire.len() < limits::MIN_REQUEST {
             let e = err(
                 ErrorCode::TooSmall,
                 format!("pad requests to {} bytes", limits::MIN_REQUEST),
             );
-            return Some(encode(id_of(datagram), from, ResponseBody::Error(e)));
+            return Some(early(id_of(datagram), e));
         }
-        if datagram.len() > limits::MAX_DATAGRAM {
+        if wire.len() > limits::MAX_DATAGRAM {
             let e = err(
                 ErrorCode::TooLarge,
                 format!(
                     "datagram of {} bytes is larger than the limit of {}",
-                    datagram.len(),
+                    wire.len(),
                     limits::MAX_DATAGRAM
                 ),
             );
-            return Some(encode(id_of(datagram), from, ResponseBody::Error(e)));
+            return Some(early(id_of(datagram), e));
         }
         let request = match parsed? {
             Ok(r) => r,
             Err(e) => {
                 let e = err(ErrorCode::Malformed, format!("malformed request: {e}"));
-                return Some(encode(id_of(datagram), from, ResponseBody::Error(e)));
+                return Some(early(id_of(datagram), e));
             }
         };
-        let key = RequestKey::new(from, datagram);
+        // In the open, only the key: what a client needs before it can seal anything.
+        if seal.is_none() && !self.config.insecure && request.body != RequestBody::Key {
+            let e = err(
+                ErrorCode::NotSealed,
+                "this coordinator takes only sealed requests (protocol.md, \"Sealed requests\"); ask for its key, then seal",
+            );
+            return Some(early(Some(request.id), e));
+        }
+        // The whole datagram as sent: a retry is the same bytes, sealed or not.
+        let key = RequestKey::new(from, wire);
         match self.replies.get(&key) {
             Some(Slot::Done(cached)) => {
                 tracing::debug!(%from, id = request.id, "repeated request answered from cache");
@@ -368,6 +405,7 @@ impl Coordinator {
             from,
             id: request.id,
             key,
+            seal,
         };
         let body = match request.body {
             RequestBody::Register { user, password } => {
@@ -376,9 +414,9 @@ impl Coordinator {
             RequestBody::Login { user, password } => {
                 return self.login(reply, user, password);
             }
-            RequestBody::Create { name, token } => self.create(reply, name, &token),
-            RequestBody::Join { session, token } => self.join(reply, &session, &token),
-            RequestBody::Close { session, token } => self.close(reply, &session, &token),
+            RequestBody::Create { name, token } => self.create(reply.clone(), name, &token),
+            RequestBody::Join { session, token } => self.join(reply.clone(), &session, &token),
+            RequestBody::Close { session, token } => self.close(reply.clone(), &session, &token),
             RequestBody::List { cursor } => Ok(Some(self.list(cursor, from))),
             RequestBody::Key => Ok(Some(ResponseBody::Key {
                 key: self.identity.fingerprint(),
@@ -389,11 +427,7 @@ impl Coordinator {
         // A refusal changed nothing, so running its retry again is harmless; keeping it would
         // only let strangers fill the cache with their own long names.
         let remember = remember && body.is_ok();
-        let answer = encode(
-            Some(request.id),
-            from,
-            body.unwrap_or_else(ResponseBody::Error),
-        );
+        let answer = answer_to(&reply, body.unwrap_or_else(ResponseBody::Error));
         if remember {
             self.replies.done(key, answer.clone());
         }
@@ -435,11 +469,7 @@ impl Coordinator {
         body: Result<ResponseBody, ErrorBody>,
         keep: bool,
     ) -> (Bytes, SocketAddr) {
-        let answer = encode(
-            Some(reply.id),
-            reply.from,
-            body.unwrap_or_else(ResponseBody::Error),
-        );
+        let answer = answer_to(&reply, body.unwrap_or_else(ResponseBody::Error));
         if keep {
             self.replies.done(reply.key, answer.clone());
         } else {
@@ -483,9 +513,29 @@ impl Coordinator {
 }
 
 /// An answer that refuses a request at once; refusals are not cached (see `handle`).
-fn refuse(reply: Reply, e: ErrorBody) -> Bytes {
-    encode(Some(reply.id), reply.from, ResponseBody::Error(e))
+fn refuse(reply: &Reply, e: ErrorBody) -> Bytes {
+    answer_to(reply, ResponseBody::Error(e))
 }
+
+/// The answer to `reply`: encoded, and sealed if the request was.
+fn answer_to(reply: &Reply, body: ResponseBody) -> Bytes {
+    sealed(
+        reply.seal.as_ref(),
+        encode(Some(reply.id), reply.from, body),
+    )
+}
+
+/// `answer` sealed for the client whose request `seal` opened, or as it is for a plain one.
+fn sealed(seal: Option<&Answerer>, answer: Bytes) -> Bytes {
+    match seal {
+        Some(seal) => Bytes::from(seal.seal(&answer)),
+        None => answer,
+    }
+}
+
+/// Room for an answer in one datagram, sealing included (a plain answer keeps the same bound,
+/// so pages do not depend on how they are asked for).
+pub(super) const ANSWER_ROOM: usize = limits::MAX_DATAGRAM - seal::ANSWER_OVERHEAD;
 
 /// Encodes an answer as one line (the newline keeps `nc` output readable). Error messages quote
 /// what the client sent, so one that would not fit a datagram is shortened until it does.
@@ -494,7 +544,7 @@ fn encode(id: Option<u64>, observed: SocketAddr, body: ResponseBody) -> Bytes {
     loop {
         let mut bytes = serde_json::to_vec(&resp).expect("protocol types serialize");
         bytes.push(b'\n');
-        let excess = bytes.len().saturating_sub(limits::MAX_DATAGRAM);
+        let excess = bytes.len().saturating_sub(ANSWER_ROOM);
         match &mut resp.body {
             ResponseBody::Error(e) if excess > 0 && !e.message.is_empty() => {
                 let mut keep = e.message.len().saturating_sub(excess + 3);

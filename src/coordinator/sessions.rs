@@ -22,7 +22,7 @@ use super::jobs::{Done, Reply, Started};
 use super::{Coordinator, encode, err, fds, internal, quota};
 use crate::auth;
 use crate::db::to_line;
-use crate::protocol::{ErrorBody, ErrorCode, ResponseBody, SessionInfo, limits};
+use crate::protocol::{ErrorBody, ErrorCode, ResponseBody, SessionInfo};
 use crate::session::{self, SessionConfig, Stop};
 use crate::store::{SessionRecord, StoreError};
 
@@ -102,8 +102,8 @@ impl Coordinator {
             return Ok(Some(ResponseBody::Session { session }));
         }
         if let Some(waiting) = self.starting.get_mut(&listed.id) {
-            waiting.push((reply, false));
             self.replies.pending(reply.key);
+            waiting.push((reply, false));
             return Ok(None);
         }
         self.room_for_job()?;
@@ -140,9 +140,9 @@ impl Coordinator {
             Ok((s.last_seq(id)?, s.history(id, None, recent)?))
         });
         self.directory.set_starting(id);
-        self.starting.insert(id, vec![(reply, keep)]);
         self.replies.pending(reply.key);
         let span = tracing::info_span!("start", request = reply.id, %user, session = %id);
+        self.starting.insert(id, vec![(reply, keep)]);
         self.spawn_job(
             async move {
                 let result = match stored.await {
@@ -330,7 +330,7 @@ impl Coordinator {
                 total: usize::MAX,
             },
         );
-        let budget = limits::MAX_DATAGRAM.saturating_sub(empty.len());
+        let budget = super::ANSWER_ROOM.saturating_sub(empty.len());
         let (sessions, next, total) = self.directory.page(cursor, budget);
         ResponseBody::Sessions {
             sessions,

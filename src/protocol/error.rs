@@ -43,6 +43,9 @@ pub enum ErrorCode {
     Busy,
     /// A coordinator request shorter than `limits::MIN_REQUEST` bytes: pad it with spaces.
     TooSmall,
+    /// A plain (unsealed) coordinator request other than `key`, to a coordinator that takes
+    /// only sealed ones (one not started with `--insecure`).
+    NotSealed,
     /// A per-user or per-address quota was reached (registrations or sessions created per hour,
     /// sessions kept); the message says which, and when to try again.
     Quota,

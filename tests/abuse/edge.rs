@@ -135,14 +135,20 @@ impl Process {
     async fn start(args: &[&str], nofile: Option<(u64, u64)>) -> Process {
         use tokio::io::AsyncBufReadExt;
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"));
-        cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--print-addr"])
-            .args(["--db", ":memory:"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
+        cmd.args([
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--print-addr",
+            "--insecure",
+        ])
+        .args(["--db", ":memory:"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
         if let Some((soft, hard)) = nofile {
             // SAFETY: setrlimit is async-signal-safe and touches nothing but the child.
             unsafe {

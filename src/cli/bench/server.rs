@@ -74,6 +74,8 @@ impl Server {
                     config.password_cost = confab::auth::PasswordCost::INSECURE_FAST;
                 }
                 config.abuse = coordinator::AbuseLimits::off();
+                // The `coordinator` scenario sends plain requests (see requests.rs).
+                config.insecure = true;
                 let stop = CancellationToken::new();
                 let task = tokio::spawn({
                     let stop = stop.clone();
@@ -101,6 +103,8 @@ impl Server {
                         "--db",
                         ":memory:",
                         "--no-abuse-limits",
+                        // The `coordinator` scenario sends plain requests (see requests.rs).
+                        "--insecure",
                     ])
                     .args(fast_passwords.then_some("--fast-passwords"))
                     // Info logs cost the server a line per join; the bench measures the server,
