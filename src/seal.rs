@@ -1,6 +1,12 @@
 //! Sealed coordinator requests: each request and its answer in NaCl's public-key box
 //! (`crypto_box`: X25519 key agreement, XChaCha20-Poly1305), between a key pair the client makes
-//! for that one request and the coordinator's identity key (`identity.rs`).
+//! when it first talks to the coordinator (kept for the client's life, like a session key) and
+//! the coordinator's identity key (`identity.rs`). Each box has its own random 24-byte nonce.
+//!
+//! The key agreement is the expensive part (about 100 µs of the coordinator's one request loop),
+//! so both ends keep the box per peer key: the client one per coordinator, the coordinator a
+//! bounded table of its recent clients' (`Opening`). A stranger with a fresh key per request still
+//! costs an agreement each, within the per-address request rate.
 //!
 //! Only the coordinator's private key opens a request, and only the client that made the request
 //! opens its answer, so a password or a token on the wire is readable by nobody else, and an
@@ -11,6 +17,9 @@
 //!
 //! Not forward secret: whoever later learns the coordinator's private key can open recorded
 //! requests and answers. Session traffic and private messages are not covered here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use crypto_box::aead::{Aead, AeadCore, OsRng};
 use crypto_box::{ChaChaBox, PublicKey, SecretKey};
@@ -43,18 +52,43 @@ pub fn is_sealed_request(datagram: &[u8]) -> bool {
 
 /// The client's side of one request: opens its answer.
 pub struct Opener {
-    shared: ChaChaBox,
+    shared: Arc<ChaChaBox>,
 }
 
-/// Seals `request` for the coordinator whose public key is `coordinator`.
+/// A client's key pair for one coordinator, and the box they share: seals any number of
+/// requests.
+pub struct Sealer {
+    mine: [u8; KEY],
+    shared: Arc<ChaChaBox>,
+}
+
+impl Sealer {
+    /// A fresh key pair for the coordinator whose public key is `coordinator`.
+    pub fn new(coordinator: &[u8; 32]) -> Self {
+        let mine = SecretKey::generate(&mut OsRng);
+        let shared = ChaChaBox::new(&PublicKey::from(*coordinator), &mine);
+        Self {
+            mine: *mine.public_key().as_bytes(),
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Seals one request; the opener opens its answer.
+    pub fn seal(&self, request: &[u8]) -> (Vec<u8>, Opener) {
+        let mut out = Vec::with_capacity(request.len() + REQUEST_OVERHEAD);
+        out.push(REQUEST_MARK);
+        out.extend_from_slice(&self.mine);
+        out.extend(seal(&self.shared, REQUEST_TAG, request));
+        let opener = Opener {
+            shared: self.shared.clone(),
+        };
+        (out, opener)
+    }
+}
+
+/// Seals `request` with a key pair made for it alone.
 pub fn seal_request(coordinator: &[u8; 32], request: &[u8]) -> (Vec<u8>, Opener) {
-    let mine = SecretKey::generate(&mut OsRng);
-    let shared = ChaChaBox::new(&PublicKey::from(*coordinator), &mine);
-    let mut out = Vec::with_capacity(request.len() + REQUEST_OVERHEAD);
-    out.push(REQUEST_MARK);
-    out.extend_from_slice(mine.public_key().as_bytes());
-    out.extend(seal(&shared, REQUEST_TAG, request));
-    (out, Opener { shared })
+    Sealer::new(coordinator).seal(request)
 }
 
 impl Opener {
@@ -71,7 +105,7 @@ impl Opener {
 /// so it can travel with the request into the job that answers it.
 #[derive(Clone)]
 pub struct Answerer {
-    shared: std::sync::Arc<ChaChaBox>,
+    shared: Arc<ChaChaBox>,
 }
 
 impl std::fmt::Debug for Answerer {
@@ -82,22 +116,53 @@ impl std::fmt::Debug for Answerer {
 
 /// Opens a sealed request with the coordinator's private key.
 pub fn open_request(secret: &[u8; 32], datagram: &[u8]) -> Result<(Vec<u8>, Answerer), SealError> {
-    let Some((&REQUEST_MARK, rest)) = datagram.split_first() else {
-        return Err(SealError);
-    };
-    if rest.len() < KEY + NONCE + 1 + TAG {
-        return Err(SealError);
+    Opening::new(*secret, 1).open(datagram)
+}
+
+/// The coordinator's side: its private key, and the boxes of the clients it heard from lately.
+pub struct Opening {
+    secret: [u8; KEY],
+    boxes: HashMap<[u8; KEY], Arc<ChaChaBox>>,
+    cap: usize,
+}
+
+impl Opening {
+    /// Keeps the boxes of at most `cap` clients (then starts over: memory stays bounded).
+    pub fn new(secret: [u8; 32], cap: usize) -> Self {
+        Self {
+            secret,
+            boxes: HashMap::new(),
+            cap: cap.max(1),
+        }
     }
-    let (theirs, sealed) = rest.split_at(KEY);
-    let theirs: [u8; KEY] = theirs.try_into().map_err(|_| SealError)?;
-    let shared = ChaChaBox::new(&PublicKey::from(theirs), &SecretKey::from(*secret));
-    let request = open(&shared, REQUEST_TAG, sealed)?;
-    Ok((
-        request,
-        Answerer {
-            shared: std::sync::Arc::new(shared),
-        },
-    ))
+
+    /// Opens a sealed request; the answerer seals its answer.
+    pub fn open(&mut self, datagram: &[u8]) -> Result<(Vec<u8>, Answerer), SealError> {
+        let Some((&REQUEST_MARK, rest)) = datagram.split_first() else {
+            return Err(SealError);
+        };
+        if rest.len() < KEY + NONCE + 1 + TAG {
+            return Err(SealError);
+        }
+        let (theirs, sealed) = rest.split_at(KEY);
+        let theirs: [u8; KEY] = theirs.try_into().map_err(|_| SealError)?;
+        let shared = match self.boxes.get(&theirs) {
+            Some(shared) => shared.clone(),
+            None => {
+                let secret = SecretKey::from(self.secret);
+                Arc::new(ChaChaBox::new(&PublicKey::from(theirs), &secret))
+            }
+        };
+        let request = open(&shared, REQUEST_TAG, sealed)?;
+        // Kept only once it opened something: garbage keys take no place.
+        if !self.boxes.contains_key(&theirs) {
+            if self.boxes.len() >= self.cap {
+                self.boxes.clear();
+            }
+            self.boxes.insert(theirs, shared.clone());
+        }
+        Ok((request, Answerer { shared }))
+    }
 }
 
 impl Answerer {
@@ -167,6 +232,33 @@ mod tests {
         );
         let (_, stranger) = seal_request(&coordinator.public_key(), b"x");
         assert_eq!(stranger.open(&answer), Err(SealError));
+    }
+
+    #[test]
+    fn one_client_key_seals_many_requests_and_the_coordinator_keeps_a_bounded_table() {
+        let coordinator = Identity::from_secret([9; 32]);
+        let sealer = Sealer::new(&coordinator.public_key());
+        let mut opening = Opening::new(coordinator.secret(), 2);
+        for i in 0..3u8 {
+            let (sealed, opener) = sealer.seal(&[i]);
+            let (request, answerer) = opening.open(&sealed).unwrap();
+            assert_eq!(request, [i]);
+            assert_eq!(opener.open(&answerer.seal(b"ok")).unwrap(), b"ok");
+        }
+        assert_eq!(opening.boxes.len(), 1, "one client, one box");
+        for _ in 0..5 {
+            let (sealed, _) = seal_request(&coordinator.public_key(), b"x");
+            opening.open(&sealed).unwrap();
+            assert!(opening.boxes.len() <= 2);
+        }
+        let (garbage, _) = seal_request(&Identity::from_secret([1; 32]).public_key(), b"x");
+        let before = opening.boxes.len();
+        assert!(opening.open(&garbage).is_err());
+        assert_eq!(
+            opening.boxes.len(),
+            before,
+            "a key that opens nothing takes no place"
+        );
     }
 
     #[test]

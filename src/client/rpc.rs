@@ -81,6 +81,8 @@ pub(super) struct Coord {
     observed: Arc<Mutex<Option<SocketAddr>>>,
     /// The coordinator's public key, once pinned or first heard.
     key: Arc<Mutex<Option<[u8; 32]>>>,
+    /// Our key pair for that key, made at the first sealed request and kept (see `seal.rs`).
+    sealer: Arc<Mutex<Option<KeyedSealer>>>,
     /// Requests waiting for a sealed answer, and what opens it.
     openers: Arc<Mutex<Vec<(u64, Opener)>>>,
 }
@@ -102,6 +104,7 @@ impl Coord {
             requests: Waiters::new(),
             observed: Arc::new(Mutex::new(None)),
             key: Arc::new(Mutex::new(key)),
+            sealer: Arc::new(Mutex::new(None)),
             openers: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -186,6 +189,22 @@ impl Coord {
         self.send(body, Some(key)).await
     }
 
+    /// Our sealer for `key`, made on first use (and again should the key ever change).
+    fn sealer_for(&self, key: &[u8; 32]) -> Arc<seal::Sealer> {
+        let mut sealer = self.sealer.lock();
+        match &*sealer {
+            Some(k) if k.key == *key => k.sealer.clone(),
+            _ => {
+                let s = Arc::new(seal::Sealer::new(key));
+                *sealer = Some(KeyedSealer {
+                    key: *key,
+                    sealer: s.clone(),
+                });
+                s
+            }
+        }
+    }
+
     /// Sends one request, sealed for `key` if given, and waits for its answer.
     async fn send(
         &self,
@@ -198,7 +217,7 @@ impl Coord {
         crate::protocol::pad_request(&mut bytes);
         let mut answer = self.requests.register(id);
         let sealed = key.map(|key| {
-            let (sealed, opener) = seal::seal_request(&key, &bytes);
+            let (sealed, opener) = self.sealer_for(&key).seal(&bytes);
             self.openers.lock().push((id, opener));
             sealed
         });
@@ -250,6 +269,12 @@ const BUSY_PATIENCE: Duration = Duration::from_secs(60);
 /// `wait` lengthened by a random part of up to half of it.
 fn spread(wait: Duration) -> Duration {
     wait.mul_f64(1.0 + rand::random::<f64>() / 2.0)
+}
+
+/// A sealer and the coordinator key it seals for.
+struct KeyedSealer {
+    key: [u8; 32],
+    sealer: Arc<seal::Sealer>,
 }
 
 /// Takes a request's opener off the list however its wait ends.

@@ -76,6 +76,8 @@ const MAX_JOBS: usize = 4096;
 /// The wait a `busy` answer for `MAX_JOBS` suggests: the database thread works through thousands
 /// of small jobs in that time.
 const JOBS_BUSY_HINT: Duration = Duration::from_millis(100);
+/// Clients whose box (the result of a key agreement) the coordinator keeps: about 100 bytes each.
+const SEALED_CLIENTS: usize = 100_000;
 /// Receive buffer asked for the UDP socket: padded requests take about 1.3 KiB of buffer each,
 /// so the usual 208 KiB default drops bursts of more than ~150 requests.
 const RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
@@ -181,6 +183,7 @@ pub async fn run(
         replies: ReplyCache::new(REPLY_TTL, REPLY_BUDGET),
         db,
         keys: Arc::new(TokenKey::new(secret)),
+        opening: seal::Opening::new(identity.secret(), SEALED_CLIENTS),
         identity,
         throttle: LoginThrottle::new(),
         logins_in_flight: Default::default(),
@@ -253,6 +256,8 @@ struct Coordinator {
     config: CoordinatorConfig,
     /// The long-term key pair clients pin (see `identity.rs`).
     identity: Identity,
+    /// Opens sealed requests, keeping the boxes of recent clients (see `seal.rs`).
+    opening: seal::Opening,
     session_host: IpAddr,
     directory: Directory,
     tracker: TaskTracker,
@@ -317,7 +322,7 @@ impl Coordinator {
         // gets nothing (there is nobody to seal an answer for), and counts against its address.
         let (datagram, seal) =
             if seal::is_sealed_request(wire) && wire.len() <= limits::MAX_DATAGRAM {
-                match seal::open_request(&self.identity.secret(), wire) {
+                match self.opening.open(wire) {
                     Ok((plain, answerer)) => (std::borrow::Cow::Owned(plain), Some(answerer)),
                     Err(_) => {
                         tracing::debug!(%from, "sealed request that does not open; dropped");

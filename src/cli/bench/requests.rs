@@ -2,10 +2,10 @@
 //!
 //! The client API waits for each answer before it asks again; to load the coordinator's single
 //! request loop we keep a window of requests outstanding on each of several sockets instead.
-//! Every request has a fresh id, so none is answered from the retry cache. The requests are
-//! plain, not sealed (the bench's coordinator is started with `--insecure`): this measures the
-//! request loop, not the sealing, which real clients add (one X25519 agreement and one
-//! XChaCha20-Poly1305 box each way per request).
+//! Every request has a fresh id, so none is answered from the retry cache. Requests are sealed
+//! as every client seals them (sealed before the clock starts: the figures are the server's);
+//! `--plain` sends them in the open instead (the bench's coordinator takes both), to show what
+//! sealing costs the coordinator.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use tokio::net::UdpSocket;
 use super::stats::{Histogram, LatencySummary};
 use super::{BenchEnv, BenchError, ProcUsage, Progress, Result, Server, run_tag};
 use confab::protocol::limits;
+use confab::seal::{self, Opener};
 
 /// What a coordinator run does.
 ///
@@ -34,6 +35,9 @@ pub struct RequestsOpts {
     /// Sessions in the directory (what `list` pages through, what `join` looks up).
     #[arg(long, default_value_t = 20)]
     pub sessions: usize,
+    /// Send requests in the open, not sealed.
+    #[arg(long)]
+    pub plain: bool,
 }
 
 impl Default for RequestsOpts {
@@ -43,6 +47,7 @@ impl Default for RequestsOpts {
             sockets: 4,
             window: 32,
             sessions: 20,
+            plain: false,
         }
     }
 }
@@ -99,6 +104,18 @@ async fn run_on(env: &BenchEnv, opts: &RequestsOpts, server: &Server) -> Result<
         events: _events,
     } = super::logged_in(server.addr(), "bench-creator").await?;
     let token = creator.session_token().unwrap_or_default();
+    let key = match opts.plain {
+        true => None,
+        false => Some(
+            creator
+                .coordinator_key()
+                .await
+                .map_err(|source| BenchError::Member {
+                    user: "bench-creator".into(),
+                    source,
+                })?,
+        ),
+    };
     let tag = run_tag();
     let first = format!("bench-{tag}-0");
     for s in 0..opts.sessions.max(1) {
@@ -119,8 +136,8 @@ async fn run_on(env: &BenchEnv, opts: &RequestsOpts, server: &Server) -> Result<
         ))
     };
     let mut ops = Vec::new();
-    ops.push(run_op(env, opts, server, "list", &list).await?);
-    ops.push(run_op(env, opts, server, "join", &join).await?);
+    ops.push(run_op(env, opts, server, "list", &list, key).await?);
+    ops.push(run_op(env, opts, server, "join", &join, key).await?);
     Ok(RequestsReport {
         scenario: "coordinator".into(),
         server: server.mode().into(),
@@ -136,6 +153,7 @@ async fn run_op(
     server: &Server,
     op: &str,
     request: &(dyn Fn(u64) -> String + Sync),
+    key: Option<[u8; 32]>,
 ) -> Result<OpStats> {
     let sockets = opts.sockets.max(1);
     let progress = Progress::start(env.progress, op, opts.requests as u64);
@@ -148,8 +166,19 @@ async fn run_op(
         let quota = opts.requests / sockets + usize::from(k < opts.requests % sockets);
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         socket.connect(server.addr()).await?;
-        let requests: Vec<Vec<u8>> = (0..quota as u64)
-            .map(|id| request(id).into_bytes())
+        // One key pair per socket, as each client keeps one.
+        let sealer = key.map(|key| seal::Sealer::new(&key));
+        let requests: Vec<(Vec<u8>, Option<Opener>)> = (0..quota as u64)
+            .map(|id| {
+                let plain = request(id).into_bytes();
+                match &sealer {
+                    Some(sealer) => {
+                        let (sealed, opener) = sealer.seal(&plain);
+                        (sealed, Some(opener))
+                    }
+                    None => (plain, None),
+                }
+            })
             .collect();
         let done = progress.counter();
         let window = opts.window.max(1);
@@ -218,18 +247,22 @@ struct Answer {
 
 async fn drive(
     socket: &UdpSocket,
-    requests: &[Vec<u8>],
+    requests: &[(Vec<u8>, Option<Opener>)],
     window: usize,
     done: &std::sync::atomic::AtomicU64,
 ) -> Worker {
     let mut w = Worker::default();
     let mut outstanding: HashMap<u64, Instant> = HashMap::new();
+    // Sealed answers name no request outside the box: try the oldest outstanding first, since
+    // answers come back mostly in the order asked.
+    let mut order: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     let mut next = 0;
     let mut buf = vec![0u8; limits::MAX_DATAGRAM + 1];
     loop {
         while outstanding.len() < window && next < requests.len() {
-            if socket.send(&requests[next]).await.is_ok() {
+            if socket.send(&requests[next].0).await.is_ok() {
                 outstanding.insert(next as u64, Instant::now());
+                order.push_back(next as u64);
             } else {
                 w.lost += 1;
             }
@@ -241,9 +274,20 @@ async fn drive(
         }
         match tokio::time::timeout(QUIET, socket.recv(&mut buf)).await {
             Ok(Ok(len)) => {
-                let Ok(answer) = serde_json::from_slice::<Answer>(&buf[..len]) else {
+                let opened = match buf.first() {
+                    Some(&seal::ANSWER_MARK) => order.iter().find_map(|id| {
+                        let opener = requests[*id as usize].1.as_ref()?;
+                        opener.open(&buf[..len]).ok()
+                    }),
+                    _ => Some(buf[..len].to_vec()),
+                };
+                let Some(answer) = opened else { continue };
+                let Ok(answer) = serde_json::from_slice::<Answer>(&answer) else {
                     continue;
                 };
+                if let Some(id) = answer.id {
+                    order.retain(|o| *o != id);
+                }
                 let Some(sent) = answer.id.and_then(|id| outstanding.remove(&id)) else {
                     continue;
                 };
@@ -259,6 +303,7 @@ async fn drive(
             Err(_) => {
                 w.lost += outstanding.len() as u64;
                 outstanding.clear();
+                order.clear();
             }
         }
     }

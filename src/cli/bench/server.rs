@@ -74,7 +74,7 @@ impl Server {
                     config.password_cost = confab::auth::PasswordCost::INSECURE_FAST;
                 }
                 config.abuse = coordinator::AbuseLimits::off();
-                // The `coordinator` scenario sends plain requests (see requests.rs).
+                // `bench coordinator --plain` sends plain requests (see requests.rs).
                 config.insecure = true;
                 let stop = CancellationToken::new();
                 let task = tokio::spawn({
@@ -103,7 +103,7 @@ impl Server {
                         "--db",
                         ":memory:",
                         "--no-abuse-limits",
-                        // The `coordinator` scenario sends plain requests (see requests.rs).
+                        // `bench coordinator --plain` sends plain requests (see requests.rs).
                         "--insecure",
                     ])
                     .args(fast_passwords.then_some("--fast-passwords"))

@@ -83,17 +83,20 @@ async fn short_dm_run_acks_and_shows_each_message_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_coordinator_run_answers_every_request() {
-    let opts = bench::RequestsOpts {
-        requests: 200,
-        sockets: 2,
-        window: 8,
-        sessions: 3,
-    };
-    let report = bench::requests(&in_process(), &opts).await.unwrap();
-    for op in &report.ops {
-        assert_eq!(op.answered, 200, "{op:?}");
-        assert_eq!(op.errors, 0, "{op:?}");
+async fn short_coordinator_run_answers_every_request_sealed_or_plain() {
+    for plain in [false, true] {
+        let opts = bench::RequestsOpts {
+            requests: 200,
+            sockets: 2,
+            window: 8,
+            sessions: 3,
+            plain,
+        };
+        let report = bench::requests(&in_process(), &opts).await.unwrap();
+        for op in &report.ops {
+            assert_eq!(op.answered, 200, "{op:?}");
+            assert_eq!(op.errors, 0, "{op:?}");
+        }
     }
 }
 
