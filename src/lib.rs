@@ -24,6 +24,7 @@ pub mod client;
 pub mod codec;
 pub mod coordinator;
 pub(crate) mod db;
+pub mod dirs;
 pub(crate) mod expiring;
 pub mod identity;
 pub mod presence_log;

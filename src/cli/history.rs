@@ -8,24 +8,12 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 /// Where `user`'s history lives, if a home or state directory is known.
 pub fn path(user: &str) -> Option<PathBuf> {
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|d| !d.is_empty())
-                .map(|h| PathBuf::from(h).join(".local/state"))
-        })?;
-    Some(
-        state
-            .join("confab")
-            .join(format!("history-{}", user.to_lowercase())),
-    )
+    Some(confab::dirs::state_dir()?.join(format!("history-{}", user.to_lowercase())))
 }
 
 /// Whether a typed line may be kept: not a private message.
@@ -45,23 +33,7 @@ pub fn load(path: &PathBuf, limit: usize) -> std::io::Result<Vec<String>> {
     let mut lines: Vec<String> = text.lines().filter(|l| keep(l)).map(String::from).collect();
     let extra = lines.len().saturating_sub(limit);
     lines.drain(..extra);
-    if let Some(dir) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // A file made by an older version, or by hand, may be more open than it should be.
-    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    for l in &lines {
-        writeln!(file, "{l}")?;
-    }
+    super::private::write_lines(path, &lines)?;
     Ok(lines)
 }
 

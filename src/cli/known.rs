@@ -7,24 +7,14 @@
 //! written down; from then on a different key at that address stops the client before it sends
 //! a password, naming both keys and this file. `--coordinator-key` pins the key up front.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use confab::identity::fingerprint;
 
 /// Where the known keys live, if a home or data directory is known.
 pub fn path() -> Option<PathBuf> {
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|d| !d.is_empty())
-                .map(|h| PathBuf::from(h).join(".local/share"))
-        })?;
-    Some(data.join("confab").join("known_coordinators"))
+    Some(confab::dirs::data_dir()?.join("known_coordinators"))
 }
 
 /// How a coordinator's key was found.
@@ -111,7 +101,7 @@ pub fn check(
                 .collect();
             let line = format!("{addr} {got}");
             kept.push(&line);
-            write(file, &kept).map_err(io)?;
+            super::private::write_lines(file, &kept).map_err(io)?;
             Ok(if pinned.is_some() {
                 Trust::Pinned
             } else {
@@ -121,31 +111,10 @@ pub fn check(
     }
 }
 
-/// Writes the file whole, private to its owner (the directory too).
-fn write(file: &Path, lines: &[&str]) -> std::io::Result<()> {
-    if let Some(dir) = file.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(file)?;
-    // A file made by hand may be more open than it should be.
-    out.set_permissions(fs::Permissions::from_mode(0o600))?;
-    for line in lines {
-        writeln!(out, "{line}")?;
-    }
-    out.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn first_use_is_remembered_the_same_key_passes_and_another_is_refused() {

@@ -10,6 +10,7 @@ mod keys;
 mod known;
 mod lineedit;
 mod output;
+mod private;
 pub mod process;
 pub mod repl;
 mod screen;

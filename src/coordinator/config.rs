@@ -126,18 +126,7 @@ impl Default for CoordinatorConfig {
 /// Where the database lives unless `--db` says otherwise: `$XDG_DATA_HOME/confab/confab.db`,
 /// else `~/.local/share/confab/confab.db`, else `./confab.db`.
 pub fn default_db_path() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".local/share"))
-        });
-    match base {
-        Some(dir) => dir.join("confab").join("confab.db"),
-        None => PathBuf::from("confab.db"),
-    }
+    crate::dirs::data_dir().map_or_else(|| PathBuf::from("confab.db"), |d| d.join("confab.db"))
 }
 
 /// Queues history writes on a running coordinator's database thread (fault injection for tests:
