@@ -162,7 +162,7 @@ async fn recording_relay(
 }
 
 #[tokio::test]
-async fn passwords_and_tokens_never_cross_the_wire_readable() {
+async fn no_password_or_token_is_readable_in_the_coordinator_datagrams() {
     let coord = TestCoordinator::start_with(CoordinatorConfig {
         insecure: false,
         ..test_config()
