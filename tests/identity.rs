@@ -225,3 +225,24 @@ async fn a_coordinator_without_insecure_answers_only_the_key_in_the_open() {
     let (alice, _) = client("alice", coord.addr).await;
     alice.start_session(Some("safe")).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_library_client_with_a_pinned_key_talks_only_to_that_coordinator() {
+    let coord = TestCoordinator::start().await;
+    let (probe, _) = client("probe", coord.addr).await;
+    let right = probe.coordinator_key().await.unwrap();
+    let mut config = client_config("pinned", coord.addr);
+    config.coordinator_key = Some([7; 32]);
+    let (wrong, _) = confab::client::Client::start(config).await.unwrap();
+    match wrong.register("a password").await {
+        Err(confab::client::ClientError::Invalid(why)) => {
+            assert!(why.contains("not the pinned"), "{why}");
+            assert!(why.contains(&fingerprint(&right)), "{why}");
+        }
+        other => panic!("registered with the wrong key pinned: {other:?}"),
+    }
+    let mut config = client_config("pinned", coord.addr);
+    config.coordinator_key = Some(right);
+    let (good, _) = confab::client::Client::start(config).await.unwrap();
+    good.register("a password").await.unwrap();
+}

@@ -60,7 +60,8 @@ pub struct ClientConfig {
     /// or a relay in tests).
     pub advertise: Option<SocketAddr>,
     /// The coordinator's public key (`confab coordinator --print-key`), to seal requests for and
-    /// to accept no other; `None` takes the one the coordinator gives when first asked.
+    /// to accept no other (checked against the coordinator's `key` answer before the first
+    /// sealed request); `None` takes the one the coordinator gives when first asked.
     pub coordinator_key: Option<[u8; 32]>,
     /// Retries of coordinator requests.
     pub request_retry: Retry,

@@ -81,6 +81,9 @@ pub(super) struct Coord {
     observed: Arc<Mutex<Option<SocketAddr>>>,
     /// The coordinator's public key, once pinned or first heard.
     key: Arc<Mutex<Option<[u8; 32]>>>,
+    /// The coordinator has said its key since we started: a pinned key is checked against it
+    /// before anything is sealed for it (else a wrong pin would look like a silent coordinator).
+    heard_key: Arc<std::sync::atomic::AtomicBool>,
     /// Our key pair for that key, made at the first sealed request and kept (see `seal.rs`).
     sealer: Arc<Mutex<Option<KeyedSealer>>>,
     /// Requests waiting for a sealed answer, and what opens it.
@@ -104,6 +107,7 @@ impl Coord {
             requests: Waiters::new(),
             observed: Arc::new(Mutex::new(None)),
             key: Arc::new(Mutex::new(key)),
+            heard_key: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             sealer: Arc::new(Mutex::new(None)),
             openers: Arc::new(Mutex::new(Vec::new())),
         }
@@ -127,6 +131,7 @@ impl Coord {
             ))),
             _ => {
                 *key = Some(given);
+                self.heard_key.store(true, Ordering::Relaxed);
                 Ok(given)
             }
         }
@@ -183,8 +188,8 @@ impl Coord {
     pub(super) async fn request(&self, body: RequestBody) -> Result<ResponseBody, ClientError> {
         let known = *self.key.lock();
         let key = match known {
-            Some(key) => key,
-            None => self.fetch_key().await?,
+            Some(key) if self.heard_key.load(Ordering::Relaxed) => key,
+            _ => self.fetch_key().await?,
         };
         self.send(body, Some(key)).await
     }
