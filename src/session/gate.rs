@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
-use super::outbox::now_ms;
+use super::clock::now_ms;
 
 /// Shared by a room's queues (which close and open it) and its members' readers (which wait at
 /// it); the room task itself never waits here.

@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::clock::now_ms;
 use super::events::ConnId;
 use super::member::MemberLimits;
-use super::outbox::{Outbox, now_ms, shared};
+use super::outbox::{Outbox, shared};
 use crate::bucket::TokenBucket;
 use crate::protocol::{ErrorBody, ErrorCode, Member, ServerMsg};
 

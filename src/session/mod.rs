@@ -4,6 +4,7 @@
 //! about the coordinator except through the [`SessionObserver`] it may be given, so a session server
 //! can also be started on its own (tests do).
 
+mod clock;
 mod events;
 mod gate;
 mod history;

@@ -17,14 +17,14 @@
 //! empty until used, and a `Notify`.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
+use super::clock::now_ms;
 use super::gate::Gate;
 use crate::codec::encode_line;
 
@@ -56,22 +56,6 @@ pub(crate) struct Outbox {
     /// When the member was last heard from, in ms since `epoch()`: the room sweeps for silent
     /// members once a second instead of every member keeping a timer of its own.
     heard: AtomicU64,
-}
-
-/// Milliseconds on tokio's clock (so paused-time tests work), from an hour before the first call.
-/// The hour matters in tests: a paused runtime's clock starts when that runtime starts, and a
-/// first call made later by another test must not put the epoch after this runtime's "now"
-/// (every reading would then be 0).
-pub(crate) fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH
-        .get_or_init(|| {
-            let now = Instant::now();
-            now.checked_sub(std::time::Duration::from_secs(3600))
-                .unwrap_or(now)
-        })
-        .elapsed()
-        .as_millis() as u64
 }
 
 struct State {
