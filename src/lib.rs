@@ -32,3 +32,4 @@ pub mod protocol;
 pub mod seal;
 pub mod session;
 pub mod store;
+pub mod transport;

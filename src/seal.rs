@@ -59,6 +59,7 @@ pub struct Opener {
 /// requests.
 pub struct Sealer {
     mine: [u8; KEY],
+    secret: [u8; KEY],
     shared: Arc<ChaChaBox>,
 }
 
@@ -69,8 +70,15 @@ impl Sealer {
         let shared = ChaChaBox::new(&PublicKey::from(*coordinator), &mine);
         Self {
             mine: *mine.public_key().as_bytes(),
+            secret: mine.to_bytes(),
             shared: Arc::new(shared),
         }
+    }
+
+    /// The key pair as a Noise static key: the client proves it in each session handshake, since
+    /// its login token is bound to it.
+    pub fn static_key(&self) -> crate::transport::StaticKey {
+        crate::transport::StaticKey::from_secret(self.secret)
     }
 
     /// Seals one request; the opener opens its answer.
@@ -106,6 +114,7 @@ impl Opener {
 #[derive(Clone)]
 pub struct Answerer {
     shared: Arc<ChaChaBox>,
+    client: [u8; KEY],
 }
 
 impl std::fmt::Debug for Answerer {
@@ -161,11 +170,23 @@ impl Opening {
             }
             self.boxes.insert(theirs, shared.clone());
         }
-        Ok((request, Answerer { shared }))
+        Ok((
+            request,
+            Answerer {
+                shared,
+                client: theirs,
+            },
+        ))
     }
 }
 
 impl Answerer {
+    /// The public key the request was sealed with: the client's, which a login token is bound
+    /// to (see `auth::token`).
+    pub fn client_key(&self) -> [u8; 32] {
+        self.client
+    }
+
     /// Seals an answer for the client that sent the request.
     pub fn seal(&self, answer: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(answer.len() + ANSWER_OVERHEAD);

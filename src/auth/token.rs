@@ -33,6 +33,10 @@ pub struct Claims {
     /// When the token stops being valid (whole seconds; sub-second precision
     /// is dropped when issuing).
     pub expires: DateTime<Utc>,
+    /// The client key (X25519) the token is bound to: only a request sealed with it, or a
+    /// session connection whose Noise handshake proved it, may use the token. `None` for a
+    /// token issued to a plaintext login, which only `--insecure` servers take.
+    pub key: Option<[u8; 32]>,
 }
 
 /// Why a token was rejected. The `Display` text is meant for the user.
@@ -48,6 +52,30 @@ pub enum TokenError {
     /// The token was genuine but is past its expiry time.
     #[error("token expired; log in again")]
     Expired,
+    /// Genuine, but issued to another client key than the one presenting it.
+    #[error("this login token was issued to another client key; log in again")]
+    WrongKey,
+    /// Genuine, but from a plaintext login, and this server takes only encrypted ones.
+    #[error(
+        "this login token is not bound to a client key (issued in plaintext mode); log in again"
+    )]
+    Unbound,
+}
+
+impl Claims {
+    /// Whether the holder of `key` (the key a request was sealed with, or a session handshake
+    /// proved) may use the token: only the one it was issued to. Where plaintext is allowed
+    /// (`insecure`, a debugging mode) anyone holding it may: a token sent in clear has already
+    /// told the network everything the binding protects.
+    pub fn usable_by(&self, key: Option<[u8; 32]>, insecure: bool) -> Result<(), TokenError> {
+        match self.key {
+            _ if insecure => Ok(()),
+            Some(bound) if Some(bound) == key => Ok(()),
+            Some(_) => Err(TokenError::WrongKey),
+            None if insecure => Ok(()),
+            None => Err(TokenError::Unbound),
+        }
+    }
 }
 
 impl TokenKey {
@@ -62,12 +90,16 @@ impl TokenKey {
         <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("HMAC accepts any key length")
     }
 
-    /// Issues a token for `user` valid until `expires`. Format:
-    /// `b64url(payload) "." b64url(HMAC-SHA256(payload))` with
-    /// `payload = user "\n" unix_seconds`; plain text rather than JSON keeps
-    /// parsing trivial and the token short.
-    pub fn issue(&self, user: &str, expires: DateTime<Utc>) -> String {
-        let payload = format!("{user}\n{}", expires.timestamp());
+    /// Issues a token for `user` valid until `expires`, bound to the client key `key` if
+    /// given. Format: `b64url(payload) "." b64url(HMAC-SHA256(payload))` with
+    /// `payload = user "\n" unix_seconds ["\n" b64url(key)]`; plain text rather than JSON
+    /// keeps parsing trivial and the token short.
+    pub fn issue(&self, user: &str, expires: DateTime<Utc>, key: Option<&[u8; 32]>) -> String {
+        let mut payload = format!("{user}\n{}", expires.timestamp());
+        if let Some(key) = key {
+            payload.push('\n');
+            payload.push_str(&URL_SAFE_NO_PAD.encode(key));
+        }
         let tag = self.mac().chain_update(payload.as_bytes()).finalize();
         format!(
             "{}.{}",
@@ -99,9 +131,24 @@ impl TokenKey {
             .map_err(|_| TokenError::BadSignature)?;
 
         let payload = String::from_utf8(payload).map_err(|_| TokenError::Malformed)?;
-        // The expiry never contains '\n', so splitting at the last one is
-        // unambiguous even for a user string containing newlines.
-        let (user, secs) = payload.rsplit_once('\n').ok_or(TokenError::Malformed)?;
+        // Names never contain '\n' (they are checked before a token is issued), so the
+        // fields are the pieces between newlines: two, or three with a key.
+        let mut fields = payload.split('\n');
+        let (Some(user), Some(secs), key, None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let key = match key {
+            None => None,
+            Some(k) => Some(
+                URL_SAFE_NO_PAD
+                    .decode(k)
+                    .ok()
+                    .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                    .ok_or(TokenError::Malformed)?,
+            ),
+        };
         let expires = secs
             .parse::<i64>()
             .ok()
@@ -113,6 +160,7 @@ impl TokenKey {
         Ok(Claims {
             user: user.to_owned(),
             expires,
+            key,
         })
     }
 }
@@ -146,23 +194,51 @@ mod tests {
     #[test]
     fn token_round_trip() {
         let k = key(7);
-        let tok = k.issue("Alice", at(3600));
+        let tok = k.issue("Alice", at(3600), None);
         assert!(!tok.contains(['\n', '+', '/', '=']), "{tok}");
         let claims = k.verify(&tok, at(0)).unwrap();
         assert_eq!(
             claims,
             Claims {
                 user: "Alice".into(),
-                expires: at(3600)
+                expires: at(3600),
+                key: None,
             }
         );
         assert_eq!(k.verify(&tok, at(3599)).unwrap(), claims);
     }
 
     #[test]
+    fn a_bound_token_names_its_key_and_cannot_be_moved_to_another() {
+        let k = key(7);
+        let tok = k.issue("alice", at(60), Some(&[9; 32]));
+        assert_eq!(k.verify(&tok, at(0)).unwrap().key, Some([9; 32]));
+        // Swapping the key in the payload breaks the signature.
+        let moved = tamper(&tok, |p, _| {
+            let at = p.len() - 2;
+            p[at] ^= 1;
+        });
+        assert_eq!(k.verify(&moved, at(0)), Err(TokenError::BadSignature));
+        let claims = k.verify(&tok, at(0)).unwrap();
+        assert_eq!(claims.usable_by(Some([9; 32]), false), Ok(()));
+        assert_eq!(
+            claims.usable_by(Some([8; 32]), false),
+            Err(TokenError::WrongKey)
+        );
+        assert_eq!(claims.usable_by(None, false), Err(TokenError::WrongKey));
+        assert_eq!(claims.usable_by(None, true), Ok(()));
+        let unbound = k.verify(&k.issue("alice", at(60), None), at(0)).unwrap();
+        assert_eq!(
+            unbound.usable_by(Some([9; 32]), false),
+            Err(TokenError::Unbound)
+        );
+        assert_eq!(unbound.usable_by(None, true), Ok(()));
+    }
+
+    #[test]
     fn token_expiry() {
         let k = key(7);
-        let tok = k.issue("alice", at(60));
+        let tok = k.issue("alice", at(60), None);
         assert_eq!(k.verify(&tok, at(60)), Err(TokenError::Expired));
         assert_eq!(k.verify(&tok, at(1000)), Err(TokenError::Expired));
         assert_eq!(
@@ -174,7 +250,7 @@ mod tests {
     #[test]
     fn tampered_tokens_are_rejected() {
         let k = key(7);
-        let tok = k.issue("alice", at(60));
+        let tok = k.issue("alice", at(60), None);
         let other_user = tamper(&tok, |p, _| p[0] = b'm');
         assert_eq!(k.verify(&other_user, at(0)), Err(TokenError::BadSignature));
         let later = tamper(&tok, |p, _| *p.last_mut().unwrap() = b'9');
@@ -184,7 +260,7 @@ mod tests {
         let short_sig = tamper(&tok, |_, s| s.truncate(16));
         assert_eq!(k.verify(&short_sig, at(0)), Err(TokenError::Malformed));
         // Splicing another user's signature onto our payload fails too.
-        let bob = k.issue("bob", at(60));
+        let bob = k.issue("bob", at(60), None);
         let spliced = format!(
             "{}.{}",
             tok.split_once('.').unwrap().0,
@@ -195,7 +271,7 @@ mod tests {
 
     #[test]
     fn token_from_other_key_is_rejected() {
-        let tok = key(1).issue("alice", at(60));
+        let tok = key(1).issue("alice", at(60), None);
         assert_eq!(key(2).verify(&tok, at(0)), Err(TokenError::BadSignature));
     }
 

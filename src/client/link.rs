@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
@@ -34,6 +32,7 @@ use crate::protocol::{
     ClientMsg, ErrorCode, Member, RateLimit, RequestBody, ResponseBody, ServerMsg, SessionInfo,
     limits,
 };
+use crate::transport::{self, WireRead, WireWrite};
 
 /// Lines we may queue towards the server before `say` waits.
 const OUT_QUEUE: usize = 1024;
@@ -45,7 +44,30 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(3);
 const RETRY_GIVE_UP: Duration = Duration::from_secs(300);
 
-type Reader = FramedRead<OwnedReadHalf, LineCodec>;
+type Reader = FramedRead<WireRead, LineCodec>;
+
+/// Where a session is served: the address, and the key its server must prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Server {
+    addr: SocketAddr,
+    key: Option<[u8; 32]>,
+}
+
+impl Server {
+    fn of(session: &SessionInfo) -> Result<Self, ClientError> {
+        let key = match &session.server_key {
+            Some(k) => Some(
+                crate::identity::parse_fingerprint(k)
+                    .map_err(|e| ClientError::Invalid(format!("the session server's key: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            addr: session.server,
+            key,
+        })
+    }
+}
 
 /// What a welcome says.
 pub(super) struct Welcome {
@@ -84,21 +106,34 @@ impl Joiner {
     /// Connects, says hello, and waits for the welcome.
     async fn connect(
         &self,
-        server: SocketAddr,
+        server: Server,
         since: Option<u64>,
-    ) -> Result<(OwnedWriteHalf, Reader, Welcome), ClientError> {
-        let stream = tokio::time::timeout(JOIN_TIMEOUT, TcpStream::connect(server))
+    ) -> Result<(WireWrite, Reader, Welcome), ClientError> {
+        let addr = server.addr;
+        let stream = tokio::time::timeout(JOIN_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| ClientError::Connect {
-                addr: server,
+                addr,
                 source: std::io::ErrorKind::TimedOut.into(),
             })?
-            .map_err(|source| ClientError::Connect {
-                addr: server,
-                source,
-            })?;
+            .map_err(|source| ClientError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        let (read, mut write) = stream.into_split();
+        // Encrypted unless the coordinator named no key: then it runs in plaintext mode
+        // (`--insecure`), which it says at every start.
+        let (read, mut write) = match server.key {
+            Some(key) => {
+                let mine = self.coord.static_key().ok_or_else(|| {
+                    ClientError::Invalid("no client key yet: log in first".into())
+                })?;
+                tokio::time::timeout(JOIN_TIMEOUT, transport::connect(stream, &mine, &key))
+                    .await
+                    .map_err(|_| {
+                        ClientError::Closed("no answer to the encrypted handshake".into())
+                    })?
+                    .map_err(|e| ClientError::Closed(e.to_string()))?
+            }
+            None => transport::plain(stream),
+        };
         let mut reader = FramedRead::new(read, LineCodec::new(limits::MAX_SERVER_LINE));
         let history = self.history_on_join;
         let hello = ClientMsg::Hello {
@@ -182,7 +217,8 @@ impl Link {
         roster: Roster,
         events: mpsc::Sender<Event>,
     ) -> Result<(Link, Welcome), ClientError> {
-        let (write, reader, welcome) = joiner.connect(session.server, None).await?;
+        let server = Server::of(&session)?;
+        let (write, reader, welcome) = joiner.connect(server, None).await?;
         roster.replace(&welcome.members, welcome.member_count);
         let seq = welcome.seq;
         let user = joiner.user.clone();
@@ -199,7 +235,7 @@ impl Link {
             tracker: parking_lot::Mutex::new(Tracker::new(user, roster.clone(), seq)),
             roster,
             events,
-            server: parking_lot::Mutex::new(session.server),
+            server: parking_lot::Mutex::new(server),
             stop: stop.clone(),
             ended: ended.clone(),
             pacer: parking_lot::Mutex::new(pacer),
@@ -268,7 +304,7 @@ struct Keeper {
     /// connection (the writer records what it sent), never locked across an await.
     tracker: parking_lot::Mutex<Tracker>,
     /// Where the session was last served, for when the coordinator cannot be asked.
-    server: parking_lot::Mutex<SocketAddr>,
+    server: parking_lot::Mutex<Server>,
     stop: CancellationToken,
     ended: CancellationToken,
     /// Paces our group lines to the rate limit of the current connection.
@@ -279,7 +315,7 @@ struct Keeper {
 impl Keeper {
     async fn run(
         self,
-        mut write: OwnedWriteHalf,
+        mut write: WireWrite,
         mut reader: Reader,
         mut out: mpsc::Receiver<Outgoing>,
         mut lookups: mpsc::Receiver<String>,
@@ -375,7 +411,7 @@ impl Keeper {
     }
 
     /// Asks the coordinator where the session is now and reconnects, with backoff.
-    async fn rejoin(&self) -> Result<(OwnedWriteHalf, Reader, Welcome), Broken> {
+    async fn rejoin(&self) -> Result<(WireWrite, Reader, Welcome), Broken> {
         let started = tokio::time::Instant::now();
         // Endless: the clock, not a count, says when to give up.
         let mut waits = Backoff::new(RETRY_FIRST, RETRY_MAX);
@@ -390,10 +426,14 @@ impl Keeper {
                 token: self.joiner.token.clone(),
             };
             let server = match self.joiner.coord.request(body).await {
-                Ok(ResponseBody::Session { session }) => {
-                    *self.server.lock() = session.server;
-                    session.server
-                }
+                Ok(ResponseBody::Session { session }) => match Server::of(&session) {
+                    Ok(server) => {
+                        *self.server.lock() = server;
+                        server
+                    }
+                    Err(ClientError::Invalid(e)) => return Err(Broken::Lost(e)),
+                    Err(_) => *self.server.lock(),
+                },
                 // Closed while we were away: its bye never reached us, so we do not know by whom.
                 Err(ClientError::Refused(e)) if e.code == ErrorCode::SessionNotFound => {
                     return Err(Broken::Closed { by: None });
@@ -422,7 +462,7 @@ impl Keeper {
     async fn connected(
         &self,
         (write, reader, out, lookups): (
-            &mut OwnedWriteHalf,
+            &mut WireWrite,
             &mut Reader,
             &mut mpsc::Receiver<Outgoing>,
             &mut mpsc::Receiver<String>,

@@ -261,6 +261,12 @@ impl Client {
         self.inner.token.lock().clone()
     }
 
+    /// The key pair the login token is bound to, which each session handshake proves; for
+    /// programs that speak to a session server themselves (the benchmarks).
+    pub fn static_key(&self) -> Option<crate::transport::StaticKey> {
+        self.inner.coord.static_key()
+    }
+
     fn token(&self) -> Result<String, ClientError> {
         self.inner
             .token

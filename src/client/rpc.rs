@@ -194,6 +194,12 @@ impl Coord {
         self.send(body, Some(key)).await
     }
 
+    /// Our key pair as a Noise static key, once a request has been sealed: the key our login
+    /// token is bound to, which each session handshake proves.
+    pub(super) fn static_key(&self) -> Option<crate::transport::StaticKey> {
+        self.sealer.lock().as_ref().map(|k| k.sealer.static_key())
+    }
+
     /// Our sealer for `key`, made on first use (and again should the key ever change).
     fn sealer_for(&self, key: &[u8; 32]) -> Arc<seal::Sealer> {
         let mut sealer = self.sealer.lock();

@@ -136,6 +136,8 @@ impl Coordinator {
             Err(refused) => return Some(refused),
         };
         let (db, keys, ttl) = (self.db.clone(), self.keys.clone(), self.config.token_ttl);
+        // Bound to the key the login was sealed with: the token is of no use without it.
+        let bound = reply.seal.as_ref().map(|s| s.client_key());
         self.logins_in_flight.insert(name_key);
         self.throttle.started(from.ip());
         let span = tracing::info_span!("login", request = reply.id, %user);
@@ -164,7 +166,7 @@ impl Coordinator {
                     })?;
                     let expires = Utc::now().trunc_subsecs(0)
                         + chrono::Duration::from_std(ttl).unwrap_or_default();
-                    let token = keys.issue(&name, expires);
+                    let token = keys.issue(&name, expires, bound.as_ref());
                     tracing::info!(user = %name, "logged in");
                     Ok::<_, ErrorBody>(ResponseBody::LoggedIn {
                         user: name,

@@ -36,12 +36,13 @@ pub struct Listed {
 }
 
 impl Listed {
-    /// The join answer for a running session.
-    pub fn info(&self) -> Option<SessionInfo> {
+    /// The join answer for a running session, whose server has the public key `server_key`.
+    pub fn info(&self, server_key: &str) -> Option<SessionInfo> {
         Some(SessionInfo {
             id: self.id,
             name: self.name.clone(),
             server: self.server?,
+            server_key: Some(server_key.to_owned()),
             creator: self.creator.clone(),
             created: self.created,
         })

@@ -58,6 +58,7 @@ use crate::presence_log::PresenceLog;
 use crate::protocol::{ErrorBody, ErrorCode, Request, RequestBody, Response, ResponseBody, limits};
 use crate::seal::{self, Answerer};
 use crate::store::Store;
+use crate::transport::StaticKey;
 use hashing::HashPool;
 use jobs::{Done, Reply};
 use quota::Buckets;
@@ -183,6 +184,7 @@ pub async fn run(
         replies: ReplyCache::new(REPLY_TTL, REPLY_BUDGET),
         db,
         keys: Arc::new(TokenKey::new(secret)),
+        session_key: Arc::new(StaticKey::generate()),
         opening: seal::Opening::new(identity.secret(), SEALED_CLIENTS),
         identity,
         throttle: LoginThrottle::new(),
@@ -266,6 +268,9 @@ struct Coordinator {
     replies: ReplyCache,
     db: Db,
     keys: Arc<TokenKey>,
+    /// The Noise static key of the session servers this process runs: made afresh at each
+    /// start (clients learn it from each sealed join answer, so nothing needs to keep it).
+    session_key: Arc<StaticKey>,
     throttle: LoginThrottle,
     /// Names (lowercased) with a login being checked.
     logins_in_flight: HashSet<String>,
@@ -345,7 +350,10 @@ impl Coordinator {
         // Requests with a valid token answer to the account's quotas; everything else to the
         // address's, which drops what is beyond it without a word.
         let authenticated = match &parsed {
-            Some(Ok(r)) => r.body.token().is_some_and(|t| self.verify(t).is_ok()),
+            Some(Ok(r)) => r
+                .body
+                .token()
+                .is_some_and(|t| self.verify(t, seal.as_ref()).is_ok()),
             _ => false,
         };
         if !authenticated
@@ -510,10 +518,17 @@ impl Coordinator {
         Ok(())
     }
 
-    fn verify(&self, token: &str) -> Result<Claims, ErrorBody> {
-        self.keys
+    /// Checks a token, and that the request using it was sealed with the key it is bound to
+    /// (an unbound one, from a plaintext login, only in `--insecure` mode).
+    fn verify(&self, token: &str, seal: Option<&Answerer>) -> Result<Claims, ErrorBody> {
+        let claims = self
+            .keys
             .verify(token, Utc::now())
-            .map_err(|e| err(ErrorCode::Unauthorized, e.to_string()))
+            .map_err(|e| err(ErrorCode::Unauthorized, e.to_string()))?;
+        claims
+            .usable_by(seal.map(Answerer::client_key), self.config.insecure)
+            .map_err(|e| err(ErrorCode::Unauthorized, e.to_string()))?;
+        Ok(claims)
     }
 }
 

@@ -34,7 +34,7 @@ type Now = Result<Option<ResponseBody>, ErrorBody>;
 
 impl Coordinator {
     pub(super) fn create(&mut self, reply: Reply, name: Option<String>, token: &str) -> Now {
-        let claims = self.verify(token)?;
+        let claims = self.verify(token, reply.seal.as_ref())?;
         self.room_for_job()?;
         if let Some(name) = &name {
             auth::validate_session_name(name)
@@ -96,9 +96,9 @@ impl Coordinator {
     }
 
     pub(super) fn join(&mut self, reply: Reply, key: &str, token: &str) -> Now {
-        let claims = self.verify(token)?;
+        let claims = self.verify(token, reply.seal.as_ref())?;
         let listed = self.directory.find(key)?;
-        if let Some(session) = listed.info() {
+        if let Some(session) = listed.info(&self.session_key.fingerprint()) {
             return Ok(Some(ResponseBody::Session { session }));
         }
         if let Some(waiting) = self.starting.get_mut(&listed.id) {
@@ -202,7 +202,7 @@ impl Coordinator {
     }
 
     pub(super) fn close(&mut self, reply: Reply, key: &str, token: &str) -> Now {
-        let claims = self.verify(token)?;
+        let claims = self.verify(token, reply.seal.as_ref())?;
         let listed = self.directory.find(key)?;
         if !listed.creator.eq_ignore_ascii_case(&claims.user) {
             return Err(err(
@@ -291,6 +291,8 @@ impl Coordinator {
         config.observer = Some(Arc::new(self.directory.clone()));
         config.history = Some(Arc::new(self.db.clone()));
         config.tokens = Some(self.keys.clone());
+        config.noise = Some(self.session_key.clone());
+        config.plain = self.config.insecure;
         config.start_seq = seq;
         config.start_recent = recent.into_iter().map(to_line).collect();
 
@@ -314,6 +316,7 @@ impl Coordinator {
             id,
             name: listed.name,
             server,
+            server_key: Some(self.session_key.fingerprint()),
             creator: listed.creator,
             created: listed.created,
         })

@@ -197,6 +197,10 @@ pub struct SessionInfo {
     pub name: Option<String>,
     /// TCP address of its session server.
     pub server: SocketAddr,
+    /// The session server's Noise static key (X25519, standard base64): the client connects
+    /// only to a server that proves it (protocol.md, "Encrypted session connections").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<String>,
     /// Who created it (and alone may close it).
     pub creator: String,
     /// When it was created.

@@ -9,7 +9,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
@@ -24,6 +23,7 @@ use crate::codec::{Frame, LineCodec, encode_line};
 use crate::protocol::{
     ByeReason, ClientMsg, ErrorBody, ErrorCode, LeaveReason, ServerMsg, check_text, limits,
 };
+use crate::transport::{self, WireRead, WireWrite};
 
 /// Limits on what one member may send; documented in README's "Limits and failure behaviour".
 #[derive(Debug, Clone)]
@@ -75,24 +75,28 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
-    let reader = FramedRead::with_capacity(read, LineCodec::new(limits::MAX_LINE), READ_BUFFER);
-    // The hello phase runs boxed: it is short, and keeping its state out of this long-lived
-    // future is what keeps an idle member small.
-    let admitted = Box::pin(admit_connection(
-        reader,
-        write,
-        peer,
-        conn,
-        &room,
-        Arc::new(Outbox::new(
-            config.member_queue,
-            config.member_budget,
-            gate.clone(),
-        )),
-        &config,
-        &stop,
-    ))
+    // The handshake and hello phase run boxed: they are short, and keeping their state out of
+    // this long-lived future is what keeps an idle member small.
+    let admitted = Box::pin(async {
+        let (read, write, client_key) = handshake(stream, peer, &config, &stop).await?;
+        let reader = FramedRead::with_capacity(read, LineCodec::new(limits::MAX_LINE), READ_BUFFER);
+        admit_connection(
+            reader,
+            write,
+            client_key,
+            peer,
+            conn,
+            &room,
+            Arc::new(Outbox::new(
+                config.member_queue,
+                config.member_budget,
+                gate.clone(),
+            )),
+            &config,
+            &stop,
+        )
+        .await
+    })
     .await;
     let Some(Admitted {
         mut reader,
@@ -116,12 +120,77 @@ pub(crate) async fn serve(
     tracing::debug!(%peer, %user, "connection closed");
 }
 
-type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, LineCodec>;
+type Reader = FramedRead<WireRead, LineCodec>;
+
+/// Sets up the connection as the server is configured: a Noise handshake when it has a key
+/// (and the client's key comes back, for its token), plaintext when it takes that; the first
+/// byte says which the client speaks. A plaintext client of a server that does not take it is
+/// told why in a line it can read; one that says nothing gets the same goodbye as before
+/// (in clear only where plaintext is spoken).
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: &SessionConfig,
+    stop: &CancellationToken,
+) -> Option<(WireRead, WireWrite, Option<[u8; 32]>)> {
+    let Some(key) = &config.noise else {
+        let (read, write) = transport::plain(stream);
+        return Some((read, write, None));
+    };
+    let deadline = Instant::now() + limits::HELLO_TIMEOUT;
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        p = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => p,
+        _ = stop.cancelled() => return None,
+    };
+    match peeked {
+        Ok(Ok(1..)) => {}
+        Ok(_) => return None,
+        Err(_) => {
+            if config.plain {
+                let (_read, mut write) = transport::plain(stream);
+                let _ = send_now(
+                    &mut write,
+                    &bye(ByeReason::HelloTimeout, "no hello within the time limit"),
+                )
+                .await;
+                let _ = tokio::time::timeout(Duration::from_millis(200), write.shutdown()).await;
+            }
+            tracing::debug!(%peer, "closed connection that never said anything");
+            return None;
+        }
+    }
+    if !transport::starts_handshake(first[0]) {
+        let (read, mut write) = transport::plain(stream);
+        if config.plain {
+            return Some((read, write, None));
+        }
+        let refusal = error(
+            ErrorCode::NotSealed,
+            "this session server speaks only the encrypted protocol (protocol.md, \"Encrypted session connections\")",
+        );
+        let _ = send_now(&mut write, &refusal).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), write.shutdown()).await;
+        return None;
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let accepted = tokio::select! {
+        a = transport::accept(stream, key, remaining) => a,
+        _ = stop.cancelled() => return None,
+    };
+    match accepted {
+        Ok((read, write, client)) => Some((read, write, Some(client))),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "session handshake failed");
+            None
+        }
+    }
+}
 
 /// A connection that said a good hello and is in the room.
 struct Admitted {
     reader: Reader,
-    write: OwnedWriteHalf,
+    write: WireWrite,
     user: String,
     outbox: Arc<Outbox>,
     kick: CancellationToken,
@@ -135,7 +204,8 @@ struct Admitted {
 )]
 async fn admit_connection(
     mut reader: Reader,
-    mut write: OwnedWriteHalf,
+    mut write: WireWrite,
+    client_key: Option<[u8; 32]>,
     peer: SocketAddr,
     conn: ConnId,
     room: &mpsc::Sender<RoomEvent>,
@@ -173,7 +243,7 @@ async fn admit_connection(
                 udp,
                 since,
                 history,
-            }) => match admit(config, user, &token) {
+            }) => match admit(config, user, &token, client_key) {
                 Ok(user) => {
                     break (
                         user,
@@ -339,7 +409,7 @@ async fn read_loop(
 }
 
 async fn write_loop(
-    mut write: OwnedWriteHalf,
+    mut write: WireWrite,
     outbox: Arc<Outbox>,
     kick: CancellationToken,
     stop: CancellationToken,
@@ -393,7 +463,8 @@ async fn write_loop(
 /// Writes all of `bytes`, or says it could not within `timeout`. Most writes fit the socket
 /// buffer at once and need no timer; only a write that has to wait arms one (boxed, so the
 /// waiting state is not carried by every idle connection).
-async fn write_out(write: &mut OwnedWriteHalf, bytes: &[u8], timeout: Duration) -> bool {
+async fn write_out(write: &mut WireWrite, text: &[u8], timeout: Duration) -> bool {
+    let (write, bytes) = write.prepare(text);
     let done = match write.try_write(bytes) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
@@ -409,14 +480,20 @@ async fn write_out(write: &mut OwnedWriteHalf, bytes: &[u8], timeout: Duration) 
     )
 }
 
-async fn send_now(write: &mut OwnedWriteHalf, bytes: &Bytes) -> std::io::Result<()> {
+async fn send_now(write: &mut WireWrite, bytes: &Bytes) -> std::io::Result<()> {
     tokio::time::timeout(Duration::from_secs(2), write.write_all(bytes))
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-/// Checks a hello's name and token; returns the name as registered.
-fn admit(config: &SessionConfig, user: String, token: &str) -> Result<String, ErrorBody> {
+/// Checks a hello's name and token (bound to the key the handshake proved, `client_key`);
+/// returns the name as registered.
+fn admit(
+    config: &SessionConfig,
+    user: String,
+    token: &str,
+    client_key: Option<[u8; 32]>,
+) -> Result<String, ErrorBody> {
     crate::auth::validate_user_name(&user)
         .map_err(|e| ErrorBody::new(ErrorCode::InvalidName, e.to_string()))?;
     let Some(keys) = &config.tokens else {
@@ -431,6 +508,9 @@ fn admit(config: &SessionConfig, user: String, token: &str) -> Result<String, Er
             format!("this token belongs to {}, not {user}", claims.user),
         ));
     }
+    claims
+        .usable_by(client_key, config.plain)
+        .map_err(|e| ErrorBody::new(ErrorCode::Unauthorized, e.to_string()))?;
     Ok(claims.user)
 }
 

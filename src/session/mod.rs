@@ -86,6 +86,12 @@ pub struct SessionConfig {
     /// Checks the token in every hello; `None` lets anyone in under any free name (tests of the
     /// session server alone).
     pub tokens: Option<Arc<TokenKey>>,
+    /// The server's Noise static key: with one, members connect encrypted (`transport.rs`) and
+    /// the coordinator names its public half in the join answer.
+    pub noise: Option<Arc<crate::transport::StaticKey>>,
+    /// Plaintext connections are taken too (a coordinator started with `--insecure`, or a bare
+    /// server without a key, as tests of the session server alone use).
+    pub plain: bool,
     /// Newest sequence number already used, when the session is restarted from storage.
     pub start_seq: u64,
     /// Messages to seed the in-memory history with (oldest first).
@@ -109,6 +115,8 @@ impl SessionConfig {
             observer: None,
             history: None,
             tokens: None,
+            noise: None,
+            plain: true,
             start_seq: 0,
             start_recent: Vec::new(),
         }

@@ -7,7 +7,6 @@ use chrono::Utc;
 use confab::coordinator::CoordinatorConfig;
 use confab::store::{SessionRecord, Store, StoredMessage};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpSocket;
 use uuid::Uuid;
 
 use super::common::*;
@@ -52,21 +51,14 @@ fn seed_big_session(db: &std::path::Path) {
     store.append_messages(&lines).unwrap();
 }
 
-/// Connects with a small receive buffer, says hello, and then only writes.
+/// A member that asks but never reads, with a small receive buffer, so that the server's
+/// writes to it stall at once.
 async fn non_reader(
-    server: SocketAddr,
+    session: &confab::protocol::SessionInfo,
     coordinator: SocketAddr,
     user: &str,
-) -> tokio::net::TcpStream {
-    let token = token_for(user, coordinator).await;
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(server).await.unwrap();
-    stream
-        .write_all(hello(user, &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
-        .await
-        .unwrap();
-    stream
+) -> (confab::transport::WireRead, confab::transport::WireWrite) {
+    encrypted_member(session, coordinator, user, Some(4096)).await
 }
 
 // Two workers, so the attackers keep asking while the test watches.
@@ -80,10 +72,10 @@ async fn a_member_that_never_reads_cannot_grow_the_server_by_asking_for_history(
     let mut process = Process::start(&db, std::process::Stdio::null()).await;
     let pid = process.child.id().unwrap();
     let (alice, mut a_ev) = client("alice", process.listen).await;
-    let server = alice.join("big").await.unwrap().session.server;
+    let session = alice.join("big").await.unwrap().session;
     let mut attackers = Vec::new();
     for user in ["mallory", "trudy"] {
-        attackers.push(non_reader(server, process.listen, user).await);
+        attackers.push(non_reader(&session, process.listen, user).await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss(pid);
@@ -93,7 +85,7 @@ async fn a_member_that_never_reads_cannot_grow_the_server_by_asking_for_history(
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tasks: Vec<_> = attackers
         .into_iter()
-        .map(|mut stream| {
+        .map(|(read, mut stream)| {
             let asked = asked.clone();
             tokio::spawn(async move {
                 for i in 0.. {
@@ -105,7 +97,7 @@ async fn a_member_that_never_reads_cannot_grow_the_server_by_asking_for_history(
                     let pace = if i < 50 { 1 } else { 50 };
                     tokio::time::sleep(Duration::from_millis(pace)).await;
                 }
-                stream
+                (read, stream)
             })
         })
         .collect();
@@ -332,12 +324,13 @@ async fn a_second_ctrl_c_exits_at_once() {
     seed_big_session(&db);
     let mut process = Process::start(&db, std::process::Stdio::null()).await;
     let (alice, _a_ev) = client("alice", process.listen).await;
-    let server = alice.join("big").await.unwrap().session.server;
+    let session = alice.join("big").await.unwrap().session;
     // A member that does not read holds the clean shutdown: its last write may take 10 s. Ten
     // answers of 2 MB are more than the socket buffers on both ends hold (4 MiB at most).
-    let mut stuck = non_reader(server, process.listen, "mallory").await;
+    let mut stuck = non_reader(&session, process.listen, "mallory").await;
     for _ in 0..10 {
         stuck
+            .1
             .write_all(b"{\"type\":\"history\",\"limit\":500}\n")
             .await
             .unwrap();

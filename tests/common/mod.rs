@@ -121,9 +121,19 @@ pub async fn logged_in(config: ClientConfig) -> (Client, mpsc::Receiver<Event>) 
 /// The login is sealed (as every client's is), so it works whether the coordinator takes plain
 /// requests or not.
 pub async fn token_for(user: &str, coordinator: SocketAddr) -> String {
+    credentials_for(user, coordinator).await.0
+}
+
+/// A valid token for `user` and the key pair it is bound to (the one its login was sealed
+/// with), which an encrypted session connection must prove.
+pub async fn credentials_for(
+    user: &str,
+    coordinator: SocketAddr,
+) -> (String, confab::transport::StaticKey) {
     let (c, _) = client(user, coordinator).await;
     let key = c.coordinator_key().await.unwrap();
     drop(c);
+    let sealer = confab::seal::Sealer::new(&key);
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut req = format!(
         r#"{{"id":1,"op":"login","user":"{user}","password":"{}"}}"#,
@@ -131,7 +141,7 @@ pub async fn token_for(user: &str, coordinator: SocketAddr) -> String {
     )
     .into_bytes();
     confab::protocol::pad_request(&mut req);
-    let (sealed, opener) = confab::seal::seal_request(&key, &req);
+    let (sealed, opener) = sealer.seal(&req);
     for _ in 0..50 {
         socket.send_to(&sealed, coordinator).await.unwrap();
         let mut buf = vec![0u8; 2048];
@@ -140,13 +150,43 @@ pub async fn token_for(user: &str, coordinator: SocketAddr) -> String {
         {
             let answer = opener.open(&buf[..n]).expect("the answer is sealed for us");
             let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
-            return v["token"]
-                .as_str()
-                .expect("login answer has a token")
-                .to_string();
+            let token = v["token"].as_str().expect("login answer has a token");
+            return (token.to_string(), sealer.static_key());
         }
     }
     panic!("no login answer");
+}
+
+/// A member on the bare line protocol over the encrypted transport, as a real client connects
+/// (handshake with the key the join answer named, then `hello`); `recv_buffer` shrinks its
+/// socket's receive buffer, for members that are not meant to keep up.
+pub async fn encrypted_member(
+    session: &confab::protocol::SessionInfo,
+    coordinator: SocketAddr,
+    user: &str,
+    recv_buffer: Option<u32>,
+) -> (confab::transport::WireRead, confab::transport::WireWrite) {
+    let (token, key) = credentials_for(user, coordinator).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let stream = socket.connect(session.server).await.unwrap();
+    let server = confab::identity::parse_fingerprint(
+        session
+            .server_key
+            .as_deref()
+            .expect("the join answer names the server's key"),
+    )
+    .unwrap();
+    let (read, mut write) = confab::transport::connect(stream, &key, &server)
+        .await
+        .expect("encrypted handshake");
+    write
+        .write_all(hello(user, &token, "127.0.0.1:9".parse().unwrap()).as_bytes())
+        .await
+        .unwrap();
+    (read, write)
 }
 
 /// Sends one request by hand (padded) and waits for its answer, which must fit a safe datagram.

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -130,7 +129,7 @@ async fn run_on(env: &BenchEnv, opts: &JoinOpts, server: &Server) -> Result<Join
         .enumerate()
         .map(|(i, token)| {
             tokio::spawn(lean_member(
-                info.server,
+                info.clone(),
                 format!("j{i}"),
                 token,
                 shared.clone(),
@@ -270,10 +269,14 @@ struct Line {
 }
 
 /// Registers and logs in users `j0`…`j{n-1}` (many at once) and returns their tokens in order.
-async fn tokens(env: &BenchEnv, coordinator: SocketAddr, n: usize) -> Result<Vec<String>> {
+async fn tokens(
+    env: &BenchEnv,
+    coordinator: SocketAddr,
+    n: usize,
+) -> Result<Vec<super::lean::Credentials>> {
     let progress = Progress::start(env.progress, "join (accounts)", n as u64);
     let done = progress.counter();
-    let results: Vec<Result<String>> = futures::stream::iter(0..n)
+    let results: Vec<Result<super::lean::Credentials>> = futures::stream::iter(0..n)
         .map(|i| {
             let done = done.clone();
             async move {
@@ -283,7 +286,7 @@ async fn tokens(env: &BenchEnv, coordinator: SocketAddr, n: usize) -> Result<Vec
                     events: _events,
                 } = super::logged_in(coordinator, &user).await?;
                 done.fetch_add(1, Ordering::Relaxed);
-                Ok(client.session_token().unwrap_or_default())
+                Ok(super::lean::Credentials::of(&client))
             }
         })
         .buffered(super::CONNECT_CONCURRENCY)
@@ -295,9 +298,9 @@ async fn tokens(env: &BenchEnv, coordinator: SocketAddr, n: usize) -> Result<Vec
 
 /// A member on the bare protocol: hello with a token, then read and ping.
 async fn lean_member(
-    server: SocketAddr,
+    session: SessionInfo,
     user: String,
-    token: String,
+    credentials: super::lean::Credentials,
     shared: Arc<Shared>,
 ) -> Outcome {
     let mut outcome = Outcome::default();
@@ -316,7 +319,7 @@ async fn lean_member(
     };
     let began = Instant::now();
     let connect = async {
-        let (read, write) = super::lean::open(server, &user, token).await?;
+        let (read, write) = super::lean::open(&session, &user, credentials).await?;
         Ok::<_, std::io::Error>((
             FramedRead::new(read, LineCodec::new(limits::MAX_SERVER_LINE)),
             write,

@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use confab::client::Client;
 use confab::codec::encode_line;
-use confab::protocol::{ClientMsg, limits};
+use confab::protocol::{ClientMsg, SessionInfo, limits};
+use confab::transport::{self, StaticKey, WireRead, WireWrite};
 
 /// How often a lean member pings: the server drops a member it has not heard from for 6 s.
 pub(super) const PING_EVERY: Duration = Duration::from_secs(2);
@@ -73,25 +74,54 @@ pub(super) fn push_say(out: &mut Vec<u8>, sender: usize, index: usize, nanos: u6
     );
 }
 
+/// What a lean member says hello with: a logged-in client's token, and the key pair the token
+/// is bound to, which the encrypted handshake proves.
+#[derive(Clone)]
+pub(super) struct Credentials {
+    token: String,
+    key: Option<StaticKey>,
+}
+
+impl Credentials {
+    /// Those of a logged-in client.
+    pub(super) fn of(client: &Client) -> Self {
+        Self {
+            token: client.session_token().unwrap_or_default(),
+            key: client.static_key(),
+        }
+    }
+}
+
 /// Opens a member's connection to its session server and says hello with its token.
 pub(super) async fn connect(
-    server: SocketAddr,
+    session: &SessionInfo,
     user: &str,
-    token: String,
-) -> std::io::Result<(Lines, OwnedWriteHalf)> {
-    let (read, write) = open(server, user, token).await?;
+    credentials: Credentials,
+) -> std::io::Result<(Lines, WireWrite)> {
+    let (read, write) = open(session, user, credentials).await?;
     Ok((Lines::new(read), write))
 }
 
-/// Connects to a session server and says hello with `token`; the caller reads as it likes.
+/// Connects to a session server as a real client does (encrypted when the coordinator named
+/// the server's key) and says hello; the caller reads as it likes.
 pub(super) async fn open(
-    server: SocketAddr,
+    session: &SessionInfo,
     user: &str,
-    token: String,
-) -> std::io::Result<(OwnedReadHalf, OwnedWriteHalf)> {
-    let stream = TcpStream::connect(server).await?;
+    credentials: Credentials,
+) -> std::io::Result<(WireRead, WireWrite)> {
+    let stream = TcpStream::connect(session.server).await?;
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = match (&session.server_key, &credentials.key) {
+        (Some(server), Some(mine)) => {
+            let server = confab::identity::parse_fingerprint(server)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            transport::connect(stream, mine, &server)
+                .await
+                .map_err(std::io::Error::other)?
+        }
+        _ => transport::plain(stream),
+    };
+    let token = credentials.token;
     let hello = ClientMsg::Hello {
         user: user.to_string(),
         token,
@@ -106,7 +136,7 @@ pub(super) async fn open(
 
 /// The read half of a connection and one growable buffer of what has arrived.
 pub(super) struct Lines {
-    read: OwnedReadHalf,
+    read: WireRead,
     buf: Vec<u8>,
     /// Start of the first line not handed out yet.
     start: usize,
@@ -120,7 +150,7 @@ pub(super) struct Lines {
 const INITIAL_BUF: usize = 64 * 1024;
 
 impl Lines {
-    fn new(read: OwnedReadHalf) -> Self {
+    fn new(read: WireRead) -> Self {
         Self {
             read,
             buf: vec![0; INITIAL_BUF],

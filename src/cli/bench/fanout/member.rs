@@ -5,9 +5,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use confab::transport::WireWrite;
 use futures::{StreamExt, TryStreamExt, stream};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -122,8 +121,8 @@ pub(super) async fn connect_members(
                 client.find(name).await
             }
             .map_err(failed)?;
-            let token = client.session_token().unwrap_or_default();
-            let (lines, write) = lean::connect(info.server, &user, token)
+            let credentials = lean::Credentials::of(&client);
+            let (lines, write) = lean::connect(&info, &user, credentials)
                 .await
                 .map_err(|e| BenchError::Setup(format!("member {user}: connect: {e}")))?;
             done.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +185,7 @@ pub(super) struct Outcome {
     /// 1 if its sending broke off.
     pub(super) send_failed: u64,
     /// Kept open until the run's figures are taken.
-    pub(super) conn: Option<(lean::Lines, OwnedWriteHalf)>,
+    pub(super) conn: Option<(lean::Lines, WireWrite)>,
 }
 
 /// What woke a member up.
@@ -215,7 +214,7 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
 /// every group message it receives until it has them all or the run is over.
 async fn member(
     mut lines: lean::Lines,
-    mut write: OwnedWriteHalf,
+    mut write: WireWrite,
     session: usize,
     index: usize,
     shared: Arc<Shared>,
