@@ -30,6 +30,11 @@ impl Identity {
         Self { secret, public }
     }
 
+    /// A fresh key pair from the operating system's random source.
+    pub fn generate() -> Self {
+        Self::from_secret(rand::random())
+    }
+
     /// The public key.
     pub fn public_key(&self) -> [u8; 32] {
         *self.public.as_bytes()

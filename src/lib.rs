@@ -28,6 +28,7 @@ pub mod dirs;
 pub(crate) mod expiring;
 pub mod identity;
 pub mod presence_log;
+pub mod private_file;
 pub mod protocol;
 pub mod seal;
 pub mod session;

@@ -276,7 +276,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             process::init_tracing("off");
             let coordinator = cli::address::resolve(&coordinator).await?;
             let password = std::env::var("CONFAB_PASSWORD").ok();
+            // The user's identity key and the peers' pinned keys live beside the known
+            // coordinator keys (`$XDG_DATA_HOME/confab`).
+            let identity = cli::identities::load_or_make(coordinator, &user)
+                .map_err(|e| anyhow::anyhow!("cannot keep the identity key: {e}"))?;
             let mut config = ClientConfig::new(user, coordinator);
+            config.identity = Some(identity);
+            config.known_peers = confab::dirs::data_dir().map(|d| d.join("known_peers"));
             config.bind = bind;
             config.advertise = advertise;
             let credentials = repl::Credentials { password, register };

@@ -28,6 +28,14 @@ use crypto_box::{ChaChaBox, PublicKey, SecretKey};
 pub const REQUEST_MARK: u8 = 0xC5;
 /// First byte of a sealed answer.
 pub const ANSWER_MARK: u8 = 0xC6;
+/// First byte of a sealed private datagram between two users (see [`PeerBoxes`]).
+pub const PEER_MARK: u8 = 0xC7;
+/// The direction byte inside a private datagram's box: the same shared key seals both ways
+/// between two users, so what is inside names its sender and recipient too (checked by the
+/// receiver), and this byte keeps these boxes apart from the coordinator's.
+const PEER_TAG: u8 = b'P';
+/// What sealing adds to a private datagram: mark, the sender's key, nonce, direction, tag.
+pub const PEER_OVERHEAD: usize = 1 + KEY + NONCE + 1 + TAG;
 const KEY: usize = 32;
 const NONCE: usize = 24;
 const TAG: usize = 16;
@@ -196,6 +204,98 @@ impl Answerer {
     }
 }
 
+/// Private datagrams between users, sealed with their identity keys: NaCl's box again
+/// (X25519 between the sender's identity key and the recipient's, XChaCha20-Poly1305, random
+/// 24-byte nonce), so only the two of them can open one, and one that opens was made by one of
+/// them. The sender's public key travels in clear after the mark, so the receiver knows which
+/// box to try; the receiver checks it is the key the roster gives the name inside.
+///
+/// Keeps the box per peer key (the agreement is the costly part), at most `cap` of them.
+pub struct PeerBoxes {
+    secret: [u8; KEY],
+    public: [u8; KEY],
+    boxes: HashMap<[u8; KEY], Arc<ChaChaBox>>,
+    cap: usize,
+}
+
+impl std::fmt::Debug for PeerBoxes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PeerBoxes({}, {} peers)",
+            crate::identity::fingerprint(&self.public),
+            self.boxes.len()
+        )
+    }
+}
+
+impl PeerBoxes {
+    /// For the user whose identity key pair has the private half `secret`.
+    pub fn new(secret: [u8; 32], cap: usize) -> Self {
+        let public = *SecretKey::from(secret).public_key().as_bytes();
+        Self {
+            secret,
+            public,
+            boxes: HashMap::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn shared(&mut self, theirs: &[u8; KEY]) -> Arc<ChaChaBox> {
+        if let Some(b) = self.boxes.get(theirs) {
+            return b.clone();
+        }
+        if self.boxes.len() >= self.cap {
+            self.boxes.clear();
+        }
+        let b = Arc::new(ChaChaBox::new(
+            &PublicKey::from(*theirs),
+            &SecretKey::from(self.secret),
+        ));
+        self.boxes.insert(*theirs, b.clone());
+        b
+    }
+
+    /// Seals `msg` for the user whose identity key is `theirs`.
+    pub fn seal(&mut self, theirs: &[u8; 32], msg: &[u8]) -> Vec<u8> {
+        let shared = self.shared(theirs);
+        let mut out = Vec::with_capacity(msg.len() + PEER_OVERHEAD);
+        out.push(PEER_MARK);
+        out.extend_from_slice(&self.public);
+        out.extend(seal(&shared, PEER_TAG, msg));
+        out
+    }
+
+    /// Opens a sealed private datagram: the sender's key, and what it said. Only a datagram
+    /// sealed for us by the holder of that key opens; anything else is a [`SealError`].
+    pub fn open(&mut self, datagram: &[u8]) -> Result<([u8; 32], Vec<u8>), SealError> {
+        let Some((&PEER_MARK, rest)) = datagram.split_first() else {
+            return Err(SealError);
+        };
+        if rest.len() < KEY + NONCE + 1 + TAG {
+            return Err(SealError);
+        }
+        let (theirs, sealed) = rest.split_at(KEY);
+        let theirs: [u8; KEY] = theirs.try_into().map_err(|_| SealError)?;
+        // An unknown key is tried without being kept, so garbage takes no place.
+        let shared = match self.boxes.get(&theirs) {
+            Some(b) => b.clone(),
+            None => Arc::new(ChaChaBox::new(
+                &PublicKey::from(theirs),
+                &SecretKey::from(self.secret),
+            )),
+        };
+        let msg = open(&shared, PEER_TAG, sealed)?;
+        if !self.boxes.contains_key(&theirs) {
+            if self.boxes.len() >= self.cap {
+                self.boxes.clear();
+            }
+            self.boxes.insert(theirs, shared);
+        }
+        Ok((theirs, msg))
+    }
+}
+
 /// A random nonce, then the box of the direction byte and `msg`.
 fn seal(shared: &ChaChaBox, direction: u8, msg: &[u8]) -> Vec<u8> {
     let nonce = ChaChaBox::generate_nonce(&mut OsRng);
@@ -228,6 +328,30 @@ fn open(shared: &ChaChaBox, direction: u8, sealed: &[u8]) -> Result<Vec<u8>, Sea
 mod tests {
     use super::*;
     use crate::identity::Identity;
+
+    #[test]
+    fn a_private_datagram_opens_only_for_its_recipient_and_names_its_sender() {
+        let (alice, bob, eve) = ([1; 32], [2; 32], [3; 32]);
+        let public = |s: [u8; 32]| Identity::from_secret(s).public_key();
+        let mut a = PeerBoxes::new(alice, 8);
+        let mut b = PeerBoxes::new(bob, 8);
+        let mut e = PeerBoxes::new(eve, 8);
+        let sealed = a.seal(&public(bob), b"hello bob");
+        assert_eq!(sealed.len(), 9 + PEER_OVERHEAD);
+        assert!(!sealed.windows(5).any(|w| w == b"hello"));
+        assert_eq!(b.open(&sealed), Ok((public(alice), b"hello bob".to_vec())));
+        assert_eq!(e.open(&sealed), Err(SealError), "eve cannot open it");
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert_eq!(b.open(&altered), Err(SealError));
+        // Claiming to be eve with alice's box does not open either.
+        let mut claimed = sealed.clone();
+        claimed[1..33].copy_from_slice(&public(eve));
+        assert_eq!(b.open(&claimed), Err(SealError));
+        // A coordinator box is not a private one.
+        let (req, _) = seal_request(&public(bob), b"x");
+        assert_eq!(b.open(&req), Err(SealError));
+    }
 
     #[test]
     fn a_request_and_its_answer_open_only_for_the_two_ends() {

@@ -333,6 +333,8 @@ impl NoiseRead {
             .read_message(self.nonce, &self.sealed[2..2 + len], &mut self.text)
             .map_err(|_| forged())?;
         self.text.truncate(n);
+        // What nc can no longer show: `RUST_LOG=confab::transport=trace` prints it.
+        tracing::trace!(nonce = self.nonce, text = %String::from_utf8_lossy(&self.text), "received");
         self.nonce += 1;
         self.sealed.advance(2 + len);
         if self.sealed.is_empty() && self.sealed.capacity() > KEEP {
@@ -356,6 +358,7 @@ impl WireWrite {
         match self {
             WireWrite::Plain(write) => (write, text),
             WireWrite::Noise(w) => {
+                tracing::trace!(nonce = w.nonce, text = %String::from_utf8_lossy(text), "sending");
                 w.buf.clear();
                 if w.buf.capacity() > 4 * KEEP && text.len() < KEEP {
                     w.buf = Vec::new();

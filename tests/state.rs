@@ -253,6 +253,7 @@ async fn after_a_rejoin_each_presence_comes_with_the_roster_it_leads_to() {
         Member {
             user: "alice".into(),
             udp: Some(alice.endpoint()),
+            key: Some(alice.fingerprint()),
         },
     );
     while model.get("carol").is_none_or(|m| m.udp != Some(after)) {

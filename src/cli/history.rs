@@ -33,7 +33,7 @@ pub fn load(path: &PathBuf, limit: usize) -> std::io::Result<Vec<String>> {
     let mut lines: Vec<String> = text.lines().filter(|l| keep(l)).map(String::from).collect();
     let extra = lines.len().saturating_sub(limit);
     lines.drain(..extra);
-    super::private::write_lines(path, &lines)?;
+    confab::private_file::write_lines(path, &lines)?;
     Ok(lines)
 }
 

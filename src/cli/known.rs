@@ -101,7 +101,7 @@ pub fn check(
                 .collect();
             let line = format!("{addr} {got}");
             kept.push(&line);
-            super::private::write_lines(file, &kept).map_err(io)?;
+            confab::private_file::write_lines(file, &kept).map_err(io)?;
             Ok(if pinned.is_some() {
                 Trust::Pinned
             } else {

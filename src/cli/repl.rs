@@ -39,7 +39,8 @@ commands:
   /leave             leave the current session
   /sessions          list all sessions: id, name, server, members
   /who               show who is in this session, with their UDP endpoints
-  /whois <name>      one member: endpoint, when they came, how messages reach them
+  /whois <name>      one member: endpoint, key fingerprint, when they came, how messages reach them
+  /trust <name>      accept a member's new identity key, after comparing it by other means
   /history [n]       show n more earlier group messages (default 50)
   /close [id|name]   remove a session you created, with its history (default: this one)
   /me <action>       say an action: /me waves shows as * you waves
@@ -68,7 +69,10 @@ fn help_for(command: &str) -> Option<&'static str> {
             "/who: everyone in this session with the UDP endpoint their private messages go to."
         }
         "whois" => {
-            "/whois <name>: a member's UDP endpoint, when they came (as this client saw it), and how private messages reach them."
+            "/whois <name>: a member's UDP endpoint, identity key fingerprint (compare it with them by other means: it is what private messages are sealed for), whether it is the key pinned for them, when they came (as this client saw it), and how private messages reach them."
+        }
+        "trust" => {
+            "/trust <name>: pin the identity key the session now gives name, replacing the one pinned before. Only after comparing it with them by other means: a changed key may mean someone else, or a server lying about the roster."
         }
         "history" => {
             "/history [n]: show n (default 50, at most 500) group messages from before the earliest one on screen."
@@ -440,6 +444,10 @@ async fn command(ctx: &Ctx<'_>, line: &str) {
             None => Err(ClientError::NotInSession),
         },
         "/whois" if rest.is_empty() => usage("/whois <name>"),
+        "/trust" if rest.is_empty() => usage("/trust <name>"),
+        "/trust" => client.trust(rest).await.map(|key| {
+            out.notice(&format!("{}'s key {key} is trusted now", clean(rest)));
+        }),
         "/whois" => whois(ctx, rest),
         "/history" => {
             // Page backwards from the earliest line on screen.
@@ -508,13 +516,27 @@ fn whois(ctx: &Ctx<'_>, name: &str) -> Result<(), ClientError> {
         ),
         _ => "was here when you joined".into(),
     };
+    let me = member.user.eq_ignore_ascii_case(client.user());
     let how = match member.udp {
-        _ if member.user.eq_ignore_ascii_case(client.user()) => "that is you".to_string(),
-        Some(udp) => format!("private messages go straight to {udp} over UDP, peer to peer"),
+        _ if me => "that is you".to_string(),
+        Some(udp) => format!(
+            "private messages go straight to {udp} over UDP, peer to peer, sealed for their key"
+        ),
         None => "takes no private messages".to_string(),
     };
+    let key = match (&member.key, client.key_state(&member)) {
+        (None, _) => "no identity key (private messages cannot be sealed for it)".to_string(),
+        (Some(k), _) if me => format!("key {k} (yours)"),
+        (Some(k), Some(confab::client::PinState::Pinned)) => format!("key {k} (pinned)"),
+        (Some(k), Some(confab::client::PinState::Changed { pinned })) => format!(
+            "key {k} — CHANGED: pinned {}; compare by other means, then /trust {}",
+            confab::identity::fingerprint(&pinned),
+            clean(&member.user)
+        ),
+        (Some(k), _) => format!("key {k} (not met yet: pinned at the first private message)"),
+    };
     ctx.out.notice(&format!(
-        "{}: udp {}, {when}; {how}",
+        "{}: udp {}, {key}, {when}; {how}",
         clean(&member.user),
         super::show::endpoint(member.udp)
     ));

@@ -175,6 +175,14 @@ fn show_event(client: &Client, out: &Output, shown: &Shown, event: Event) {
             let body = format!("[private] {} → you: {}", clean(&from), clean(&text));
             out.stamped(time, &style.alert(&body));
         }
+        Event::PeerKeyChanged { user, pinned, now } => {
+            let user = clean(&user);
+            out.error(&format!(
+                "WARNING: {user}'s identity key has changed: pinned {pinned}, now {now}. It may \
+                 be someone else, or the server may be lying. Compare it with {user} by other \
+                 means (/whois {user}); nothing is sent to {user} until you /trust {user}."
+            ));
+        }
         Event::ServerError(e) => {
             if e.code == confab::protocol::ErrorCode::Gap {
                 // The replay that follows starts after the gap: page back from there.

@@ -6,6 +6,13 @@
 //! socket and sorts each datagram: coordinator answers to the request that waits for them (see
 //! `rpc`), acknowledgements to the private message that waits for them, and private messages to
 //! the application as [`Event::Private`], each shown once and acknowledged every time.
+//!
+//! Every private datagram, message or acknowledgement, is sealed between the two users'
+//! identity keys (`seal::PeerBoxes`), whose public halves travel in the roster: the session
+//! server and the coordinator can neither read nor forge one. A datagram that does not open,
+//! whose sender's key is not the one the roster gives the name inside, that is not for us, or
+//! that is too old or too far ahead to be told from a replay, is dropped without an answer and
+//! counted in a log line. Each peer's key is pinned on first contact (`pins`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,10 +29,13 @@ use uuid::Uuid;
 use super::backoff::Retry;
 use super::error::ClientError;
 use super::event::Event;
+use super::pins::{PinState, Pins};
 use super::roster::Roster;
 use super::rpc::{Coord, Waiters};
 use crate::expiring::ExpiringMap;
+use crate::identity::{fingerprint, parse_fingerprint};
 use crate::protocol::{Member, PeerMsg, limits};
+use crate::seal::{PEER_MARK, PeerBoxes};
 
 /// Proof that a private message arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +57,15 @@ struct LateDm {
     text: String,
 }
 
-/// Given-up messages by (id, the endpoint they went to); taken out by the first late ack.
-type LateDms = Arc<Mutex<ExpiringMap<(Uuid, SocketAddr), Option<LateDm>>>>;
+/// Given-up messages by (id, the key they were sealed for); taken out by the first late ack.
+type LateDms = Arc<Mutex<ExpiringMap<(Uuid, PeerKey), Option<LateDm>>>>;
+/// A user's identity key (public half).
+type PeerKey = [u8; 32];
+/// A message whose timestamp is further than this from our clock is not shown: seen ids are
+/// remembered for `SEEN_TTL`, so an older copy could not be told from a replay.
+const FRESH: Duration = Duration::from_secs(300);
+/// Peers whose boxes are kept (the key agreement is the costly part of sealing).
+const BOXES: usize = 4096;
 /// How long a given-up message listens for a late ack: as long as receivers remember the ids
 /// they have shown, so that any copy shown at all is shown within it.
 const LATE_TTL: Duration = Duration::from_secs(600);
@@ -63,19 +80,29 @@ pub(super) struct Dms {
     udp: Arc<UdpSocket>,
     user: String,
     retry: Retry,
-    /// Acks are accepted only from the endpoint the message went to.
-    acks: Waiters<(Uuid, SocketAddr), ()>,
+    /// Acks are accepted only sealed by the key the message was sealed for.
+    acks: Waiters<(Uuid, PeerKey), ()>,
     late: LateDms,
+    boxes: Arc<Mutex<PeerBoxes>>,
+    pins: Arc<Pins>,
 }
 
 impl Dms {
-    pub(super) fn new(udp: Arc<UdpSocket>, user: String, retry: Retry) -> Self {
+    pub(super) fn new(
+        udp: Arc<UdpSocket>,
+        user: String,
+        retry: Retry,
+        identity: &crate::identity::Identity,
+        pins: Arc<Pins>,
+    ) -> Self {
         Self {
             udp,
             user,
             retry,
             acks: Waiters::new(),
             late: Arc::new(Mutex::new(ExpiringMap::new(LATE_TTL, LATE_CAP))),
+            boxes: Arc::new(Mutex::new(PeerBoxes::new(identity.secret(), BOXES))),
+            pins,
         }
     }
 
@@ -106,7 +133,25 @@ impl Dms {
             time,
             text: text.to_string(),
         };
+        let Some(to) = member.udp else {
+            return Err(ClientError::NoPrivateMessages(member.user));
+        };
+        let Some(their_key) = member
+            .key
+            .as_deref()
+            .and_then(|k| parse_fingerprint(k).ok())
+        else {
+            return Err(ClientError::NoPeerKey(member.user));
+        };
+        if let PinState::Changed { pinned } = self.pins.check(&member.user, &their_key) {
+            return Err(ClientError::PeerKeyChanged {
+                user: member.user,
+                pinned: fingerprint(&pinned),
+                now: fingerprint(&their_key),
+            });
+        }
         let bytes = serde_json::to_vec(&msg).expect("protocol types serialize");
+        let bytes = self.boxes.lock().seal(&their_key, &bytes);
         if bytes.len() > limits::MAX_DATAGRAM {
             // Escaping can make a text within MAX_DM_TEXT too big for one datagram.
             return Err(ClientError::Invalid(format!(
@@ -115,10 +160,7 @@ impl Dms {
                 limits::MAX_DATAGRAM
             )));
         }
-        let Some(to) = member.udp else {
-            return Err(ClientError::NoPrivateMessages(member.user));
-        };
-        let key = (id, to);
+        let key = (id, their_key);
         let mut acked = self.acks.register(key);
         for delay in self.retry.delays() {
             if let Err(e) = self.udp.send_to(&bytes, to).await {
@@ -181,6 +223,10 @@ impl Dms {
             roster,
             events,
             seen: ExpiringMap::new(SEEN_TTL, SEEN_CAP),
+            boxes: self.boxes.clone(),
+            pins: self.pins.clone(),
+            warned: ExpiringMap::new(SEEN_TTL, 1000),
+            dropped: 0,
         };
         tokio::spawn(hub.run(stop));
     }
@@ -191,12 +237,18 @@ struct Hub {
     udp: Arc<UdpSocket>,
     user: String,
     coord: Coord,
-    acks: Waiters<(Uuid, SocketAddr), ()>,
+    acks: Waiters<(Uuid, PeerKey), ()>,
     late: LateDms,
     roster: Roster,
     events: mpsc::Sender<Event>,
     /// Private messages already shown, by sender and id.
     seen: ExpiringMap<(String, Uuid), ()>,
+    boxes: Arc<Mutex<PeerBoxes>>,
+    pins: Arc<Pins>,
+    /// Changed keys already warned about, by user and key.
+    warned: ExpiringMap<(String, PeerKey), ()>,
+    /// Datagrams dropped as forged, altered, replayed, unsealed or misaddressed.
+    dropped: u64,
 }
 
 impl Hub {
@@ -224,10 +276,26 @@ impl Hub {
             tracing::debug!(%from, len = datagram.len(), "oversized peer datagram dropped");
             return;
         }
-        match serde_json::from_slice::<PeerMsg>(datagram) {
-            Ok(PeerMsg::Ack { id, .. }) => {
-                if !self.acks.complete(&(id, from), ()) {
-                    let late = self.late.lock().get_mut(&(id, from)).and_then(Option::take);
+        if datagram.first() != Some(&PEER_MARK) {
+            return self.reject(from, "not sealed");
+        }
+        let opened = self.boxes.lock().open(datagram);
+        let Ok((sender_key, plain)) = opened else {
+            return self.reject(from, "does not open: forged, altered, or not for us");
+        };
+        tracing::trace!(%from, text = %String::from_utf8_lossy(&plain), "private datagram opened");
+        match serde_json::from_slice::<PeerMsg>(&plain) {
+            Ok(PeerMsg::Ack { id, from: acker }) => {
+                // Our own ack reflected back to us opens too (one key per pair of users).
+                if acker.eq_ignore_ascii_case(&self.user) {
+                    return self.reject(from, "our own acknowledgement, reflected");
+                }
+                if !self.acks.complete(&(id, sender_key), ()) {
+                    let late = self
+                        .late
+                        .lock()
+                        .get_mut(&(id, sender_key))
+                        .and_then(Option::take);
                     if let Some(LateDm { to, time, text }) = late {
                         let event = Event::DeliveredLate { id, to, time, text };
                         let _ = self.events.try_send(event);
@@ -242,19 +310,47 @@ impl Hub {
                 text,
             }) => {
                 if !to.eq_ignore_ascii_case(&self.user) {
-                    tracing::debug!(%from, %to, "private message for someone else dropped");
-                    return;
+                    return self.reject(from, "for someone else");
                 }
-                if !self.roster.is_at(&sender, from) {
-                    if self.roster.is_partial() && self.roster.get(&sender).is_none() {
+                let Some(member) = self.roster.get(&sender) else {
+                    if self.roster.is_partial() {
                         // Perhaps a member of a large session we were not told about: ask, and
                         // the sender's next try will find it known.
                         self.roster.want(&sender);
                     }
-                    // Not from the endpoint the session says the sender has: forged, or from
-                    // someone not (yet) in our roster. No ack, so a real sender will retry.
-                    tracing::warn!(%from, claimed = %sender, "private message from wrong endpoint rejected");
-                    return;
+                    // No ack, so a real sender will retry.
+                    return self.reject(from, "from someone not in our roster");
+                };
+                let roster_key = member
+                    .key
+                    .as_deref()
+                    .and_then(|k| parse_fingerprint(k).ok());
+                if roster_key != Some(sender_key) {
+                    return self.reject(from, "sealed with a key that is not the sender's");
+                }
+                if !self.roster.is_at(&sender, from) {
+                    // Not from the endpoint the session says the sender has.
+                    return self.reject(from, "from another endpoint than the sender's");
+                }
+                let age = Utc::now().signed_duration_since(time);
+                if age.abs() > chrono::Duration::from_std(FRESH).unwrap_or_default() {
+                    return self.reject(from, "too old or too far ahead (a replay?)");
+                }
+                if let PinState::Changed { pinned } = self.pins.check(&sender, &sender_key)
+                    && self
+                        .warned
+                        .get(&(sender.to_lowercase(), sender_key))
+                        .is_none()
+                {
+                    let warning = Event::PeerKeyChanged {
+                        user: member.user.clone(),
+                        pinned: fingerprint(&pinned),
+                        now: fingerprint(&sender_key),
+                    };
+                    if self.events.try_send(warning).is_err() {
+                        return; // said first, or not at all: the sender retries
+                    }
+                    self.warned.insert((sender.to_lowercase(), sender_key), ());
                 }
                 if self.seen.get(&(sender.clone(), id)).is_none() {
                     let event = Event::Private {
@@ -274,9 +370,25 @@ impl Hub {
                     from: self.user.clone(),
                 };
                 let bytes = serde_json::to_vec(&ack).expect("protocol types serialize");
+                let bytes = self.boxes.lock().seal(&sender_key, &bytes);
                 let _ = self.udp.send_to(&bytes, from).await;
             }
-            Err(e) => tracing::debug!(%from, error = %e, "malformed peer datagram dropped"),
+            Err(_) => self.reject(from, "sealed, but not a private message"),
+        }
+    }
+
+    /// Drops a datagram without an answer, counted: each drop in the debug log, and the count
+    /// in a warning at 1, 2, 4, 8, … so that a flood costs a few lines, not one per datagram.
+    fn reject(&mut self, from: SocketAddr, why: &str) {
+        self.dropped += 1;
+        tracing::debug!(%from, why, "private datagram dropped");
+        if self.dropped.is_power_of_two() {
+            tracing::warn!(
+                dropped = self.dropped,
+                last = why,
+                %from,
+                "private datagrams dropped (forged, altered, replayed, unsealed or misaddressed)"
+            );
         }
     }
 }

@@ -76,6 +76,25 @@ pub enum ClientError {
         /// Who it was for.
         to: String,
     },
+    /// That member announced no identity key, so a private message cannot be sealed for it.
+    #[error(
+        "{0} has no identity key (an old or bare client), so private messages to {0} cannot be sealed"
+    )]
+    NoPeerKey(String),
+    /// The member's identity key is not the one pinned for that name: it may be someone else
+    /// (or the server may be lying about the roster). Nothing is sent until the user compares
+    /// the key by other means and trusts it ([`Client::trust`](super::Client::trust)).
+    #[error(
+        "{user}'s key has changed (pinned {pinned}, now {now}); compare it with {user} by other means, then trust it to send"
+    )]
+    PeerKeyChanged {
+        /// Whose key.
+        user: String,
+        /// The key pinned before.
+        pinned: String,
+        /// The key the session gives now.
+        now: String,
+    },
     /// Something the user typed breaks a rule.
     #[error("{0}")]
     Invalid(String),

@@ -43,6 +43,16 @@ pub enum Event {
         /// What it says.
         text: String,
     },
+    /// A private message came under another identity key than the one pinned for its sender:
+    /// said before that message (or any later one from them under that key) is shown.
+    PeerKeyChanged {
+        /// Whose key.
+        user: String,
+        /// The key pinned before.
+        pinned: String,
+        /// The key the message was sealed with.
+        now: String,
+    },
     /// The session server refused something (a rate limit, a text too long).
     ServerError(ErrorBody),
     /// The connection to the session ended without us leaving.

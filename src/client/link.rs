@@ -94,6 +94,8 @@ pub(super) struct Joiner {
     pub(super) coord: Coord,
     pub(super) token: String,
     pub(super) local: SocketAddr,
+    /// Our identity key, announced in the hello.
+    pub(super) key: String,
 }
 
 impl Joiner {
@@ -140,6 +142,7 @@ impl Joiner {
             user: self.user.clone(),
             token: self.token.clone(),
             udp: Some(self.endpoint()),
+            key: Some(self.key.clone()),
             since,
             history: (since.is_none() && history > 0).then_some(history),
         };

@@ -19,6 +19,7 @@ mod error;
 mod event;
 mod link;
 mod pacer;
+mod pins;
 mod roster;
 mod rpc;
 mod tracker;
@@ -37,6 +38,7 @@ pub use backoff::Retry;
 pub use dm::DmReceipt;
 pub use error::ClientError;
 pub use event::Event;
+pub use pins::PinState;
 pub use roster::Roster;
 
 use crate::protocol::{
@@ -63,6 +65,12 @@ pub struct ClientConfig {
     /// to accept no other (checked against the coordinator's `key` answer before the first
     /// sealed request); `None` takes the one the coordinator gives when first asked.
     pub coordinator_key: Option<[u8; 32]>,
+    /// The private half of the user's identity key (X25519), which private messages are sealed
+    /// with and which peers pin; `None` makes a new one for this run (peers then see a new key
+    /// each run). The terminal client keeps one per user in its data folder.
+    pub identity: Option<[u8; 32]>,
+    /// Where the pinned keys of peers are kept (`None`: in memory only, for this run).
+    pub known_peers: Option<std::path::PathBuf>,
     /// Retries of coordinator requests.
     pub request_retry: Retry,
     /// Retries of private messages.
@@ -85,6 +93,8 @@ impl ClientConfig {
             bind: None,
             advertise: None,
             coordinator_key: None,
+            identity: None,
+            known_peers: None,
             // 200 ms, 400, 800, then 1 s: 15 tries cover about 13 s and survive heavy loss.
             request_retry: Retry {
                 first: Duration::from_millis(200),
@@ -111,6 +121,9 @@ pub struct Client {
 
 struct Inner {
     config: ClientConfig,
+    /// Our identity key pair: announced in every hello, seals our private messages.
+    identity: crate::identity::Identity,
+    pins: Arc<pins::Pins>,
     local: SocketAddr,
     coord: Coord,
     dms: Dms,
@@ -175,9 +188,25 @@ impl Client {
             config.request_retry,
             config.coordinator_key,
         );
-        let dms = Dms::new(udp, config.user.clone(), config.dm_retry);
+        let identity = config
+            .identity
+            .map(crate::identity::Identity::from_secret)
+            .unwrap_or_else(crate::identity::Identity::generate);
+        let pins = Arc::new(pins::Pins::load(
+            config.coordinator,
+            config.known_peers.clone(),
+        ));
+        let dms = Dms::new(
+            udp,
+            config.user.clone(),
+            config.dm_retry,
+            &identity,
+            pins.clone(),
+        );
         let inner = Arc::new(Inner {
             config,
+            identity,
+            pins,
             local,
             coord,
             dms,
@@ -386,6 +415,7 @@ impl Client {
             coord: inner.coord.clone(),
             token: self.token()?,
             local: inner.local,
+            key: inner.identity.fingerprint(),
         };
         let (link, welcome) = Link::open(
             info.clone(),
@@ -474,6 +504,43 @@ impl Client {
             .await
             .ok_or_else(|| ClientError::NoSuchMember(to.to_string()))?;
         self.inner.dms.send(member, text, ended).await
+    }
+
+    /// Our identity key's fingerprint, for people to compare (`/whois` shows it).
+    pub fn fingerprint(&self) -> String {
+        self.inner.identity.fingerprint()
+    }
+
+    /// What a member's identity key (as the session gives it) is to us: new, the one we
+    /// pinned, or changed; `None` if it announced none. Looking does not pin anything.
+    pub fn key_state(&self, member: &Member) -> Option<PinState> {
+        let key = member
+            .key
+            .as_deref()
+            .and_then(|k| crate::identity::parse_fingerprint(k).ok())?;
+        Some(match self.inner.pins.pinned(&member.user) {
+            None => PinState::New,
+            Some(pinned) if pinned == key => PinState::Pinned,
+            Some(pinned) => PinState::Changed { pinned },
+        })
+    }
+
+    /// Pins the key the session now gives `user`, replacing an earlier pin: for after the
+    /// user compared it by other means. Returns the key pinned.
+    pub async fn trust(&self, user: &str) -> Result<String, ClientError> {
+        let member = self
+            .inner
+            .roster
+            .find(user, Duration::from_secs(3))
+            .await
+            .ok_or_else(|| ClientError::NoSuchMember(user.to_string()))?;
+        let key = member
+            .key
+            .as_deref()
+            .and_then(|k| crate::identity::parse_fingerprint(k).ok())
+            .ok_or_else(|| ClientError::NoPeerKey(member.user.clone()))?;
+        self.inner.pins.trust(&member.user, &key);
+        Ok(crate::identity::fingerprint(&key))
     }
 }
 

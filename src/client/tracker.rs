@@ -235,6 +235,7 @@ mod tests {
         Member {
             user: user.into(),
             udp: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            key: None,
         }
     }
 

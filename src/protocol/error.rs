@@ -44,8 +44,11 @@ pub enum ErrorCode {
     /// A coordinator request shorter than `limits::MIN_REQUEST` bytes: pad it with spaces.
     TooSmall,
     /// A plain (unsealed) coordinator request other than `key`, to a coordinator that takes
-    /// only sealed ones (one not started with `--insecure`).
+    /// only sealed ones (one not started with `--insecure`); or a plaintext connection to a
+    /// session server that takes only encrypted ones.
     NotSealed,
+    /// An announced identity key is not 32 bytes in standard base64.
+    InvalidKey,
     /// A per-user or per-address quota was reached (registrations or sessions created per hour,
     /// sessions kept); the message says which, and when to try again.
     Quota,

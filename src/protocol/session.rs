@@ -17,6 +17,10 @@ pub struct Member {
     /// takes none (a bot, a listener at `nc`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp: Option<SocketAddr>,
+    /// The member's identity key (X25519, standard base64), which its private messages are
+    /// sealed with (protocol.md, "Sealed private messages"); absent for a member that has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Why a member left a session.
@@ -67,6 +71,10 @@ pub enum ClientMsg {
         /// UDP endpoint for private messages; without one, the member takes none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         udp: Option<SocketAddr>,
+        /// The member's identity key (X25519, standard base64), passed to the others in the
+        /// roster beside `udp`, so that private messages can be sealed for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
         /// Send this many of the newest group messages right after the welcome.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         history: Option<usize>,

@@ -28,6 +28,7 @@ pub(crate) struct JoinRequest {
     pub(crate) conn: ConnId,
     pub(crate) user: String,
     pub(crate) udp: Option<SocketAddr>,
+    pub(crate) key: Option<Arc<str>>,
     pub(crate) replay: Replay,
     pub(crate) tx: Arc<Outbox>,
     pub(crate) kick: CancellationToken,

@@ -214,7 +214,7 @@ async fn admit_connection(
     stop: &CancellationToken,
 ) -> Option<Admitted> {
     let deadline = Instant::now() + limits::HELLO_TIMEOUT;
-    let (user, udp, replay) = loop {
+    let (user, udp, key, replay) = loop {
         let frame = tokio::select! {
             f = tokio::time::timeout_at(deadline, reader.next()) => f,
             _ = stop.cancelled() => return None,
@@ -241,13 +241,18 @@ async fn admit_connection(
                 user,
                 token,
                 udp,
+                key,
                 since,
                 history,
-            }) => match admit(config, user, &token, client_key) {
-                Ok(user) => {
+            }) => match admit(config, user, &token, client_key).and_then(|user| {
+                let key = key.map(|k| check_key(&k)).transpose()?;
+                Ok((user, key))
+            }) {
+                Ok((user, key)) => {
                     break (
                         user,
                         udp,
+                        key,
                         Replay {
                             since,
                             last: history,
@@ -281,6 +286,7 @@ async fn admit_connection(
         conn,
         user: user.clone(),
         udp,
+        key,
         replay,
         tx: outbox.clone(),
         kick: kick.clone(),
@@ -512,6 +518,14 @@ fn admit(
         .usable_by(client_key, config.plain)
         .map_err(|e| ErrorBody::new(ErrorCode::Unauthorized, e.to_string()))?;
     Ok(claims.user)
+}
+
+/// An announced identity key, if it is one (32 bytes in standard base64), kept in its canonical
+/// spelling: the roster must not carry whatever a member chose to write there.
+fn check_key(key: &str) -> Result<Arc<str>, ErrorBody> {
+    crate::identity::parse_fingerprint(key)
+        .map(|k| crate::identity::fingerprint(&k).into())
+        .map_err(|e| ErrorBody::new(ErrorCode::InvalidKey, format!("key: {e}")))
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Bytes {

@@ -22,6 +22,8 @@ use crate::protocol::{ErrorBody, ErrorCode, Member, ServerMsg};
 pub(crate) struct MemberSlot {
     pub(crate) user: Arc<str>,
     pub(crate) udp: Option<SocketAddr>,
+    /// The identity key the member announced (already checked to be one).
+    pub(crate) key: Option<Arc<str>>,
     pub(crate) tx: Arc<Outbox>,
     pub(crate) kick: CancellationToken,
     /// The member's rate limit on group lines.
@@ -37,6 +39,7 @@ impl MemberSlot {
     pub(crate) fn new(
         user: Arc<str>,
         udp: Option<SocketAddr>,
+        key: Option<Arc<str>>,
         tx: Arc<Outbox>,
         kick: CancellationToken,
         bucket: TokenBucket,
@@ -44,6 +47,7 @@ impl MemberSlot {
         Self {
             user,
             udp,
+            key,
             tx,
             kick,
             bucket,
@@ -57,6 +61,7 @@ impl MemberSlot {
         Member {
             user: self.user.to_string(),
             udp: self.udp,
+            key: self.key.as_deref().map(str::to_owned),
         }
     }
 }
@@ -185,6 +190,7 @@ mod tests {
         tx.heard();
         let mut slot = MemberSlot::new(
             user.into(),
+            None,
             None,
             tx,
             CancellationToken::new(),

@@ -197,6 +197,7 @@ mod tests {
         Member {
             user: user.into(),
             udp: Some(([127, 0, 0, 1], port).into()),
+            key: None,
         }
     }
 

@@ -204,6 +204,7 @@ impl Room {
             conn,
             user,
             udp,
+            key,
             replay,
             tx,
             kick,
@@ -211,7 +212,7 @@ impl Room {
         } = request;
         // Waiting for storage is not the member's silence.
         tx.heard();
-        match self.join(conn, user, udp, tx, kick) {
+        match self.join(conn, user, (udp, key), tx, kick) {
             // Answered with the welcome, at the next flush.
             Ok(()) => self.pending_joined.push(Pending {
                 conn,
@@ -229,14 +230,14 @@ impl Room {
         &mut self,
         conn: ConnId,
         user: String,
-        udp: Option<SocketAddr>,
+        (udp, key): (Option<SocketAddr>, Option<Arc<str>>),
         tx: Arc<Outbox>,
         kick: CancellationToken,
     ) -> Result<(), ErrorBody> {
         let user: Arc<str> = user.into();
         let limits = &self.config.member_limits;
         let bucket = TokenBucket::new(limits.rate, limits.burst);
-        let slot = MemberSlot::new(user.clone(), udp, tx, kick, bucket);
+        let slot = MemberSlot::new(user.clone(), udp, key, tx, kick, bucket);
         let member = slot.member();
         self.members.add(conn, slot, self.config.max_members)?;
         if let Some(obs) = &self.config.observer {

@@ -212,8 +212,14 @@ pub async fn raw_request(
 
 /// The first line a raw TCP member sends.
 pub fn hello(user: &str, token: &str, udp: SocketAddr) -> String {
-    format!(r#"{{"type":"hello","user":"{user}","token":"{token}","udp":"{udp}"}}"#) + "\n"
+    let key = RAW_IDENTITY_PUBLIC;
+    format!(r#"{{"type":"hello","user":"{user}","token":"{token}","udp":"{udp}","key":"{key}"}}"#)
+        + "\n"
 }
+
+/// The identity key every hand-made `hello` announces (the public half of 32 bytes of 7), so
+/// that library clients will seal private messages for such members.
+pub const RAW_IDENTITY_PUBLIC: &str = "E75P6uryBMf9M1j8nAByGIHRdCeBKCJ+xnTzf3/pe20=";
 
 /// Waits for the first event `pick` accepts, skipping others; panics after `WAIT`.
 pub async fn expect<T>(

@@ -127,6 +127,7 @@ pub(super) async fn open(
         token,
         // Nobody sends these members private messages; any endpoint will do.
         udp: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
+        key: None,
         since: None,
         history: None,
     };

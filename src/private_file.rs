@@ -1,5 +1,5 @@
-//! Files only their owner may read: the input history and the known coordinator keys say who
-//! someone talks to, and where.
+//! Files only their owner may read: the input history, the known coordinator and peer keys and
+//! the identity key say who someone talks to, and where (and the last is a secret).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
