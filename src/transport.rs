@@ -37,8 +37,9 @@ const MAX_TEXT: usize = MAX_MESSAGE - TAG;
 /// The first handshake message with an empty payload is 96 bytes; nothing else is read before
 /// the client has proved anything.
 const MAX_FIRST: usize = 256;
-/// A decrypted buffer larger than this is let go once read, so idle members stay small.
-const KEEP: usize = 16 * 1024;
+/// A buffer larger than this is let go once used: a server holds thousands of idle members,
+/// and each keeping the size of its largest message would double what an idle member costs.
+const KEEP: usize = 2 * 1024;
 
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -298,12 +299,20 @@ impl NoiseRead {
             if self.sealed.len() >= 2 {
                 let len = u16::from_be_bytes([self.sealed[0], self.sealed[1]]) as usize;
                 if self.sealed.len() >= 2 + len {
+                    if len >= TAG && out.remaining() >= len - TAG {
+                        // Room for the whole text: decrypt straight into the reader's buffer,
+                        // one copy fewer for every message.
+                        let n = self.open_into(len, out.initialize_unfilled_to(len - TAG))?;
+                        out.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
                     self.open(len)?;
                     continue;
                 }
                 self.sealed.reserve(2 + len - self.sealed.len());
             } else {
-                self.sealed.reserve(512);
+                // Most messages from a member are a ping or a line: small.
+                self.sealed.reserve(128);
             }
             let n = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut self.inner),
@@ -322,25 +331,34 @@ impl NoiseRead {
         }
     }
 
-    /// Decrypts the whole message of `len` bytes at the front of `sealed`.
+    /// Decrypts the whole message of `len` bytes at the front of `sealed` into `text`.
     fn open(&mut self, len: usize) -> io::Result<()> {
         if len < TAG {
             return Err(forged());
         }
-        self.text.resize(len - TAG, 0);
+        let mut text = std::mem::take(&mut self.text);
+        text.resize(len - TAG, 0);
+        let n = self.open_into(len, &mut text)?;
+        text.truncate(n);
+        self.text = text;
+        Ok(())
+    }
+
+    /// Decrypts the whole message of `len` bytes at the front of `sealed` into `out` (at least
+    /// `len - TAG` long), and returns the length of the text.
+    fn open_into(&mut self, len: usize, out: &mut [u8]) -> io::Result<usize> {
         let n = self
             .noise
-            .read_message(self.nonce, &self.sealed[2..2 + len], &mut self.text)
+            .read_message(self.nonce, &self.sealed[2..2 + len], out)
             .map_err(|_| forged())?;
-        self.text.truncate(n);
         // What nc can no longer show: `RUST_LOG=confab::transport=trace` prints it.
-        tracing::trace!(nonce = self.nonce, text = %String::from_utf8_lossy(&self.text), "received");
+        tracing::trace!(nonce = self.nonce, text = %String::from_utf8_lossy(&out[..n]), "received");
         self.nonce += 1;
         self.sealed.advance(2 + len);
         if self.sealed.is_empty() && self.sealed.capacity() > KEEP {
             self.sealed = BytesMut::new();
         }
-        Ok(())
+        Ok(n)
     }
 }
 
@@ -360,9 +378,6 @@ impl WireWrite {
             WireWrite::Noise(w) => {
                 tracing::trace!(nonce = w.nonce, text = %String::from_utf8_lossy(text), "sending");
                 w.buf.clear();
-                if w.buf.capacity() > 4 * KEEP && text.len() < KEEP {
-                    w.buf = Vec::new();
-                }
                 for chunk in text.chunks(MAX_TEXT) {
                     let at = w.buf.len();
                     w.buf.resize(at + 2 + chunk.len() + TAG, 0);
@@ -381,7 +396,19 @@ impl WireWrite {
     /// Writes all of `text`.
     pub async fn write_all(&mut self, text: &[u8]) -> io::Result<()> {
         let (socket, bytes) = self.prepare(text);
-        socket.write_all(bytes).await
+        let written = socket.write_all(bytes).await;
+        self.release();
+        written
+    }
+
+    /// Lets go of the buffer of sealed bytes once they are written, unless it is small: call it
+    /// after writing what [`WireWrite::prepare`] gave.
+    pub fn release(&mut self) {
+        if let WireWrite::Noise(w) = self
+            && w.buf.capacity() > KEEP
+        {
+            w.buf = Vec::new();
+        }
     }
 
     /// Closes the writing side.

@@ -457,6 +457,11 @@ async fn write_loop(
         };
         outbox.wrote(lines.iter().map(|l| l.len()).sum());
         lines.clear();
+        // A member with nothing more to come keeps no sealed bytes (a busy one keeps its
+        // buffer: freeing a large one at every write costs the allocator more than the copy).
+        if outbox.is_empty() {
+            write.release();
+        }
         if !ok {
             break;
         }
@@ -469,8 +474,8 @@ async fn write_loop(
 /// Writes all of `bytes`, or says it could not within `timeout`. Most writes fit the socket
 /// buffer at once and need no timer; only a write that has to wait arms one (boxed, so the
 /// waiting state is not carried by every idle connection).
-async fn write_out(write: &mut WireWrite, text: &[u8], timeout: Duration) -> bool {
-    let (write, bytes) = write.prepare(text);
+async fn write_out(wire: &mut WireWrite, text: &[u8], timeout: Duration) -> bool {
+    let (write, bytes) = wire.prepare(text);
     let done = match write.try_write(bytes) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,

@@ -95,6 +95,11 @@ impl Outbox {
         }
     }
 
+    /// Nothing is waiting to be written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().lines.is_empty()
+    }
+
     /// The member sent something.
     pub(crate) fn heard(&self) {
         self.heard.store(now_ms(), Ordering::Relaxed);
