@@ -1,9 +1,9 @@
 //! The coordinator's long-term identity: an X25519 key pair, kept in its database, whose public
 //! half clients pin the first time they meet it (as SSH pins host keys).
 //!
-//! This is the key an encrypted channel to the coordinator will be bound to (protocol.md,
-//! "Coordinator identity"); today clients learn it with the `key` request and remember it, so
-//! that a coordinator whose key changes is noticed before anything else happens.
+//! The coordinator's requests are sealed for this key (`seal.rs`); clients learn it with the
+//! `key` request and remember it. Users have identity key pairs of the same kind, whose public
+//! halves travel in the roster and seal private messages.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;

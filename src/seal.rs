@@ -16,7 +16,8 @@
 //! `crypto_box` crate's `ChaChaBox`, unchanged; protocol.md ("Sealed requests") gives the bytes.
 //!
 //! Not forward secret: whoever later learns the coordinator's private key can open recorded
-//! requests and answers. Session traffic and private messages are not covered here.
+//! requests and answers. Session traffic has its own channel (`transport.rs`); private messages
+//! are sealed the same way between two users' identity keys ([`PeerBoxes`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
