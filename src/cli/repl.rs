@@ -561,6 +561,14 @@ fn private(ctx: &Ctx<'_>, to: &str, text: &str) {
                 let body = format!("[private] you → {}: {}", clean(&receipt.to), clean(&text));
                 out.stamped(receipt.time, &out.style().dim(&body));
             }
+            Err(ClientError::PeerKeyChanged { user, pinned, now }) => {
+                let user = clean(&user);
+                out.error(&format!(
+                    "not sent: {user}'s identity key has changed (pinned {pinned}, now {now}). \
+                     It may be someone else. Compare it with {user} by other means (/whois \
+                     {user}), then /trust {user} and send again."
+                ));
+            }
             Err(e) => out.error(&e.to_string()),
         }
     });
