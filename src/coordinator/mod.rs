@@ -214,7 +214,7 @@ pub async fn run(
     );
     if coordinator.config.insecure {
         tracing::warn!(
-            "INSECURE: --insecure takes plain requests too; passwords and tokens sent that way cross the network readable. For debugging only."
+            "INSECURE: --insecure takes plain requests and plaintext session connections too; passwords, tokens and chat sent that way cross the network readable. For debugging only."
         );
     }
     let mut buf = vec![0u8; 64 * 1024];
