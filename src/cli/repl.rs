@@ -517,12 +517,18 @@ fn whois(ctx: &Ctx<'_>, name: &str) -> Result<(), ClientError> {
         _ => "was here when you joined".into(),
     };
     let me = member.user.eq_ignore_ascii_case(client.user());
-    let how = match member.udp {
+    let how = match (member.udp, client.reached_by(&member.user)) {
         _ if me => "that is you".to_string(),
-        Some(udp) => format!(
-            "private messages go straight to {udp} over UDP, peer to peer, sealed for their key"
+        (None, _) => "takes no private messages".to_string(),
+        (Some(_), Some(confab::client::Via::Direct(at))) => {
+            format!("reached direct at {at} (peer to peer, sealed for their key)")
+        }
+        (Some(_), Some(confab::client::Via::Relayed)) => {
+            "reached relayed through the session server (the direct path did not answer; still sealed for their key)".to_string()
+        }
+        (Some(udp), None) => format!(
+            "private messages go straight to {udp} over UDP, peer to peer, sealed for their key (relayed through the session server if that does not answer)"
         ),
-        None => "takes no private messages".to_string(),
     };
     let key = match (&member.key, client.key_state(&member)) {
         (None, _) => "no identity key (private messages cannot be sealed for it)".to_string(),
@@ -558,7 +564,15 @@ fn private(ctx: &Ctx<'_>, to: &str, text: &str) {
     ctx.pending.spawn(async move {
         match client.dm(&to, &text).await {
             Ok(receipt) => {
-                let body = format!("[private] you → {}: {}", clean(&receipt.to), clean(&text));
+                let via = match receipt.via {
+                    confab::client::Via::Direct(_) => "",
+                    confab::client::Via::Relayed => " (relayed)",
+                };
+                let body = format!(
+                    "[private] you → {}{via}: {}",
+                    clean(&receipt.to),
+                    clean(&text)
+                );
                 out.stamped(receipt.time, &out.style().dim(&body));
             }
             Err(ClientError::PeerKeyChanged { user, pinned, now }) => {

@@ -46,7 +46,22 @@ pub struct DmReceipt {
     pub to: String,
     /// The timestamp the message carried.
     pub time: DateTime<Utc>,
+    /// How the acknowledgement came back: straight from the peer, or through the session server.
+    pub via: Via,
 }
+
+/// The way a private datagram travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Peer to peer over UDP, from this endpoint.
+    Direct(SocketAddr),
+    /// Through the session server both are in (`relay`), when the direct path did not answer.
+    Relayed,
+}
+
+/// Direct sends before the session server is asked to relay copies too: about 1.4 s of the
+/// retry schedule, time enough for a direct path that works to answer.
+const DIRECT_FIRST: usize = 3;
 
 /// A private message the client gave up on, kept so that a late acknowledgement can still be
 /// reported rather than leave the sender believing it was never shown.
@@ -81,7 +96,7 @@ pub(super) struct Dms {
     user: String,
     retry: Retry,
     /// Acks are accepted only sealed by the key the message was sealed for.
-    acks: Waiters<(Uuid, PeerKey), ()>,
+    acks: Waiters<(Uuid, PeerKey), Via>,
     late: LateDms,
     boxes: Arc<Mutex<PeerBoxes>>,
     pins: Arc<Pins>,
@@ -108,10 +123,15 @@ impl Dms {
 
     /// Sends `text` to `member`'s endpoint and waits for its acknowledgement, retrying with
     /// backoff; stops at once when `ended` is cancelled (the session is over for us).
+    ///
+    /// Copies go straight to the peer's endpoint; when that has not been answered after the
+    /// first few, through the session server too (`relay`): a peer behind a NAT that drops our
+    /// datagrams still gets the message, once (receivers show each id once).
     pub(super) async fn send(
         &self,
         member: Member,
         text: &str,
+        roster: &Roster,
         ended: CancellationToken,
     ) -> Result<DmReceipt, ClientError> {
         if text.trim().is_empty() {
@@ -162,22 +182,29 @@ impl Dms {
         }
         let key = (id, their_key);
         let mut acked = self.acks.register(key);
-        for delay in self.retry.delays() {
+        for (attempt, delay) in self.retry.delays().enumerate() {
             if let Err(e) = self.udp.send_to(&bytes, to).await {
                 tracing::debug!(error = %e, to = %member.user, "private message send failed");
             }
+            if attempt >= DIRECT_FIRST {
+                roster.relay(&member.user, &bytes);
+            }
             let answered = tokio::select! {
-                ack = tokio::time::timeout(delay, &mut acked) => matches!(ack, Ok(Ok(()))),
+                ack = tokio::time::timeout(delay, &mut acked) => match ack {
+                    Ok(Ok(via)) => Some(via),
+                    _ => None,
+                },
                 _ = ended.cancelled() => {
                     self.acks.forget(&key);
                     return Err(ClientError::SessionEnded { to: member.user });
                 }
             };
-            if answered {
+            if let Some(via) = answered {
                 return Ok(DmReceipt {
                     id,
                     to: member.user,
                     time,
+                    via,
                 });
             }
         }
@@ -189,7 +216,7 @@ impl Dms {
         };
         self.late.lock().insert(key, Some(late));
         self.acks.forget(&key);
-        if acked.try_recv().is_ok() {
+        if let Ok(via) = acked.try_recv() {
             if let Some(slot) = self.late.lock().get_mut(&key) {
                 slot.take();
             }
@@ -197,6 +224,7 @@ impl Dms {
                 id,
                 to: member.user,
                 time,
+                via,
             });
         }
         Err(ClientError::NotDelivered {
@@ -214,6 +242,9 @@ impl Dms {
         events: mpsc::Sender<Event>,
         stop: CancellationToken,
     ) {
+        // Datagrams the session server relays to us arrive through the roster's inbox.
+        let (inbox_tx, inbox) = mpsc::channel(256);
+        roster.set_inbox(inbox_tx);
         let hub = Hub {
             udp: self.udp.clone(),
             user: self.user.clone(),
@@ -228,7 +259,25 @@ impl Dms {
             warned: ExpiringMap::new(SEEN_TTL, 1000),
             dropped: 0,
         };
-        tokio::spawn(hub.run(stop));
+        tokio::spawn(hub.run(inbox, stop));
+    }
+}
+
+/// Where a private datagram came from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Over UDP, from this endpoint.
+    Udp(SocketAddr),
+    /// Relayed by the session server, from the member of this name.
+    Relay(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Udp(addr) => write!(f, "{addr}"),
+            Source::Relay(user) => write!(f, "{user} (relayed)"),
+        }
     }
 }
 
@@ -237,7 +286,7 @@ struct Hub {
     udp: Arc<UdpSocket>,
     user: String,
     coord: Coord,
-    acks: Waiters<(Uuid, PeerKey), ()>,
+    acks: Waiters<(Uuid, PeerKey), Via>,
     late: LateDms,
     roster: Roster,
     events: mpsc::Sender<Event>,
@@ -252,26 +301,39 @@ struct Hub {
 }
 
 impl Hub {
-    async fn run(mut self, stop: CancellationToken) {
+    async fn run(mut self, mut inbox: mpsc::Receiver<(String, Vec<u8>)>, stop: CancellationToken) {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let received = tokio::select! {
                 r = self.udp.recv_from(&mut buf) => r,
+                Some((from, datagram)) = inbox.recv() => {
+                    self.route(&datagram, Source::Relay(from)).await;
+                    continue;
+                }
                 _ = stop.cancelled() => break,
             };
             match received {
-                Ok((len, from)) => self.route(&buf[..len], from).await,
+                Ok((len, from)) if from == self.coord.addr() => self.coord.deliver(&buf[..len]),
+                Ok((len, from)) => self.route(&buf[..len], Source::Udp(from)).await,
                 // ICMP "port unreachable" from an earlier send to a vanished peer lands here.
                 Err(e) => tracing::debug!(error = %e, "udp receive failed"),
             }
         }
     }
 
-    async fn route(&mut self, datagram: &[u8], from: SocketAddr) {
-        if from == self.coord.addr() {
-            self.coord.deliver(datagram);
-            return;
+    /// Sends a sealed datagram back the way `to` reached us.
+    async fn reply(&self, to: &Source, datagram: &[u8]) {
+        match to {
+            Source::Udp(addr) => {
+                let _ = self.udp.send_to(datagram, addr).await;
+            }
+            Source::Relay(user) => {
+                self.roster.relay(user, datagram);
+            }
         }
+    }
+
+    async fn route(&mut self, datagram: &[u8], from: Source) {
         if datagram.len() > limits::MAX_DATAGRAM {
             tracing::debug!(%from, len = datagram.len(), "oversized peer datagram dropped");
             return;
@@ -290,7 +352,11 @@ impl Hub {
                 if acker.eq_ignore_ascii_case(&self.user) {
                     return self.reject(from, "our own acknowledgement, reflected");
                 }
-                if !self.acks.complete(&(id, sender_key), ()) {
+                let via = match &from {
+                    Source::Udp(addr) => Via::Direct(*addr),
+                    Source::Relay(_) => Via::Relayed,
+                };
+                if !self.acks.complete(&(id, sender_key), via) {
                     let late = self
                         .late
                         .lock()
@@ -328,9 +394,12 @@ impl Hub {
                 if roster_key != Some(sender_key) {
                     return self.reject(from, "sealed with a key that is not the sender's");
                 }
-                if !self.roster.is_at(&sender, from) {
-                    // Not from the endpoint the session says the sender has.
-                    return self.reject(from, "from another endpoint than the sender's");
+                // Which endpoint it came from proves nothing (a NAT may change the port); the
+                // key does. Relayed, the server's word on who passed it must agree.
+                if let Source::Relay(passed_by) = &from
+                    && !passed_by.eq_ignore_ascii_case(&sender)
+                {
+                    return self.reject(from, "relayed by someone else than its sender");
                 }
                 let age = Utc::now().signed_duration_since(time);
                 if age.abs() > chrono::Duration::from_std(FRESH).unwrap_or_default() {
@@ -371,7 +440,7 @@ impl Hub {
                 };
                 let bytes = serde_json::to_vec(&ack).expect("protocol types serialize");
                 let bytes = self.boxes.lock().seal(&sender_key, &bytes);
-                let _ = self.udp.send_to(&bytes, from).await;
+                self.reply(&from, &bytes).await;
             }
             Err(_) => self.reject(from, "sealed, but not a private message"),
         }
@@ -379,7 +448,7 @@ impl Hub {
 
     /// Drops a datagram without an answer, counted: each drop in the debug log, and the count
     /// in a warning at 1, 2, 4, 8, … so that a flood costs a few lines, not one per datagram.
-    fn reject(&mut self, from: SocketAddr, why: &str) {
+    fn reject(&mut self, from: Source, why: &str) {
         self.dropped += 1;
         tracing::debug!(%from, why, "private datagram dropped");
         if self.dropped.is_power_of_two() {

@@ -24,7 +24,7 @@ use super::backoff::Backoff;
 use super::error::ClientError;
 use super::event::Event;
 use super::pacer::Pacer;
-use super::roster::Roster;
+use super::roster::{Ask, Roster};
 use super::rpc::Coord;
 use super::tracker::{Broken, Reaction, Tracker, say_text};
 use crate::codec::{Frame, LineCodec, encode_line};
@@ -321,7 +321,7 @@ impl Keeper {
         mut write: WireWrite,
         mut reader: Reader,
         mut out: mpsc::Receiver<Outgoing>,
-        mut lookups: mpsc::Receiver<String>,
+        mut lookups: mpsc::Receiver<Ask>,
     ) {
         // Our unechoed lines, to send again first after a rejoin.
         let mut resend = Vec::new();
@@ -468,7 +468,7 @@ impl Keeper {
             &mut WireWrite,
             &mut Reader,
             &mut mpsc::Receiver<Outgoing>,
-            &mut mpsc::Receiver<String>,
+            &mut mpsc::Receiver<Ask>,
         ),
         resend: Vec<Bytes>,
     ) -> Broken {
@@ -525,8 +525,11 @@ impl Keeper {
             loop {
                 let next = tokio::select! {
                     item = out.recv() => item,
-                    Some(user) = lookups.recv() => Some(Outgoing {
-                        bytes: encode_line(&ClientMsg::Lookup { user }),
+                    Some(ask) = lookups.recv() => Some(Outgoing {
+                        bytes: encode_line(&match ask {
+                            Ask::Lookup(user) => ClientMsg::Lookup { user },
+                            Ask::Relay { to, data } => ClientMsg::Relay { to, data },
+                        }),
                         line_id: None,
                     }),
                     () = ping_heard.notified() => Some(Outgoing {

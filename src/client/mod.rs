@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::Retry;
-pub use dm::DmReceipt;
+pub use dm::{DmReceipt, Via};
 pub use error::ClientError;
 pub use event::Event;
 pub use pins::PinState;
@@ -124,6 +124,8 @@ struct Inner {
     /// Our identity key pair: announced in every hello, seals our private messages.
     identity: crate::identity::Identity,
     pins: Arc<pins::Pins>,
+    /// How the last private message to each peer got through.
+    reach: Mutex<std::collections::HashMap<String, Via>>,
     local: SocketAddr,
     coord: Coord,
     dms: Dms,
@@ -207,6 +209,7 @@ impl Client {
             config,
             identity,
             pins,
+            reach: Mutex::new(Default::default()),
             local,
             coord,
             dms,
@@ -503,7 +506,22 @@ impl Client {
             .find(to, Duration::from_secs(3))
             .await
             .ok_or_else(|| ClientError::NoSuchMember(to.to_string()))?;
-        self.inner.dms.send(member, text, ended).await
+        let receipt = self
+            .inner
+            .dms
+            .send(member, text, &self.inner.roster, ended)
+            .await?;
+        self.inner
+            .reach
+            .lock()
+            .insert(receipt.to.to_lowercase(), receipt.via);
+        Ok(receipt)
+    }
+
+    /// How the last private message to `user` got through: direct (from which endpoint the
+    /// acknowledgement came) or relayed; `None` before the first.
+    pub fn reached_by(&self, user: &str) -> Option<Via> {
+        self.inner.reach.lock().get(&user.to_lowercase()).copied()
     }
 
     /// Our identity key's fingerprint, for people to compare (`/whois` shows it).

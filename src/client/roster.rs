@@ -35,8 +35,19 @@ struct State {
     count: usize,
     /// Names the server said are not present, answering a lookup.
     absent: HashSet<String>,
-    /// Where lookups go: the session task sends them to the server.
-    lookups: Option<mpsc::Sender<String>>,
+    /// Where lookups and relayed datagrams go: the session task sends them to the server.
+    lookups: Option<mpsc::Sender<Ask>>,
+    /// Where datagrams relayed to us by the server go: the hub that reads private messages.
+    inbox: Option<mpsc::Sender<(String, Vec<u8>)>>,
+}
+
+/// What the client asks of the session server on the roster's behalf.
+#[derive(Debug)]
+pub(super) enum Ask {
+    /// A member's endpoint (and key).
+    Lookup(String),
+    /// Pass a sealed private datagram to `to` (standard base64).
+    Relay { to: String, data: String },
 }
 
 impl Roster {
@@ -104,15 +115,49 @@ impl Roster {
         self.changed();
     }
 
-    /// Where to send lookups while a session is joined.
-    pub(super) fn set_lookups(&self, tx: mpsc::Sender<String>) {
+    /// Where to send lookups and relayed datagrams while a session is joined.
+    pub(super) fn set_lookups(&self, tx: mpsc::Sender<Ask>) {
         self.lock().lookups = Some(tx);
+    }
+
+    /// Where datagrams relayed to us go (the private-message hub, for the client's life).
+    pub(super) fn set_inbox(&self, tx: mpsc::Sender<(String, Vec<u8>)>) {
+        self.lock().inbox = Some(tx);
     }
 
     /// Asks the server for `user`'s endpoint; the answer arrives through [`Roster::found`].
     pub fn want(&self, user: &str) {
         if let Some(tx) = &self.lock().lookups {
-            let _ = tx.try_send(user.to_string());
+            let _ = tx.try_send(Ask::Lookup(user.to_string()));
+        }
+    }
+
+    /// Passes a sealed private datagram to `to` through the session server; false when there is
+    /// no session, or its queue is full (the datagram is lost, as UDP may lose it).
+    pub(super) fn relay(&self, to: &str, datagram: &[u8]) -> bool {
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD.encode(datagram);
+        match &self.lock().lookups {
+            Some(tx) => tx
+                .try_send(Ask::Relay {
+                    to: to.to_string(),
+                    data,
+                })
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// A datagram the server relayed to us from `from`: to the hub, which treats it as one that
+    /// came over UDP (dropped if the hub is behind).
+    pub(super) fn relayed(&self, from: String, data: &str) {
+        use base64::Engine as _;
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else {
+            tracing::debug!(%from, "relayed datagram is not base64; dropped");
+            return;
+        };
+        if let Some(tx) = &self.lock().inbox {
+            let _ = tx.try_send((from, bytes));
         }
     }
 

@@ -149,6 +149,10 @@ impl Tracker {
                 self.roster.found(&user, member);
                 Reaction::Nothing
             }
+            ServerMsg::Relayed { from, data } => {
+                self.roster.relayed(from, &data);
+                Reaction::Nothing
+            }
             ServerMsg::History { messages } => Reaction::Show(Event::History(messages)),
             ServerMsg::Error(e) => Reaction::Show(Event::ServerError(e)),
             ServerMsg::Bye {

@@ -97,6 +97,14 @@ pub enum ClientMsg {
         /// The member's name, in any case.
         user: String,
     },
+    /// Pass a sealed private datagram to another member, for when the peer-to-peer path does
+    /// not get through (NAT): the server forwards it as `relayed` and keeps nothing.
+    Relay {
+        /// The member it is for, in any case.
+        to: String,
+        /// The sealed datagram, standard base64 (at most 1200 bytes once decoded).
+        data: String,
+    },
     /// Ask for earlier group messages.
     History {
         /// Only messages with a smaller sequence number; absent means the newest.
@@ -215,6 +223,13 @@ pub enum ServerMsg {
     History {
         /// The messages.
         messages: Vec<ChatLine>,
+    },
+    /// A sealed private datagram another member passed through the server (`relay`).
+    Relayed {
+        /// Who passed it (the server's word: the name it knows the sender's connection by).
+        from: String,
+        /// The sealed datagram, standard base64.
+        data: String,
     },
     /// Answer to `ping`.
     Pong,

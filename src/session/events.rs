@@ -59,6 +59,11 @@ pub(crate) enum RoomEvent {
         conn: ConnId,
         user: String,
     },
+    Relay {
+        conn: ConnId,
+        to: String,
+        data: String,
+    },
     Leave {
         conn: ConnId,
         reason: LeaveReason,

@@ -386,6 +386,24 @@ async fn read_loop(
             // Hearing it was the point (see `tx.heard()` above).
             Ok(ClientMsg::Pong) => continue,
             Ok(ClientMsg::Lookup { user }) => RoomEvent::Lookup { conn, user },
+            Ok(ClientMsg::Relay { to, data }) => {
+                use base64::Engine as _;
+                let decoded = base64::engine::general_purpose::STANDARD.decode(&data);
+                match decoded {
+                    Ok(d) if d.len() <= limits::MAX_DATAGRAM => RoomEvent::Relay { conn, to, data },
+                    Ok(_) => {
+                        let _ = tx.try_send(Line::new(too_large()));
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = tx.try_send(Line::new(error(
+                            ErrorCode::Malformed,
+                            format!("relay data is not standard base64: {e}"),
+                        )));
+                        continue;
+                    }
+                }
+            }
             Ok(ClientMsg::Leave) => break LeaveReason::Left,
             Ok(ClientMsg::Hello { .. }) => {
                 let _ = tx.try_send(Line::new(error(ErrorCode::Unexpected, "already joined")));

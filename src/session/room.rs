@@ -174,6 +174,25 @@ impl Room {
                 let member = self.members.named(&user).map(MemberSlot::member);
                 self.send_to(conn, shared(&ServerMsg::Member { user, member }));
             }
+            RoomEvent::Relay { conn, to, data } => self.relay(conn, &to, data),
+        }
+    }
+
+    /// Forwards a sealed private datagram, as UDP would: within the sender's rate limit, to a
+    /// member present, if its queue has room; otherwise dropped without a word (the sender's
+    /// retries and acknowledgements sort it out). Nothing is kept.
+    fn relay(&mut self, conn: ConnId, to: &str, data: String) {
+        let Some(sender) = self.members.get_mut(conn) else {
+            return;
+        };
+        if sender.bucket.take().is_err() {
+            return;
+        }
+        let from = sender.user.to_string();
+        if let Some(recipient) = self.members.named(to) {
+            let _ = recipient
+                .tx
+                .try_send(shared(&ServerMsg::Relayed { from, data }));
         }
     }
 

@@ -1,0 +1,126 @@
+//! Issue 13, first steps on loopback: who sent a private datagram is proven by its key, not by
+//! the port it came from; and when the direct path does not answer, the message goes through
+//! the session server both members share, sealed, and arrives once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use confab::client::{Event, Via};
+use tokio::net::UdpSocket;
+
+/// A UDP endpoint that takes datagrams and never answers: a peer behind a NAT that drops what
+/// it did not ask for.
+async fn black_hole() -> (UdpSocket, std::net::SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+async fn privates(events: &mut tokio::sync::mpsc::Receiver<Event>, quiet: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(quiet, async {
+        while let Some(e) = events.recv().await {
+            if let Event::Private { text, .. } = e {
+                got.push(text);
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// The next line from `member` that contains `needle` (others skipped).
+async fn line_with(member: &mut RawMember, needle: &str) -> String {
+    loop {
+        let line = member.line().await.expect("connection open");
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_whose_endpoint_drops_everything_gets_the_message_relayed_once() {
+    let coord = TestCoordinator::start().await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    // Bob announces an endpoint that swallows everything, as a NAT without a mapping does.
+    let (_hole, hole) = black_hole().await;
+    let mut config = client_config("bob", coord.addr);
+    config.advertise = Some(hole);
+    let (bob, mut b_ev) = logged_in(config).await;
+    alice.start_session(Some("room")).await.unwrap();
+    bob.join("room").await.unwrap();
+    eventually("alice sees bob", || async { alice.members().len() == 2 }).await;
+
+    let receipt = alice.dm("bob", "through the server").await.unwrap();
+    assert_eq!(receipt.via, Via::Relayed);
+    assert_eq!(alice.reached_by("bob"), Some(Via::Relayed));
+    // Shown once, although later copies went both ways.
+    assert_eq!(
+        privates(&mut b_ev, Duration::from_secs(2)).await,
+        ["through the server"]
+    );
+    // And back: bob's own datagrams get through directly (alice's endpoint is reachable).
+    let back = bob.dm("alice", "and back").await.unwrap();
+    assert!(matches!(back.via, Via::Direct(_)), "{:?}", back.via);
+}
+
+#[tokio::test]
+async fn a_sender_seen_from_another_port_than_it_announced_is_still_accepted() {
+    let coord = TestCoordinator::start().await;
+    // Alice announces another endpoint than the one she sends from, as behind a NAT that
+    // changes ports: bob accepts her message because her key sealed it, and answers to where
+    // it came from.
+    let (_hole, hole) = black_hole().await;
+    let mut config = client_config("alice", coord.addr);
+    config.advertise = Some(hole);
+    let (alice, _a) = logged_in(config).await;
+    let (bob, mut b_ev) = client("bob", coord.addr).await;
+    alice.start_session(Some("room")).await.unwrap();
+    bob.join("room").await.unwrap();
+    eventually("alice sees bob", || async { alice.members().len() == 2 }).await;
+    let receipt = alice.dm("bob", "from another port").await.unwrap();
+    assert_eq!(receipt.via, Via::Direct(bob.endpoint()));
+    assert_eq!(
+        privates(&mut b_ev, Duration::from_millis(500)).await,
+        ["from another port"]
+    );
+}
+
+#[tokio::test]
+async fn a_relay_goes_only_to_the_member_named_and_bad_data_is_refused() {
+    let coord = TestCoordinator::start().await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let session = alice.start_session(Some("room")).await.unwrap().session;
+    // Two members on the bare protocol: one relays to the other, and to nobody.
+    let mut mallory = RawMember::joined(session.server, coord.addr, "mallory").await;
+    let mut trent = RawMember::joined(session.server, coord.addr, "trent").await;
+    eventually("both in", || async { alice.members().len() == 3 }).await;
+    mallory
+        .send(b"{\"type\":\"relay\",\"to\":\"nobody\",\"data\":\"AAAA\"}\n")
+        .await;
+    mallory
+        .send(b"{\"type\":\"relay\",\"to\":\"Trent\",\"data\":\"AAEC\"}\n")
+        .await;
+    mallory
+        .send(b"{\"type\":\"relay\",\"to\":\"trent\",\"data\":\"not base64!\"}\n")
+        .await;
+    let relayed = line_with(&mut trent, "\"relayed\"").await;
+    assert!(
+        relayed.contains("\"from\":\"mallory\"") && relayed.contains("\"data\":\"AAEC\""),
+        "{relayed}"
+    );
+    let refusal = line_with(&mut mallory, "\"error\"").await;
+    // Only the one relay reached trent.
+    mallory.send(b"{\"type\":\"ping\"}\n").await;
+    line_with(&mut mallory, "\"pong\"").await;
+    trent.send(b"{\"type\":\"ping\"}\n").await;
+    let next = line_with(&mut trent, "\"type\"").await;
+    assert!(!next.contains("relayed"), "{next}");
+    assert!(
+        refusal.contains("malformed") && refusal.contains("base64"),
+        "{refusal}"
+    );
+}
