@@ -1,0 +1,372 @@
+//! Issue 13 across real NATs: Linux network namespaces on this machine, joined by veth pairs,
+//! with nftables masquerading on each client's router, and the real `confab` binaries inside.
+//!
+//! ```text
+//!   alice (198.51.100.2)          coordinator 203.0.113.1 / .5          bob (198.51.100.130)
+//!        |                          (ns "pub", routes between)                 |
+//!   router A: 198.51.100.1 | 203.0.113.2  ----  pub  ----  203.0.113.6 | 198.51.100.129: router B
+//!             masquerade                                               masquerade
+//! ```
+//!
+//! Only documentation addresses, inside namespaces the test makes and always deletes; nothing
+//! is routed off the machine. Needs root, `ip` and `nft` (`.ci/run` installs nftables); without
+//! them the tests say SKIPPED loudly and pass.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::password;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+/// How long a step may take inside the namespaces.
+const STEP: Duration = Duration::from_secs(30);
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn missing() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "nft"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!(
+                "no `{tool}` (Debian package {})",
+                match tool {
+                    "nft" => "nftables",
+                    _ => "iproute2",
+                }
+            ));
+        }
+    }
+    None
+}
+
+/// How a router maps its inside endpoints to its public address.
+#[derive(Clone, Copy)]
+enum Nat {
+    /// `masquerade`: keeps the source port when it can (endpoint-independent mapping, as most
+    /// home routers), filtering what does not answer a mapping.
+    PortPreserving,
+    /// `masquerade random,fully-random`: a new random public port per destination (symmetric).
+    Symmetric,
+}
+
+/// The namespaces of one test, deleted when dropped.
+struct Topology {
+    names: Vec<String>,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+impl Topology {
+    /// pub (coordinator), two routers and two clients; names made unique per test.
+    fn build(tag: &str, a: Nat, b: Nat) -> Result<Topology, String> {
+        let id = format!("{}{}", tag, std::process::id() % 100_000);
+        let ns = |n: &str| format!("cf{n}{id}");
+        let topo = Topology {
+            names: ["pub", "ra", "rb", "ca", "cb"]
+                .iter()
+                .map(|n| ns(n))
+                .collect(),
+        };
+        for n in &topo.names {
+            let _ = run(&["ip", "netns", "del", n]);
+            run(&["ip", "netns", "add", n])?;
+            run(&["ip", "-n", n, "link", "set", "lo", "up"])?;
+        }
+        let [pubns, ra, rb, ca, cb] = [ns("pub"), ns("ra"), ns("rb"), ns("ca"), ns("cb")];
+        // veth pairs, each end moved into its namespace.
+        let link =
+            |x: &str, xi: &str, xa: &str, y: &str, yi: &str, ya: &str| -> Result<(), String> {
+                run(&[
+                    "ip", "link", "add", xi, "netns", x, "type", "veth", "peer", "name", yi,
+                    "netns", y,
+                ])?;
+                run(&["ip", "-n", x, "addr", "add", xa, "dev", xi])?;
+                run(&["ip", "-n", y, "addr", "add", ya, "dev", yi])?;
+                run(&["ip", "-n", x, "link", "set", xi, "up"])?;
+                run(&["ip", "-n", y, "link", "set", yi, "up"])
+            };
+        link(&pubns, "pa", "203.0.113.1/30", &ra, "wan", "203.0.113.2/30")?;
+        link(&pubns, "pb", "203.0.113.5/30", &rb, "wan", "203.0.113.6/30")?;
+        link(
+            &ra,
+            "lan",
+            "198.51.100.1/25",
+            &ca,
+            "eth0",
+            "198.51.100.2/25",
+        )?;
+        link(
+            &rb,
+            "lan",
+            "198.51.100.129/25",
+            &cb,
+            "eth0",
+            "198.51.100.130/25",
+        )?;
+        for (n, via) in [
+            (&ra, "203.0.113.1"),
+            (&rb, "203.0.113.5"),
+            (&ca, "198.51.100.1"),
+            (&cb, "198.51.100.129"),
+        ] {
+            run(&["ip", "-n", n, "route", "add", "default", "via", via])?;
+        }
+        for n in [&pubns, &ra, &rb] {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                n,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])?;
+        }
+        for (router, nat) in [(&ra, a), (&rb, b)] {
+            let nft = |args: &[&str]| {
+                let mut all = vec!["ip", "netns", "exec", router.as_str(), "nft"];
+                all.extend_from_slice(args);
+                run(&all)
+            };
+            nft(&["add", "table", "ip", "nat"])?;
+            nft(&[
+                "add",
+                "chain",
+                "ip",
+                "nat",
+                "post",
+                "{ type nat hook postrouting priority 100 ; }",
+            ])?;
+            let mut rule = vec![
+                "add",
+                "rule",
+                "ip",
+                "nat",
+                "post",
+                "oifname",
+                "wan",
+                "masquerade",
+            ];
+            if let Nat::Symmetric = nat {
+                rule.push("random,fully-random");
+            }
+            nft(&rule)?;
+        }
+        Ok(topo)
+    }
+
+    fn ns(&self, which: &str) -> &str {
+        let i = ["pub", "ra", "rb", "ca", "cb"]
+            .iter()
+            .position(|n| *n == which)
+            .expect("a namespace of the topology");
+        &self.names[i]
+    }
+}
+
+/// The real binary in a namespace, driven through its stdin.
+struct Program {
+    _data: tempfile::TempDir,
+    _child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+    seen: Vec<String>,
+}
+
+impl Program {
+    fn start(ns: &str, args: &[&str], user: Option<&str>) -> Program {
+        let data = tempfile::tempdir().unwrap();
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_confab")])
+            .args(args)
+            .env("XDG_DATA_HOME", data.path())
+            .env("XDG_STATE_HOME", data.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        match user {
+            Some(user) => cmd.env("CONFAB_PASSWORD", password(user)),
+            None => cmd.env("RUST_LOG", "warn"),
+        };
+        let mut child = cmd.spawn().expect("ip netns exec confab starts");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Program {
+            _data: data,
+            _child: child,
+            stdin,
+            stdout,
+            seen: Vec::new(),
+        }
+    }
+
+    fn client(ns: &str, user: &str) -> Program {
+        Program::start(
+            ns,
+            &[
+                "client",
+                "--user",
+                user,
+                "--coordinator",
+                "203.0.113.1:7500",
+                "--register",
+            ],
+            Some(user),
+        )
+    }
+
+    async fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    async fn wait_for(&mut self, needle: &str) -> String {
+        let found = tokio::time::timeout(STEP, async {
+            while let Ok(Some(line)) = self.stdout.next_line().await {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!(
+                "no output containing {needle:?}; saw:\n{}",
+                self.seen.join("\n")
+            ),
+        }
+    }
+
+    /// Everything printed so far and within `quiet` more.
+    async fn drain(&mut self, quiet: Duration) -> Vec<String> {
+        let _ = tokio::time::timeout(quiet, async {
+            while let Ok(Some(line)) = self.stdout.next_line().await {
+                self.seen.push(line);
+            }
+        })
+        .await;
+        self.seen.clone()
+    }
+}
+
+/// Alice behind NAT `a` and bob behind NAT `b`, both in session `room`; returns both.
+async fn two_behind_nats(topo: &Topology) -> (Program, Program, Program) {
+    let mut coordinator = Program::start(
+        topo.ns("pub"),
+        &[
+            "coordinator",
+            "--listen",
+            "203.0.113.1:7500",
+            "--db",
+            ":memory:",
+            "--fast-passwords",
+        ],
+        None,
+    );
+    // The coordinator logs to stderr; give it a moment to bind.
+    let _ = coordinator.drain(Duration::from_millis(500)).await;
+    let mut alice = Program::client(topo.ns("ca"), "alice");
+    alice.wait_for("logged in as alice").await;
+    alice.type_line("/start room").await;
+    alice.wait_for("joined session room").await;
+    let mut bob = Program::client(topo.ns("cb"), "bob");
+    bob.wait_for("logged in as bob").await;
+    bob.type_line("/join room").await;
+    bob.wait_for("joined session room").await;
+    alice.wait_for("bob joined").await;
+    (coordinator, alice, bob)
+}
+
+fn count(lines: &[String], needle: &str) -> usize {
+    lines.iter().filter(|l| l.contains(needle)).count()
+}
+
+#[tokio::test]
+async fn behind_two_port_preserving_nats_a_private_message_arrives_once() {
+    if let Some(why) = missing() {
+        eprintln!("SKIPPED (needs root, ip and nft; CI runs it): {why}");
+        return;
+    }
+    let topo = Topology::build("pp", Nat::PortPreserving, Nat::PortPreserving).unwrap();
+    let (_coordinator, mut alice, mut bob) = two_behind_nats(&topo).await;
+    // Each announces the address the coordinator saw: its router's public side.
+    bob.type_line("/whois alice").await;
+    let whois = bob.wait_for("alice: udp").await;
+    assert!(whois.contains("203.0.113.2:"), "{whois}");
+    alice.type_line("@bob hello across two NATs").await;
+    let sent = alice.wait_for("you → bob").await;
+    bob.wait_for("alice → you: hello across two NATs").await;
+    let seen = bob.drain(Duration::from_secs(2)).await;
+    assert_eq!(count(&seen, "hello across two NATs"), 1, "{seen:#?}");
+    // Until hole punching: the routers drop the direct datagrams, the session server carries them.
+    assert!(sent.contains("(relayed)"), "{sent}");
+    // Group chat crosses too.
+    bob.type_line("hi all").await;
+    alice.wait_for("<bob> hi all").await;
+}
+
+#[tokio::test]
+async fn behind_a_symmetric_nat_messages_arrive_relayed_in_order_exactly_once() {
+    if let Some(why) = missing() {
+        eprintln!("SKIPPED (needs root, ip and nft; CI runs it): {why}");
+        return;
+    }
+    let topo = Topology::build("sy", Nat::Symmetric, Nat::PortPreserving).unwrap();
+    let (_coordinator, mut alice, mut bob) = two_behind_nats(&topo).await;
+    // One after another, as a person types them: each is acknowledged before the next.
+    for i in 1..=3 {
+        alice.type_line(&format!("@bob symmetric {i}")).await;
+        let sent = alice.wait_for(&format!("symmetric {i}")).await;
+        assert!(sent.contains("you → bob (relayed)"), "{sent}");
+    }
+    let seen = bob.drain(Duration::from_secs(2)).await;
+    let got: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("alice → you: symmetric"))
+        .collect();
+    assert_eq!(got.len(), 3, "{seen:#?}");
+    for (i, line) in got.iter().enumerate() {
+        assert!(line.ends_with(&format!("symmetric {}", i + 1)), "{got:#?}");
+    }
+}
