@@ -62,6 +62,18 @@ async fn a_peer_whose_endpoint_drops_everything_gets_the_message_relayed_once() 
         privates(&mut b_ev, Duration::from_secs(2)).await,
         ["through the server"]
     );
+    // The relayed message made bob probe alice directly: she learned an endpoint that reaches
+    // him (his real socket, not the one he announced), and the next message goes there.
+    let next = alice.dm("bob", "now direct").await.unwrap();
+    assert!(
+        matches!(next.via, Via::Direct(at) if at != hole),
+        "{:?}",
+        next.via
+    );
+    assert_eq!(
+        privates(&mut b_ev, Duration::from_millis(500)).await,
+        ["now direct"]
+    );
     // And back: bob's own datagrams get through directly (alice's endpoint is reachable).
     let back = bob.dm("alice", "and back").await.unwrap();
     assert!(matches!(back.via, Via::Direct(_)), "{:?}", back.via);

@@ -100,7 +100,13 @@ pub(super) struct Dms {
     late: LateDms,
     boxes: Arc<Mutex<PeerBoxes>>,
     pins: Arc<Pins>,
+    paths: Paths,
 }
+
+/// Endpoints that reached us straight from a peer (an authenticated datagram came from there),
+/// by the peer's key: where our datagrams to that peer go first. A NAT may give a peer another
+/// public port than the one it announced; this is the one that works.
+type Paths = Arc<Mutex<std::collections::HashMap<PeerKey, SocketAddr>>>;
 
 impl Dms {
     pub(super) fn new(
@@ -118,6 +124,7 @@ impl Dms {
             late: Arc::new(Mutex::new(ExpiringMap::new(LATE_TTL, LATE_CAP))),
             boxes: Arc::new(Mutex::new(PeerBoxes::new(identity.secret(), BOXES))),
             pins,
+            paths: Arc::new(Mutex::new(Default::default())),
         }
     }
 
@@ -182,9 +189,17 @@ impl Dms {
         }
         let key = (id, their_key);
         let mut acked = self.acks.register(key);
+        // A path that reached us from this peer first, and the announced endpoint beside it.
+        let learned = self.paths.lock().get(&their_key).copied();
+        let targets: Vec<SocketAddr> = match learned {
+            Some(path) if path != to => vec![path, to],
+            _ => vec![to],
+        };
         for (attempt, delay) in self.retry.delays().enumerate() {
-            if let Err(e) = self.udp.send_to(&bytes, to).await {
-                tracing::debug!(error = %e, to = %member.user, "private message send failed");
+            for target in &targets {
+                if let Err(e) = self.udp.send_to(&bytes, target).await {
+                    tracing::debug!(error = %e, to = %member.user, "private message send failed");
+                }
             }
             if attempt >= DIRECT_FIRST {
                 roster.relay(&member.user, &bytes);
@@ -200,6 +215,16 @@ impl Dms {
                 }
             };
             if let Some(via) = answered {
+                if via == Via::Relayed
+                    && let Some(stale) = learned
+                {
+                    // The learned path no longer answers (a NAT mapping expired): forget it,
+                    // unless a newer one was learned meanwhile (a probe answering this message).
+                    let mut paths = self.paths.lock();
+                    if paths.get(&their_key) == Some(&stale) {
+                        paths.remove(&their_key);
+                    }
+                }
                 return Ok(DmReceipt {
                     id,
                     to: member.user,
@@ -258,6 +283,7 @@ impl Dms {
             pins: self.pins.clone(),
             warned: ExpiringMap::new(SEEN_TTL, 1000),
             dropped: 0,
+            paths: self.paths.clone(),
         };
         tokio::spawn(hub.run(inbox, stop));
     }
@@ -298,6 +324,7 @@ struct Hub {
     warned: ExpiringMap<(String, PeerKey), ()>,
     /// Datagrams dropped as forged, altered, replayed, unsealed or misaddressed.
     dropped: u64,
+    paths: Paths,
 }
 
 impl Hub {
@@ -353,7 +380,10 @@ impl Hub {
                     return self.reject(from, "our own acknowledgement, reflected");
                 }
                 let via = match &from {
-                    Source::Udp(addr) => Via::Direct(*addr),
+                    Source::Udp(addr) => {
+                        self.paths.lock().insert(sender_key, *addr);
+                        Via::Direct(*addr)
+                    }
                     Source::Relay(_) => Via::Relayed,
                 };
                 if !self.acks.complete(&(id, sender_key), via) {
@@ -441,8 +471,49 @@ impl Hub {
                 let bytes = serde_json::to_vec(&ack).expect("protocol types serialize");
                 let bytes = self.boxes.lock().seal(&sender_key, &bytes);
                 self.reply(&from, &bytes).await;
+                self.learn_or_punch(&from, sender_key, &member).await;
+            }
+            Ok(PeerMsg::Probe { from: sender, to }) => {
+                if !to.eq_ignore_ascii_case(&self.user) {
+                    return self.reject(from, "for someone else");
+                }
+                let roster_key = self
+                    .roster
+                    .get(&sender)
+                    .and_then(|m| m.key.as_deref().and_then(|k| parse_fingerprint(k).ok()));
+                if roster_key != Some(sender_key) {
+                    return self.reject(from, "sealed with a key that is not the sender's");
+                }
+                if let Source::Udp(addr) = from {
+                    tracing::debug!(peer = %sender, %addr, "direct path opened by a probe");
+                    self.paths.lock().insert(sender_key, addr);
+                }
             }
             Err(_) => self.reject(from, "sealed, but not a private message"),
+        }
+    }
+
+    /// After a message from `member`: a direct one shows a path that reaches them; a relayed one
+    /// means their datagrams do not reach us, so we send a probe straight to their announced
+    /// endpoint, which opens our NAT to them (hole punching: their next copies get in) and, if
+    /// it arrives, shows them a path to us.
+    async fn learn_or_punch(&self, from: &Source, key: PeerKey, member: &Member) {
+        match from {
+            Source::Udp(addr) => {
+                self.paths.lock().insert(key, *addr);
+            }
+            Source::Relay(_) => {
+                let Some(endpoint) = member.udp else {
+                    return;
+                };
+                let probe = PeerMsg::Probe {
+                    from: self.user.clone(),
+                    to: member.user.clone(),
+                };
+                let bytes = serde_json::to_vec(&probe).expect("protocol types serialize");
+                let bytes = self.boxes.lock().seal(&key, &bytes);
+                let _ = self.udp.send_to(&bytes, endpoint).await;
+            }
         }
     }
 

@@ -21,6 +21,16 @@ pub enum PeerMsg {
         /// The text.
         text: String,
     },
+    /// Opens the way for direct datagrams: sent straight to a peer's announced endpoint by a
+    /// client that got a message from that peer only through the session server. Going out, it
+    /// makes the sender's NAT let the peer's datagrams in; arriving, it shows the peer an
+    /// endpoint that reaches the sender. Never answered.
+    Probe {
+        /// Sender's user name.
+        from: String,
+        /// Recipient's user name.
+        to: String,
+    },
     /// The receiver got the message with this id (sent for every copy, so a lost ack is repaired
     /// by the next retry).
     Ack {
