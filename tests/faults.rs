@@ -405,6 +405,9 @@ async fn a_private_message_survives_a_relay_that_drops_duplicates_and_reorders()
     b_cfg.bind = Some(b_real);
     a_cfg.advertise = Some(relay.a_face);
     b_cfg.advertise = Some(relay.b_face);
+    // Only through the lossy relay: their own addresses would reach each other without loss.
+    a_cfg.share_local = false;
+    b_cfg.share_local = false;
     let (alice, mut a_ev) = logged_in(a_cfg).await;
     let (bob, mut b_ev) = logged_in(b_cfg).await;
     alice.start_session(Some("lossy")).await.unwrap();

@@ -307,8 +307,12 @@ impl Program {
     }
 }
 
-/// Alice behind NAT `a` and bob behind NAT `b`, both in session `room`; returns both.
+/// Alice behind NAT `a` and bob in namespace `bob_ns`, both in session `room`.
 async fn two_behind_nats(topo: &Topology) -> (Program, Program, Program) {
+    two_in(topo, "cb").await
+}
+
+async fn two_in(topo: &Topology, bob_ns: &str) -> (Program, Program, Program) {
     let mut coordinator = Program::start(
         topo.ns("pub"),
         &[
@@ -327,7 +331,7 @@ async fn two_behind_nats(topo: &Topology) -> (Program, Program, Program) {
     alice.wait_for("logged in as alice").await;
     alice.type_line("/start room").await;
     alice.wait_for("joined session room").await;
-    let mut bob = Program::client(topo.ns("cb"), "bob");
+    let mut bob = Program::client(topo.ns(bob_ns), "bob");
     bob.wait_for("logged in as bob").await;
     bob.type_line("/join room").await;
     bob.wait_for("joined session room").await;
@@ -405,4 +409,26 @@ async fn behind_a_symmetric_nat_messages_arrive_relayed_in_order_exactly_once() 
     for (i, line) in got.iter().enumerate() {
         assert!(line.ends_with(&format!("symmetric {}", i + 1)), "{got:#?}");
     }
+}
+
+#[tokio::test]
+async fn two_clients_behind_the_same_nat_reach_each_other_directly_on_their_local_addresses() {
+    if let Some(why) = missing() {
+        eprintln!("SKIPPED (needs root, ip and nft; CI runs it): {why}");
+        return;
+    }
+    let topo = Topology::build("sn", Nat::PortPreserving, Nat::PortPreserving).unwrap();
+    // Both behind router A: each announces A's public address, which A does not forward to
+    // itself (no hairpin); their local addresses reach each other.
+    let (_coordinator, mut alice, mut bob) = two_in(&topo, "ca").await;
+    bob.type_line("/whois alice").await;
+    let whois = bob.wait_for("alice: udp").await;
+    assert!(whois.contains("udp 203.0.113.2:"), "{whois}");
+    alice.type_line("@bob next door").await;
+    let sent = alice.wait_for("next door").await;
+    assert!(!sent.contains("(relayed)"), "{sent}");
+    bob.wait_for("alice → you: next door").await;
+    alice.type_line("/whois bob").await;
+    let how = alice.wait_for("bob: udp").await;
+    assert!(how.contains("reached direct at 198.51.100.2:"), "{how}");
 }

@@ -190,11 +190,15 @@ impl Dms {
         let key = (id, their_key);
         let mut acked = self.acks.register(key);
         // A path that reached us from this peer first, and the announced endpoint beside it.
+        // A path that reached us from this peer first, then the announced endpoint, then its
+        // addresses on its own network (a peer behind our own NAT).
         let learned = self.paths.lock().get(&their_key).copied();
-        let targets: Vec<SocketAddr> = match learned {
-            Some(path) if path != to => vec![path, to],
-            _ => vec![to],
-        };
+        let mut targets: Vec<SocketAddr> = learned.into_iter().collect();
+        for candidate in std::iter::once(to).chain(member.local.iter().copied()) {
+            if !targets.contains(&candidate) {
+                targets.push(candidate);
+            }
+        }
         for (attempt, delay) in self.retry.delays().enumerate() {
             for target in &targets {
                 if let Err(e) = self.udp.send_to(&bytes, target).await {
@@ -503,16 +507,15 @@ impl Hub {
                 self.paths.lock().insert(key, *addr);
             }
             Source::Relay(_) => {
-                let Some(endpoint) = member.udp else {
-                    return;
-                };
                 let probe = PeerMsg::Probe {
                     from: self.user.clone(),
                     to: member.user.clone(),
                 };
                 let bytes = serde_json::to_vec(&probe).expect("protocol types serialize");
                 let bytes = self.boxes.lock().seal(&key, &bytes);
-                let _ = self.udp.send_to(&bytes, endpoint).await;
+                for endpoint in member.udp.iter().chain(member.local.iter()) {
+                    let _ = self.udp.send_to(&bytes, endpoint).await;
+                }
             }
         }
     }

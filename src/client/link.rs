@@ -96,6 +96,8 @@ pub(super) struct Joiner {
     pub(super) local: SocketAddr,
     /// Our identity key, announced in the hello.
     pub(super) key: String,
+    /// Our socket's endpoints on our own network, announced for peers behind the same NAT.
+    pub(super) candidates: Vec<SocketAddr>,
 }
 
 impl Joiner {
@@ -143,6 +145,7 @@ impl Joiner {
             token: self.token.clone(),
             udp: Some(self.endpoint()),
             key: Some(self.key.clone()),
+            local: self.candidates.clone(),
             since,
             history: (since.is_none() && history > 0).then_some(history),
         };

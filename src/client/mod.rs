@@ -71,6 +71,10 @@ pub struct ClientConfig {
     pub identity: Option<[u8; 32]>,
     /// Where the pinned keys of peers are kept (`None`: in memory only, for this run).
     pub known_peers: Option<std::path::PathBuf>,
+    /// Announce the socket's address on our own network beside the public one, so that peers
+    /// behind the same NAT reach us directly (most NATs do not forward to their own public
+    /// address). Off keeps the local address private from the session's members.
+    pub share_local: bool,
     /// Retries of coordinator requests.
     pub request_retry: Retry,
     /// Retries of private messages.
@@ -95,6 +99,7 @@ impl ClientConfig {
             coordinator_key: None,
             identity: None,
             known_peers: None,
+            share_local: true,
             // 200 ms, 400, 800, then 1 s: 15 tries cover about 13 s and survive heavy loss.
             request_retry: Retry {
                 first: Duration::from_millis(200),
@@ -419,6 +424,11 @@ impl Client {
             token: self.token()?,
             local: inner.local,
             key: inner.identity.fingerprint(),
+            candidates: if config.share_local {
+                local_candidates(inner.local, config.coordinator)
+            } else {
+                Vec::new()
+            },
         };
         let (link, welcome) = Link::open(
             info.clone(),
@@ -559,6 +569,24 @@ impl Client {
             .ok_or_else(|| ClientError::NoPeerKey(member.user.clone()))?;
         self.inner.pins.trust(&member.user, &key);
         Ok(crate::identity::fingerprint(&key))
+    }
+}
+
+/// Our socket's endpoint on our own network: its address, or, bound to every interface, the
+/// address the system would send from towards the coordinator (found without sending anything:
+/// a UDP socket's `connect` only picks the route). Peers behind the same NAT reach us there.
+fn local_candidates(local: SocketAddr, coordinator: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0))
+        .and_then(|s| s.connect(coordinator).map(|()| s))
+        .and_then(|s| s.local_addr());
+    match probe {
+        Ok(route) if !route.ip().is_unspecified() => {
+            vec![SocketAddr::new(route.ip(), local.port())]
+        }
+        _ => Vec::new(),
     }
 }
 

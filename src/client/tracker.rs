@@ -240,6 +240,7 @@ mod tests {
             user: user.into(),
             udp: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             key: None,
+            local: Vec::new(),
         }
     }
 

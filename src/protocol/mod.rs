@@ -28,6 +28,8 @@ pub mod limits {
     /// Largest datagram the coordinator reads or writes; an answer never exceeds it, so it travels
     /// unfragmented over any path with the IPv6 minimum MTU.
     pub const MAX_DATAGRAM: usize = 1200;
+    /// Most local endpoints a member may announce in `hello`.
+    pub const MAX_LOCAL_ENDPOINTS: usize = 4;
     /// Smallest coordinator request that is run. A stranger can forge its source address, so
     /// the coordinator never sends more than 3× what it received (QUIC's anti-amplification
     /// rule); at a third of `MAX_DATAGRAM` every answer fits. Clients pad with spaces, which

@@ -21,6 +21,10 @@ pub struct Member {
     /// sealed with (protocol.md, "Sealed private messages"); absent for a member that has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The endpoints of the member's UDP socket on its own network, for peers behind the same
+    /// NAT (which seldom forwards to its own public address); at most 4.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local: Vec<SocketAddr>,
 }
 
 /// Why a member left a session.
@@ -75,6 +79,10 @@ pub enum ClientMsg {
         /// roster beside `udp`, so that private messages can be sealed for it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
+        /// The member's UDP socket's endpoints on its own network (at most 4), passed on in
+        /// the roster for peers behind the same NAT.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        local: Vec<SocketAddr>,
         /// Send this many of the newest group messages right after the welcome.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         history: Option<usize>,

@@ -29,6 +29,7 @@ pub(crate) struct JoinRequest {
     pub(crate) user: String,
     pub(crate) udp: Option<SocketAddr>,
     pub(crate) key: Option<Arc<str>>,
+    pub(crate) local: Box<[SocketAddr]>,
     pub(crate) replay: Replay,
     pub(crate) tx: Arc<Outbox>,
     pub(crate) kick: CancellationToken,

@@ -214,7 +214,7 @@ async fn admit_connection(
     stop: &CancellationToken,
 ) -> Option<Admitted> {
     let deadline = Instant::now() + limits::HELLO_TIMEOUT;
-    let (user, udp, key, replay) = loop {
+    let (user, udp, key, local, replay) = loop {
         let frame = tokio::select! {
             f = tokio::time::timeout_at(deadline, reader.next()) => f,
             _ = stop.cancelled() => return None,
@@ -242,10 +242,21 @@ async fn admit_connection(
                 token,
                 udp,
                 key,
+                local,
                 since,
                 history,
             }) => match admit(config, user, &token, client_key).and_then(|user| {
                 let key = key.map(|k| check_key(&k)).transpose()?;
+                if local.len() > limits::MAX_LOCAL_ENDPOINTS {
+                    return Err(ErrorBody::new(
+                        ErrorCode::Malformed,
+                        format!(
+                            "at most {} local endpoints, not {}",
+                            limits::MAX_LOCAL_ENDPOINTS,
+                            local.len()
+                        ),
+                    ));
+                }
                 Ok((user, key))
             }) {
                 Ok((user, key)) => {
@@ -253,6 +264,7 @@ async fn admit_connection(
                         user,
                         udp,
                         key,
+                        local.into_boxed_slice(),
                         Replay {
                             since,
                             last: history,
@@ -287,6 +299,7 @@ async fn admit_connection(
         user: user.clone(),
         udp,
         key,
+        local,
         replay,
         tx: outbox.clone(),
         kick: kick.clone(),

@@ -24,6 +24,8 @@ pub(crate) struct MemberSlot {
     pub(crate) udp: Option<SocketAddr>,
     /// The identity key the member announced (already checked to be one).
     pub(crate) key: Option<Arc<str>>,
+    /// Its socket's endpoints on its own network.
+    pub(crate) local: Box<[SocketAddr]>,
     pub(crate) tx: Arc<Outbox>,
     pub(crate) kick: CancellationToken,
     /// The member's rate limit on group lines.
@@ -39,7 +41,7 @@ impl MemberSlot {
     pub(crate) fn new(
         user: Arc<str>,
         udp: Option<SocketAddr>,
-        key: Option<Arc<str>>,
+        (key, local): (Option<Arc<str>>, Box<[SocketAddr]>),
         tx: Arc<Outbox>,
         kick: CancellationToken,
         bucket: TokenBucket,
@@ -48,6 +50,7 @@ impl MemberSlot {
             user,
             udp,
             key,
+            local,
             tx,
             kick,
             bucket,
@@ -62,6 +65,7 @@ impl MemberSlot {
             user: self.user.to_string(),
             udp: self.udp,
             key: self.key.as_deref().map(str::to_owned),
+            local: self.local.to_vec(),
         }
     }
 }
@@ -191,7 +195,7 @@ mod tests {
         let mut slot = MemberSlot::new(
             user.into(),
             None,
-            None,
+            (None, Box::default()),
             tx,
             CancellationToken::new(),
             TokenBucket::new(None, 1.0),

@@ -198,6 +198,7 @@ mod tests {
             user: user.into(),
             udp: Some(([127, 0, 0, 1], port).into()),
             key: None,
+            local: Vec::new(),
         }
     }
 

@@ -224,6 +224,7 @@ impl Room {
             user,
             udp,
             key,
+            local,
             replay,
             tx,
             kick,
@@ -231,7 +232,7 @@ impl Room {
         } = request;
         // Waiting for storage is not the member's silence.
         tx.heard();
-        match self.join(conn, user, (udp, key), tx, kick) {
+        match self.join(conn, user, (udp, key, local), tx, kick) {
             // Answered with the welcome, at the next flush.
             Ok(()) => self.pending_joined.push(Pending {
                 conn,
@@ -249,14 +250,14 @@ impl Room {
         &mut self,
         conn: ConnId,
         user: String,
-        (udp, key): (Option<SocketAddr>, Option<Arc<str>>),
+        (udp, key, local): (Option<SocketAddr>, Option<Arc<str>>, Box<[SocketAddr]>),
         tx: Arc<Outbox>,
         kick: CancellationToken,
     ) -> Result<(), ErrorBody> {
         let user: Arc<str> = user.into();
         let limits = &self.config.member_limits;
         let bucket = TokenBucket::new(limits.rate, limits.burst);
-        let slot = MemberSlot::new(user.clone(), udp, key, tx, kick, bucket);
+        let slot = MemberSlot::new(user.clone(), udp, (key, local), tx, kick, bucket);
         let member = slot.member();
         self.members.add(conn, slot, self.config.max_members)?;
         if let Some(obs) = &self.config.observer {

@@ -128,6 +128,7 @@ pub(super) async fn open(
         // Nobody sends these members private messages; any endpoint will do.
         udp: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
         key: None,
+        local: Vec::new(),
         since: None,
         history: None,
     };
