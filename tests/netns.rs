@@ -47,7 +47,7 @@ fn missing() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
     }
-    for tool in ["ip", "nft"] {
+    for tool in ["ip", "nft", "conntrack"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -58,6 +58,7 @@ fn missing() -> Option<String> {
                 "no `{tool}` (Debian package {})",
                 match tool {
                     "nft" => "nftables",
+                    "conntrack" => "conntrack",
                     _ => "iproute2",
                 }
             ));
@@ -376,14 +377,28 @@ async fn behind_two_port_preserving_nats_the_first_message_is_relayed_and_the_re
     // Group chat crosses too.
     bob.type_line("hi all").await;
     alice.wait_for("<bob> hi all").await;
+    // Both routers forget their mappings mid-conversation (as when they time out): the next
+    // message still arrives, relayed while the hole is punched again, and the one after goes
+    // direct once more.
+    for router in ["ra", "rb"] {
+        run(&["ip", "netns", "exec", topo.ns(router), "conntrack", "-F"]).unwrap();
+    }
+    alice.type_line("@bob after the flush").await;
+    alice.wait_for("after the flush").await;
+    bob.wait_for("alice → you: after the flush").await;
+    alice.type_line("@bob direct again").await;
+    let sent = alice.wait_for("direct again").await;
+    assert!(!sent.contains("(relayed)"), "{sent}");
     // Each message shown once.
     let seen = bob.drain(Duration::from_secs(2)).await;
-    assert_eq!(count(&seen, "hello across two NATs"), 1, "{seen:#?}");
-    assert_eq!(
-        count(&seen, "alice → you: through the hole"),
-        1,
-        "{seen:#?}"
-    );
+    for text in [
+        "hello across two NATs",
+        "alice → you: through the hole",
+        "alice → you: after the flush",
+        "alice → you: direct again",
+    ] {
+        assert_eq!(count(&seen, text), 1, "{text}: {seen:#?}");
+    }
 }
 
 #[tokio::test]

@@ -105,8 +105,39 @@ pub(super) struct Dms {
 
 /// Endpoints that reached us straight from a peer (an authenticated datagram came from there),
 /// by the peer's key: where our datagrams to that peer go first. A NAT may give a peer another
-/// public port than the one it announced; this is the one that works.
-type Paths = Arc<Mutex<std::collections::HashMap<PeerKey, SocketAddr>>>;
+/// public port than the one it announced; this one works.
+type Paths = Arc<Mutex<std::collections::HashMap<PeerKey, Path>>>;
+
+/// A direct path to a peer, and when a private message last used it.
+#[derive(Debug, Clone)]
+struct Path {
+    addr: SocketAddr,
+    user: String,
+    /// The last message or acknowledgement on it; probes do not count, or two clients would
+    /// keep each other's paths alive for ever.
+    used: tokio::time::Instant,
+}
+
+/// How often an active path is kept open: NAT mappings for UDP commonly last 30 s or more.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// A path is kept open this long after its last message.
+const ACTIVE: Duration = Duration::from_secs(120);
+
+/// Records that `addr` reached us from `user` (key `key`); `used` says a message or an
+/// acknowledgement came that way, not only a probe.
+fn learn(paths: &Paths, key: PeerKey, addr: SocketAddr, user: &str, used: bool) {
+    let now = tokio::time::Instant::now();
+    let mut paths = paths.lock();
+    let entry = paths.entry(key).or_insert_with(|| Path {
+        addr,
+        user: user.to_string(),
+        used: now,
+    });
+    entry.addr = addr;
+    if used {
+        entry.used = now;
+    }
+}
 
 impl Dms {
     pub(super) fn new(
@@ -192,7 +223,7 @@ impl Dms {
         // A path that reached us from this peer first, and the announced endpoint beside it.
         // A path that reached us from this peer first, then the announced endpoint, then its
         // addresses on its own network (a peer behind our own NAT).
-        let learned = self.paths.lock().get(&their_key).copied();
+        let learned = self.paths.lock().get(&their_key).map(|p| p.addr);
         let mut targets: Vec<SocketAddr> = learned.into_iter().collect();
         for candidate in std::iter::once(to).chain(member.local.iter().copied()) {
             if !targets.contains(&candidate) {
@@ -225,7 +256,7 @@ impl Dms {
                     // The learned path no longer answers (a NAT mapping expired): forget it,
                     // unless a newer one was learned meanwhile (a probe answering this message).
                     let mut paths = self.paths.lock();
-                    if paths.get(&their_key) == Some(&stale) {
+                    if paths.get(&their_key).map(|p| p.addr) == Some(stale) {
                         paths.remove(&their_key);
                     }
                 }
@@ -334,9 +365,15 @@ struct Hub {
 impl Hub {
     async fn run(mut self, mut inbox: mpsc::Receiver<(String, Vec<u8>)>, stop: CancellationToken) {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let received = tokio::select! {
                 r = self.udp.recv_from(&mut buf) => r,
+                _ = keepalive.tick() => {
+                    self.keep_paths_open().await;
+                    continue;
+                }
                 Some((from, datagram)) = inbox.recv() => {
                     self.route(&datagram, Source::Relay(from)).await;
                     continue;
@@ -385,7 +422,7 @@ impl Hub {
                 }
                 let via = match &from {
                     Source::Udp(addr) => {
-                        self.paths.lock().insert(sender_key, *addr);
+                        learn(&self.paths, sender_key, *addr, &acker, true);
                         Via::Direct(*addr)
                     }
                     Source::Relay(_) => Via::Relayed,
@@ -490,10 +527,31 @@ impl Hub {
                 }
                 if let Source::Udp(addr) = from {
                     tracing::debug!(peer = %sender, %addr, "direct path opened by a probe");
-                    self.paths.lock().insert(sender_key, addr);
+                    learn(&self.paths, sender_key, addr, &sender, false);
                 }
             }
             Err(_) => self.reject(from, "sealed, but not a private message"),
+        }
+    }
+
+    /// Sends a probe along every path a private message used lately, so that the NAT mappings
+    /// on both sides stay open while there is reason to talk; paths quiet for long are dropped
+    /// (the next message finds its way again, relayed and punched if need be).
+    async fn keep_paths_open(&self) {
+        let now = tokio::time::Instant::now();
+        let active: Vec<(PeerKey, Path)> = {
+            let mut paths = self.paths.lock();
+            paths.retain(|_, p| now.duration_since(p.used) < ACTIVE);
+            paths.iter().map(|(k, p)| (*k, p.clone())).collect()
+        };
+        for (key, path) in active {
+            let probe = PeerMsg::Probe {
+                from: self.user.clone(),
+                to: path.user.clone(),
+            };
+            let bytes = serde_json::to_vec(&probe).expect("protocol types serialize");
+            let bytes = self.boxes.lock().seal(&key, &bytes);
+            let _ = self.udp.send_to(&bytes, path.addr).await;
         }
     }
 
@@ -503,9 +561,7 @@ impl Hub {
     /// it arrives, shows them a path to us.
     async fn learn_or_punch(&self, from: &Source, key: PeerKey, member: &Member) {
         match from {
-            Source::Udp(addr) => {
-                self.paths.lock().insert(key, *addr);
-            }
+            Source::Udp(addr) => learn(&self.paths, key, *addr, &member.user, true),
             Source::Relay(_) => {
                 let probe = PeerMsg::Probe {
                     from: self.user.clone(),
