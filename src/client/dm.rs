@@ -545,14 +545,19 @@ impl Hub {
             paths.iter().map(|(k, p)| (*k, p.clone())).collect()
         };
         for (key, path) in active {
-            let probe = PeerMsg::Probe {
-                from: self.user.clone(),
-                to: path.user.clone(),
-            };
-            let bytes = serde_json::to_vec(&probe).expect("protocol types serialize");
-            let bytes = self.boxes.lock().seal(&key, &bytes);
+            let bytes = self.probe(&key, &path.user);
             let _ = self.udp.send_to(&bytes, path.addr).await;
         }
+    }
+
+    /// A sealed `probe` for `user`, whose key is `key`.
+    fn probe(&self, key: &PeerKey, user: &str) -> Vec<u8> {
+        let probe = PeerMsg::Probe {
+            from: self.user.clone(),
+            to: user.to_string(),
+        };
+        let bytes = serde_json::to_vec(&probe).expect("protocol types serialize");
+        self.boxes.lock().seal(key, &bytes)
     }
 
     /// After a message from `member`: a direct one shows a path that reaches them; a relayed one
@@ -563,12 +568,7 @@ impl Hub {
         match from {
             Source::Udp(addr) => learn(&self.paths, key, *addr, &member.user, true),
             Source::Relay(_) => {
-                let probe = PeerMsg::Probe {
-                    from: self.user.clone(),
-                    to: member.user.clone(),
-                };
-                let bytes = serde_json::to_vec(&probe).expect("protocol types serialize");
-                let bytes = self.boxes.lock().seal(&key, &bytes);
+                let bytes = self.probe(&key, &member.user);
                 for endpoint in member.udp.iter().chain(member.local.iter()) {
                     let _ = self.udp.send_to(&bytes, endpoint).await;
                 }

@@ -6,14 +6,19 @@
 //! - `error` and `event`: [`ClientError`] and [`Event`], which every part below returns or sends.
 //! - `backoff`: the retry schedule that requests, private messages and reconnects share.
 //! - `rpc`: requests to the coordinator, with retries; waiters for their answers.
-//! - `roster`: our copy of who is in the session and where their UDP endpoints are.
-//! - `dm`: private messages over UDP, and the hub that reads the socket for them and for `rpc`.
+//! - `candidates`: where peers may reach our socket besides our public endpoint.
+//! - `roster`: our copy of who is in the session, where their UDP endpoints are, their keys; the
+//!   way to relay a datagram to one of them through the session server.
+//! - `pins`: the peers' identity keys pinned at first contact.
+//! - `dm`: private messages over UDP (sealed, relayed when the direct path fails, punched
+//!   through NAT), and the hub that reads the socket for them and for `rpc`.
 //! - `tracker`: what each line from the session server means to us (seq, our unechoed lines,
 //!   lines already shown, the roster), decided without a socket so tests can drive it.
 //! - `link`: the connection to the session, a thin task around `tracker` that survives the
 //!   server: heartbeat, reconnect, resend; `pacer` keeps its lines to the rate limit.
 
 mod backoff;
+mod candidates;
 mod dm;
 mod error;
 mod event;
@@ -425,7 +430,7 @@ impl Client {
             local: inner.local,
             key: inner.identity.fingerprint(),
             candidates: if config.share_local {
-                local_candidates(inner.local, config.coordinator)
+                candidates::local(inner.local, config.coordinator)
             } else {
                 Vec::new()
             },
@@ -569,24 +574,6 @@ impl Client {
             .ok_or_else(|| ClientError::NoPeerKey(member.user.clone()))?;
         self.inner.pins.trust(&member.user, &key);
         Ok(crate::identity::fingerprint(&key))
-    }
-}
-
-/// Our socket's endpoint on our own network: its address, or, bound to every interface, the
-/// address the system would send from towards the coordinator (found without sending anything:
-/// a UDP socket's `connect` only picks the route). Peers behind the same NAT reach us there.
-fn local_candidates(local: SocketAddr, coordinator: SocketAddr) -> Vec<SocketAddr> {
-    if !local.ip().is_unspecified() {
-        return vec![local];
-    }
-    let probe = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0))
-        .and_then(|s| s.connect(coordinator).map(|()| s))
-        .and_then(|s| s.local_addr());
-    match probe {
-        Ok(route) if !route.ip().is_unspecified() => {
-            vec![SocketAddr::new(route.ip(), local.port())]
-        }
-        _ => Vec::new(),
     }
 }
 
