@@ -29,6 +29,7 @@ use uuid::Uuid;
 use super::backoff::Retry;
 use super::error::ClientError;
 use super::event::Event;
+use super::paths::{ACTIVE, KEEPALIVE, Path, Paths, PeerKey, learn, sealed_probe};
 use super::pins::{PinState, Pins};
 use super::roster::Roster;
 use super::rpc::{Coord, Waiters};
@@ -74,8 +75,6 @@ struct LateDm {
 
 /// Given-up messages by (id, the key they were sealed for); taken out by the first late ack.
 type LateDms = Arc<Mutex<ExpiringMap<(Uuid, PeerKey), Option<LateDm>>>>;
-/// A user's identity key (public half).
-type PeerKey = [u8; 32];
 /// A message whose timestamp is further than this from our clock is not shown: seen ids are
 /// remembered for `SEEN_TTL`, so an older copy could not be told from a replay.
 const FRESH: Duration = Duration::from_secs(300);
@@ -101,42 +100,6 @@ pub(super) struct Dms {
     boxes: Arc<Mutex<PeerBoxes>>,
     pins: Arc<Pins>,
     paths: Paths,
-}
-
-/// Endpoints that reached us straight from a peer (an authenticated datagram came from there),
-/// by the peer's key: where our datagrams to that peer go first. A NAT may give a peer another
-/// public port than the one it announced; this one works.
-type Paths = Arc<Mutex<std::collections::HashMap<PeerKey, Path>>>;
-
-/// A direct path to a peer, and when a private message last used it.
-#[derive(Debug, Clone)]
-struct Path {
-    addr: SocketAddr,
-    user: String,
-    /// The last message or acknowledgement on it; probes do not count, or two clients would
-    /// keep each other's paths alive for ever.
-    used: tokio::time::Instant,
-}
-
-/// How often an active path is kept open: NAT mappings for UDP commonly last 30 s or more.
-const KEEPALIVE: Duration = Duration::from_secs(15);
-/// A path is kept open this long after its last message.
-const ACTIVE: Duration = Duration::from_secs(120);
-
-/// Records that `addr` reached us from `user` (key `key`); `used` says a message or an
-/// acknowledgement came that way, not only a probe.
-fn learn(paths: &Paths, key: PeerKey, addr: SocketAddr, user: &str, used: bool) {
-    let now = tokio::time::Instant::now();
-    let mut paths = paths.lock();
-    let entry = paths.entry(key).or_insert_with(|| Path {
-        addr,
-        user: user.to_string(),
-        used: now,
-    });
-    entry.addr = addr;
-    if used {
-        entry.used = now;
-    }
 }
 
 impl Dms {
@@ -220,17 +183,29 @@ impl Dms {
         }
         let key = (id, their_key);
         let mut acked = self.acks.register(key);
-        // A path that reached us from this peer first, and the announced endpoint beside it.
-        // A path that reached us from this peer first, then the announced endpoint, then its
-        // addresses on its own network (a peer behind our own NAT).
         let learned = self.paths.lock().get(&their_key).map(|p| p.addr);
-        let mut targets: Vec<SocketAddr> = learned.into_iter().collect();
-        for candidate in std::iter::once(to).chain(member.local.iter().copied()) {
-            if !targets.contains(&candidate) {
-                targets.push(candidate);
+        if learned.is_none() {
+            // No direct path known: a connectivity check before the first copy. Our probe goes
+            // straight to the peer (opening our NAT towards it) and through the session server;
+            // the peer answers the relayed one with a probe of its own straight back, which our
+            // NAT now lets in. Copies after the first then go the way that probe came.
+            let probe = self.probe(&their_key, &member.user);
+            for candidate in std::iter::once(to).chain(member.local.iter().copied()) {
+                let _ = self.udp.send_to(&probe, candidate).await;
             }
+            roster.relay(&member.user, &probe);
         }
         for (attempt, delay) in self.retry.delays().enumerate() {
+            // A path that reached us from this peer first (learned again at every try: the
+            // check above may have just found one), then the announced endpoint, then its
+            // addresses on its own network (a peer behind our own NAT).
+            let path = self.paths.lock().get(&their_key).map(|p| p.addr);
+            let mut targets: Vec<SocketAddr> = path.into_iter().collect();
+            for candidate in std::iter::once(to).chain(member.local.iter().copied()) {
+                if !targets.contains(&candidate) {
+                    targets.push(candidate);
+                }
+            }
             for target in &targets {
                 if let Err(e) = self.udp.send_to(&bytes, target).await {
                     tracing::debug!(error = %e, to = %member.user, "private message send failed");
@@ -292,6 +267,11 @@ impl Dms {
             attempts: self.retry.attempts,
             id,
         })
+    }
+
+    /// A sealed `probe` for `user`, whose key is `key`.
+    fn probe(&self, key: &PeerKey, user: &str) -> Vec<u8> {
+        sealed_probe(&self.boxes, &self.user, user, key)
     }
 
     /// Starts the task that reads the socket until `stop`.
@@ -525,9 +505,20 @@ impl Hub {
                 if roster_key != Some(sender_key) {
                     return self.reject(from, "sealed with a key that is not the sender's");
                 }
-                if let Source::Udp(addr) = from {
-                    tracing::debug!(peer = %sender, %addr, "direct path opened by a probe");
-                    learn(&self.paths, sender_key, addr, &sender, false);
+                match &from {
+                    Source::Udp(addr) => {
+                        tracing::debug!(peer = %sender, %addr, "direct path opened by a probe");
+                        learn(&self.paths, sender_key, *addr, &sender, false);
+                    }
+                    // A check the peer started: probe straight back, which opens our NAT to it.
+                    Source::Relay(passed_by) if passed_by.eq_ignore_ascii_case(&sender) => {
+                        if let Some(member) = self.roster.get(&sender) {
+                            self.learn_or_punch(&from, sender_key, &member).await;
+                        }
+                    }
+                    Source::Relay(_) => {
+                        self.reject(from, "relayed by someone else than its sender")
+                    }
                 }
             }
             Err(_) => self.reject(from, "sealed, but not a private message"),
@@ -552,12 +543,7 @@ impl Hub {
 
     /// A sealed `probe` for `user`, whose key is `key`.
     fn probe(&self, key: &PeerKey, user: &str) -> Vec<u8> {
-        let probe = PeerMsg::Probe {
-            from: self.user.clone(),
-            to: user.to_string(),
-        };
-        let bytes = serde_json::to_vec(&probe).expect("protocol types serialize");
-        self.boxes.lock().seal(key, &bytes)
+        sealed_probe(&self.boxes, &self.user, user, key)
     }
 
     /// After a message from `member`: a direct one shows a path that reaches them; a relayed one

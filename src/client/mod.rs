@@ -10,6 +10,7 @@
 //! - `roster`: our copy of who is in the session, where their UDP endpoints are, their keys; the
 //!   way to relay a datagram to one of them through the session server.
 //! - `pins`: the peers' identity keys pinned at first contact.
+//! - `paths`: direct paths to peers learned from what reached us, and the probes that open them.
 //! - `dm`: private messages over UDP (sealed, relayed when the direct path fails, punched
 //!   through NAT), and the hub that reads the socket for them and for `rpc`.
 //! - `tracker`: what each line from the session server means to us (seq, our unechoed lines,
@@ -24,6 +25,7 @@ mod error;
 mod event;
 mod link;
 mod pacer;
+mod paths;
 mod pins;
 mod roster;
 mod rpc;
