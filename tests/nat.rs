@@ -158,3 +158,24 @@ async fn a_relay_goes_only_to_the_member_named_and_bad_data_is_refused() {
         "{refusal}"
     );
 }
+
+#[tokio::test]
+async fn online_lists_everyone_in_some_session_not_only_ours() {
+    let coord = TestCoordinator::start().await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let (bob, _b) = client("Bob", coord.addr).await;
+    let (carol, _c) = client("carol", coord.addr).await;
+    alice.start_session(Some("one")).await.unwrap();
+    bob.start_session(Some("two")).await.unwrap();
+    // Carol is logged in but in no session: not online in this sense.
+    let (users, total) = carol.online(100).await.unwrap();
+    assert_eq!(
+        (users, total),
+        (vec!["alice".to_string(), "Bob".to_string()], 2)
+    );
+    bob.leave().await;
+    eventually("bob is offline", || async {
+        carol.online(100).await.unwrap().0 == ["alice"]
+    })
+    .await;
+}

@@ -17,13 +17,15 @@ use confab::client::Client;
 use confab::protocol::DirectoryEntry;
 
 /// Every command, for completion and `/help`.
-pub const COMMANDS: [&str; 14] = [
+pub const COMMANDS: [&str; 16] = [
     "/start",
     "/join",
     "/leave",
     "/sessions",
     "/who",
     "/whois",
+    "/online",
+    "/trust",
     "/msg",
     "/me",
     "/history",
@@ -122,7 +124,7 @@ impl Completion {
                 .filter(|c| c.starts_with(word))
                 .map(|c| format!("{c} "))
                 .collect()
-        } else if (second_word && matches!(first, "/msg" | "/whois"))
+        } else if (second_word && matches!(first, "/msg" | "/whois" | "/trust"))
             || (!first.starts_with('/') && !word.is_empty())
         {
             pick(&lists.members, "", word)

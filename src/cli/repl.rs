@@ -29,6 +29,9 @@ use super::text::clean;
 use confab::client::{Client, ClientConfig, ClientError};
 use confab::protocol::ErrorCode;
 
+/// Most names `/online` shows.
+const ONLINE_SHOWN: usize = 500;
+
 /// Password prompts before giving up.
 const LOGIN_TRIES: usize = 3;
 
@@ -39,6 +42,7 @@ commands:
   /leave             leave the current session
   /sessions          list all sessions: id, name, server, members
   /who               show who is in this session, with their UDP endpoints
+  /online            show who is online: in some session now
   /whois <name>      one member: endpoint, key fingerprint, when they came, how messages reach them
   /trust <name>      accept a member's new identity key, after comparing it by other means
   /history [n]       show n more earlier group messages (default 50)
@@ -70,6 +74,9 @@ fn help_for(command: &str) -> Option<&'static str> {
         }
         "whois" => {
             "/whois <name>: a member's UDP endpoint, identity key fingerprint (compare it with them by other means: it is what private messages are sealed for), whether it is the key pinned for them, when they came (as this client saw it), and how private messages reach them."
+        }
+        "online" => {
+            "/online: who is online, that is in some session now (not only yours), by name; at most 500 are shown, with the total."
         }
         "trust" => {
             "/trust <name>: pin the identity key the session now gives name, replacing the one pinned before. Only after comparing it with them by other means: a changed key may mean someone else, or a server lying about the roster."
@@ -443,6 +450,14 @@ async fn command(ctx: &Ctx<'_>, line: &str) {
             }
             None => Err(ClientError::NotInSession),
         },
+        "/online" => client.online(ONLINE_SHOWN).await.map(|(users, total)| {
+            let names: Vec<String> = users.iter().map(|u| clean(u)).collect();
+            let more = match total.saturating_sub(names.len()) {
+                0 => String::new(),
+                n => format!(" … and {n} more"),
+            };
+            out.notice(&format!("online ({total}): {}{more}", names.join(", ")));
+        }),
         "/whois" if rest.is_empty() => usage("/whois <name>"),
         "/trust" if rest.is_empty() => usage("/trust <name>"),
         "/trust" => client.trust(rest).await.map(|key| {

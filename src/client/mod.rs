@@ -385,6 +385,34 @@ impl Client {
         Ok(all)
     }
 
+    /// Who is online (in some running session now), by name, every page of it; at most
+    /// `limit` names (the total comes back beside them).
+    pub async fn online(&self, limit: usize) -> Result<(Vec<String>, usize), ClientError> {
+        let mut all = Vec::new();
+        let mut cursor = 0;
+        let mut total = 0;
+        while all.len() < limit {
+            let token = self.token()?;
+            match self.request(RequestBody::Online { cursor, token }).await? {
+                ResponseBody::Online {
+                    users,
+                    next,
+                    total: t,
+                } => {
+                    total = t;
+                    all.extend(users);
+                    match next {
+                        Some(n) if n > cursor => cursor = n,
+                        _ => break,
+                    }
+                }
+                _ => return Err(ClientError::Unexpected),
+            }
+        }
+        all.truncate(limit);
+        Ok((all, total))
+    }
+
     /// Creates a session and joins it.
     pub async fn start_session(&self, name: Option<&str>) -> Result<Joined, ClientError> {
         let info = self.create(name).await?;

@@ -4,7 +4,7 @@
 //! joins and leaves to it, so it sits behind a small handle with a lock that is never held across
 //! an `.await`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -71,6 +71,27 @@ struct State {
     order: Vec<Uuid>,
     /// Sessions per creator (lowercased), for the per-account cap.
     by_creator: HashMap<String, usize>,
+    /// Who is in some running session now (lowercased name → name, in how many), for `online`.
+    online: BTreeMap<String, (String, usize)>,
+}
+
+impl State {
+    fn went_online(&mut self, user: &str) {
+        self.online
+            .entry(user.to_lowercase())
+            .or_insert_with(|| (user.to_string(), 0))
+            .1 += 1;
+    }
+
+    fn went_offline(&mut self, user: &str) {
+        let key = user.to_lowercase();
+        if let Some((_, n)) = self.online.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.online.remove(&key);
+            }
+        }
+    }
 }
 
 struct Entry {
@@ -207,12 +228,18 @@ impl Directory {
 
     /// Records that the server of that generation stopped; its members are gone with it.
     pub fn set_stopped(&self, id: Uuid, generation: u64) {
-        if let Some(entry) = self.lock().by_id.get_mut(&id)
-            && matches!(&entry.server, Server::Running(r) if r.generation == generation)
-        {
-            entry.listed.server = None;
-            entry.server = Server::Stopped;
-            entry.members.clear();
+        let mut state = self.lock();
+        let gone = match state.by_id.get_mut(&id) {
+            Some(entry) if matches!(&entry.server, Server::Running(r) if r.generation == generation) =>
+            {
+                entry.listed.server = None;
+                entry.server = Server::Stopped;
+                std::mem::take(&mut entry.members)
+            }
+            _ => return,
+        };
+        for user in &gone {
+            state.went_offline(user);
         }
     }
 
@@ -221,6 +248,9 @@ impl Directory {
     pub fn remove(&self, id: Uuid, by: &str) -> Option<Listed> {
         let mut state = self.lock();
         let entry = state.by_id.remove(&id)?;
+        for user in &entry.members {
+            state.went_offline(user);
+        }
         if let Some(name) = &entry.listed.name {
             state.by_name.remove(&name.to_lowercase());
         }
@@ -330,16 +360,44 @@ impl Directory {
     }
 }
 
+impl Directory {
+    /// Who is in some running session now, by name (sorted without regard to case), from
+    /// `cursor` on, as many as fit `budget` bytes of JSON; the next cursor and the total.
+    pub fn online(&self, cursor: usize, budget: usize) -> (Vec<String>, Option<usize>, usize) {
+        let state = self.lock();
+        let total = state.online.len();
+        let mut page = Vec::new();
+        let mut used = 0;
+        for (_, (name, _)) in state.online.iter().skip(cursor) {
+            // The name in quotes and a comma.
+            let size = name.len() + 3;
+            if used + size > budget && !page.is_empty() {
+                break;
+            }
+            used += size;
+            page.push(name.clone());
+        }
+        let next = cursor + page.len();
+        (page, (next < total).then_some(next), total)
+    }
+}
+
 impl SessionObserver for Directory {
     fn member_joined(&self, session: Uuid, user: &str) {
-        if let Some(entry) = self.lock().by_id.get_mut(&session) {
-            entry.members.insert(user.to_string());
+        let mut state = self.lock();
+        if let Some(entry) = state.by_id.get_mut(&session)
+            && entry.members.insert(user.to_string())
+        {
+            state.went_online(user);
         }
     }
 
     fn member_left(&self, session: Uuid, user: &str) {
-        if let Some(entry) = self.lock().by_id.get_mut(&session) {
-            entry.members.remove(user);
+        let mut state = self.lock();
+        if let Some(entry) = state.by_id.get_mut(&session)
+            && entry.members.remove(user)
+        {
+            state.went_offline(user);
         }
     }
 }
@@ -364,6 +422,42 @@ mod tests {
             server: Some("127.0.0.1:1".parse().unwrap()),
             created: Utc::now(),
         }
+    }
+
+    #[test]
+    fn online_counts_a_user_once_across_sessions_and_pages_within_the_budget() {
+        let d = Directory::default();
+        let (a, b) = (info(Some("one")), info(Some("two")));
+        d.insert(a.clone()).unwrap();
+        d.insert(b.clone()).unwrap();
+        d.member_joined(a.id, "Bob");
+        d.member_joined(b.id, "Bob");
+        d.member_joined(a.id, "alice");
+        assert_eq!(
+            d.online(0, 1000),
+            (vec!["alice".into(), "Bob".into()], None, 2)
+        );
+        d.member_left(a.id, "Bob");
+        assert_eq!(d.online(0, 1000).2, 2, "still in the other session");
+        d.remove(b.id, "alice");
+        assert_eq!(d.online(0, 1000), (vec!["alice".into()], None, 1));
+        // Pages: 100 names of 30 characters, 33 bytes each, 330 bytes a page.
+        for i in 0..100 {
+            d.member_joined(a.id, &format!("user{i:026}"));
+        }
+        let (mut seen, mut cursor) = (Vec::new(), Some(0));
+        while let Some(c) = cursor {
+            let (page, next, total) = d.online(c, 330);
+            assert_eq!(total, 101);
+            assert!(page.iter().map(|n| n.len() + 3).sum::<usize>() <= 330);
+            seen.extend(page);
+            cursor = next;
+        }
+        assert_eq!(seen.len(), 101);
+        // A server that stops takes its members offline.
+        d.set_running(a.id, "127.0.0.1:1".parse().unwrap(), 7, Stop::default());
+        d.set_stopped(a.id, 7);
+        assert_eq!(d.online(0, 1000).2, 0);
     }
 
     #[test]

@@ -412,7 +412,10 @@ impl Coordinator {
         // remembered, which keeps the cache small under heavy listing.
         let remember = !matches!(
             request.body,
-            RequestBody::List { .. } | RequestBody::Join { .. } | RequestBody::Key
+            RequestBody::List { .. }
+                | RequestBody::Online { .. }
+                | RequestBody::Join { .. }
+                | RequestBody::Key
         );
         let reply = Reply {
             from,
@@ -431,6 +434,9 @@ impl Coordinator {
             RequestBody::Join { session, token } => self.join(reply.clone(), &session, &token),
             RequestBody::Close { session, token } => self.close(reply.clone(), &session, &token),
             RequestBody::List { cursor } => Ok(Some(self.list(cursor, from))),
+            RequestBody::Online { cursor, token } => self
+                .verify(&token, reply.seal.as_ref())
+                .map(|_| Some(self.online(cursor, from))),
             RequestBody::Key => Ok(Some(ResponseBody::Key {
                 key: self.identity.fingerprint(),
             })),

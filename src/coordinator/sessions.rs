@@ -322,6 +322,22 @@ impl Coordinator {
         })
     }
 
+    pub(super) fn online(&self, cursor: usize, from: SocketAddr) -> ResponseBody {
+        // What an answer costs without names, with the widest numbers it could hold.
+        let empty = encode(
+            Some(u64::MAX),
+            from,
+            ResponseBody::Online {
+                users: Vec::new(),
+                next: Some(usize::MAX),
+                total: usize::MAX,
+            },
+        );
+        let budget = super::ANSWER_ROOM.saturating_sub(empty.len());
+        let (users, next, total) = self.directory.online(cursor, budget);
+        ResponseBody::Online { users, next, total }
+    }
+
     pub(super) fn list(&self, cursor: usize, from: SocketAddr) -> ResponseBody {
         // What an answer costs without entries, with the widest numbers it could hold.
         let empty = encode(

@@ -96,6 +96,14 @@ pub enum RequestBody {
         #[serde(default)]
         cursor: usize,
     },
+    /// One page of who is online: in some running session now.
+    Online {
+        /// Index of the first name wanted; the previous page's `next`.
+        #[serde(default)]
+        cursor: usize,
+        /// A token from `login`: only users see who is online.
+        token: String,
+    },
     /// The coordinator's public key, for a client to pin.
     Key,
 }
@@ -106,7 +114,8 @@ impl RequestBody {
         match self {
             RequestBody::Create { token, .. }
             | RequestBody::Join { token, .. }
-            | RequestBody::Close { token, .. } => Some(token),
+            | RequestBody::Close { token, .. }
+            | RequestBody::Online { token, .. } => Some(token),
             RequestBody::Register { .. }
             | RequestBody::Login { .. }
             | RequestBody::List { .. }
@@ -176,6 +185,16 @@ pub enum ResponseBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<usize>,
         /// Number of sessions in the whole directory.
+        total: usize,
+    },
+    /// Answer to `online`: one page of who is in some running session now.
+    Online {
+        /// Their names as registered, sorted without regard to case.
+        users: Vec<String>,
+        /// Cursor of the next page, absent on the last page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<usize>,
+        /// How many are online in all.
         total: usize,
     },
     /// Answer to `key`: the coordinator's long-term public key (X25519), standard base64.
