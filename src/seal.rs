@@ -137,16 +137,20 @@ pub fn open_request(secret: &[u8; 32], datagram: &[u8]) -> Result<(Vec<u8>, Answ
     Opening::new(*secret, 1).open(datagram)
 }
 
-/// The coordinator's side: its private key, and the boxes of the clients it heard from lately.
-pub struct Opening {
+/// What opening a keyed datagram gives: the sender's key, the box shared with it, the message.
+type Opened = ([u8; KEY], Arc<ChaChaBox>, Vec<u8>);
+
+/// Our private key and the boxes it shares with the keys we met lately, at most `cap` of them
+/// (then the table starts over: memory stays bounded). The key agreement is the costly part of
+/// a box, so it is paid once per peer key, not per datagram.
+struct BoxTable {
     secret: [u8; KEY],
     boxes: HashMap<[u8; KEY], Arc<ChaChaBox>>,
     cap: usize,
 }
 
-impl Opening {
-    /// Keeps the boxes of at most `cap` clients (then starts over: memory stays bounded).
-    pub fn new(secret: [u8; 32], cap: usize) -> Self {
+impl BoxTable {
+    fn new(secret: [u8; KEY], cap: usize) -> Self {
         Self {
             secret,
             boxes: HashMap::new(),
@@ -154,10 +158,39 @@ impl Opening {
         }
     }
 
-    /// Opens a sealed request; the answerer seals its answer.
-    pub fn open(&mut self, datagram: &[u8]) -> Result<(Vec<u8>, Answerer), SealError> {
-        let Some((&REQUEST_MARK, rest)) = datagram.split_first() else {
-            return Err(SealError);
+    fn make(&self, theirs: &[u8; KEY]) -> Arc<ChaChaBox> {
+        Arc::new(ChaChaBox::new(
+            &PublicKey::from(*theirs),
+            &SecretKey::from(self.secret),
+        ))
+    }
+
+    fn keep(&mut self, theirs: [u8; KEY], shared: Arc<ChaChaBox>) {
+        if !self.boxes.contains_key(&theirs) {
+            if self.boxes.len() >= self.cap {
+                self.boxes.clear();
+            }
+            self.boxes.insert(theirs, shared);
+        }
+    }
+
+    /// The box for sealing to `theirs`, made and kept if new.
+    fn shared(&mut self, theirs: &[u8; KEY]) -> Arc<ChaChaBox> {
+        if let Some(b) = self.boxes.get(theirs) {
+            return b.clone();
+        }
+        let b = self.make(theirs);
+        self.keep(*theirs, b.clone());
+        b
+    }
+
+    /// Opens `datagram` = `mark` · the sender's key · box (with direction byte `direction`):
+    /// the sender's key, its box, and the message. A box for an unknown key is kept only once
+    /// it opened something, so garbage keys take no place.
+    fn open(&mut self, datagram: &[u8], mark: u8, direction: u8) -> Result<Opened, SealError> {
+        let rest = match datagram.split_first() {
+            Some((&m, rest)) if m == mark => rest,
+            _ => return Err(SealError),
         };
         if rest.len() < KEY + NONCE + 1 + TAG {
             return Err(SealError);
@@ -165,20 +198,31 @@ impl Opening {
         let (theirs, sealed) = rest.split_at(KEY);
         let theirs: [u8; KEY] = theirs.try_into().map_err(|_| SealError)?;
         let shared = match self.boxes.get(&theirs) {
-            Some(shared) => shared.clone(),
-            None => {
-                let secret = SecretKey::from(self.secret);
-                Arc::new(ChaChaBox::new(&PublicKey::from(theirs), &secret))
-            }
+            Some(b) => b.clone(),
+            None => self.make(&theirs),
         };
-        let request = open(&shared, REQUEST_TAG, sealed)?;
-        // Kept only once it opened something: garbage keys take no place.
-        if !self.boxes.contains_key(&theirs) {
-            if self.boxes.len() >= self.cap {
-                self.boxes.clear();
-            }
-            self.boxes.insert(theirs, shared.clone());
+        let msg = open(&shared, direction, sealed)?;
+        self.keep(theirs, shared.clone());
+        Ok((theirs, shared, msg))
+    }
+}
+
+/// The coordinator's side: its private key, and the boxes of the clients it heard from lately.
+pub struct Opening {
+    table: BoxTable,
+}
+
+impl Opening {
+    /// Keeps the boxes of at most `cap` clients (then starts over: memory stays bounded).
+    pub fn new(secret: [u8; 32], cap: usize) -> Self {
+        Self {
+            table: BoxTable::new(secret, cap),
         }
+    }
+
+    /// Opens a sealed request; the answerer seals its answer.
+    pub fn open(&mut self, datagram: &[u8]) -> Result<(Vec<u8>, Answerer), SealError> {
+        let (theirs, shared, request) = self.table.open(datagram, REQUEST_MARK, REQUEST_TAG)?;
         Ok((
             request,
             Answerer {
@@ -213,10 +257,8 @@ impl Answerer {
 ///
 /// Keeps the box per peer key (the agreement is the costly part), at most `cap` of them.
 pub struct PeerBoxes {
-    secret: [u8; KEY],
     public: [u8; KEY],
-    boxes: HashMap<[u8; KEY], Arc<ChaChaBox>>,
-    cap: usize,
+    table: BoxTable,
 }
 
 impl std::fmt::Debug for PeerBoxes {
@@ -225,7 +267,7 @@ impl std::fmt::Debug for PeerBoxes {
             f,
             "PeerBoxes({}, {} peers)",
             crate::identity::fingerprint(&self.public),
-            self.boxes.len()
+            self.table.boxes.len()
         )
     }
 }
@@ -235,31 +277,14 @@ impl PeerBoxes {
     pub fn new(secret: [u8; 32], cap: usize) -> Self {
         let public = *SecretKey::from(secret).public_key().as_bytes();
         Self {
-            secret,
             public,
-            boxes: HashMap::new(),
-            cap: cap.max(1),
+            table: BoxTable::new(secret, cap),
         }
-    }
-
-    fn shared(&mut self, theirs: &[u8; KEY]) -> Arc<ChaChaBox> {
-        if let Some(b) = self.boxes.get(theirs) {
-            return b.clone();
-        }
-        if self.boxes.len() >= self.cap {
-            self.boxes.clear();
-        }
-        let b = Arc::new(ChaChaBox::new(
-            &PublicKey::from(*theirs),
-            &SecretKey::from(self.secret),
-        ));
-        self.boxes.insert(*theirs, b.clone());
-        b
     }
 
     /// Seals `msg` for the user whose identity key is `theirs`.
     pub fn seal(&mut self, theirs: &[u8; 32], msg: &[u8]) -> Vec<u8> {
-        let shared = self.shared(theirs);
+        let shared = self.table.shared(theirs);
         let mut out = Vec::with_capacity(msg.len() + PEER_OVERHEAD);
         out.push(PEER_MARK);
         out.extend_from_slice(&self.public);
@@ -270,29 +295,7 @@ impl PeerBoxes {
     /// Opens a sealed private datagram: the sender's key, and what it said. Only a datagram
     /// sealed for us by the holder of that key opens; anything else is a [`SealError`].
     pub fn open(&mut self, datagram: &[u8]) -> Result<([u8; 32], Vec<u8>), SealError> {
-        let Some((&PEER_MARK, rest)) = datagram.split_first() else {
-            return Err(SealError);
-        };
-        if rest.len() < KEY + NONCE + 1 + TAG {
-            return Err(SealError);
-        }
-        let (theirs, sealed) = rest.split_at(KEY);
-        let theirs: [u8; KEY] = theirs.try_into().map_err(|_| SealError)?;
-        // An unknown key is tried without being kept, so garbage takes no place.
-        let shared = match self.boxes.get(&theirs) {
-            Some(b) => b.clone(),
-            None => Arc::new(ChaChaBox::new(
-                &PublicKey::from(theirs),
-                &SecretKey::from(self.secret),
-            )),
-        };
-        let msg = open(&shared, PEER_TAG, sealed)?;
-        if !self.boxes.contains_key(&theirs) {
-            if self.boxes.len() >= self.cap {
-                self.boxes.clear();
-            }
-            self.boxes.insert(theirs, shared);
-        }
+        let (theirs, _, msg) = self.table.open(datagram, PEER_MARK, PEER_TAG)?;
         Ok((theirs, msg))
     }
 }
@@ -391,17 +394,17 @@ mod tests {
             assert_eq!(request, [i]);
             assert_eq!(opener.open(&answerer.seal(b"ok")).unwrap(), b"ok");
         }
-        assert_eq!(opening.boxes.len(), 1, "one client, one box");
+        assert_eq!(opening.table.boxes.len(), 1, "one client, one box");
         for _ in 0..5 {
             let (sealed, _) = seal_request(&coordinator.public_key(), b"x");
             opening.open(&sealed).unwrap();
-            assert!(opening.boxes.len() <= 2);
+            assert!(opening.table.boxes.len() <= 2);
         }
         let (garbage, _) = seal_request(&Identity::from_secret([1; 32]).public_key(), b"x");
-        let before = opening.boxes.len();
+        let before = opening.table.boxes.len();
         assert!(opening.open(&garbage).is_err());
         assert_eq!(
-            opening.boxes.len(),
+            opening.table.boxes.len(),
             before,
             "a key that opens nothing takes no place"
         );

@@ -34,7 +34,7 @@ use super::pins::{PinState, Pins};
 use super::roster::Roster;
 use super::rpc::{Coord, Waiters};
 use crate::expiring::ExpiringMap;
-use crate::identity::{fingerprint, parse_fingerprint};
+use crate::identity::fingerprint;
 use crate::protocol::{Member, PeerMsg, limits};
 use crate::seal::{PEER_MARK, PeerBoxes};
 
@@ -157,11 +157,7 @@ impl Dms {
         let Some(to) = member.udp else {
             return Err(ClientError::NoPrivateMessages(member.user));
         };
-        let Some(their_key) = member
-            .key
-            .as_deref()
-            .and_then(|k| parse_fingerprint(k).ok())
-        else {
+        let Some(their_key) = member.public_key() else {
             return Err(ClientError::NoPeerKey(member.user));
         };
         if let PinState::Changed { pinned } = self.pins.check(&member.user, &their_key) {
@@ -438,11 +434,7 @@ impl Hub {
                     // No ack, so a real sender will retry.
                     return self.reject(from, "from someone not in our roster");
                 };
-                let roster_key = member
-                    .key
-                    .as_deref()
-                    .and_then(|k| parse_fingerprint(k).ok());
-                if roster_key != Some(sender_key) {
+                if member.public_key() != Some(sender_key) {
                     return self.reject(from, "sealed with a key that is not the sender's");
                 }
                 // Which endpoint it came from proves nothing (a NAT may change the port); the
@@ -498,10 +490,7 @@ impl Hub {
                 if !to.eq_ignore_ascii_case(&self.user) {
                     return self.reject(from, "for someone else");
                 }
-                let roster_key = self
-                    .roster
-                    .get(&sender)
-                    .and_then(|m| m.key.as_deref().and_then(|k| parse_fingerprint(k).ok()));
+                let roster_key = self.roster.get(&sender).and_then(|m| m.public_key());
                 if roster_key != Some(sender_key) {
                     return self.reject(from, "sealed with a key that is not the sender's");
                 }

@@ -577,10 +577,7 @@ impl Client {
     /// What a member's identity key (as the session gives it) is to us: new, the one we
     /// pinned, or changed; `None` if it announced none. Looking does not pin anything.
     pub fn key_state(&self, member: &Member) -> Option<PinState> {
-        let key = member
-            .key
-            .as_deref()
-            .and_then(|k| crate::identity::parse_fingerprint(k).ok())?;
+        let key = member.public_key()?;
         Some(match self.inner.pins.pinned(&member.user) {
             None => PinState::New,
             Some(pinned) if pinned == key => PinState::Pinned,
@@ -598,9 +595,7 @@ impl Client {
             .await
             .ok_or_else(|| ClientError::NoSuchMember(user.to_string()))?;
         let key = member
-            .key
-            .as_deref()
-            .and_then(|k| crate::identity::parse_fingerprint(k).ok())
+            .public_key()
             .ok_or_else(|| ClientError::NoPeerKey(member.user.clone()))?;
         self.inner.pins.trust(&member.user, &key);
         Ok(crate::identity::fingerprint(&key))

@@ -323,9 +323,7 @@ impl Coordinator {
     }
 
     pub(super) fn online(&self, cursor: usize, from: SocketAddr) -> ResponseBody {
-        // What an answer costs without names, with the widest numbers it could hold.
-        let empty = encode(
-            Some(u64::MAX),
+        let budget = room_beside(
             from,
             ResponseBody::Online {
                 users: Vec::new(),
@@ -333,15 +331,12 @@ impl Coordinator {
                 total: usize::MAX,
             },
         );
-        let budget = super::ANSWER_ROOM.saturating_sub(empty.len());
         let (users, next, total) = self.directory.online(cursor, budget);
         ResponseBody::Online { users, next, total }
     }
 
     pub(super) fn list(&self, cursor: usize, from: SocketAddr) -> ResponseBody {
-        // What an answer costs without entries, with the widest numbers it could hold.
-        let empty = encode(
-            Some(u64::MAX),
+        let budget = room_beside(
             from,
             ResponseBody::Sessions {
                 sessions: Vec::new(),
@@ -349,7 +344,6 @@ impl Coordinator {
                 total: usize::MAX,
             },
         );
-        let budget = super::ANSWER_ROOM.saturating_sub(empty.len());
         let (sessions, next, total) = self.directory.page(cursor, budget);
         ResponseBody::Sessions {
             sessions,
@@ -367,4 +361,10 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Bytes left in one answer datagram beside `empty`, a page answer without items and with the
+/// widest numbers it could hold.
+fn room_beside(from: SocketAddr, empty: ResponseBody) -> usize {
+    super::ANSWER_ROOM.saturating_sub(encode(Some(u64::MAX), from, empty).len())
 }

@@ -27,6 +27,15 @@ pub struct Member {
     pub local: Vec<SocketAddr>,
 }
 
+impl Member {
+    /// The identity key it announced, if it is one (the server checks it, but a roster is only
+    /// as good as the server that sent it).
+    pub fn public_key(&self) -> Option<[u8; 32]> {
+        let key = self.key.as_deref()?;
+        crate::identity::parse_fingerprint(key).ok()
+    }
+}
+
 /// Why a member left a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
