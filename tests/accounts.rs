@@ -131,7 +131,9 @@ async fn hello_as_alice(server: std::net::SocketAddr, token: &str) -> serde_json
 #[tokio::test]
 async fn forged_altered_and_expired_tokens_are_refused_everywhere() {
     let config = CoordinatorConfig {
-        token_ttl: Duration::from_secs(1),
+        // Expiry is whole seconds, so a token lives 2–3 s: long enough for the login and the
+        // first join even on a loaded machine (1 s was not, once).
+        token_ttl: Duration::from_secs(3),
         ..test_config()
     };
     let coord = TestCoordinator::start_with(config).await;
@@ -173,8 +175,8 @@ async fn forged_altered_and_expired_tokens_are_refused_everywhere() {
     let v = hello_as_alice(info.server, &token).await;
     assert_eq!(v["code"], "unauthorized", "{v}");
 
-    // Tokens expire (the test coordinator issues them for one second).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Tokens expire (this coordinator issues them for three seconds).
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let err = alice.join("room").await.unwrap_err();
     match err {
         ClientError::Refused(e) => {
