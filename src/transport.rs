@@ -136,14 +136,7 @@ pub async fn connect(
             String::from_utf8_lossy(&line).trim()
         )));
     }
-    let len = u16::from_be_bytes(first) as usize;
-    if len > MAX_FIRST {
-        return Err(TransportError::Protocol(
-            "the session server's handshake answer is too long".into(),
-        ));
-    }
-    let mut msg = vec![0u8; len];
-    read.read_exact(&mut msg).await?;
+    let msg = read_handshake(&mut read, first, "the session server's handshake answer").await?;
     hs.read_message(&msg, &mut buf)?;
     let noise = Arc::new(hs.into_stateless_transport_mode()?);
     Ok(wrap(read, write, noise))
@@ -179,14 +172,7 @@ async fn accept_now(
     let (mut read, mut write) = stream.into_split();
     let mut len = [0u8; 2];
     read.read_exact(&mut len).await?;
-    let len = u16::from_be_bytes(len) as usize;
-    if len > MAX_FIRST {
-        return Err(TransportError::Protocol(
-            "first handshake message too long".into(),
-        ));
-    }
-    let mut msg = vec![0u8; len];
-    read.read_exact(&mut msg).await?;
+    let msg = read_handshake(&mut read, len, "the first handshake message").await?;
     let mut buf = [0u8; MAX_FIRST];
     hs.read_message(&msg, &mut buf)?;
     let n = hs.write_message(&[], &mut buf)?;
@@ -198,6 +184,24 @@ async fn accept_now(
         .ok_or_else(|| TransportError::Protocol("no client key in the handshake".into()))?;
     let (read, write) = wrap(read, write, Arc::new(noise));
     Ok((read, write, client))
+}
+
+/// The handshake message whose two length bytes were `len`, at most `MAX_FIRST` long: nothing
+/// larger is read before the handshake has proved anything.
+async fn read_handshake(
+    read: &mut OwnedReadHalf,
+    len: [u8; 2],
+    what: &str,
+) -> Result<Vec<u8>, TransportError> {
+    let len = u16::from_be_bytes(len) as usize;
+    if len > MAX_FIRST {
+        return Err(TransportError::Protocol(format!(
+            "{what} is too long ({len} bytes, at most {MAX_FIRST})"
+        )));
+    }
+    let mut msg = vec![0u8; len];
+    read.read_exact(&mut msg).await?;
+    Ok(msg)
 }
 
 async fn write_frame(write: &mut OwnedWriteHalf, msg: &[u8]) -> io::Result<()> {
@@ -477,6 +481,43 @@ mod tests {
         let other = StaticKey::generate();
         let (c, s) = pair(&key, other.public_key()).await;
         assert!(c.is_err() && s.is_err(), "{:?}", c.err());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_first_message_and_a_plaintext_server_are_refused_with_reasons() {
+        // A "handshake" longer than any real first message: refused before it is read.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = StaticKey::generate();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            accept(s, &key, Duration::from_secs(5)).await
+        });
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&[0x01, 0x2c]).await.unwrap(); // 300 bytes announced
+        let Err(TransportError::Protocol(why)) = server.await.unwrap() else {
+            panic!("accepted an oversized handshake")
+        };
+        assert!(why.contains("too long"), "{why}");
+
+        // A server that answers in JSON: the client says so, with what it said.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"{\"type\":\"error\",\"code\":\"not_sealed\"}\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let server_key = StaticKey::generate().public_key();
+        let Err(TransportError::Protocol(why)) =
+            connect(stream, &StaticKey::generate(), &server_key).await
+        else {
+            panic!("a plaintext server passed for an encrypted one")
+        };
+        assert!(why.contains("not_sealed"), "{why}");
     }
 
     #[tokio::test]

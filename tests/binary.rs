@@ -61,23 +61,7 @@ impl Program {
 
     /// Reads output until a line contains `needle`; returns that line.
     async fn wait_for(&mut self, needle: &str) -> String {
-        let found = tokio::time::timeout(WAIT, async {
-            while let Some(line) = self.stdout.next_line().await.unwrap() {
-                self.seen.push(line.clone());
-                if line.contains(needle) {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(line)) => line,
-            _ => panic!(
-                "no output containing {needle:?}; saw:\n{}",
-                self.seen.join("\n")
-            ),
-        }
+        output_line_with(&mut self.stdout, &mut self.seen, needle, WAIT).await
     }
 }
 

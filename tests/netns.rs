@@ -17,7 +17,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::password;
+use common::{output_line_with, password};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
@@ -277,23 +277,7 @@ impl Program {
     }
 
     async fn wait_for(&mut self, needle: &str) -> String {
-        let found = tokio::time::timeout(STEP, async {
-            while let Ok(Some(line)) = self.stdout.next_line().await {
-                self.seen.push(line.clone());
-                if line.contains(needle) {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(line)) => line,
-            _ => panic!(
-                "no output containing {needle:?}; saw:\n{}",
-                self.seen.join("\n")
-            ),
-        }
+        output_line_with(&mut self.stdout, &mut self.seen, needle, STEP).await
     }
 
     /// Everything printed so far and within `quiet` more.

@@ -545,12 +545,7 @@ impl Client {
             .as_ref()
             .map(Link::ended)
             .ok_or(ClientError::NotInSession)?;
-        let member = self
-            .inner
-            .roster
-            .find(to, Duration::from_secs(3))
-            .await
-            .ok_or_else(|| ClientError::NoSuchMember(to.to_string()))?;
+        let member = self.member(to).await?;
         let receipt = self
             .inner
             .dms
@@ -561,6 +556,15 @@ impl Client {
             .lock()
             .insert(receipt.to.to_lowercase(), receipt.via);
         Ok(receipt)
+    }
+
+    /// A member of the session, looked up with the server in a large session.
+    async fn member(&self, user: &str) -> Result<Member, ClientError> {
+        self.inner
+            .roster
+            .find(user, Duration::from_secs(3))
+            .await
+            .ok_or_else(|| ClientError::NoSuchMember(user.to_string()))
     }
 
     /// How the last private message to `user` got through: direct (from which endpoint the
@@ -588,12 +592,7 @@ impl Client {
     /// Pins the key the session now gives `user`, replacing an earlier pin: for after the
     /// user compared it by other means. Returns the key pinned.
     pub async fn trust(&self, user: &str) -> Result<String, ClientError> {
-        let member = self
-            .inner
-            .roster
-            .find(user, Duration::from_secs(3))
-            .await
-            .ok_or_else(|| ClientError::NoSuchMember(user.to_string()))?;
+        let member = self.member(user).await?;
         let key = member
             .public_key()
             .ok_or_else(|| ClientError::NoPeerKey(member.user.clone()))?;

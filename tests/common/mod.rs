@@ -544,3 +544,27 @@ impl RawMember {
         serde_json::from_str(&line).unwrap()
     }
 }
+
+/// Reads a program's output until a line contains `needle`, within `limit`; returns that line,
+/// keeping every line read in `seen` (shown when it never comes).
+pub async fn output_line_with(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    seen: &mut Vec<String>,
+    needle: &str,
+    limit: Duration,
+) -> String {
+    let found = tokio::time::timeout(limit, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(line)) => line,
+        _ => panic!("no output containing {needle:?}; saw:\n{}", seen.join("\n")),
+    }
+}
