@@ -128,6 +128,10 @@ struct AbuseArgs {
     /// Sessions created per hour per address, whatever the accounts.
     #[arg(long, default_value_t = 50, value_name = "N")]
     sessions_per_address_per_hour: u32,
+    /// Private datagrams per second one account may have the coordinator relay (for peers no
+    /// direct path reaches).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    relays_per_sec: u32,
     /// Sessions one account may have at once (created and not closed).
     #[arg(long, default_value_t = 100, value_name = "N")]
     live_sessions: usize,
@@ -161,6 +165,7 @@ impl AbuseArgs {
                 registrations: on(self.registrations_per_hour, Rate::per_hour),
                 sessions_per_user: on(self.sessions_per_hour, Rate::per_hour),
                 sessions_per_address: on(self.sessions_per_address_per_hour, Rate::per_hour),
+                relays_per_user: on(self.relays_per_sec, Rate::per_second),
                 live_sessions_per_user: (self.live_sessions > 0).then_some(self.live_sessions),
                 hold_parallel_logins: true,
             }

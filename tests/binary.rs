@@ -120,7 +120,7 @@ async fn the_binary_starts_joins_chats_and_sends_privately() {
     assert!(is_stamped(&theirs));
 
     alice.type_line("@nobody hi").await;
-    alice.wait_for("no member named nobody").await;
+    alice.wait_for("no one named nobody").await;
     alice.type_line("/nonsense").await;
     alice.wait_for("unknown command /nonsense").await;
     alice.type_line("/sessions").await;

@@ -1,13 +1,14 @@
-//! Issue 13, first steps on loopback: who sent a private datagram is proven by its key, not by
-//! the port it came from; and when the direct path does not answer, the message goes through
-//! the session server both members share, sealed, and arrives once.
+//! Issue 13 on loopback: who sent a private datagram is proven by its key, not by the port it
+//! came from; when the direct path does not answer, the message goes through the session server
+//! both members share (or, sharing none, the coordinator), sealed, and arrives once; and anyone
+//! online can be reached, not only the members of one's session.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use confab::client::{Event, Via};
+use confab::client::{ClientError, Event, Via};
 use tokio::net::UdpSocket;
 
 /// A UDP endpoint that takes datagrams and never answers: a peer behind a NAT that drops what
@@ -160,22 +161,145 @@ async fn a_relay_goes_only_to_the_member_named_and_bad_data_is_refused() {
 }
 
 #[tokio::test]
-async fn online_lists_everyone_in_some_session_not_only_ours() {
+async fn online_lists_everyone_in_some_session_or_announced() {
     let coord = TestCoordinator::start().await;
+    let quiet = |user: &str| {
+        let mut config = client_config(user, coord.addr);
+        config.announce = false;
+        config
+    };
     let (alice, _a) = client("alice", coord.addr).await;
-    let (bob, _b) = client("Bob", coord.addr).await;
+    let (bob, _b) = logged_in(quiet("Bob")).await;
+    // Carol announces herself and is in no session; dave does neither.
     let (carol, _c) = client("carol", coord.addr).await;
+    let (_dave, _d) = logged_in(quiet("dave")).await;
     alice.start_session(Some("one")).await.unwrap();
     bob.start_session(Some("two")).await.unwrap();
-    // Carol is logged in but in no session: not online in this sense.
     let (users, total) = carol.online(100).await.unwrap();
-    assert_eq!(
-        (users, total),
-        (vec!["alice".to_string(), "Bob".to_string()], 2)
-    );
+    assert_eq!((users, total), (strings(&["alice", "Bob", "carol"]), 3));
+    // Bob does not announce: out of his session, he is offline.
     bob.leave().await;
     eventually("bob is offline", || async {
-        carol.online(100).await.unwrap().0 == ["alice"]
+        carol.online(100).await.unwrap().0 == strings(&["alice", "carol"])
     })
     .await;
+    match carol.dm("dave", "hello?").await {
+        Err(ClientError::NoSuchMember(n)) => assert_eq!(n, "dave"),
+        other => panic!("dave is not online, yet: {other:?}"),
+    }
+}
+
+fn strings(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_private_message_reaches_someone_online_outside_our_session_and_the_answer_comes_back() {
+    let coord = TestCoordinator::start().await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let (dave, mut d_ev) = client("dave", coord.addr).await;
+    alice.start_session(Some("one")).await.unwrap();
+    // Dave is in no session at all: the coordinator knows him from his announcements.
+    let card = alice.member("DAVE").await.unwrap();
+    assert_eq!(card.user, "dave");
+    assert_eq!(card.key.as_deref(), Some(dave.fingerprint().as_str()));
+    let receipt = alice.dm("dave", "not in your room").await.unwrap();
+    assert!(matches!(receipt.via, Via::Direct(_)), "{receipt:?}");
+    assert_eq!(
+        privates(&mut d_ev, Duration::from_millis(300)).await,
+        ["not in your room"]
+    );
+    // Dave did not know alice: he looked her key up before taking her message, and answers
+    // her although she is in a session he is not.
+    let receipt = dave.dm("alice", "got it").await.unwrap();
+    assert!(matches!(receipt.via, Via::Direct(_)), "{receipt:?}");
+    assert_eq!(
+        privates(&mut a_ev, Duration::from_millis(300)).await,
+        ["got it"]
+    );
+}
+
+#[tokio::test]
+async fn when_no_direct_path_works_the_coordinator_relays_each_message_once_and_in_order() {
+    let coord = TestCoordinator::start().await;
+    // Both announce endpoints that swallow everything, as NATs without a mapping do, and no
+    // local addresses: no probe, no copy can go direct. They share no session.
+    let (_hole_a, hole_a) = black_hole().await;
+    let (_hole_d, hole_d) = black_hole().await;
+    let behind = |user: &str, hole| {
+        let mut config = client_config(user, coord.addr);
+        config.advertise = Some(hole);
+        config.share_local = false;
+        config
+    };
+    let (alice, _a) = logged_in(behind("alice", hole_a)).await;
+    let (dave, mut d_ev) = logged_in(behind("dave", hole_d)).await;
+    alice.start_session(Some("one")).await.unwrap();
+    for text in ["first", "second", "third"] {
+        let receipt = alice.dm("dave", text).await.unwrap();
+        assert_eq!(receipt.via, Via::Relayed, "{text}");
+    }
+    assert_eq!(
+        privates(&mut d_ev, Duration::from_secs(1)).await,
+        ["first", "second", "third"]
+    );
+    assert_eq!(alice.reached_by("dave"), Some(Via::Relayed));
+    drop(dave);
+}
+
+#[tokio::test]
+async fn the_coordinator_relays_only_to_announced_users_within_the_senders_rate() {
+    let mut config = test_config();
+    config.abuse.relays_per_user = Some(confab::coordinator::Rate::per_second(5));
+    let coord = TestCoordinator::start_with(config).await;
+    let trent = SealedRaw::login("trent", coord.addr).await;
+    let mallory = SealedRaw::login("mallory", coord.addr).await;
+    let announce = |raw: &SealedRaw| {
+        format!(
+            r#"{{"id":2,"op":"announce","token":"{}","key":"{RAW_IDENTITY_PUBLIC}"}}"#,
+            raw.token
+        )
+    };
+    let relay = |to: &str, data: &str, id: u32| {
+        format!(
+            r#"{{"id":{id},"op":"relay","to":"{to}","data":"{data}","token":"{}"}}"#,
+            mallory.token
+        )
+    };
+    // Not announced yet: refused, and nothing reaches trent.
+    let refused = mallory.request(&relay("trent", "AAEC", 3)).await;
+    assert_eq!(refused["code"], "not_online", "{refused}");
+    let answer = trent.request(&announce(&trent)).await;
+    assert_eq!(answer["type"], "announced", "{answer}");
+    assert_eq!(answer["ttl"], 60);
+    // Bad data is refused, not passed on.
+    let refused = mallory.request(&relay("trent", "not base64!", 4)).await;
+    assert_eq!(refused["code"], "malformed", "{refused}");
+    let big = base64_of(&[7u8; 1201]);
+    let refused = mallory.request(&relay("trent", &big, 5)).await;
+    assert_eq!(refused["code"], "too_large", "{refused}");
+    // A burst of 40: 5 (and what refills meanwhile) get through, the rest are refused.
+    for id in 0..40 {
+        let (sealed, _) = mallory.seal(&relay("trent", "AAEC", 100 + id));
+        mallory.socket.send_to(&sealed, coord.addr).await.unwrap();
+    }
+    let mut pushes = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while let Ok(Ok((n, from))) =
+        tokio::time::timeout(Duration::from_millis(500), trent.socket.recv_from(&mut buf)).await
+    {
+        assert_eq!(from, coord.addr);
+        pushes.push(serde_json::from_slice::<serde_json::Value>(&buf[..n]).unwrap());
+    }
+    assert!((5..=7).contains(&pushes.len()), "{} relayed", pushes.len());
+    for push in &pushes {
+        assert_eq!(push["type"], "relayed");
+        assert_eq!(push["from"], "mallory");
+        assert_eq!(push["data"], "AAEC");
+    }
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -430,3 +430,98 @@ async fn two_clients_behind_the_same_nat_reach_each_other_directly_on_their_loca
     let how = alice.wait_for("bob: udp").await;
     assert!(how.contains("reached direct at 198.51.100.2:"), "{how}");
 }
+
+/// Alice in session `room` behind router A, bob behind router B in no session at all: only
+/// the coordinator knows them both.
+async fn two_apart(topo: &Topology) -> (Program, Program, Program) {
+    let mut coordinator = Program::start(
+        topo.ns("pub"),
+        &[
+            "coordinator",
+            "--listen",
+            "203.0.113.1:7500",
+            "--db",
+            ":memory:",
+            "--fast-passwords",
+        ],
+        None,
+    );
+    let _ = coordinator.drain(Duration::from_millis(500)).await;
+    let mut alice = Program::client(topo.ns("ca"), "alice");
+    alice.wait_for("logged in as alice").await;
+    alice.type_line("/start room").await;
+    alice.wait_for("joined session room").await;
+    let mut bob = Program::client(topo.ns("cb"), "bob");
+    bob.wait_for("logged in as bob").await;
+    bob.type_line("/online").await;
+    let online = bob.wait_for("online (").await;
+    assert!(
+        online.contains("alice") && online.contains("bob"),
+        "{online}"
+    );
+    (coordinator, alice, bob)
+}
+
+#[tokio::test]
+async fn outside_a_shared_session_the_coordinator_starts_the_check_and_messages_go_direct() {
+    if let Some(why) = missing() {
+        eprintln!("SKIPPED (needs root, ip and nft; CI runs it): {why}");
+        return;
+    }
+    let topo = Topology::build("op", Nat::PortPreserving, Nat::PortPreserving).unwrap();
+    let (_coordinator, mut alice, mut bob) = two_apart(&topo).await;
+    // Bob is in no session: alice finds him through the coordinator, whose relay carries the
+    // check's probe; bob looks alice up, probes straight back, and even the first message goes
+    // direct.
+    alice.type_line("@bob found you outside").await;
+    let sent = alice.wait_for("found you outside").await;
+    assert!(sent.contains("you → bob:"), "{sent}");
+    bob.wait_for("alice → you: found you outside").await;
+    alice.type_line("@bob second, direct").await;
+    let sent = alice.wait_for("second, direct").await;
+    assert!(!sent.contains("(relayed)"), "{sent}");
+    bob.type_line("@alice answered from nowhere").await;
+    let back = bob.wait_for("answered from nowhere").await;
+    assert!(!back.contains("(relayed)"), "{back}");
+    alice.wait_for("bob → you: answered from nowhere").await;
+    bob.type_line("/whois alice").await;
+    let how = bob.wait_for("alice: udp").await;
+    assert!(
+        how.contains("online, not in your session")
+            && how.contains("reached direct at 203.0.113.2:"),
+        "{how}"
+    );
+}
+
+#[tokio::test]
+async fn outside_a_shared_session_behind_a_symmetric_nat_the_coordinator_relays_in_order_once() {
+    if let Some(why) = missing() {
+        eprintln!("SKIPPED (needs root, ip and nft; CI runs it): {why}");
+        return;
+    }
+    let topo = Topology::build("os", Nat::Symmetric, Nat::PortPreserving).unwrap();
+    let (_coordinator, mut alice, mut bob) = two_apart(&topo).await;
+    for i in 1..=3 {
+        alice
+            .type_line(&format!("@bob via the coordinator {i}"))
+            .await;
+        let sent = alice.wait_for(&format!("via the coordinator {i}")).await;
+        assert!(sent.contains("you → bob (relayed)"), "{sent}");
+    }
+    bob.type_line("@alice and back").await;
+    let back = bob.wait_for("and back").await;
+    assert!(back.contains("you → alice (relayed)"), "{back}");
+    alice.wait_for("bob → you: and back").await;
+    let seen = bob.drain(Duration::from_secs(2)).await;
+    let got: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("alice → you: via the coordinator"))
+        .collect();
+    assert_eq!(got.len(), 3, "{seen:#?}");
+    for (i, line) in got.iter().enumerate() {
+        assert!(
+            line.ends_with(&format!("via the coordinator {}", i + 1)),
+            "{got:#?}"
+        );
+    }
+}

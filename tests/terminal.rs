@@ -357,7 +357,7 @@ async fn every_command_answers_on_screen_and_type_ahead_is_never_lost() {
     in_order(&rows, &["<alice> after who", "<alice> last of the burst"]);
     in_order(&rows, &["> /history", "* no earlier messages"]);
     // Private messages go in the background: their outcome comes when it comes.
-    alice.wait_for("! no member named nobody").await;
+    alice.wait_for("! no one named nobody").await;
     alice.wait_prompt_after("[private] you → bob: psst").await;
     let (mut said, mut private) = (Vec::new(), None);
     while said.len() < 2 || private.is_none() {
@@ -593,7 +593,7 @@ async fn the_repl_completes_explains_and_remembers_what_was_typed() {
             "> /whois bob",
             &format!("* bob: udp {}", bob.endpoint()),
             "> /help whois",
-            "/whois <name>: a member's UDP endpoint",
+            "/whois <name>: a member's (or anyone online's) UDP endpoint",
         ])
         .await;
     alice.wait_for("* alice waves").await;

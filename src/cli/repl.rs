@@ -42,8 +42,8 @@ commands:
   /leave             leave the current session
   /sessions          list all sessions: id, name, server, members
   /who               show who is in this session, with their UDP endpoints
-  /online            show who is online: in some session now
-  /whois <name>      one member: endpoint, key fingerprint, when they came, how messages reach them
+  /online            show who is online: logged in, in any session or none
+  /whois <name>      one user: endpoint, key fingerprint, when they came, how messages reach them
   /trust <name>      accept a member's new identity key, after comparing it by other means
   /history [n]       show n more earlier group messages (default 50)
   /close [id|name]   remove a session you created, with its history (default: this one)
@@ -52,7 +52,7 @@ commands:
   /help [command]    this text, or more about one command
   /quit              leave and exit (also /exit, Ctrl-D, Ctrl-C on an empty line)
   text               say text to everyone in the session
-  @name text         say text to name only, peer to peer (private); also /msg name text
+  @name text         say text to name only (anyone online), peer to peer; also /msg name text
 keys: Tab completes commands, @names and sessions; Up/Down browse what you typed;
   Ctrl-C clears the line, or cancels a command still waiting; Ctrl-A/E start/end, Ctrl-W/U/K delete word/to start/to end";
 
@@ -73,10 +73,10 @@ fn help_for(command: &str) -> Option<&'static str> {
             "/who: everyone in this session with the UDP endpoint their private messages go to."
         }
         "whois" => {
-            "/whois <name>: a member's UDP endpoint, identity key fingerprint (compare it with them by other means: it is what private messages are sealed for), whether it is the key pinned for them, when they came (as this client saw it), and how private messages reach them."
+            "/whois <name>: a member's (or anyone online's) UDP endpoint, identity key fingerprint (compare it with them by other means: it is what private messages are sealed for), whether it is the key pinned for them, when they came (as this client saw it), and how private messages reach them."
         }
         "online" => {
-            "/online: who is online, that is in some session now (not only yours), by name; at most 500 are shown, with the total."
+            "/online: who is online, by name: everyone logged in now (in any session, or none), whom @name reaches; at most 500 are shown, with the total."
         }
         "trust" => {
             "/trust <name>: pin the identity key the session now gives name, replacing the one pinned before. Only after comparing it with them by other means: a changed key may mean someone else, or a server lying about the roster."
@@ -89,7 +89,7 @@ fn help_for(command: &str) -> Option<&'static str> {
         }
         "me" => "/me <action>: say an action; everyone sees * yourname action.",
         "msg" => {
-            "/msg <name> <text>: say text to name only, straight to them over UDP; the same as @name text. Never written to the input history."
+            "/msg <name> <text>: say text to name only (a member of your session or anyone online), straight to them over UDP, or relayed sealed when no direct path works; the same as @name text. Never written to the input history."
         }
         "clear" => "/clear: clear the screen; nothing is lost from the session.",
         "help" => "/help [command]: list the commands, or tell more about one.",
@@ -463,7 +463,7 @@ async fn command(ctx: &Ctx<'_>, line: &str) {
         "/trust" => client.trust(rest).await.map(|key| {
             out.notice(&format!("{}'s key {key} is trusted now", clean(rest)));
         }),
-        "/whois" => whois(ctx, rest),
+        "/whois" => whois(ctx, rest).await,
         "/history" => {
             // Page backwards from the earliest line on screen.
             let before = match shown.earliest.load(Ordering::Relaxed) {
@@ -505,18 +505,17 @@ async fn command(ctx: &Ctx<'_>, line: &str) {
     }
 }
 
-/// `/whois name`: the endpoint, when they came, and how private messages reach them.
-fn whois(ctx: &Ctx<'_>, name: &str) -> Result<(), ClientError> {
+/// `/whois name`: the endpoint, when they came, and how private messages reach them; for
+/// someone online outside our session, what the coordinator says of them.
+async fn whois(ctx: &Ctx<'_>, name: &str) -> Result<(), ClientError> {
     let client = ctx.client;
-    if client.session().is_none() {
-        return Err(ClientError::NotInSession);
-    }
-    let Some(member) = client
+    let in_session = client
         .members()
         .into_iter()
-        .find(|m| m.user.eq_ignore_ascii_case(name))
-    else {
-        return Err(ClientError::NoSuchMember(name.to_string()));
+        .find(|m| m.user.eq_ignore_ascii_case(name));
+    let member = match in_session.clone() {
+        Some(member) => member,
+        None => client.member(name).await?,
     };
     let arrived = ctx
         .shown
@@ -525,6 +524,7 @@ fn whois(ctx: &Ctx<'_>, name: &str) -> Result<(), ClientError> {
         .get(&member.user.to_lowercase())
         .copied();
     let when = match arrived {
+        _ if in_session.is_none() => "online, not in your session".into(),
         Some(Some(t)) => format!(
             "joined at {}",
             t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S")
@@ -532,6 +532,10 @@ fn whois(ctx: &Ctx<'_>, name: &str) -> Result<(), ClientError> {
         _ => "was here when you joined".into(),
     };
     let me = member.user.eq_ignore_ascii_case(client.user());
+    let relay = match in_session {
+        Some(_) => "the session server",
+        None => "the coordinator",
+    };
     let how = match (member.udp, client.reached_by(&member.user)) {
         _ if me => "that is you".to_string(),
         (None, _) => "takes no private messages".to_string(),
@@ -539,10 +543,12 @@ fn whois(ctx: &Ctx<'_>, name: &str) -> Result<(), ClientError> {
             format!("reached direct at {at} (peer to peer, sealed for their key)")
         }
         (Some(_), Some(confab::client::Via::Relayed)) => {
-            "reached relayed through the session server (the direct path did not answer; still sealed for their key)".to_string()
+            format!(
+                "reached relayed through {relay} (the direct path did not answer; still sealed for their key)"
+            )
         }
         (Some(udp), None) => format!(
-            "private messages go straight to {udp} over UDP, peer to peer, sealed for their key (relayed through the session server if that does not answer)"
+            "private messages go straight to {udp} over UDP, peer to peer, sealed for their key (relayed through {relay} if that does not answer)"
         ),
     };
     let key = match (&member.key, client.key_state(&member)) {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Duration;
 
+use base64::Engine as _;
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -27,15 +28,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::backoff::Retry;
+use super::contacts::Contacts;
 use super::error::ClientError;
 use super::event::Event;
 use super::paths::{ACTIVE, KEEPALIVE, Path, Paths, PeerKey, learn, sealed_probe};
 use super::pins::{PinState, Pins};
-use super::roster::Roster;
 use super::rpc::{Coord, Waiters};
 use crate::expiring::ExpiringMap;
 use crate::identity::fingerprint;
-use crate::protocol::{Member, PeerMsg, limits};
+use crate::protocol::{Member, PeerMsg, Push, limits};
 use crate::seal::{PEER_MARK, PeerBoxes};
 
 /// Proof that a private message arrived.
@@ -85,6 +86,8 @@ const BOXES: usize = 4096;
 const LATE_TTL: Duration = Duration::from_secs(600);
 /// Most given-up messages listened for at once (each keeps its text, at most 800 bytes).
 const LATE_CAP: usize = 1000;
+/// Datagrams waiting for their sender's card at most (one per lookup, and lookups are few).
+const HELD: usize = 16;
 /// How long, and for how many messages, shown private-message ids are remembered.
 const SEEN_TTL: Duration = Duration::from_secs(600);
 const SEEN_CAP: usize = 100_000;
@@ -100,6 +103,7 @@ pub(super) struct Dms {
     boxes: Arc<Mutex<PeerBoxes>>,
     pins: Arc<Pins>,
     paths: Paths,
+    contacts: Contacts,
 }
 
 impl Dms {
@@ -109,11 +113,13 @@ impl Dms {
         retry: Retry,
         identity: &crate::identity::Identity,
         pins: Arc<Pins>,
+        contacts: Contacts,
     ) -> Self {
         Self {
             udp,
             user,
             retry,
+            contacts,
             acks: Waiters::new(),
             late: Arc::new(Mutex::new(ExpiringMap::new(LATE_TTL, LATE_CAP))),
             boxes: Arc::new(Mutex::new(PeerBoxes::new(identity.secret(), BOXES))),
@@ -126,13 +132,13 @@ impl Dms {
     /// backoff; stops at once when `ended` is cancelled (the session is over for us).
     ///
     /// Copies go straight to the peer's endpoint; when that has not been answered after the
-    /// first few, through the session server too (`relay`): a peer behind a NAT that drops our
-    /// datagrams still gets the message, once (receivers show each id once).
+    /// first few, through a relay too (the session server we share, else the coordinator): a
+    /// peer behind a NAT that drops our datagrams still gets the message, once (receivers show
+    /// each id once).
     pub(super) async fn send(
         &self,
         member: Member,
         text: &str,
-        roster: &Roster,
         ended: CancellationToken,
     ) -> Result<DmReceipt, ClientError> {
         if text.trim().is_empty() {
@@ -189,7 +195,7 @@ impl Dms {
             for candidate in std::iter::once(to).chain(member.local.iter().copied()) {
                 let _ = self.udp.send_to(&probe, candidate).await;
             }
-            roster.relay(&member.user, &probe);
+            self.contacts.relay(&member.user, &probe);
         }
         for (attempt, delay) in self.retry.delays().enumerate() {
             // A path that reached us from this peer first (learned again at every try: the
@@ -208,7 +214,7 @@ impl Dms {
                 }
             }
             if attempt >= DIRECT_FIRST {
-                roster.relay(&member.user, &bytes);
+                self.contacts.relay(&member.user, &bytes);
             }
             let answered = tokio::select! {
                 ack = tokio::time::timeout(delay, &mut acked) => match ack {
@@ -274,20 +280,22 @@ impl Dms {
     pub(super) fn spawn_hub(
         &self,
         coord: Coord,
-        roster: Roster,
         events: mpsc::Sender<Event>,
         stop: CancellationToken,
     ) {
         // Datagrams the session server relays to us arrive through the roster's inbox.
         let (inbox_tx, inbox) = mpsc::channel(256);
-        roster.set_inbox(inbox_tx);
+        self.contacts.roster().set_inbox(inbox_tx);
+        // Datagrams held while their unknown sender is looked up come back through this.
+        let (held_tx, held) = mpsc::channel(HELD);
         let hub = Hub {
             udp: self.udp.clone(),
             user: self.user.clone(),
             coord,
             acks: self.acks.clone(),
             late: self.late.clone(),
-            roster,
+            contacts: self.contacts.clone(),
+            held: held_tx,
             events,
             seen: ExpiringMap::new(SEEN_TTL, SEEN_CAP),
             boxes: self.boxes.clone(),
@@ -296,7 +304,7 @@ impl Dms {
             dropped: 0,
             paths: self.paths.clone(),
         };
-        tokio::spawn(hub.run(inbox, stop));
+        tokio::spawn(hub.run(inbox, held, stop));
     }
 }
 
@@ -305,7 +313,7 @@ impl Dms {
 enum Source {
     /// Over UDP, from this endpoint.
     Udp(SocketAddr),
-    /// Relayed by the session server, from the member of this name.
+    /// Relayed by the session server or the coordinator, from the user of this name.
     Relay(String),
 }
 
@@ -325,7 +333,9 @@ struct Hub {
     coord: Coord,
     acks: Waiters<(Uuid, PeerKey), Via>,
     late: LateDms,
-    roster: Roster,
+    contacts: Contacts,
+    /// Where a datagram from a sender being looked up goes once its card is known.
+    held: mpsc::Sender<(Source, Vec<u8>)>,
     events: mpsc::Sender<Event>,
     /// Private messages already shown, by sender and id.
     seen: ExpiringMap<(String, Uuid), ()>,
@@ -339,7 +349,12 @@ struct Hub {
 }
 
 impl Hub {
-    async fn run(mut self, mut inbox: mpsc::Receiver<(String, Vec<u8>)>, stop: CancellationToken) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<(String, Vec<u8>)>,
+        mut held: mpsc::Receiver<(Source, Vec<u8>)>,
+        stop: CancellationToken,
+    ) {
         let mut buf = vec![0u8; 64 * 1024];
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -354,10 +369,21 @@ impl Hub {
                     self.route(&datagram, Source::Relay(from)).await;
                     continue;
                 }
+                Some((from, datagram)) = held.recv() => {
+                    self.route(&datagram, from).await;
+                    continue;
+                }
                 _ = stop.cancelled() => break,
             };
             match received {
-                Ok((len, from)) if from == self.coord.addr() => self.coord.deliver(&buf[..len]),
+                Ok((len, from)) if from == self.coord.addr() => {
+                    if let Some(Push::Relayed { from, data }) = self.coord.deliver(&buf[..len]) {
+                        match base64::engine::general_purpose::STANDARD.decode(&data) {
+                            Ok(datagram) => self.route(&datagram, Source::Relay(from)).await,
+                            Err(_) => self.reject(Source::Relay(from), "relayed, but not base64"),
+                        }
+                    }
+                }
                 Ok((len, from)) => self.route(&buf[..len], Source::Udp(from)).await,
                 // ICMP "port unreachable" from an earlier send to a vanished peer lands here.
                 Err(e) => tracing::debug!(error = %e, "udp receive failed"),
@@ -372,7 +398,7 @@ impl Hub {
                 let _ = self.udp.send_to(datagram, addr).await;
             }
             Source::Relay(user) => {
-                self.roster.relay(user, datagram);
+                self.contacts.relay(user, datagram);
             }
         }
     }
@@ -425,14 +451,10 @@ impl Hub {
                 if !to.eq_ignore_ascii_case(&self.user) {
                     return self.reject(from, "for someone else");
                 }
-                let Some(member) = self.roster.get(&sender) else {
-                    if self.roster.is_partial() {
-                        // Perhaps a member of a large session we were not told about: ask, and
-                        // the sender's next try will find it known.
-                        self.roster.want(&sender);
-                    }
-                    // No ack, so a real sender will retry.
-                    return self.reject(from, "from someone not in our roster");
+                let Some(member) = self.contacts.card(&sender) else {
+                    // A member of a large session we were not told about, or someone outside
+                    // our session: look them up, and route this again once they are known.
+                    return self.hold(datagram, from, &sender);
                 };
                 if member.public_key() != Some(sender_key) {
                     return self.reject(from, "sealed with a key that is not the sender's");
@@ -490,8 +512,10 @@ impl Hub {
                 if !to.eq_ignore_ascii_case(&self.user) {
                     return self.reject(from, "for someone else");
                 }
-                let roster_key = self.roster.get(&sender).and_then(|m| m.public_key());
-                if roster_key != Some(sender_key) {
+                let Some(member) = self.contacts.card(&sender) else {
+                    return self.hold(datagram, from, &sender);
+                };
+                if member.public_key() != Some(sender_key) {
                     return self.reject(from, "sealed with a key that is not the sender's");
                 }
                 match &from {
@@ -501,9 +525,7 @@ impl Hub {
                     }
                     // A check the peer started: probe straight back, which opens our NAT to it.
                     Source::Relay(passed_by) if passed_by.eq_ignore_ascii_case(&sender) => {
-                        if let Some(member) = self.roster.get(&sender) {
-                            self.learn_or_punch(&from, sender_key, &member).await;
-                        }
+                        self.learn_or_punch(&from, sender_key, &member).await;
                     }
                     Source::Relay(_) => {
                         self.reject(from, "relayed by someone else than its sender")
@@ -512,6 +534,17 @@ impl Hub {
             }
             Err(_) => self.reject(from, "sealed, but not a private message"),
         }
+    }
+
+    /// Keeps a datagram from `sender`, whom we do not know yet, until a lookup finds their
+    /// card, then routes it again (its key is checked then). Unacked meanwhile: should the
+    /// lookup fail, the sender's next copy asks again.
+    fn hold(&mut self, datagram: &[u8], from: Source, sender: &str) {
+        tracing::debug!(%from, %sender, "private datagram from someone unknown; looking them up");
+        let (held, datagram) = (self.held.clone(), datagram.to_vec());
+        self.contacts.want(sender, move || {
+            let _ = held.try_send((from, datagram));
+        });
     }
 
     /// Sends a probe along every path a private message used lately, so that the NAT mappings

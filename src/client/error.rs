@@ -51,8 +51,8 @@ pub enum ClientError {
     /// The operation needs a login.
     #[error("not logged in")]
     NotLoggedIn,
-    /// `@name` named nobody present.
-    #[error("no member named {0} is in this session")]
+    /// `@name` named nobody in our session, and nobody online by that name.
+    #[error("no one named {0} is in this session or online")]
     NoSuchMember(String),
     /// That member takes no private messages (it joined without a UDP endpoint).
     #[error("{0} does not take private messages")]

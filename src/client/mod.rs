@@ -9,6 +9,8 @@
 //! - `candidates`: where peers may reach our socket besides our public endpoint.
 //! - `roster`: our copy of who is in the session, where their UDP endpoints are, their keys; the
 //!   way to relay a datagram to one of them through the session server.
+//! - `contacts`: everyone we can send private messages to: the roster, and anyone online the
+//!   coordinator looks up for us; relays through the session server or the coordinator.
 //! - `pins`: the peers' identity keys pinned at first contact.
 //! - `paths`: direct paths to peers learned from what reached us, and the probes that open them.
 //! - `dm`: private messages over UDP (sealed, relayed when the direct path fails, punched
@@ -20,6 +22,7 @@
 
 mod backoff;
 mod candidates;
+mod contacts;
 mod dm;
 mod error;
 mod event;
@@ -82,6 +85,10 @@ pub struct ClientConfig {
     /// behind the same NAT reach us directly (most NATs do not forward to their own public
     /// address). Off keeps the local address private from the session's members.
     pub share_local: bool,
+    /// Announce ourselves to the coordinator from login on (`announce`, about every 20 s), so
+    /// that users outside our session can find us and the coordinator can relay to us. Off
+    /// leaves us reachable only by the members of a session we are in.
+    pub announce: bool,
     /// Retries of coordinator requests.
     pub request_retry: Retry,
     /// Retries of private messages.
@@ -107,6 +114,7 @@ impl ClientConfig {
             identity: None,
             known_peers: None,
             share_local: true,
+            announce: true,
             // 200 ms, 400, 800, then 1 s: 15 tries cover about 13 s and survive heavy loss.
             request_retry: Retry {
                 first: Duration::from_millis(200),
@@ -144,7 +152,10 @@ struct Inner {
     roster: Roster,
     events: mpsc::Sender<Event>,
     /// From the last login.
-    token: Mutex<Option<String>>,
+    token: Arc<Mutex<Option<String>>>,
+    contacts: contacts::Contacts,
+    /// Ends the announcements of the last login.
+    announcing: Mutex<Option<CancellationToken>>,
     link: Mutex<Option<Link>>,
     stop: CancellationToken,
 }
@@ -210,12 +221,18 @@ impl Client {
             config.coordinator,
             config.known_peers.clone(),
         ));
+        let roster = Roster::default();
+        let token = Arc::new(Mutex::new(None));
+        let stop = CancellationToken::new();
+        let contacts =
+            contacts::Contacts::new(roster.clone(), coord.clone(), token.clone(), stop.clone());
         let dms = Dms::new(
             udp,
             config.user.clone(),
             config.dm_retry,
             &identity,
             pins.clone(),
+            contacts.clone(),
         );
         let inner = Arc::new(Inner {
             config,
@@ -225,16 +242,17 @@ impl Client {
             local,
             coord,
             dms,
-            roster: Roster::default(),
+            roster,
             events: events.clone(),
-            token: Mutex::new(None),
+            token,
+            contacts,
+            announcing: Mutex::new(None),
             link: Mutex::new(None),
-            stop: CancellationToken::new(),
+            stop,
         });
-        let (coord, roster) = (inner.coord.clone(), inner.roster.clone());
         inner
             .dms
-            .spawn_hub(coord, roster, events, inner.stop.clone());
+            .spawn_hub(inner.coord.clone(), events, inner.stop.clone());
         Ok((Client { inner }, events_rx))
     }
 
@@ -289,10 +307,62 @@ impl Client {
         match self.request(body).await? {
             ResponseBody::LoggedIn { user, token, .. } => {
                 *self.inner.token.lock() = Some(token);
+                if self.inner.config.announce {
+                    self.announce().await?;
+                }
                 Ok(user)
             }
             _ => Err(ClientError::Unexpected),
         }
+    }
+
+    /// Tells the coordinator we are online and where we are reached, and keeps telling it
+    /// (every third of the time an announcement counts) until the client stops, the next login,
+    /// or the token is refused. The first announcement is awaited, so that once `login`
+    /// returns, others can find us.
+    async fn announce(&self) -> Result<(), ClientError> {
+        let inner = &self.inner;
+        let body = RequestBody::Announce {
+            token: self.token()?,
+            key: inner.identity.fingerprint(),
+            udp: inner.config.advertise,
+            local: if inner.config.share_local {
+                candidates::local(inner.local, inner.config.coordinator)
+            } else {
+                Vec::new()
+            },
+        };
+        let ttl = match self.request(body.clone()).await? {
+            ResponseBody::Announced { ttl } => Duration::from_secs(ttl.max(3)),
+            _ => return Err(ClientError::Unexpected),
+        };
+        let stop = inner.stop.child_token();
+        if let Some(earlier) = inner.announcing.lock().replace(stop.clone()) {
+            earlier.cancel();
+        }
+        let coord = inner.coord.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(ttl / 3) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let sent = tokio::select! {
+                    r = coord.request(body.clone()) => r,
+                    _ = stop.cancelled() => return,
+                };
+                match sent {
+                    Ok(_) => {}
+                    Err(ClientError::Refused(e)) => {
+                        // An expired token: others find us again after the next login.
+                        tracing::info!(error = %e, "announcements stopped");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "announcement not answered"),
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Uses a token obtained elsewhere (a test forging one, a tool sharing one).
@@ -385,7 +455,7 @@ impl Client {
         Ok(all)
     }
 
-    /// Who is online (in some running session now), by name, every page of it; at most
+    /// Who is online (in some running session now, or announced), by name, every page of it; at most
     /// `limit` names (the total comes back beside them).
     pub async fn online(&self, limit: usize) -> Result<(Vec<String>, usize), ClientError> {
         let mut all = Vec::new();
@@ -536,21 +606,18 @@ impl Client {
             .ok_or(ClientError::NotInSession)
     }
 
-    /// Sends a private message straight to a member's UDP endpoint and waits for its
-    /// acknowledgement, retrying with backoff.
+    /// Sends a private message straight to a user's UDP endpoint and waits for its
+    /// acknowledgement, retrying with backoff (and relaying when no direct path answers). The
+    /// user is a member of our session, or anyone online whom the coordinator knows.
     pub async fn dm(&self, to: &str, text: &str) -> Result<DmReceipt, ClientError> {
-        // Retries stop when the session ends for us: its former members are nobody's to reach.
-        let ended = self
-            .link()
-            .as_ref()
-            .map(Link::ended)
-            .ok_or(ClientError::NotInSession)?;
         let member = self.member(to).await?;
-        let receipt = self
-            .inner
-            .dms
-            .send(member, text, &self.inner.roster, ended)
-            .await?;
+        // Retries to a member of our session stop when the session ends for us (the roster we
+        // found them in is gone); to anyone else, when the client stops.
+        let ended = match self.link().as_ref() {
+            Some(link) if self.inner.roster.get(&member.user).is_some() => link.ended(),
+            _ => self.inner.stop.child_token(),
+        };
+        let receipt = self.inner.dms.send(member, text, ended).await?;
         self.inner
             .reach
             .lock()
@@ -558,13 +625,10 @@ impl Client {
         Ok(receipt)
     }
 
-    /// A member of the session, looked up with the server in a large session.
-    async fn member(&self, user: &str) -> Result<Member, ClientError> {
-        self.inner
-            .roster
-            .find(user, Duration::from_secs(3))
-            .await
-            .ok_or_else(|| ClientError::NoSuchMember(user.to_string()))
+    /// A member of the session (looked up with the server in a large session), else anyone
+    /// online, as the coordinator gives them.
+    pub async fn member(&self, user: &str) -> Result<Member, ClientError> {
+        self.inner.contacts.find(user).await
     }
 
     /// How the last private message to `user` got through: direct (from which endpoint the

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::backoff::Retry;
 use super::error::ClientError;
-use crate::protocol::{ErrorCode, Request, RequestBody, Response, ResponseBody};
+use crate::protocol::{ErrorCode, Push, Request, RequestBody, Response, ResponseBody};
 use crate::seal::{self, Opener};
 
 /// Waiters keyed by id: whoever registered gets the first value delivered for it.
@@ -147,8 +147,9 @@ impl Coord {
         *self.observed.lock()
     }
 
-    /// Hands a datagram from the coordinator to the request it answers.
-    pub(super) fn deliver(&self, datagram: &[u8]) {
+    /// Hands a datagram from the coordinator to the request it answers; one the coordinator
+    /// sent unasked (a datagram relayed to us) is returned for the hub.
+    pub(super) fn deliver(&self, datagram: &[u8]) -> Option<Push> {
         let sealed = datagram.first() == Some(&seal::ANSWER_MARK);
         let opened = sealed.then(|| {
             self.openers
@@ -160,24 +161,47 @@ impl Coord {
             Some(Some((id, plain))) => (plain, Some(id)),
             Some(None) => {
                 tracing::debug!("sealed answer that no waiting request opens");
-                return;
+                return None;
             }
             None => (datagram.to_vec(), None),
         };
         match serde_json::from_slice::<Response>(&plain) {
             Ok(resp) => {
-                let Some(id) = resp.id else { return };
+                let id = resp.id?;
                 // A sealed request takes only the answer sealed for it: anyone on the path can
                 // write a plain one with its id.
                 let was_sealed = self.openers.lock().iter().any(|(i, _)| *i == id);
                 if sealed_for.is_some_and(|s| s != id) || (sealed_for.is_none() && was_sealed) {
                     tracing::debug!(id, "answer not sealed for the request it names; dropped");
-                    return;
+                    return None;
                 }
                 self.requests.complete(&id, resp);
+                None
             }
-            Err(e) => tracing::debug!(error = %e, "unreadable coordinator answer"),
+            Err(e) => match serde_json::from_slice::<Push>(&plain) {
+                Ok(push) if sealed_for.is_none() => Some(push),
+                _ => {
+                    tracing::debug!(error = %e, "unreadable coordinator answer");
+                    None
+                }
+            },
         }
+    }
+
+    /// Sends one request once, sealed, and waits for nothing: for `relay`, which is answered
+    /// only when refused, and which stands for a datagram that may be lost anyway. False when
+    /// it could not be sent (no coordinator key heard yet, or the socket's buffer is full).
+    pub(super) fn post(&self, body: RequestBody) -> bool {
+        let key = match *self.key.lock() {
+            Some(key) if self.heard_key.load(Ordering::Relaxed) => key,
+            _ => return false,
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut bytes =
+            serde_json::to_vec(&Request { id, body }).expect("protocol types serialize");
+        crate::protocol::pad_request(&mut bytes);
+        let (sealed, _opener) = self.sealer_for(&key).seal(&bytes);
+        self.udp.try_send_to(&sealed, self.addr).is_ok()
     }
 
     /// Sends one request, retrying with backoff until the coordinator answers.

@@ -4,15 +4,17 @@
 //! joins and leaves to it, so it sits behind a small handle with a lock that is never held across
 //! an `.await`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, MutexGuard};
 use uuid::Uuid;
 
-use crate::protocol::{DirectoryEntry, ErrorBody, ErrorCode, SessionInfo};
+use super::online::{Online, Reachable};
+use crate::protocol::{DirectoryEntry, ErrorBody, ErrorCode, Member, SessionInfo};
 use crate::session::{SessionObserver, Stop};
 
 /// Names shown per session in a listing; `member_count` tells the rest.
@@ -71,27 +73,8 @@ struct State {
     order: Vec<Uuid>,
     /// Sessions per creator (lowercased), for the per-account cap.
     by_creator: HashMap<String, usize>,
-    /// Who is in some running session now (lowercased name → name, in how many), for `online`.
-    online: BTreeMap<String, (String, usize)>,
-}
-
-impl State {
-    fn went_online(&mut self, user: &str) {
-        self.online
-            .entry(user.to_lowercase())
-            .or_insert_with(|| (user.to_string(), 0))
-            .1 += 1;
-    }
-
-    fn went_offline(&mut self, user: &str) {
-        let key = user.to_lowercase();
-        if let Some((_, n)) = self.online.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.online.remove(&key);
-            }
-        }
-    }
+    /// Who is online (in a running session, or announced) and how to reach them.
+    online: Online,
 }
 
 struct Entry {
@@ -238,8 +221,9 @@ impl Directory {
             }
             _ => return,
         };
+        let now = Instant::now();
         for user in &gone {
-            state.went_offline(user);
+            state.online.left(user, now);
         }
     }
 
@@ -248,8 +232,9 @@ impl Directory {
     pub fn remove(&self, id: Uuid, by: &str) -> Option<Listed> {
         let mut state = self.lock();
         let entry = state.by_id.remove(&id)?;
+        let now = Instant::now();
         for user in &entry.members {
-            state.went_offline(user);
+            state.online.left(user, now);
         }
         if let Some(name) = &entry.listed.name {
             state.by_name.remove(&name.to_lowercase());
@@ -361,34 +346,31 @@ impl Directory {
 }
 
 impl Directory {
-    /// Who is in some running session now, by name (sorted without regard to case), from
-    /// `cursor` on, as many as fit `budget` bytes of JSON; the next cursor and the total.
+    /// Who is online (in some running session, or announced), by name (sorted without regard
+    /// to case), from `cursor` on, as many as fit `budget` bytes of JSON; the next cursor and
+    /// the total.
     pub fn online(&self, cursor: usize, budget: usize) -> (Vec<String>, Option<usize>, usize) {
-        let state = self.lock();
-        let total = state.online.len();
-        let mut page = Vec::new();
-        let mut used = 0;
-        for (_, (name, _)) in state.online.iter().skip(cursor) {
-            // The name in quotes and a comma.
-            let size = name.len() + 3;
-            if used + size > budget && !page.is_empty() {
-                break;
-            }
-            used += size;
-            page.push(name.clone());
-        }
-        let next = cursor + page.len();
-        (page, (next < total).then_some(next), total)
+        self.lock().online.page(cursor, budget, Instant::now())
+    }
+
+    /// Records that `card.user`'s client announced itself from `from` (see `online.rs`).
+    pub fn announce(&self, card: Member, from: SocketAddr) {
+        self.lock().online.announce(card, from, Instant::now());
+    }
+
+    /// How to reach `user`, if online.
+    pub fn peer(&self, user: &str) -> Option<Reachable> {
+        self.lock().online.peer(user, Instant::now())
     }
 }
 
 impl SessionObserver for Directory {
-    fn member_joined(&self, session: Uuid, user: &str) {
+    fn member_joined(&self, session: Uuid, member: &Member) {
         let mut state = self.lock();
         if let Some(entry) = state.by_id.get_mut(&session)
-            && entry.members.insert(user.to_string())
+            && entry.members.insert(member.user.clone())
         {
-            state.went_online(user);
+            state.online.joined(member);
         }
     }
 
@@ -397,7 +379,7 @@ impl SessionObserver for Directory {
         if let Some(entry) = state.by_id.get_mut(&session)
             && entry.members.remove(user)
         {
-            state.went_offline(user);
+            state.online.left(user, Instant::now());
         }
     }
 }
@@ -413,6 +395,15 @@ pub(super) fn name_taken(name: &str) -> ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(user: &str) -> Member {
+        Member {
+            user: user.into(),
+            udp: None,
+            key: None,
+            local: Vec::new(),
+        }
+    }
 
     fn info(name: Option<&str>) -> Listed {
         Listed {
@@ -430,9 +421,9 @@ mod tests {
         let (a, b) = (info(Some("one")), info(Some("two")));
         d.insert(a.clone()).unwrap();
         d.insert(b.clone()).unwrap();
-        d.member_joined(a.id, "Bob");
-        d.member_joined(b.id, "Bob");
-        d.member_joined(a.id, "alice");
+        d.member_joined(a.id, &member("Bob"));
+        d.member_joined(b.id, &member("Bob"));
+        d.member_joined(a.id, &member("alice"));
         assert_eq!(
             d.online(0, 1000),
             (vec!["alice".into(), "Bob".into()], None, 2)
@@ -443,7 +434,7 @@ mod tests {
         assert_eq!(d.online(0, 1000), (vec!["alice".into()], None, 1));
         // Pages: 100 names of 30 characters, 33 bytes each, 330 bytes a page.
         for i in 0..100 {
-            d.member_joined(a.id, &format!("user{i:026}"));
+            d.member_joined(a.id, &member(&format!("user{i:026}")));
         }
         let (mut seen, mut cursor) = (Vec::new(), Some(0));
         while let Some(c) = cursor {
@@ -541,7 +532,7 @@ mod tests {
             let s = info(Some(&format!("session-{i}")));
             d.insert(s.clone()).unwrap();
             for m in 0..20 {
-                d.member_joined(s.id, &format!("member-with-long-name-{m}"));
+                d.member_joined(s.id, &member(&format!("member-with-long-name-{m}")));
             }
         }
         let mut cursor = 0;

@@ -26,6 +26,8 @@ mod directory;
 mod fds;
 mod hashing;
 mod jobs;
+mod online;
+mod peers;
 mod quota;
 mod replies;
 mod sessions;
@@ -49,6 +51,7 @@ pub use config::HistoryTap;
 pub use config::{CoordinatorConfig, CoordinatorError, default_db_path};
 pub use directory::{Directory, Listed};
 pub use fds::raise_fd_limit;
+pub use online::{ANNOUNCE_TTL, Reachable};
 pub use quota::{AbuseLimits, Rate};
 
 use crate::auth::{self, Claims, LoginThrottle, TokenKey};
@@ -175,6 +178,8 @@ pub async fn run(
         registrations: Buckets::new(config.abuse.registrations),
         created_by_user: Buckets::new(config.abuse.sessions_per_user),
         created_by_address: Buckets::new(config.abuse.sessions_per_address),
+        relays: Buckets::new(config.abuse.relays_per_user),
+        pushes: Vec::new(),
         config,
         session_host,
         directory,
@@ -219,7 +224,7 @@ pub async fn run(
     }
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let answers = tokio::select! {
+        let mut answers: Vec<(Bytes, SocketAddr)> = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
                 Ok((len, from)) => coordinator.handle(&buf[..len], from).map(|a| (a, from)).into_iter().collect(),
                 Err(e) => {
@@ -231,6 +236,7 @@ pub async fn run(
             Some(done) = done_rx.recv() => coordinator.finish(done),
             _ = shutdown.cancelled() => break,
         };
+        answers.append(&mut coordinator.pushes);
         for (answer, to) in answers {
             if let Err(e) = socket.send_to(&answer, to).await {
                 tracing::debug!(%to, error = %e, "send_to failed");
@@ -282,6 +288,11 @@ struct Coordinator {
     /// Sessions created, per account (lowercased) and per address.
     created_by_user: Buckets<String>,
     created_by_address: Buckets<IpAddr>,
+    /// Datagrams relayed, per account (lowercased).
+    relays: Buckets<String>,
+    /// Datagrams for others than the asker that handling a request produced (`relay`), sent by
+    /// the loop with the answers.
+    pushes: Vec<(Bytes, SocketAddr)>,
     done: mpsc::Sender<Done>,
     /// Sessions marked `Starting` in the directory, with the requests waiting for their server
     /// (and whether each answer is kept for retries: a `create`'s is, a `join`'s is not).
@@ -326,7 +337,7 @@ impl Coordinator {
         // answer goes back sealed for the one client that can open it. One that does not open
         // gets nothing (there is nobody to seal an answer for), and counts against its address.
         let (datagram, seal) =
-            if seal::is_sealed_request(wire) && wire.len() <= limits::MAX_DATAGRAM {
+            if seal::is_sealed_request(wire) && wire.len() <= limits::MAX_RELAY_REQUEST {
                 match self.opening.open(wire) {
                     Ok((plain, answerer)) => (std::borrow::Cow::Owned(plain), Some(answerer)),
                     Err(_) => {
@@ -345,8 +356,16 @@ impl Coordinator {
             sealed(seal.as_ref(), encode(id, from, ResponseBody::Error(e)))
         };
         let id_of = |d: &[u8]| serde_json::from_slice::<IdOnly>(d).ok().and_then(|r| r.id);
-        let parsed = (wire.len() <= limits::MAX_DATAGRAM)
+        let parsed = (wire.len() <= limits::MAX_RELAY_REQUEST)
             .then(|| serde_json::from_slice::<Request>(datagram));
+        // Only a relay may be larger than MAX_DATAGRAM: it carries a whole private datagram.
+        let limit = match &parsed {
+            Some(Ok(Request {
+                body: RequestBody::Relay { .. },
+                ..
+            })) => limits::MAX_RELAY_REQUEST,
+            _ => limits::MAX_DATAGRAM,
+        };
         // Requests with a valid token answer to the account's quotas; everything else to the
         // address's, which drops what is beyond it without a word.
         let authenticated = match &parsed {
@@ -372,13 +391,12 @@ impl Coordinator {
             );
             return Some(early(id_of(datagram), e));
         }
-        if wire.len() > limits::MAX_DATAGRAM {
+        if wire.len() > limit {
             let e = err(
                 ErrorCode::TooLarge,
                 format!(
-                    "datagram of {} bytes is larger than the limit of {}",
+                    "datagram of {} bytes is larger than the limit of {limit}",
                     wire.len(),
-                    limits::MAX_DATAGRAM
                 ),
             );
             return Some(early(id_of(datagram), e));
@@ -414,6 +432,9 @@ impl Coordinator {
             request.body,
             RequestBody::List { .. }
                 | RequestBody::Online { .. }
+                | RequestBody::Announce { .. }
+                | RequestBody::Peer { .. }
+                | RequestBody::Relay { .. }
                 | RequestBody::Join { .. }
                 | RequestBody::Key
         );
@@ -437,6 +458,21 @@ impl Coordinator {
             RequestBody::Online { cursor, token } => self
                 .verify(&token, reply.seal.as_ref())
                 .map(|_| Some(self.online(cursor, from))),
+            RequestBody::Announce {
+                token,
+                key,
+                udp,
+                local,
+            } => self.announce(&reply, &token, &key, udp, local).map(Some),
+            RequestBody::Peer { user, token } => self.peer(&reply, &token, &user).map(Some),
+            RequestBody::Relay { to, data, token } => match self.relay(&reply, &token, &to, data) {
+                // Passed on: the relayed datagram is the only answer.
+                Ok(push) => {
+                    self.pushes.push(push);
+                    return None;
+                }
+                Err(e) => Err(e),
+            },
             RequestBody::Key => Ok(Some(ResponseBody::Key {
                 key: self.identity.fingerprint(),
             })),

@@ -49,6 +49,10 @@ pub struct AbuseLimits {
     pub sessions_per_user: Option<Rate>,
     /// Sessions created per address, whatever the accounts.
     pub sessions_per_address: Option<Rate>,
+    /// Private datagrams one account may have the coordinator relay (`relay`): a message that
+    /// no direct path carries costs about one a second while it is retried, so the default
+    /// leaves room for many at once and still keeps the relay from being anyone's firehose.
+    pub relays_per_user: Option<Rate>,
     /// Sessions one account may have (created and not closed), so that no account can take
     /// every session server there is.
     pub live_sessions_per_user: Option<usize>,
@@ -65,6 +69,7 @@ impl Default for AbuseLimits {
             registrations: Some(Rate::per_hour(5)),
             sessions_per_user: Some(Rate::per_hour(20)),
             sessions_per_address: Some(Rate::per_hour(50)),
+            relays_per_user: Some(Rate::per_second(20)),
             live_sessions_per_user: Some(100),
             hold_parallel_logins: true,
         }
@@ -79,6 +84,7 @@ impl AbuseLimits {
             registrations: None,
             sessions_per_user: None,
             sessions_per_address: None,
+            relays_per_user: None,
             live_sessions_per_user: None,
             hold_parallel_logins: false,
         }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::ErrorBody;
+use super::session::Member;
 
 /// A request to the coordinator: one per datagram.
 ///
@@ -104,6 +105,42 @@ pub enum RequestBody {
         /// A token from `login`: only users see who is online.
         token: String,
     },
+    /// The client says it is online, and where peers reach it: from login on, every
+    /// `ttl / 3` seconds of the answer, whether or not it is in a session. Besides listing it in
+    /// `online` and `peer`, this keeps the way through the client's NAT to the coordinator open,
+    /// which is the way `relay` comes back in.
+    Announce {
+        /// A token from `login`.
+        token: String,
+        /// The client's identity key (X25519, standard base64), as in a session `hello`.
+        key: String,
+        /// The endpoint peers should send to, when not the one this request came from (a port
+        /// forward); absent means the observed one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        udp: Option<SocketAddr>,
+        /// The client's addresses on its own network, as in `hello` (at most 4).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        local: Vec<SocketAddr>,
+    },
+    /// How to reach an online user (in a session, or announced): their endpoint, identity key
+    /// and local addresses, to send them private messages without sharing a session.
+    Peer {
+        /// The user wanted.
+        user: String,
+        /// A token from `login`: only users look others up.
+        token: String,
+    },
+    /// Pass a sealed private datagram to an online, announced user: the coordinator sends it
+    /// on as a `relayed` datagram, stores nothing, and answers only a refusal (a relay that
+    /// went through is as silent as the UDP datagram it stands for). Rate-limited per user.
+    Relay {
+        /// The recipient.
+        to: String,
+        /// The sealed datagram, standard base64, at most 1200 bytes decoded.
+        data: String,
+        /// A token from `login`.
+        token: String,
+    },
     /// The coordinator's public key, for a client to pin.
     Key,
 }
@@ -115,7 +152,10 @@ impl RequestBody {
             RequestBody::Create { token, .. }
             | RequestBody::Join { token, .. }
             | RequestBody::Close { token, .. }
-            | RequestBody::Online { token, .. } => Some(token),
+            | RequestBody::Online { token, .. }
+            | RequestBody::Announce { token, .. }
+            | RequestBody::Peer { token, .. }
+            | RequestBody::Relay { token, .. } => Some(token),
             RequestBody::Register { .. }
             | RequestBody::Login { .. }
             | RequestBody::List { .. }
@@ -197,6 +237,17 @@ pub enum ResponseBody {
         /// How many are online in all.
         total: usize,
     },
+    /// Answer to `announce`.
+    Announced {
+        /// Seconds the announcement counts; announce again within a third of it.
+        ttl: u64,
+    },
+    /// Answer to `peer`: how to reach the user.
+    Peer {
+        /// Their name as registered, endpoint, identity key and local addresses, as a session
+        /// roster gives them.
+        member: Member,
+    },
     /// Answer to `key`: the coordinator's long-term public key (X25519), standard base64.
     Key {
         /// The key, as `confab coordinator --print-key` prints it.
@@ -204,6 +255,19 @@ pub enum ResponseBody {
     },
     /// The request failed.
     Error(ErrorBody),
+}
+
+/// What the coordinator sends a client unasked, to the address its announcements come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Push {
+    /// A sealed private datagram another user asked the coordinator to `relay`.
+    Relayed {
+        /// The sender, as its token names it.
+        from: String,
+        /// The datagram, standard base64.
+        data: String,
+    },
 }
 
 /// Where a session lives and what it is.

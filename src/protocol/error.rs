@@ -52,6 +52,9 @@ pub enum ErrorCode {
     /// A per-user or per-address quota was reached (registrations or sessions created per hour,
     /// sessions kept); the message says which, and when to try again.
     Quota,
+    /// The user looked up (or relayed to) is not online: in no running session, and not
+    /// announced (or, for `relay`, not announced).
+    NotOnline,
     /// Something failed inside the server.
     Internal,
 }

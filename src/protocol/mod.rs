@@ -13,7 +13,7 @@ mod session;
 mod tests;
 
 pub use coordinator::{
-    DirectoryEntry, Password, Request, RequestBody, Response, ResponseBody, SessionInfo,
+    DirectoryEntry, Password, Push, Request, RequestBody, Response, ResponseBody, SessionInfo,
 };
 pub use error::{ErrorBody, ErrorCode};
 pub use peer::PeerMsg;
@@ -28,6 +28,10 @@ pub mod limits {
     /// Largest datagram the coordinator reads or writes; an answer never exceeds it, so it travels
     /// unfragmented over any path with the IPv6 minimum MTU.
     pub const MAX_DATAGRAM: usize = 1200;
+    /// Largest `relay` request: the one coordinator request that may exceed `MAX_DATAGRAM`,
+    /// as it carries a whole private datagram (up to `MAX_DATAGRAM`) in base64 beside a token.
+    /// It and the `relayed` datagram it becomes may be fragmented by IP on the way.
+    pub const MAX_RELAY_REQUEST: usize = 2048;
     /// Most local endpoints a member may announce in `hello`.
     pub const MAX_LOCAL_ENDPOINTS: usize = 4;
     /// Smallest coordinator request that is run. A stranger can forge its source address, so

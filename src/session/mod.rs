@@ -29,7 +29,7 @@ use futures::future::BoxFuture;
 
 use crate::auth::TokenKey;
 use crate::presence_log::PresenceLog;
-use crate::protocol::ChatLine;
+use crate::protocol::{ChatLine, Member};
 
 pub use member::MemberLimits;
 
@@ -39,8 +39,9 @@ pub const DEFAULT_MEMBER_BUDGET: usize = 8 * 1024 * 1024;
 
 /// Told about membership changes, so a directory can stay true without asking.
 pub trait SessionObserver: Send + Sync + 'static {
-    /// `user` is now in `session`.
-    fn member_joined(&self, session: Uuid, user: &str);
+    /// `member` is now in `session` (with the endpoints and key it announced, which the
+    /// coordinator gives to users who look it up to send it private messages).
+    fn member_joined(&self, session: Uuid, member: &Member);
     /// `user` is no longer in `session`.
     fn member_left(&self, session: Uuid, user: &str);
 }

@@ -261,7 +261,7 @@ impl Room {
         let member = slot.member();
         self.members.add(conn, slot, self.config.max_members)?;
         if let Some(obs) = &self.config.observer {
-            obs.member_joined(self.config.id, &user);
+            obs.member_joined(self.config.id, &member);
         }
         tracing::info!(session = %self.config.id, user = %user, udp = ?udp, "member joined");
         self.presence.joined(&user.to_lowercase(), member);

@@ -130,31 +130,73 @@ pub async fn credentials_for(
     user: &str,
     coordinator: SocketAddr,
 ) -> (String, confab::transport::StaticKey) {
-    let (c, _) = client(user, coordinator).await;
-    let key = c.coordinator_key().await.unwrap();
-    drop(c);
-    let sealer = confab::seal::Sealer::new(&key);
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut req = format!(
-        r#"{{"id":1,"op":"login","user":"{user}","password":"{}"}}"#,
-        password(user)
-    )
-    .into_bytes();
-    confab::protocol::pad_request(&mut req);
-    let (sealed, opener) = sealer.seal(&req);
-    for _ in 0..50 {
-        socket.send_to(&sealed, coordinator).await.unwrap();
-        let mut buf = vec![0u8; 2048];
-        if let Ok(Ok((n, _))) =
-            tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
-        {
-            let answer = opener.open(&buf[..n]).expect("the answer is sealed for us");
-            let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
-            let token = v["token"].as_str().expect("login answer has a token");
-            return (token.to_string(), sealer.static_key());
-        }
+    let raw = SealedRaw::login(user, coordinator).await;
+    (raw.token.clone(), raw.sealer.static_key())
+}
+
+/// A client by hand: its own UDP socket and sealer, logged in (its token bound to the sealer's
+/// key), for tests that send coordinator requests a library client would not.
+pub struct SealedRaw {
+    pub socket: UdpSocket,
+    pub sealer: confab::seal::Sealer,
+    pub token: String,
+    coordinator: SocketAddr,
+}
+
+impl SealedRaw {
+    /// Registers `user` if needed and logs in.
+    pub async fn login(user: &str, coordinator: SocketAddr) -> Self {
+        // Registered by a library client that does not announce itself: the user is online
+        // only if this one says so.
+        let mut config = client_config(user, coordinator);
+        config.announce = false;
+        let (c, _) = logged_in(config).await;
+        let key = c.coordinator_key().await.unwrap();
+        drop(c);
+        let mut raw = SealedRaw {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            sealer: confab::seal::Sealer::new(&key),
+            token: String::new(),
+            coordinator,
+        };
+        let login = format!(
+            r#"{{"id":1,"op":"login","user":"{user}","password":"{}"}}"#,
+            password(user)
+        );
+        let answer = raw.request(&login).await;
+        raw.token = answer["token"]
+            .as_str()
+            .expect("login answer has a token")
+            .to_string();
+        raw
     }
-    panic!("no login answer");
+
+    /// `body` padded and sealed, as it goes on the wire.
+    pub fn seal(&self, body: &str) -> (Vec<u8>, confab::seal::Opener) {
+        let mut req = body.as_bytes().to_vec();
+        confab::protocol::pad_request(&mut req);
+        self.sealer.seal(&req)
+    }
+
+    /// Sends `body` sealed and returns its answer, opened (retrying on loss).
+    pub async fn request(&self, body: &str) -> serde_json::Value {
+        let (sealed, opener) = self.seal(body);
+        for _ in 0..50 {
+            self.socket
+                .send_to(&sealed, self.coordinator)
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 4096];
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(500), self.socket.recv_from(&mut buf))
+                    .await
+            {
+                let answer = opener.open(&buf[..n]).expect("the answer is sealed for us");
+                return serde_json::from_slice(&answer).unwrap();
+            }
+        }
+        panic!("no answer to {body}");
+    }
 }
 
 /// A member on the bare line protocol over the encrypted transport, as a real client connects
