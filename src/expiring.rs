@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 /// Bounded in time and in count; owned by one task, so it needs no lock.
 #[derive(Debug)]
 pub struct ExpiringMap<K, V> {
-    entries: HashMap<K, V>,
+    /// Each value with when it was inserted, which tells its own place in `order` from one
+    /// left behind by a removed (or replaced) entry of the same key.
+    entries: HashMap<K, (Instant, V)>,
     /// Insertion order, for expiry from the front.
     order: VecDeque<(Instant, K)>,
     ttl: Duration,
@@ -33,13 +35,13 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
     /// The live entry for `key`.
     pub fn get(&mut self, key: &K) -> Option<&V> {
         self.expire(Instant::now());
-        self.entries.get(key)
+        self.entries.get(key).map(|(_, v)| v)
     }
 
     /// The live entry for `key`, to change in place (its expiry stays as it was).
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.expire(Instant::now());
-        self.entries.get_mut(key)
+        self.entries.get_mut(key).map(|(_, v)| v)
     }
 
     /// Adds an entry; returns false (and keeps the old value) if the key is already present.
@@ -49,12 +51,31 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
         if self.entries.contains_key(&key) {
             return false;
         }
+        self.push(key, value, now);
+        true
+    }
+
+    /// Adds an entry, or replaces the one for `key` with a new value and a new lifetime.
+    pub fn replace(&mut self, key: K, value: V) {
+        let now = Instant::now();
+        self.expire(now);
+        self.entries.remove(&key);
+        self.push(key, value, now);
+    }
+
+    /// Takes the entry for `key` out.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.entries.remove(key).map(|(_, v)| v)
+    }
+
+    fn push(&mut self, key: K, value: V, now: Instant) {
+        // Places left behind by removed entries count here until they reach the front, so
+        // a map that removes much is bounded by `cap` places, not `cap` entries.
         while self.order.len() >= self.cap {
             self.pop_oldest();
         }
-        self.entries.insert(key.clone(), value);
+        self.entries.insert(key.clone(), (now, value));
         self.order.push_back((now, key));
-        true
     }
 
     #[cfg(test)]
@@ -72,7 +93,12 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
     }
 
     fn pop_oldest(&mut self) {
-        if let Some((_, key)) = self.order.pop_front() {
+        if let Some((at, key)) = self.order.pop_front()
+            && self
+                .entries
+                .get(&key)
+                .is_some_and(|(inserted, _)| *inserted == at)
+        {
             self.entries.remove(&key);
         }
     }
@@ -100,6 +126,28 @@ mod tests {
         assert!(m.get(&0).is_none());
         assert!(m.get(&1).is_some() && m.get(&2).is_some());
         assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn a_replaced_entry_lives_from_its_replacement_and_a_removed_one_is_gone() {
+        let mut m = ExpiringMap::new(Duration::from_millis(200), 10);
+        m.insert(1, "a");
+        std::thread::sleep(Duration::from_millis(120));
+        m.replace(1, "b");
+        m.insert(2, "c");
+        assert_eq!(m.remove(&2), Some("c"));
+        assert_eq!(m.get(&2), None);
+        std::thread::sleep(Duration::from_millis(120));
+        // The first insertion's time has passed; the replacement's has not.
+        assert_eq!(m.get(&1), Some(&"b"));
+        m.insert(2, "d");
+        assert_eq!(
+            m.get(&2),
+            Some(&"d"),
+            "the removed entry's old place does not take it"
+        );
+        std::thread::sleep(Duration::from_millis(220));
+        assert_eq!(m.get(&1), None);
     }
 
     #[test]

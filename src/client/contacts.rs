@@ -100,7 +100,7 @@ impl Contacts {
             ResponseBody::Peer { member } if member.user.eq_ignore_ascii_case(user) => {
                 self.cards
                     .lock()
-                    .insert(member.user.to_lowercase(), member.clone());
+                    .replace(member.user.to_lowercase(), member.clone());
                 Ok(member)
             }
             _ => Err(ClientError::Unexpected),

@@ -64,6 +64,10 @@ pub enum Via {
 /// Direct sends before the session server is asked to relay copies too: about 1.4 s of the
 /// retry schedule, time enough for a direct path that works to answer.
 const DIRECT_FIRST: usize = 3;
+/// After a message to a peer went relayed, the next ones to that peer are relayed from their
+/// first copy (direct copies still go beside, and a direct ack ends it) for this long: behind a
+/// symmetric NAT every message would otherwise wait `DIRECT_FIRST` tries for nothing.
+const RELAYED_LATELY: Duration = Duration::from_secs(120);
 
 /// A private message the client gave up on, kept so that a late acknowledgement can still be
 /// reported rather than leave the sender believing it was never shown.
@@ -104,6 +108,8 @@ pub(super) struct Dms {
     pins: Arc<Pins>,
     paths: Paths,
     contacts: Contacts,
+    /// Peers whose last message went relayed (see `RELAYED_LATELY`).
+    relayed: Mutex<ExpiringMap<PeerKey, ()>>,
 }
 
 impl Dms {
@@ -120,6 +126,7 @@ impl Dms {
             user,
             retry,
             contacts,
+            relayed: Mutex::new(ExpiringMap::new(RELAYED_LATELY, BOXES)),
             acks: Waiters::new(),
             late: Arc::new(Mutex::new(ExpiringMap::new(LATE_TTL, LATE_CAP))),
             boxes: Arc::new(Mutex::new(PeerBoxes::new(identity.secret(), BOXES))),
@@ -186,6 +193,10 @@ impl Dms {
         let key = (id, their_key);
         let mut acked = self.acks.register(key);
         let learned = self.paths.lock().get(&their_key).map(|p| p.addr);
+        let relay_from = match self.relayed.lock().get(&their_key) {
+            Some(()) if learned.is_none() => 0,
+            _ => DIRECT_FIRST,
+        };
         if learned.is_none() {
             // No direct path known: a connectivity check before the first copy. Our probe goes
             // straight to the peer (opening our NAT towards it) and through the session server;
@@ -200,12 +211,15 @@ impl Dms {
         for (attempt, delay) in self.retry.delays().enumerate() {
             // A path that reached us from this peer first (learned again at every try: the
             // check above may have just found one), then the announced endpoint, then its
-            // addresses on its own network (a peer behind our own NAT).
+            // addresses on its own network (a peer behind our own NAT). A path that works is
+            // tried alone first: every copy that arrives costs the peer an open and an ack.
             let path = self.paths.lock().get(&their_key).map(|p| p.addr);
             let mut targets: Vec<SocketAddr> = path.into_iter().collect();
-            for candidate in std::iter::once(to).chain(member.local.iter().copied()) {
-                if !targets.contains(&candidate) {
-                    targets.push(candidate);
+            if attempt > 0 || targets.is_empty() {
+                for candidate in std::iter::once(to).chain(member.local.iter().copied()) {
+                    if !targets.contains(&candidate) {
+                        targets.push(candidate);
+                    }
                 }
             }
             for target in &targets {
@@ -213,7 +227,7 @@ impl Dms {
                     tracing::debug!(error = %e, to = %member.user, "private message send failed");
                 }
             }
-            if attempt >= DIRECT_FIRST {
+            if attempt >= relay_from {
                 self.contacts.relay(&member.user, &bytes);
             }
             let answered = tokio::select! {
@@ -227,6 +241,12 @@ impl Dms {
                 }
             };
             if let Some(via) = answered {
+                match via {
+                    Via::Relayed => self.relayed.lock().replace(their_key, ()),
+                    Via::Direct(_) => {
+                        self.relayed.lock().remove(&their_key);
+                    }
+                }
                 if via == Via::Relayed
                     && let Some(stale) = learned
                 {

@@ -32,6 +32,23 @@ pub struct DmOpts {
     /// Messages each member sends its partner.
     #[arg(long, default_value_t = 200)]
     pub messages: usize,
+    /// The way the messages go: `direct` (peer to peer), `server` (every member announces an
+    /// endpoint that swallows everything, so the session server relays) or `coordinator` (the
+    /// same, and the pairs share no session, so the coordinator relays).
+    #[arg(long, value_enum, default_value_t = DmPath::Direct)]
+    pub via: DmPath,
+}
+
+/// How the private messages of a run travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DmPath {
+    /// Peer to peer over UDP.
+    Direct,
+    /// Relayed by the session server both are in.
+    Server,
+    /// Relayed by the coordinator; the members are in no session.
+    Coordinator,
 }
 
 impl Default for DmOpts {
@@ -39,6 +56,7 @@ impl Default for DmOpts {
         Self {
             pairs: 50,
             messages: 200,
+            via: DmPath::Direct,
         }
     }
 }
@@ -86,10 +104,21 @@ const GRACE: Duration = Duration::from_millis(500);
 
 async fn run_on(env: &BenchEnv, opts: &DmOpts, server: &Server) -> Result<DmReport> {
     let members = opts.pairs * 2;
-    let room = connect_rooms(env, server, 1, members)
-        .await?
-        .pop()
-        .unwrap_or_default();
+    // An endpoint that reads nothing: datagrams announced to go there are lost, as behind a NAT
+    // that no probe gets through.
+    let hole = tokio::net::UdpSocket::bind((server.addr().ip(), 0))
+        .await
+        .map_err(|e| BenchError::Setup(format!("binding the unreachable endpoint: {e}")))?;
+    let behind = hole
+        .local_addr()
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let room = match opts.via {
+        DmPath::Direct => connect_rooms(env, server, 1, members, None).await?,
+        DmPath::Server => connect_rooms(env, server, 1, members, Some(behind)).await?,
+        DmPath::Coordinator => vec![log_in_apart(env, server, members, behind).await?],
+    }
+    .pop()
+    .unwrap_or_default();
     let progress = Progress::start(env.progress, "dm (acked)", (members * opts.messages) as u64);
     let acked_counter = progress.counter();
     let epoch = Instant::now();
@@ -227,13 +256,44 @@ async fn receive(
     tally
 }
 
+/// `members` members logged in (and so announced) but in no session, named as the members of
+/// session 0 would be, all announcing `behind`.
+async fn log_in_apart(
+    env: &BenchEnv,
+    server: &Server,
+    members: usize,
+    behind: std::net::SocketAddr,
+) -> Result<Vec<Member>> {
+    let progress = Progress::start(env.progress, "logging in", members as u64);
+    let done = progress.counter();
+    let setup = stream::iter(0..members)
+        .map(|i| {
+            let done = done.clone();
+            async move {
+                let member =
+                    super::logged_in_behind(server.addr(), &user_name(0, i), Some(behind)).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, BenchError>(member)
+            }
+        })
+        .buffered(CONNECT_CONCURRENCY)
+        .try_collect();
+    let members = tokio::time::timeout(env.timeout, setup)
+        .await
+        .map_err(|_| BenchError::Timeout("logging members in".into()))??;
+    progress.finish().await;
+    Ok(members)
+}
+
 /// Connects `members` members to each of `sessions` new sessions and waits until each has seen a
-/// full roster, so the measured phase measures messages and not joins.
+/// full roster, so the measured phase measures messages and not joins. `behind`: see
+/// `logged_in_behind`.
 pub(super) async fn connect_rooms(
     env: &BenchEnv,
     server: &Server,
     sessions: usize,
     members: usize,
+    behind: Option<std::net::SocketAddr>,
 ) -> Result<Vec<Vec<Member>>> {
     let coordinator = server.addr();
     let tag = run_tag();
@@ -249,7 +309,7 @@ pub(super) async fn connect_rooms(
             } else {
                 Entry::Join(&names[s])
             };
-            let member = connect_member(coordinator, &user_name(s, i), entry).await?;
+            let member = connect_member(coordinator, &user_name(s, i), entry, behind).await?;
             done.fetch_add(1, Ordering::Relaxed);
             Ok::<_, BenchError>(member)
         }

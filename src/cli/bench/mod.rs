@@ -140,11 +140,26 @@ pub(crate) async fn account(client: &Client) -> std::result::Result<(), ClientEr
 /// A client of `user`, registered if new and logged in: the one place a benchmark account is
 /// set up.
 pub(crate) async fn logged_in(coordinator: SocketAddr, user: &str) -> Result<Member> {
+    logged_in_behind(coordinator, user, None).await
+}
+
+/// Like [`logged_in`]; `behind` is an endpoint to announce that swallows everything (as a NAT
+/// that no probe gets through), with no local addresses, so that its private messages can only
+/// be relayed.
+pub(crate) async fn logged_in_behind(
+    coordinator: SocketAddr,
+    user: &str,
+    behind: Option<SocketAddr>,
+) -> Result<Member> {
     let failed = |source| BenchError::Member {
         user: user.to_string(),
         source,
     };
-    let config = ClientConfig::new(user, coordinator);
+    let mut config = ClientConfig::new(user, coordinator);
+    if let Some(hole) = behind {
+        config.advertise = Some(hole);
+        config.share_local = false;
+    }
     let (client, events) = Client::start(config).await.map_err(failed)?;
     account(&client).await.map_err(failed)?;
     Ok(Member { client, events })
@@ -155,12 +170,13 @@ pub(crate) async fn connect_member(
     coordinator: SocketAddr,
     user: &str,
     entry: Entry<'_>,
+    behind: Option<SocketAddr>,
 ) -> Result<Member> {
     let failed = |source| BenchError::Member {
         user: user.to_string(),
         source,
     };
-    let Member { client, events } = logged_in(coordinator, user).await?;
+    let Member { client, events } = logged_in_behind(coordinator, user, behind).await?;
     match entry {
         Entry::Create(name) => client.start_session(Some(name)).await,
         Entry::Join(name) => client.join(name).await,

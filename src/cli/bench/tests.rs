@@ -69,17 +69,24 @@ async fn short_join_seats_everyone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_dm_run_acks_and_shows_each_message_once() {
-    let opts = bench::DmOpts {
-        pairs: 2,
-        messages: 10,
-    };
-    let report = bench::dm(&in_process(), &opts).await.unwrap();
-    assert_eq!(report.sent, 2 * 2 * 10);
-    assert_eq!(report.acked, report.sent);
-    assert_eq!(report.received, report.sent);
-    assert_eq!(report.duplicated, 0);
-    assert_eq!(report.out_of_order, 0);
+async fn short_dm_runs_ack_and_show_each_message_once_whichever_way_they_go() {
+    for via in [
+        super::dm::DmPath::Direct,
+        super::dm::DmPath::Server,
+        super::dm::DmPath::Coordinator,
+    ] {
+        let opts = bench::DmOpts {
+            pairs: 2,
+            messages: 10,
+            via,
+        };
+        let report = bench::dm(&in_process(), &opts).await.unwrap();
+        assert_eq!(report.sent, 2 * 2 * 10, "{via:?}");
+        assert_eq!(report.acked, report.sent, "{via:?}");
+        assert_eq!(report.received, report.sent, "{via:?}");
+        assert_eq!(report.duplicated, 0, "{via:?}");
+        assert_eq!(report.out_of_order, 0, "{via:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
