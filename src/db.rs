@@ -1,4 +1,4 @@
-//! The database on its own thread, with an async handle.
+//! The SQLite engine of [`Storage`]: the database on its own thread, with an async handle.
 //!
 //! SQLite calls block, so they never run on the async runtime: one thread owns the [`Store`] and
 //! works through a bounded queue of jobs. Group messages are queued without waiting and written in
@@ -11,9 +11,9 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::protocol::ChatLine;
-use crate::session::HistoryStore;
-use crate::store::{Store, StoreError, StoredMessage};
+use chrono::{DateTime, Utc};
+
+use crate::store::{Result, SessionRecord, Storage, Store, StoreError, StoredMessage, UserRecord};
 
 /// Jobs waiting for the database thread; appends beyond this are dropped with an error logged.
 const QUEUE: usize = 100_000;
@@ -52,8 +52,8 @@ impl Db {
     /// queue is full).
     pub fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> impl Future<Output = Result<T>> + Send + 'static {
         let (reply, result) = oneshot::channel();
         let job = Job::Call(Box::new(move |store| {
             let _ = reply.send(f(store));
@@ -75,52 +75,81 @@ impl Db {
     }
 }
 
-impl HistoryStore for Db {
-    fn append(&self, session: Uuid, line: &ChatLine) {
-        let msg = StoredMessage {
-            session,
-            seq: line.seq,
-            time: line.time,
-            sender: line.from.clone(),
-            text: line.text.clone(),
-            client_id: line.id,
-        };
-        if let Err(e) = self.tx.try_send(Job::Append(msg)) {
-            tracing::error!(%session, seq = line.seq, error = %e, "history write queue full; message not stored");
+impl Storage for Db {
+    fn create_user(
+        &self,
+        name: String,
+        password_hash: String,
+        created: DateTime<Utc>,
+    ) -> BoxFuture<'static, Result<UserRecord>> {
+        Box::pin(self.call(move |s| s.create_user(&name, &password_hash, created)))
+    }
+
+    fn user(&self, name: String) -> BoxFuture<'static, Result<Option<UserRecord>>> {
+        Box::pin(self.call(move |s| s.user(&name)))
+    }
+
+    fn token_secret(&self) -> BoxFuture<'static, Result<[u8; 32]>> {
+        Box::pin(self.call(|s| s.token_secret()))
+    }
+
+    fn identity_secret(&self) -> BoxFuture<'static, Result<[u8; 32]>> {
+        Box::pin(self.call(|s| s.identity_secret()))
+    }
+
+    fn sessions(&self) -> BoxFuture<'static, Result<Vec<SessionRecord>>> {
+        Box::pin(self.call(|s| s.sessions()))
+    }
+
+    fn open_session(
+        &self,
+        id: Uuid,
+        new: Option<SessionRecord>,
+        recent: usize,
+    ) -> BoxFuture<'static, Result<(u64, Vec<StoredMessage>)>> {
+        Box::pin(self.call(move |s| {
+            if let Some(rec) = &new {
+                s.insert_session(rec)?;
+            }
+            Ok((s.last_seq(id)?, s.history(id, None, recent)?))
+        }))
+    }
+
+    fn delete_session(&self, id: Uuid) -> BoxFuture<'static, Result<bool>> {
+        Box::pin(self.call(move |s| s.delete_session(id)))
+    }
+
+    fn append(&self, message: StoredMessage) {
+        let (session, seq) = (message.session, message.seq);
+        if let Err(e) = self.tx.try_send(Job::Append(message)) {
+            tracing::error!(%session, seq, error = %e, "history write queue full; message not stored");
         }
     }
 
-    fn before(
+    fn history(
         &self,
         session: Uuid,
-        before: u64,
+        before: Option<u64>,
         limit: usize,
-    ) -> BoxFuture<'static, Vec<ChatLine>> {
-        let db = self.clone();
-        Box::pin(async move {
-            match db
-                .call(move |s| s.history(session, Some(before), limit))
-                .await
-            {
-                Ok(msgs) => msgs.into_iter().map(to_line).collect(),
-                Err(StoreError::Gone) => Vec::new(),
-                Err(e) => {
-                    tracing::error!(%session, error = %e, "history read failed");
-                    Vec::new()
-                }
-            }
-        })
+    ) -> BoxFuture<'static, Result<Vec<StoredMessage>>> {
+        Box::pin(self.call(move |s| s.history(session, before, limit)))
     }
-}
 
-/// A stored message as the protocol carries it.
-pub fn to_line(m: StoredMessage) -> ChatLine {
-    ChatLine {
-        seq: m.seq,
-        time: m.time,
-        from: m.sender,
-        text: m.text,
-        id: m.client_id,
+    fn messages_after(
+        &self,
+        session: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<StoredMessage>>> {
+        Box::pin(self.call(move |s| s.messages_after(session, after, limit)))
+    }
+
+    fn last_seq(&self, session: Uuid) -> BoxFuture<'static, Result<u64>> {
+        Box::pin(self.call(move |s| s.last_seq(session)))
+    }
+
+    fn schema_version(&self) -> BoxFuture<'static, Result<u32>> {
+        Box::pin(self.call(|s| Ok(s.schema_version())))
     }
 }
 

@@ -13,6 +13,7 @@ mod cli;
 use cli::{process, repl};
 use confab::client::ClientConfig;
 use confab::coordinator::{self, CoordinatorConfig};
+use confab::store::Database;
 
 /// A chat system: a UDP coordinator, one TCP server per session, and a terminal client whose
 /// private messages go peer to peer.
@@ -42,7 +43,8 @@ enum Command {
         /// Old --log-file files kept (FILE.1 … FILE.N); older ones are deleted.
         #[arg(long, default_value_t = 4)]
         log_keep: usize,
-        /// SQLite database file (created if missing); `:memory:` keeps nothing.
+        /// Where the data lives: a SQLite file (created if missing), or a PostgreSQL database
+        /// by its `postgres://user:password@host/dbname` URL; `:memory:` keeps nothing.
         #[arg(long, env = "CONFAB_DB")]
         db: Option<String>,
         /// Hours a login token stays valid.
@@ -224,11 +226,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let db = match db.as_deref() {
                 Some(":memory:") => None,
-                Some(path) => Some(PathBuf::from(path)),
-                None => Some(coordinator::default_db_path()),
+                Some(text) => Some(Database::parse(text)),
+                None => Some(Database::Sqlite(coordinator::default_db_path())),
             };
             if print_key {
-                println!("{}", coordinator::identity(db.as_deref())?.fingerprint());
+                println!(
+                    "{}",
+                    coordinator::identity(db.as_ref()).await?.fingerprint()
+                );
                 return Ok(());
             }
             process::init_tracing("info");

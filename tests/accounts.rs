@@ -2,6 +2,7 @@
 
 mod common;
 
+use confab::store::Database;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -254,7 +255,7 @@ async fn the_password_appears_nowhere_in_the_database_or_the_logs() {
     let (db, dir) = temp_db();
     let log = db.with_file_name("presence.log");
     let config = CoordinatorConfig {
-        db: Some(db.clone()),
+        db: Some(Database::Sqlite(db.clone())),
         presence_log: Some(log),
         ..test_config()
     };
@@ -294,7 +295,7 @@ async fn users_sessions_and_history_survive_a_restart() {
     let (db, dir) = temp_db();
     let config = || {
         let mut c = CoordinatorConfig {
-            db: Some(db.clone()),
+            db: Some(Database::Sqlite(db.clone())),
             ..test_config()
         };
         c.member_limits.rate = None;

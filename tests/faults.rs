@@ -3,6 +3,7 @@
 
 mod common;
 
+use confab::store::Database;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -69,7 +70,7 @@ async fn chatting_clients_ride_out_a_coordinator_restart_without_loss_or_duplica
     let db = dir.path().join("confab.db");
     let config = || {
         no_rate_limit(CoordinatorConfig {
-            db: Some(db.clone()),
+            db: Some(Database::Sqlite(db.clone())),
             ..test_config()
         })
     };

@@ -3,6 +3,7 @@
 
 mod common;
 
+use confab::store::Database;
 use std::process::Stdio;
 
 use common::*;
@@ -12,7 +13,7 @@ use tokio::process::Command;
 
 fn with_db(db: &std::path::Path) -> CoordinatorConfig {
     CoordinatorConfig {
-        db: Some(db.to_path_buf()),
+        db: Some(Database::Sqlite(db.to_path_buf())),
         ..test_config()
     }
 }

@@ -65,10 +65,7 @@ impl Coordinator {
                         .ok_or_else(|| internal("hashing thread failed"))?
                         .map_err(internal)?;
                     let name = user.clone();
-                    match db
-                        .call(move |s| s.create_user(&name, &hash, Utc::now()))
-                        .await
-                    {
+                    match db.create_user(name, hash, Utc::now()).await {
                         Ok(rec) => {
                             tracing::info!(user = %rec.name, "registered");
                             Ok(ResponseBody::Registered { user: rec.name })
@@ -146,7 +143,7 @@ impl Coordinator {
             async move {
                 let result = async {
                     let name = user.clone();
-                    let rec = db.call(move |s| s.user(&name)).await.map_err(internal)?;
+                    let rec = db.user(name).await.map_err(internal)?;
                     let checked = ticket
                         .run(move || match rec {
                             Some(rec) => auth::verify_password(&password.0, &rec.password_hash)

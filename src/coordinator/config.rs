@@ -10,7 +10,7 @@ use super::quota::AbuseLimits;
 use crate::auth::PasswordCost;
 use crate::protocol::limits;
 use crate::session::{self, MemberLimits};
-use crate::store::StoreError;
+use crate::store::{Database, StoreError};
 
 /// Why the coordinator could not run.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +66,9 @@ pub struct CoordinatorConfig {
     /// Group lines each session keeps in memory (for history and rejoins; older ones are read
     /// from the database).
     pub recent_messages: usize,
-    /// The SQLite database; `None` keeps everything in memory, gone at exit.
-    pub db: Option<PathBuf>,
+    /// The database (a SQLite file, or PostgreSQL); `None` keeps everything in memory, gone at
+    /// exit.
+    pub db: Option<Database>,
     /// How long a login token is good for.
     pub token_ttl: Duration,
     /// Cost of new password hashes.
@@ -136,7 +137,7 @@ pub fn default_db_path() -> PathBuf {
 pub struct HistoryTap {
     /// Set while the coordinator runs: a handle kept past shutdown would keep the database
     /// thread, and so shutdown, waiting.
-    db: std::sync::Arc<parking_lot::Mutex<Option<crate::db::Db>>>,
+    db: std::sync::Arc<parking_lot::Mutex<Option<std::sync::Arc<dyn crate::store::Storage>>>>,
 }
 
 #[cfg(feature = "test-util")]
@@ -151,7 +152,7 @@ impl std::fmt::Debug for HistoryTap {
 #[cfg(feature = "test-util")]
 impl HistoryTap {
     /// Called by the coordinator once its database thread runs, with `None` when it stops.
-    pub(super) fn attach(&self, db: Option<crate::db::Db>) {
+    pub(super) fn attach(&self, db: Option<std::sync::Arc<dyn crate::store::Storage>>) {
         *self.db.lock() = db;
     }
 
@@ -171,7 +172,7 @@ impl HistoryTap {
                 text: format!("line {seq}"),
                 id: None,
             };
-            db.append(session, &line);
+            HistoryStore::append(&crate::store::History(db.clone()), session, &line);
         }
         lines
     }

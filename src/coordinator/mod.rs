@@ -55,12 +55,11 @@ pub use online::{ANNOUNCE_TTL, Reachable};
 pub use quota::{AbuseLimits, Rate};
 
 use crate::auth::{self, Claims, LoginThrottle, TokenKey};
-use crate::db::Db;
 use crate::identity::Identity;
 use crate::presence_log::PresenceLog;
 use crate::protocol::{ErrorBody, ErrorCode, Request, RequestBody, Response, ResponseBody, limits};
 use crate::seal::{self, Answerer};
-use crate::store::Store;
+use crate::store::{Database, Storage};
 use crate::transport::StaticKey;
 use hashing::HashPool;
 use jobs::{Done, Reply};
@@ -88,12 +87,12 @@ const RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
 
 /// The identity a coordinator with database `db` has (made and stored now if it has none yet;
 /// `None` is a fresh in-memory one), for `confab coordinator --print-key`.
-pub fn identity(db: Option<&std::path::Path>) -> Result<Identity, CoordinatorError> {
-    let store = match db {
-        Some(path) => Store::open(path)?,
-        None => Store::open_in_memory()?,
-    };
-    Ok(Identity::from_secret(store.identity_secret()?))
+pub async fn identity(db: Option<&Database>) -> Result<Identity, CoordinatorError> {
+    let (storage, finished) = crate::store::open(db).await?;
+    let secret = storage.identity_secret().await?;
+    drop(storage);
+    finished.wait().await;
+    Ok(Identity::from_secret(secret))
 }
 
 /// Runs the coordinator on `socket` until `shutdown` is cancelled; then stops every session server
@@ -143,17 +142,10 @@ pub async fn run(
         ),
         None => None,
     };
-    let path = config.db.clone();
-    let store = tokio::task::spawn_blocking(move || match path {
-        Some(path) => Store::open(&path),
-        None => Store::open_in_memory(),
-    })
-    .await
-    .map_err(|e| CoordinatorError::Db(e.to_string()))??;
-    let (db, db_thread) = Db::start(store).map_err(|e| CoordinatorError::Db(e.to_string()))?;
-    let secret = db.call(|s| s.token_secret()).await?;
-    let identity = Identity::from_secret(db.call(|s| s.identity_secret()).await?);
-    let stored = db.call(|s| s.sessions()).await?;
+    let (db, db_finished) = crate::store::open(config.db.as_ref()).await?;
+    let secret = db.token_secret().await?;
+    let identity = Identity::from_secret(db.identity_secret().await?);
+    let stored = db.sessions().await?;
     #[cfg(feature = "test-util")]
     let tap = config.history_tap.clone();
     #[cfg(feature = "test-util")]
@@ -213,6 +205,7 @@ pub async fn run(
     }
     tracing::info!(
         %local,
+        db = %coordinator.config.db.as_ref().map_or("in memory".into(), Database::describe),
         sessions = coordinator.directory.len(),
         key = %coordinator.identity.fingerprint(),
         "coordinator listening"
@@ -255,7 +248,7 @@ pub async fn run(
     // Every job has ended and dropped its ticket; the hashing threads end too.
     let _ = tokio::task::spawn_blocking(move || hash_workers.join()).await;
     // Every session has stopped and dropped its handle; the thread writes what is queued and ends.
-    let _ = tokio::task::spawn_blocking(move || db_thread.join()).await;
+    db_finished.wait().await;
     tracing::info!("coordinator stopped");
     Ok(())
 }
@@ -272,7 +265,7 @@ struct Coordinator {
     shutdown: CancellationToken,
     presence_log: Option<PresenceLog>,
     replies: ReplyCache,
-    db: Db,
+    db: Arc<dyn Storage>,
     keys: Arc<TokenKey>,
     /// The Noise static key of the session servers this process runs: made afresh at each
     /// start (clients learn it from each sealed join answer, so nothing needs to keep it).

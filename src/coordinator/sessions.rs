@@ -21,10 +21,9 @@ use super::directory::{Listed, name_taken};
 use super::jobs::{Done, Reply, Started};
 use super::{Coordinator, encode, err, fds, internal, quota};
 use crate::auth;
-use crate::db::to_line;
 use crate::protocol::{ErrorBody, ErrorCode, ResponseBody, SessionInfo};
 use crate::session::{self, SessionConfig, Stop};
-use crate::store::{SessionRecord, StoreError};
+use crate::store::{History, SessionRecord, StoreError, to_line};
 
 /// Backlog of session listeners: bursts of thousands of joins must not be reset.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -133,12 +132,7 @@ impl Coordinator {
         let recent = self.config.recent_messages;
         // Queued now, in the loop, so it reaches the database before anything asked after it
         // (a `close` of the new session above all).
-        let stored = self.db.call(move |s| {
-            if let Some(rec) = &new {
-                s.insert_session(rec)?;
-            }
-            Ok((s.last_seq(id)?, s.history(id, None, recent)?))
-        });
+        let stored = self.db.open_session(id, new, recent);
         self.directory.set_starting(id);
         self.replies.pending(reply.key);
         let span = tracing::info_span!("start", request = reply.id, %user, session = %id);
@@ -212,7 +206,7 @@ impl Coordinator {
         }
         self.room_for_job()?;
         let id = listed.id;
-        let deleted = self.db.call(move |s| s.delete_session(id));
+        let deleted = self.db.delete_session(id);
         self.replies.pending(reply.key);
         let span =
             tracing::info_span!("close", request = reply.id, user = %claims.user, session = %id);
@@ -289,7 +283,7 @@ impl Coordinator {
         config.member_limits = self.config.member_limits.clone();
         config.presence_log = self.presence_log.clone();
         config.observer = Some(Arc::new(self.directory.clone()));
-        config.history = Some(Arc::new(self.db.clone()));
+        config.history = Some(Arc::new(History(self.db.clone())));
         config.tokens = Some(self.keys.clone());
         config.noise = Some(self.session_key.clone());
         config.plain = self.config.insecure;

@@ -57,6 +57,21 @@ pub enum StoreError {
     /// written.
     #[error("the database is not available")]
     Gone,
+    /// A PostgreSQL statement failed.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The PostgreSQL server could not be reached (or did not answer in time).
+    #[error("cannot reach PostgreSQL at {0}")]
+    Unreachable(String),
+    /// A PostgreSQL schema step failed; the database is left as it was (the steps run in one
+    /// transaction).
+    #[error("database migration to schema version {version} failed: {message}")]
+    Schema {
+        /// The schema version the failed step would have produced.
+        version: u32,
+        /// What PostgreSQL said.
+        message: String,
+    },
     /// A sequence number does not fit SQLite's signed 64-bit integers.
     #[error("sequence number {0} is out of range for the database")]
     SeqOutOfRange(u64),

@@ -1,5 +1,6 @@
-//! SQLite-backed persistence for users, sessions, chat history and server
-//! secrets.
+//! Persistence for users, sessions, chat history and server secrets: the [`Storage`] interface,
+//! its SQLite engine ([`Store`], on its own thread in `crate::db`) and its PostgreSQL engine
+//! ([`postgres::Postgres`]).
 //!
 //! The store is deliberately synchronous: `rusqlite::Connection` is not `Sync`
 //! and SQLite serialises writers anyway, so the server owns one [`Store`] on a
@@ -29,11 +30,14 @@ use uuid::Uuid;
 
 pub use error::{Result, StoreError};
 use migrations::{migrate, read_version};
+pub use storage::{Database, History, Storage, open, to_line};
 
 mod error;
 mod history;
 mod migrations;
+pub mod postgres;
 mod sessions;
+mod storage;
 #[cfg(test)]
 mod tests;
 mod users;

@@ -5,9 +5,9 @@ use rusqlite::{OptionalExtension, params};
 use super::*;
 
 /// Key in the `meta` table under which the token-signing secret is kept.
-const TOKEN_SECRET_KEY: &str = "token_secret";
+pub(super) const TOKEN_SECRET_KEY: &str = "token_secret";
 /// Key in the `meta` table under which the coordinator's private key is kept.
-const IDENTITY_KEY: &str = "identity_key";
+pub(super) const IDENTITY_KEY: &str = "identity_key";
 
 impl Store {
     /// Registers a user. Returns [`StoreError::NameTaken`] if a user with the

@@ -1,5 +1,6 @@
 //! See tests/abuse.rs.
 
+use confab::store::Database;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -151,7 +152,7 @@ async fn data_files_are_private_under_umask_022() {
     let db = data.join("confab.db");
     let log = dir.path().join("presence.log");
     let coord = TestCoordinator::start_with(CoordinatorConfig {
-        db: Some(db.clone()),
+        db: Some(Database::Sqlite(db.clone())),
         presence_log: Some(log.clone()),
         ..test_config()
     })
@@ -183,7 +184,7 @@ async fn an_existing_database_readable_by_others_is_made_private() {
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
     let folder = mode(dir.path());
     let coord = TestCoordinator::start_with(CoordinatorConfig {
-        db: Some(db.clone()),
+        db: Some(Database::Sqlite(db.clone())),
         ..test_config()
     })
     .await;
@@ -467,7 +468,7 @@ async fn every_joined_in_the_presence_log_gets_one_left_with_a_reason_through_cl
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("presence.log");
     let config = || CoordinatorConfig {
-        db: Some(dir.path().join("confab.db")),
+        db: Some(Database::Sqlite(dir.path().join("confab.db"))),
         presence_log: Some(log.clone()),
         ..test_config()
     };

@@ -1,6 +1,8 @@
 //! Shared test scaffolding: real coordinators on 127.0.0.1:0, clients, and a lossy UDP relay.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

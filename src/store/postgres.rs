@@ -1,0 +1,559 @@
+//! The PostgreSQL engine: the same data and the same numbered schema steps as the SQLite one,
+//! in a database that several coordinators (and, later, session hosts) can share.
+//!
+//! One task owns one connection and runs the calls in the order they were made, as the SQLite
+//! thread does, batching queued group messages into one statement per batch (an `INSERT …
+//! SELECT FROM UNNEST(…)`: one round trip and one commit for up to 10,000 lines). A connection
+//! that breaks is opened again before the next call; the calls in between fail with the error.
+//!
+//! The connection is not encrypted (`NoTls`): run PostgreSQL on the same machine or a trusted
+//! network, or reach it through a tunnel.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+use super::storage::Storage;
+use super::{Result, SessionRecord, StoreError, StoredMessage, UserRecord, name_key};
+
+/// Calls and messages waiting for the connection; appends beyond this are dropped, logged.
+const QUEUE: usize = 100_000;
+/// Most messages written in one statement.
+const BATCH: usize = 10_000;
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Schema steps, in the same numbering as SQLite's (`store::migrations`): step `i` brings the
+/// schema from version `i` to `i + 1`. Append, never edit.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    "CREATE TABLE users (
+         id            BIGSERIAL PRIMARY KEY,
+         name          TEXT NOT NULL,
+         name_key      TEXT NOT NULL UNIQUE,
+         password_hash TEXT NOT NULL,
+         created       TIMESTAMPTZ NOT NULL
+     );
+     CREATE TABLE sessions (
+         id       UUID PRIMARY KEY,
+         name     TEXT,
+         name_key TEXT UNIQUE,
+         creator  TEXT NOT NULL,
+         created  TIMESTAMPTZ NOT NULL
+     );
+     CREATE TABLE messages (
+         session_id UUID NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+         seq        BIGINT NOT NULL,
+         time       TIMESTAMPTZ NOT NULL,
+         sender     TEXT NOT NULL,
+         text       TEXT NOT NULL,
+         PRIMARY KEY (session_id, seq)
+     );
+     CREATE TABLE meta (
+         key   TEXT PRIMARY KEY,
+         value BYTEA NOT NULL
+     );",
+    // 2: the sender's own id for each line.
+    "ALTER TABLE messages ADD COLUMN client_id BIGINT;",
+];
+
+/// Any lock number of our own: taken for the whole of a migration, so coordinators starting
+/// together on a fresh database run each step once.
+const MIGRATION_LOCK: i64 = 0x636f_6e66_6162; // "confab"
+
+type Call = Box<dyn for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, ()> + Send>;
+
+enum Job {
+    Call(Call),
+    Append(StoredMessage),
+}
+
+/// Cheap to clone; the task ends when the last handle is dropped, after finishing its queue.
+#[derive(Clone)]
+pub struct Postgres {
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres").finish_non_exhaustive()
+    }
+}
+
+impl Postgres {
+    /// Connects to `url`, brings the schema up to date, and starts the task that owns the
+    /// connection; returns the handle and the task, so that shutdown can wait for the last
+    /// writes.
+    pub async fn connect(url: &str) -> Result<(Postgres, tokio::task::JoinHandle<()>)> {
+        let mut client = open(url).await?;
+        migrate(&mut client).await?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(work(url.to_string(), client, rx));
+        Ok((Postgres { tx }, task))
+    }
+
+    /// Runs `f` on the connection, after everything queued before it.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, Result<T>> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T>> {
+        let (reply, result) = oneshot::channel();
+        let job = Job::Call(Box::new(move |client| {
+            Box::pin(async move {
+                let _ = reply.send(f(client).await);
+            })
+        }));
+        let tx = self.tx.clone();
+        // Queued now, so calls keep the order they were made in (unless the queue is full).
+        let queued = tx.try_send(job);
+        Box::pin(async move {
+            match queued {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(job)) => {
+                    tx.send(job).await.map_err(|_| StoreError::Gone)?
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::Gone),
+            }
+            result.await.map_err(|_| StoreError::Gone)?
+        })
+    }
+}
+
+/// `url` with its password replaced, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:…{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn open(url: &str) -> Result<Client> {
+    let connecting = tokio_postgres::connect(url, NoTls);
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| StoreError::Unreachable(format!("{} did not answer", redact(url))))?
+        .map_err(|e| StoreError::Unreachable(format!("{}: {e}", redact(url))))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn migrate(client: &mut Client) -> Result<()> {
+    let supported = MIGRATIONS.len() as u32;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS confab_schema (version INTEGER NOT NULL)")
+        .await?;
+    let found: Option<i32> = tx
+        .query_opt("SELECT version FROM confab_schema", &[])
+        .await?
+        .map(|r| r.get(0));
+    let found = found.unwrap_or(0) as u32;
+    if found > supported {
+        return Err(StoreError::TooNew { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| StoreError::Schema {
+                version: i as u32 + 1,
+                message: e.to_string(),
+            })?;
+    }
+    tx.execute("DELETE FROM confab_schema", &[]).await?;
+    tx.execute(
+        "INSERT INTO confab_schema (version) VALUES ($1)",
+        &[&(supported as i32)],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn work(url: String, mut client: Client, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::new();
+    while let Some(job) = rx.recv().await {
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Append(m) => {
+                    batch.push(m);
+                    if batch.len() < BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                Job::Call(f) => {
+                    // Earlier appends first, so a read sees every message queued before it.
+                    reconnect_if_closed(&url, &mut client).await;
+                    flush(&client, &mut batch).await;
+                    f(&mut client).await;
+                    next = rx.try_recv().ok();
+                }
+            }
+        }
+        reconnect_if_closed(&url, &mut client).await;
+        flush(&client, &mut batch).await;
+    }
+    flush(&client, &mut batch).await;
+    tracing::debug!("PostgreSQL task finished");
+}
+
+/// Opens the connection again if it broke (the server restarted, the network failed): one try
+/// per call, so a database that is down costs each call one connect timeout at most.
+async fn reconnect_if_closed(url: &str, client: &mut Client) {
+    if !client.is_closed() {
+        return;
+    }
+    match open(url).await {
+        Ok(fresh) => {
+            tracing::info!("PostgreSQL connection opened again");
+            *client = fresh;
+        }
+        Err(e) => tracing::error!(error = %e, "PostgreSQL is unreachable"),
+    }
+}
+
+async fn flush(client: &Client, batch: &mut Vec<StoredMessage>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = append_messages(client, batch).await {
+        tracing::error!(error = %e, count = batch.len(), "could not store messages");
+    }
+    batch.clear();
+}
+
+/// One statement for the whole batch. As in SQLite: a message already stored is skipped (a
+/// batch written again after an error), and so is one whose session is gone.
+async fn append_messages(client: &Client, batch: &[StoredMessage]) -> Result<()> {
+    let mut sessions = Vec::with_capacity(batch.len());
+    let mut seqs = Vec::with_capacity(batch.len());
+    let mut times = Vec::with_capacity(batch.len());
+    let mut senders = Vec::with_capacity(batch.len());
+    let mut texts = Vec::with_capacity(batch.len());
+    let mut ids = Vec::with_capacity(batch.len());
+    for m in batch {
+        sessions.push(m.session);
+        seqs.push(seq_to_sql(m.seq)?);
+        times.push(m.time);
+        senders.push(m.sender.as_str());
+        texts.push(m.text.as_str());
+        ids.push(m.client_id.map(|id| id as i64));
+    }
+    client
+        .execute(
+            "INSERT INTO messages (session_id, seq, time, sender, text, client_id)
+             SELECT m.* FROM UNNEST($1::uuid[], $2::bigint[], $3::timestamptz[], $4::text[],
+                                    $5::text[], $6::bigint[])
+                  AS m(session_id, seq, time, sender, text, client_id)
+             WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.id = m.session_id)
+             ON CONFLICT (session_id, seq) DO NOTHING",
+            &[&sessions, &seqs, &times, &senders, &texts, &ids],
+        )
+        .await?;
+    Ok(())
+}
+
+fn seq_to_sql(seq: u64) -> Result<i64> {
+    i64::try_from(seq).map_err(|_| StoreError::SeqOutOfRange(seq))
+}
+
+fn seq_from_sql(seq: i64) -> Result<u64> {
+    u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("negative sequence number {seq}")))
+}
+
+/// A unique violation is a name in use (the only unique columns written are the name keys).
+fn unique(e: tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        StoreError::NameTaken
+    } else {
+        StoreError::Postgres(e)
+    }
+}
+
+fn message(session: Uuid, row: &tokio_postgres::Row) -> Result<StoredMessage> {
+    Ok(StoredMessage {
+        session,
+        seq: seq_from_sql(row.get(0))?,
+        time: row.get(1),
+        sender: row.get(2),
+        text: row.get(3),
+        client_id: row.get::<_, Option<i64>>(4).map(|id| id as u64),
+    })
+}
+
+async fn secret(client: &Client, key: &'static str) -> Result<[u8; 32]> {
+    let mut fresh = [0u8; 32];
+    rand::fill(&mut fresh[..]);
+    client
+        .execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&key, &&fresh[..]],
+        )
+        .await?;
+    let stored: Vec<u8> = client
+        .query_one("SELECT value FROM meta WHERE key = $1", &[&key])
+        .await?
+        .get(0);
+    stored
+        .as_slice()
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{key} has {} bytes, expected 32", stored.len())))
+}
+
+async fn history(
+    client: &Client,
+    session: Uuid,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<StoredMessage>> {
+    let max_seq = match before.map(i64::try_from) {
+        Some(Ok(before)) => before - 1,
+        None | Some(Err(_)) => i64::MAX,
+    };
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            "SELECT seq, time, sender, text, client_id FROM messages
+             WHERE session_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT $3",
+            &[&session, &max_seq, &limit],
+        )
+        .await?;
+    let mut out = rows
+        .iter()
+        .map(|r| message(session, r))
+        .collect::<Result<Vec<_>>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+async fn last_seq(client: &Client, session: Uuid) -> Result<u64> {
+    let max: Option<i64> = client
+        .query_one(
+            "SELECT MAX(seq) FROM messages WHERE session_id = $1",
+            &[&session],
+        )
+        .await?
+        .get(0);
+    max.map_or(Ok(0), seq_from_sql)
+}
+
+async fn insert_session(client: &Client, rec: &SessionRecord) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO sessions (id, name, name_key, creator, created)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &rec.id,
+                &rec.name,
+                &rec.name.as_deref().map(name_key),
+                &rec.creator,
+                &rec.created,
+            ],
+        )
+        .await
+        .map_err(unique)?;
+    Ok(())
+}
+
+impl Storage for Postgres {
+    fn create_user(
+        &self,
+        name: String,
+        password_hash: String,
+        created: DateTime<Utc>,
+    ) -> BoxFuture<'static, Result<UserRecord>> {
+        self.call(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "INSERT INTO users (name, name_key, password_hash, created)
+                         VALUES ($1, $2, $3, $4) RETURNING id",
+                        &[&name, &name_key(&name), &password_hash, &created],
+                    )
+                    .await
+                    .map_err(unique)?;
+                Ok(UserRecord {
+                    id: row.get(0),
+                    name,
+                    password_hash,
+                    created,
+                })
+            })
+        })
+    }
+
+    fn user(&self, name: String) -> BoxFuture<'static, Result<Option<UserRecord>>> {
+        self.call(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT id, name, password_hash, created FROM users WHERE name_key = $1",
+                        &[&name_key(&name)],
+                    )
+                    .await?;
+                Ok(row.map(|r| UserRecord {
+                    id: r.get(0),
+                    name: r.get(1),
+                    password_hash: r.get(2),
+                    created: r.get(3),
+                }))
+            })
+        })
+    }
+
+    fn token_secret(&self) -> BoxFuture<'static, Result<[u8; 32]>> {
+        self.call(|c| Box::pin(secret(c, super::users::TOKEN_SECRET_KEY)))
+    }
+
+    fn identity_secret(&self) -> BoxFuture<'static, Result<[u8; 32]>> {
+        self.call(|c| Box::pin(secret(c, super::users::IDENTITY_KEY)))
+    }
+
+    fn sessions(&self) -> BoxFuture<'static, Result<Vec<SessionRecord>>> {
+        self.call(|c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT id, name, creator, created FROM sessions ORDER BY created, id",
+                        &[],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| SessionRecord {
+                        id: r.get(0),
+                        name: r.get(1),
+                        creator: r.get(2),
+                        created: r.get(3),
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn open_session(
+        &self,
+        id: Uuid,
+        new: Option<SessionRecord>,
+        recent: usize,
+    ) -> BoxFuture<'static, Result<(u64, Vec<StoredMessage>)>> {
+        self.call(move |c| {
+            Box::pin(async move {
+                if let Some(rec) = &new {
+                    insert_session(c, rec).await?;
+                }
+                Ok((last_seq(c, id).await?, history(c, id, None, recent).await?))
+            })
+        })
+    }
+
+    fn delete_session(&self, id: Uuid) -> BoxFuture<'static, Result<bool>> {
+        self.call(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await?;
+                tx.execute("DELETE FROM messages WHERE session_id = $1", &[&id])
+                    .await?;
+                let n = tx
+                    .execute("DELETE FROM sessions WHERE id = $1", &[&id])
+                    .await?;
+                tx.commit().await?;
+                Ok(n > 0)
+            })
+        })
+    }
+
+    fn append(&self, message: StoredMessage) {
+        let (session, seq) = (message.session, message.seq);
+        if let Err(e) = self.tx.try_send(Job::Append(message)) {
+            tracing::error!(%session, seq, error = %e, "history write queue full; message not stored");
+        }
+    }
+
+    fn history(
+        &self,
+        session: Uuid,
+        before: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<StoredMessage>>> {
+        self.call(move |c| Box::pin(history(c, session, before, limit)))
+    }
+
+    fn messages_after(
+        &self,
+        session: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<StoredMessage>>> {
+        self.call(move |c| {
+            Box::pin(async move {
+                let Ok(after) = i64::try_from(after) else {
+                    return Ok(Vec::new());
+                };
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                let rows = c
+                    .query(
+                        "SELECT seq, time, sender, text, client_id FROM messages
+                         WHERE session_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3",
+                        &[&session, &after, &limit],
+                    )
+                    .await?;
+                rows.iter().map(|r| message(session, r)).collect()
+            })
+        })
+    }
+
+    fn last_seq(&self, session: Uuid) -> BoxFuture<'static, Result<u64>> {
+        self.call(move |c| Box::pin(last_seq(c, session)))
+    }
+
+    fn schema_version(&self) -> BoxFuture<'static, Result<u32>> {
+        self.call(|c| {
+            Box::pin(async move {
+                let v: i32 = c
+                    .query_one("SELECT version FROM confab_schema", &[])
+                    .await?
+                    .get(0);
+                Ok(v as u32)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Database;
+
+    #[test]
+    fn urls_select_postgresql_and_lose_their_password_in_logs() {
+        let url = "postgres://confab:s3cret@db.example:5432/chat";
+        assert_eq!(Database::parse(url), Database::Postgres(url.into()));
+        assert_eq!(
+            Database::parse("postgresql://h/db"),
+            Database::Postgres("postgresql://h/db".into())
+        );
+        assert_eq!(
+            Database::parse("chat.db"),
+            Database::Sqlite("chat.db".into())
+        );
+        assert_eq!(redact(url), "postgres://confab:…@db.example:5432/chat");
+        assert_eq!(redact("postgres://confab@h/db"), "postgres://confab@h/db");
+        assert!(!Database::parse(url).describe().contains("s3cret"));
+    }
+}

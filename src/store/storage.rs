@@ -1,0 +1,195 @@
+//! One storage interface, two engines: SQLite in a file beside the coordinator (the default, and
+//! nothing to install), or PostgreSQL, which several machines can share.
+//!
+//! Every call is queued when it is made and the engine runs them in that order, so what one
+//! task asks first is done first (a session's creation before its `close`; the messages a
+//! stopping server queued before the `last_seq` its successor reads). Group messages are
+//! queued without waiting and written in batches.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use uuid::Uuid;
+
+use super::{Result, SessionRecord, StoredMessage, UserRecord};
+use crate::protocol::ChatLine;
+use crate::session::HistoryStore;
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (created if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by its `postgres://` (or `postgresql://`) URL.
+    Postgres(String),
+}
+
+impl Database {
+    /// Reads `--db`: a `postgres://` or `postgresql://` URL selects PostgreSQL; anything else
+    /// is a SQLite file.
+    pub fn parse(text: &str) -> Database {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Database::Postgres(text.to_string())
+        } else {
+            Database::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    /// For logs: the file, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => super::postgres::redact(url),
+        }
+    }
+}
+
+/// What the coordinator and its sessions keep: accounts, sessions, group history, and the
+/// coordinator's two secrets.
+pub trait Storage: Send + Sync + 'static {
+    /// Registers a user; `NameTaken` if the name exists in any case.
+    fn create_user(
+        &self,
+        name: String,
+        password_hash: String,
+        created: DateTime<Utc>,
+    ) -> BoxFuture<'static, Result<UserRecord>>;
+    /// A user by name, in any case.
+    fn user(&self, name: String) -> BoxFuture<'static, Result<Option<UserRecord>>>;
+    /// The token-signing secret, made on first use.
+    fn token_secret(&self) -> BoxFuture<'static, Result<[u8; 32]>>;
+    /// The coordinator's private key, made on first use.
+    fn identity_secret(&self) -> BoxFuture<'static, Result<[u8; 32]>>;
+    /// Every session, oldest first.
+    fn sessions(&self) -> BoxFuture<'static, Result<Vec<SessionRecord>>>;
+    /// Before a session's server starts: stores the session if it is `new` (`NameTaken` if its
+    /// name is in use), then reads its last sequence number and its newest `recent` messages.
+    fn open_session(
+        &self,
+        id: Uuid,
+        new: Option<SessionRecord>,
+        recent: usize,
+    ) -> BoxFuture<'static, Result<(u64, Vec<StoredMessage>)>>;
+    /// Deletes a session and its history; whether it existed.
+    fn delete_session(&self, id: Uuid) -> BoxFuture<'static, Result<bool>>;
+    /// Queues one group message for writing, without waiting (a full queue drops it, logged).
+    fn append(&self, message: StoredMessage);
+    /// The newest `limit` messages before `before` (or the newest), oldest first.
+    fn history(
+        &self,
+        session: Uuid,
+        before: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<StoredMessage>>>;
+    /// Messages after `after`, oldest first, at most `limit`.
+    fn messages_after(
+        &self,
+        session: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<StoredMessage>>>;
+    /// The highest stored sequence number of a session (0 for none).
+    fn last_seq(&self, session: Uuid) -> BoxFuture<'static, Result<u64>>;
+    /// How many migration steps the database has had.
+    fn schema_version(&self) -> BoxFuture<'static, Result<u32>>;
+}
+
+/// A session's history in a [`Storage`], as the session server uses it.
+#[derive(Clone)]
+pub struct History(pub Arc<dyn Storage>);
+
+impl HistoryStore for History {
+    fn append(&self, session: Uuid, line: &ChatLine) {
+        self.0.append(StoredMessage {
+            session,
+            seq: line.seq,
+            time: line.time,
+            sender: line.from.clone(),
+            text: line.text.clone(),
+            client_id: line.id,
+        });
+    }
+
+    fn before(
+        &self,
+        session: Uuid,
+        before: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Vec<ChatLine>> {
+        let read = self.0.history(session, Some(before), limit);
+        Box::pin(async move {
+            match read.await {
+                Ok(msgs) => msgs.into_iter().map(to_line).collect(),
+                Err(super::StoreError::Gone) => Vec::new(),
+                Err(e) => {
+                    tracing::error!(%session, error = %e, "history read failed");
+                    Vec::new()
+                }
+            }
+        })
+    }
+}
+
+/// A stored message as the protocol carries it.
+pub fn to_line(m: StoredMessage) -> ChatLine {
+    ChatLine {
+        seq: m.seq,
+        time: m.time,
+        from: m.sender,
+        text: m.text,
+        id: m.client_id,
+    }
+}
+
+/// What to wait for at shutdown: the engine's thread or task, which ends once every handle is
+/// dropped and the queued writes are done.
+pub enum Finished {
+    /// The SQLite thread.
+    Thread(std::thread::JoinHandle<()>),
+    /// The PostgreSQL task.
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl Finished {
+    /// Waits for the last writes.
+    pub async fn wait(self) {
+        match self {
+            Finished::Thread(thread) => {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+            Finished::Task(task) => {
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+/// Opens `db` (`None`: SQLite in memory, gone at exit), bringing its schema up to date.
+pub async fn open(db: Option<&Database>) -> Result<(Arc<dyn Storage>, Finished)> {
+    match db {
+        Some(Database::Postgres(url)) => {
+            let (pg, task) = super::postgres::Postgres::connect(url).await?;
+            Ok((Arc::new(pg), Finished::Task(task)))
+        }
+        sqlite => {
+            let path = match sqlite {
+                Some(Database::Sqlite(path)) => Some(path.clone()),
+                _ => None,
+            };
+            let store = tokio::task::spawn_blocking(move || match path {
+                Some(path) => super::Store::open(&path),
+                None => super::Store::open_in_memory(),
+            })
+            .await
+            .map_err(|_| super::StoreError::Gone)??;
+            let (db, thread) =
+                crate::db::Db::start(store).map_err(|source| super::StoreError::Io {
+                    path: PathBuf::from("(database thread)"),
+                    source,
+                })?;
+            Ok((Arc::new(db), Finished::Thread(thread)))
+        }
+    }
+}

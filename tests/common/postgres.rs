@@ -1,0 +1,175 @@
+//! A throwaway PostgreSQL server for tests: `initdb` into a temporary folder, `pg_ctl start` on a
+//! loopback port, stopped and deleted when dropped. The server binaries come from Debian's
+//! `postgresql` package (`.ci/run` installs it when missing). PostgreSQL refuses to run as root,
+//! so under root (as CI runs) the cluster belongs to `nobody` and its commands run through
+//! `runuser`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A running cluster. Each test takes its own database from it ([`TestPostgres::database`]).
+pub struct TestPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// Run the server's commands as this user (when we are root).
+    as_user: Option<&'static str>,
+    port: u16,
+    databases: AtomicU32,
+}
+
+/// Where the server binaries are: `pg_config --bindir`, else the newest Debian install.
+fn bindir() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl TestPostgres {
+    /// Starts a cluster, or says why it cannot (no server binaries: the caller reports the test
+    /// as skipped, loudly; CI has them).
+    pub fn start() -> Result<TestPostgres, String> {
+        let bin = bindir().ok_or("no PostgreSQL server binaries (Debian package postgresql)")?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        // SAFETY: geteuid has no preconditions.
+        let as_user = (unsafe { libc::geteuid() } == 0).then_some("nobody");
+        if let Some(user) = as_user {
+            let out = Command::new("id").args(["-u", user]).output();
+            let uid: u32 = out
+                .ok()
+                .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+                .ok_or(format!("no user {user} to run PostgreSQL as"))?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), None).map_err(|e| e.to_string())?;
+        }
+        let mut pg = TestPostgres {
+            dir,
+            bin,
+            as_user,
+            port: 0,
+            databases: AtomicU32::new(0),
+        };
+        let data = pg.data();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "confab",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        )?;
+        // A port taken between our look and the server's bind fails the start; try another.
+        let mut last = String::new();
+        for _ in 0..5 {
+            pg.port = free_port();
+            let options = format!(
+                "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off -c max_connections=200",
+                pg.port
+            );
+            let log = format!("{data}/server.log");
+            match pg.run(
+                "pg_ctl",
+                &[
+                    "-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60", "start",
+                ],
+            ) {
+                Ok(()) => return Ok(pg),
+                Err(e) => {
+                    last = format!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+                }
+            }
+        }
+        Err(format!("pg_ctl start failed: {last}"))
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let path = self.bin.join(program);
+        let mut cmd = match self.as_user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&path);
+                c
+            }
+            None => Command::new(&path),
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{program} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// The URL of the cluster's database `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://confab@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// A new, empty database of its own, by URL.
+    pub async fn database(&self) -> String {
+        let n = self.databases.fetch_add(1, Ordering::Relaxed);
+        let name = format!("test{n}");
+        let (client, connection) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test cluster");
+        let conn = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create a test database");
+        drop(client);
+        let _ = conn.await;
+        self.url(&name)
+    }
+
+    /// The folder the cluster lives in.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}

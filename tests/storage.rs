@@ -1,0 +1,298 @@
+//! Issue 14, storage: every case runs against both engines, SQLite in a file and PostgreSQL in
+//! a throwaway cluster of its own (each case in a fresh database), through the one `Storage`
+//! interface the coordinator uses. Then a coordinator on PostgreSQL, restarted: accounts,
+//! sessions and history are still there.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SubsecRound, Utc};
+use common::postgres::TestPostgres;
+use common::*;
+use confab::client::Event;
+use confab::store::{self, Database, SessionRecord, Storage, StoreError, StoredMessage};
+use futures::future::BoxFuture;
+use uuid::Uuid;
+
+type Case = fn(Arc<dyn Storage>) -> BoxFuture<'static, ()>;
+
+const CASES: &[(&str, Case)] = &[
+    ("users", |s| Box::pin(users(s))),
+    ("secrets", |s| Box::pin(secrets(s))),
+    ("sessions", |s| Box::pin(sessions(s))),
+    ("history", |s| Box::pin(history(s))),
+    ("order", |s| Box::pin(order(s))),
+];
+
+fn session(name: Option<&str>, creator: &str) -> SessionRecord {
+    SessionRecord {
+        id: Uuid::new_v4(),
+        name: name.map(String::from),
+        creator: creator.into(),
+        created: Utc::now().trunc_subsecs(3),
+    }
+}
+
+fn message(session: Uuid, seq: u64) -> StoredMessage {
+    StoredMessage {
+        session,
+        seq,
+        time: Utc::now().trunc_subsecs(3),
+        sender: "alice".into(),
+        text: format!("line {seq} — ünïcode ✓"),
+        client_id: seq.is_multiple_of(2).then_some(seq * 1000),
+    }
+}
+
+async fn users(s: Arc<dyn Storage>) {
+    let created = Utc::now().trunc_subsecs(3);
+    let alice = s
+        .create_user("Alice".into(), "hash-a".into(), created)
+        .await
+        .unwrap();
+    assert_eq!(alice.name, "Alice");
+    let again = s
+        .create_user("aLICE".into(), "hash-b".into(), created)
+        .await;
+    assert!(matches!(again, Err(StoreError::NameTaken)), "{again:?}");
+    let found = s
+        .user("ALICE".into())
+        .await
+        .unwrap()
+        .expect("found in any case");
+    assert_eq!(found, alice);
+    assert_eq!(s.user("bob".into()).await.unwrap(), None);
+    let bob = s
+        .create_user("bob".into(), "hash-b".into(), created)
+        .await
+        .unwrap();
+    assert_ne!(bob.id, alice.id);
+}
+
+async fn secrets(s: Arc<dyn Storage>) {
+    let token = s.token_secret().await.unwrap();
+    let identity = s.identity_secret().await.unwrap();
+    assert_ne!(token, identity);
+    assert_ne!(token, [0; 32]);
+    assert_eq!(
+        s.token_secret().await.unwrap(),
+        token,
+        "made once, then kept"
+    );
+    assert_eq!(s.identity_secret().await.unwrap(), identity);
+    assert_eq!(s.schema_version().await.unwrap(), 2);
+}
+
+async fn sessions(s: Arc<dyn Storage>) {
+    let lobby = session(Some("Lobby"), "alice");
+    let (seq, recent) = s
+        .open_session(lobby.id, Some(lobby.clone()), 50)
+        .await
+        .unwrap();
+    assert_eq!((seq, recent.len()), (0, 0));
+    let clash = session(Some("LOBBY"), "bob");
+    let taken = s.open_session(clash.id, Some(clash), 50).await;
+    assert!(matches!(taken, Err(StoreError::NameTaken)), "{taken:?}");
+    // Unnamed sessions do not clash with each other.
+    let (a, b) = (session(None, "bob"), session(None, "bob"));
+    for rec in [&a, &b] {
+        s.open_session(rec.id, Some(rec.clone()), 50).await.unwrap();
+    }
+    let listed = s.sessions().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0], lobby, "oldest first, as stored");
+    // Reopening a known session stores nothing new and reads its history.
+    s.append(message(lobby.id, 1));
+    let (seq, recent) = s.open_session(lobby.id, None, 50).await.unwrap();
+    assert_eq!((seq, recent.len()), (1, 1));
+    assert!(s.delete_session(lobby.id).await.unwrap());
+    assert!(!s.delete_session(lobby.id).await.unwrap(), "gone already");
+    assert_eq!(
+        s.last_seq(lobby.id).await.unwrap(),
+        0,
+        "its history went with it"
+    );
+    assert_eq!(s.sessions().await.unwrap().len(), 2);
+    // The name is free again.
+    let reborn = session(Some("lobby"), "carol");
+    s.open_session(reborn.id, Some(reborn), 50).await.unwrap();
+}
+
+async fn history(s: Arc<dyn Storage>) {
+    let rec = session(Some("h"), "alice");
+    s.open_session(rec.id, Some(rec.clone()), 10).await.unwrap();
+    let id = rec.id;
+    // More than one batch's worth, queued without waiting.
+    let lines = 25_000u64;
+    for seq in 1..=lines {
+        s.append(message(id, seq));
+    }
+    // A message already stored, and one for a session that does not exist, are skipped
+    // without failing the batch around them.
+    s.append(message(id, 7));
+    s.append(message(Uuid::new_v4(), 1));
+    s.append(message(id, lines + 1));
+    assert_eq!(s.last_seq(id).await.unwrap(), lines + 1);
+    let newest = s.history(id, None, 10).await.unwrap();
+    let seqs: Vec<u64> = newest.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (lines - 8..=lines + 1).collect::<Vec<_>>(),
+        "oldest first"
+    );
+    assert_eq!(newest[9], message(id, lines + 1).with_time(newest[9].time));
+    let page = s.history(id, Some(50), 5).await.unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [45, 46, 47, 48, 49]
+    );
+    assert_eq!(page[1].client_id, Some(46_000));
+    assert_eq!(page[0].client_id, None);
+    assert_eq!(page[0].text, "line 45 — ünïcode ✓");
+    let after = s.messages_after(id, lines - 2, 100).await.unwrap();
+    assert_eq!(
+        after.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [lines - 1, lines, lines + 1]
+    );
+    assert!(s.history(id, Some(1), 10).await.unwrap().is_empty());
+    assert!(s.messages_after(id, u64::MAX, 10).await.unwrap().is_empty());
+    let (seq, recent) = s.open_session(id, None, 3).await.unwrap();
+    assert_eq!((seq, recent.len()), (lines + 1, 3));
+}
+
+trait WithTime {
+    fn with_time(self, time: chrono::DateTime<Utc>) -> Self;
+}
+
+impl WithTime for StoredMessage {
+    fn with_time(mut self, time: chrono::DateTime<Utc>) -> Self {
+        self.time = time;
+        self
+    }
+}
+
+async fn order(s: Arc<dyn Storage>) {
+    // Calls are done in the order they are made, whoever waits for them: a close asked right
+    // after a create (neither awaited yet) finds the session.
+    let rec = session(Some("quick"), "alice");
+    let created = s.open_session(rec.id, Some(rec.clone()), 10);
+    let deleted = s.delete_session(rec.id);
+    assert!(deleted.await.unwrap(), "the create went first");
+    created.await.unwrap();
+    assert!(s.sessions().await.unwrap().is_empty());
+}
+
+async fn run_cases(open: impl AsyncFn(&str) -> Database) {
+    for (name, case) in CASES {
+        let db = open(name).await;
+        let (storage, finished) = store::open(Some(&db)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), case(storage))
+            .await
+            .unwrap_or_else(|_| panic!("{name} on {} took over 60 s", db.describe()));
+        finished.wait().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_storage_case_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    run_cases(async |name| Database::Sqlite(dir.path().join(format!("{name}.db")))).await;
+}
+
+/// The PostgreSQL cluster, or a loud skip where there are no server binaries.
+fn cluster() -> Option<TestPostgres> {
+    match TestPostgres::start() {
+        Ok(pg) => Some(pg),
+        Err(why) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED (needs PostgreSQL's server binaries; CI has them): {why}");
+            None
+        }
+        Err(why) => panic!("PostgreSQL is needed in CI: {why}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_storage_case_on_postgresql() {
+    let Some(pg) = cluster() else { return };
+    run_cases(async |_| Database::Postgres(pg.database().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_schema_is_made_once_by_coordinators_starting_together_and_kept() {
+    let Some(pg) = cluster() else { return };
+    let url = pg.database().await;
+    let db = Database::Postgres(url.clone());
+    // Four at once on an empty database: one makes the schema, the others wait and find it.
+    let opens = (0..4).map(|_| store::open(Some(&db)));
+    let opened = futures::future::join_all(opens).await;
+    let mut secrets = Vec::new();
+    for result in opened {
+        let (storage, finished) = result.expect("every one opens");
+        secrets.push(storage.token_secret().await.unwrap());
+        drop(storage);
+        finished.wait().await;
+    }
+    assert!(
+        secrets.windows(2).all(|w| w[0] == w[1]),
+        "one secret for all"
+    );
+    // A database from a newer confab is refused, not changed.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute("UPDATE confab_schema SET version = 99")
+        .await
+        .unwrap();
+    drop(client);
+    let _ = conn.await;
+    match store::open(Some(&db)).await {
+        Err(StoreError::TooNew {
+            found: 99,
+            supported: 2,
+        }) => {}
+        Err(e) => panic!("expected too new, got {e}"),
+        Ok(_) => panic!("expected too new, it opened"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_on_postgresql_keeps_accounts_sessions_and_history_across_a_restart() {
+    let Some(pg) = cluster() else { return };
+    let db = Database::Postgres(pg.database().await);
+    let config = || {
+        let mut c = test_config();
+        c.db = Some(db.clone());
+        c
+    };
+    let coord = TestCoordinator::start_with(config()).await;
+    let addr = coord.addr;
+    let (alice, mut events) = client("alice", addr).await;
+    alice.start_session(Some("kept")).await.unwrap();
+    for i in 0..20 {
+        alice.say(&format!("line {i}")).await.unwrap();
+    }
+    assert_eq!(messages(&mut events, 20).await.len(), 20);
+    let key = alice.coordinator_key().await.unwrap();
+    drop(alice);
+    coord.stop().await;
+
+    let coord = TestCoordinator::start_on(addr, config()).await;
+    // The same identity (clients pin it), the same account, the session and its lines.
+    let (alice, mut events) = client("alice", coord.addr).await;
+    assert_eq!(alice.coordinator_key().await.unwrap(), key);
+    let joined = alice.join("kept").await.unwrap();
+    assert_eq!(joined.seq, 20);
+    let shown = expect(&mut events, "the history on joining", |e| match e {
+        Event::History(lines) => Some(lines.clone()),
+        _ => None,
+    })
+    .await;
+    let texts: Vec<&str> = shown.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts.first(), Some(&"line 0"));
+    assert_eq!(texts.last(), Some(&"line 19"));
+    coord.stop().await;
+}
