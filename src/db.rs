@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use chrono::{DateTime, Utc};
 
+use crate::session::Committed;
 use crate::store::{Result, SessionRecord, Storage, Store, StoreError, StoredMessage, UserRecord};
 
 /// Jobs waiting for the database thread; appends beyond this are dropped with an error logged.
@@ -24,7 +25,7 @@ type Call = Box<dyn FnOnce(&Store) + Send>;
 
 enum Job {
     Call(Call),
-    Append(StoredMessage),
+    Append(StoredMessage, Option<Committed>),
 }
 
 /// Cheap to clone; the thread ends when the last handle is dropped, after finishing its queue.
@@ -119,10 +120,14 @@ impl Storage for Db {
         Box::pin(self.call(move |s| s.delete_session(id)))
     }
 
-    fn append(&self, message: StoredMessage) {
+    fn append(&self, message: StoredMessage, done: Option<Committed>) {
         let (session, seq) = (message.session, message.seq);
-        if let Err(e) = self.tx.try_send(Job::Append(message)) {
+        if let Err(e) = self.tx.try_send(Job::Append(message, done.clone())) {
             tracing::error!(%session, seq, error = %e, "history write queue full; message not stored");
+            // Not stored, and never will be: the room must not wait for it.
+            if let Some(done) = done {
+                done.mark(seq);
+            }
         }
     }
 
@@ -159,8 +164,8 @@ fn work(store: Store, rx: Receiver<Job>) {
         let mut next = Some(job);
         while let Some(job) = next.take() {
             match job {
-                Job::Append(m) => {
-                    batch.push(m);
+                Job::Append(m, done) => {
+                    batch.push((m, done));
                     if batch.len() < BATCH {
                         next = rx.try_recv().ok();
                     }
@@ -179,12 +184,39 @@ fn work(store: Store, rx: Receiver<Job>) {
     tracing::debug!("database thread finished");
 }
 
-fn flush(store: &Store, batch: &mut Vec<StoredMessage>) {
+fn flush(store: &Store, batch: &mut Vec<(StoredMessage, Option<Committed>)>) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = store.append_messages(batch) {
+    let messages: Vec<StoredMessage> = batch.iter().map(|(m, _)| m.clone()).collect();
+    #[cfg(feature = "test-util")]
+    if let Some(delay) = write_delay() {
+        std::thread::sleep(delay);
+    }
+    if let Err(e) = store.append_messages(&messages) {
         tracing::error!(error = %e, count = batch.len(), "could not store messages");
     }
-    batch.clear();
+    mark_done(batch.drain(..));
+}
+
+/// Fault injection: `CONFAB_FAULT_WRITE_DELAY_MS` makes every history batch take that much
+/// longer to write, as a slow disk would (tests only: the hook is not in a normal build).
+#[cfg(feature = "test-util")]
+fn write_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("CONFAB_FAULT_WRITE_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(std::time::Duration::from_millis)
+    })
+}
+
+/// Tells the rooms that their lines in a finished batch are written.
+pub(crate) fn mark_done(batch: impl Iterator<Item = (StoredMessage, Option<Committed>)>) {
+    for (m, done) in batch {
+        if let Some(done) = done {
+            done.mark(m.seq);
+        }
+    }
 }

@@ -143,9 +143,7 @@ async fn clients_survive_a_coordinator_killed_with_sigkill() {
     let (before, _) = lines_with_prefix(&mut b_ev, "k", 10, WAIT).await;
     assert_exactly_once_in_order(&before, "k", 10);
 
-    // History is written behind the live stream, within milliseconds; give it a moment so the
-    // kill tests reconnection, not the documented write-behind window.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Killed at once: every line bob saw was stored before he was sent it.
     process.start_kill().unwrap();
     process.wait().await.unwrap();
     let mut process = coordinator_process(listen, &db);
@@ -166,6 +164,100 @@ async fn clients_survive_a_coordinator_killed_with_sigkill() {
     })
     .await;
     assert_eq!(history.len(), 20);
+    process.start_kill().unwrap();
+    let _ = process.wait().await;
+}
+
+#[tokio::test]
+async fn every_line_anyone_saw_is_stored_when_the_coordinator_is_killed_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("confab.db");
+    let listen = free_udp_port();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args(["coordinator", "--listen", &listen.to_string()])
+            .args([
+                "--db",
+                db.to_str().unwrap(),
+                "--no-rate-limit",
+                "--fast-passwords",
+            ])
+            // A slow disk: each batch of history takes 30 ms longer to write, so lines wait
+            // for it long enough that a kill always finds some on their way to the disk.
+            .env("CONFAB_FAULT_WRITE_DELAY_MS", "30")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("confab coordinator starts")
+    };
+    let mut process = start();
+    let (alice, _a) = client("alice", listen).await;
+    let (bob, mut b_ev) = client("bob", listen).await;
+    alice.start_session(Some("room")).await.unwrap();
+    bob.join("room").await.unwrap();
+    let n = 400;
+    let typist = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            for i in 0..n {
+                alice.say(&format!("s{i}")).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    // Killed the moment bob has seen 100 lines, with alice still typing: no grace for writes.
+    let mut seen = Vec::new();
+    while seen.len() < 100 {
+        if let Some(Event::Message(l)) = b_ev.recv().await {
+            seen.push(l);
+        }
+    }
+    process.start_kill().unwrap();
+    process.wait().await.unwrap();
+    // Whatever bob had been sent before the kill, in his queue or not yet read.
+    let mut reconnects = 0;
+    loop {
+        match b_ev.recv().await.expect("events continue") {
+            Event::Message(l) => seen.push(l),
+            Event::Disconnected { .. } => break,
+            _ => {}
+        }
+    }
+    let before_kill = seen.len();
+    let mut process = start();
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    while seen.len() < n {
+        match tokio::time::timeout_at(deadline, b_ev.recv()).await {
+            Ok(Some(Event::Message(l))) => seen.push(l),
+            Ok(Some(Event::Reconnected { .. })) => reconnects += 1,
+            Ok(Some(_)) => {}
+            _ => panic!("bob saw {} of {n} lines", seen.len()),
+        }
+    }
+    typist.await.unwrap();
+    assert_exactly_once_in_order(&seen, "s", n);
+    assert_eq!(reconnects, 1);
+    // Everything bob saw, before the kill above all, is in the history, each once, in order,
+    // with the number bob saw it under.
+    let (carol, mut c_ev) = client("carol", listen).await;
+    carol.join("room").await.unwrap();
+    carol.history(None, 500).await.unwrap();
+    let history = loop {
+        let page = expect(&mut c_ev, "history", |e| match e {
+            Event::History(l) => Some(l.clone()),
+            _ => None,
+        })
+        .await;
+        if page.len() == n {
+            break page;
+        }
+    };
+    for (stored, saw) in history.iter().zip(&seen) {
+        assert_eq!((stored.seq, &stored.text), (saw.seq, &saw.text));
+    }
+    assert!(before_kill >= 100);
     process.start_kill().unwrap();
     let _ = process.wait().await;
 }

@@ -12,6 +12,7 @@ use chrono::{SubsecRound, Utc};
 use common::postgres::TestPostgres;
 use common::*;
 use confab::client::Event;
+use confab::session::Committed;
 use confab::store::{self, Database, SessionRecord, Storage, StoreError, StoredMessage};
 use futures::future::BoxFuture;
 use uuid::Uuid;
@@ -104,7 +105,7 @@ async fn sessions(s: Arc<dyn Storage>) {
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[0], lobby, "oldest first, as stored");
     // Reopening a known session stores nothing new and reads its history.
-    s.append(message(lobby.id, 1));
+    s.append(message(lobby.id, 1), None);
     let (seq, recent) = s.open_session(lobby.id, None, 50).await.unwrap();
     assert_eq!((seq, recent.len()), (1, 1));
     assert!(s.delete_session(lobby.id).await.unwrap());
@@ -126,15 +127,18 @@ async fn history(s: Arc<dyn Storage>) {
     let id = rec.id;
     // More than one batch's worth, queued without waiting.
     let lines = 25_000u64;
+    // The room is told how far its lines are written, batch by batch.
+    let done = Committed::new(0);
     for seq in 1..=lines {
-        s.append(message(id, seq));
+        s.append(message(id, seq), Some(done.clone()));
     }
     // A message already stored, and one for a session that does not exist, are skipped
     // without failing the batch around them.
-    s.append(message(id, 7));
-    s.append(message(Uuid::new_v4(), 1));
-    s.append(message(id, lines + 1));
+    s.append(message(id, 7), None);
+    s.append(message(Uuid::new_v4(), 1), None);
+    s.append(message(id, lines + 1), Some(done.clone()));
     assert_eq!(s.last_seq(id).await.unwrap(), lines + 1);
+    assert_eq!(done.written(), lines + 1, "marked once written");
     let newest = s.history(id, None, 10).await.unwrap();
     let seqs: Vec<u64> = newest.iter().map(|m| m.seq).collect();
     assert_eq!(

@@ -160,19 +160,19 @@ impl HistoryTap {
     /// beyond the queue's room are dropped, as a session's would be); returns 0 when the
     /// coordinator is not running, else `lines`.
     pub fn flood(&self, session: uuid::Uuid, lines: u64) -> u64 {
-        use crate::session::HistoryStore;
         let Some(db) = self.db.lock().clone() else {
             return 0;
         };
         for seq in 1..=lines {
-            let line = crate::protocol::ChatLine {
+            let message = crate::store::StoredMessage {
+                session,
                 seq,
                 time: chrono::Utc::now(),
-                from: "flood".into(),
+                sender: "flood".into(),
                 text: format!("line {seq}"),
-                id: None,
+                client_id: None,
             };
-            HistoryStore::append(&crate::store::History(db.clone()), session, &line);
+            db.append(message, None);
         }
         lines
     }

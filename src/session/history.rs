@@ -20,8 +20,10 @@ pub(crate) const MAX_CATCH_UP: usize = 5000;
 pub(crate) struct Recent {
     lines: VecDeque<ChatLine>,
     cap: usize,
-    /// The newest line's sequence number (0 before the first).
+    /// The newest kept line's sequence number (0 before the first).
     seq: u64,
+    /// The newest sequence number given out: lines between `seq` and it are being written.
+    assigned: u64,
 }
 
 /// What memory can give a `history` request.
@@ -56,6 +58,7 @@ impl Recent {
             lines: lines.into(),
             cap: cap.max(1),
             seq,
+            assigned: seq,
         }
     }
 
@@ -69,20 +72,36 @@ impl Recent {
         self.lines.front().map_or(self.seq + 1, |l| l.seq)
     }
 
-    /// Gives a new line its place in the order and keeps it, forgetting the oldest past the cap.
-    pub(crate) fn push(&mut self, from: String, text: String, id: Option<u64>) -> &ChatLine {
-        self.seq += 1;
-        if self.lines.len() == self.cap {
-            self.lines.pop_front();
-        }
-        self.lines.push_back(ChatLine {
-            seq: self.seq,
+    /// Gives a new line its place in the order (and its time); it counts once [`Recent::keep`]
+    /// has it.
+    pub(crate) fn assign(&mut self, from: String, text: String, id: Option<u64>) -> ChatLine {
+        self.assigned += 1;
+        ChatLine {
+            seq: self.assigned,
             time: Utc::now().trunc_subsecs(3),
             from,
             text,
             id,
-        });
+        }
+    }
+
+    /// Keeps the next line of the order (members have it now), forgetting the oldest past the
+    /// cap.
+    pub(crate) fn keep(&mut self, line: ChatLine) -> &ChatLine {
+        debug_assert_eq!(line.seq, self.seq + 1, "lines are kept in their order");
+        self.seq = line.seq;
+        if self.lines.len() == self.cap {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
         self.lines.back().expect("just pushed")
+    }
+
+    /// Gives a new line its place and keeps it at once (no storage to wait for).
+    #[cfg(test)]
+    pub(crate) fn push(&mut self, from: String, text: String, id: Option<u64>) -> &ChatLine {
+        let line = self.assign(from, text, id);
+        self.keep(line)
     }
 
     /// Up to `limit` lines (at most `MAX_HISTORY`) below `before` (the newest if `None`);

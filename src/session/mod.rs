@@ -48,11 +48,47 @@ pub trait SessionObserver: Send + Sync + 'static {
 
 /// Keeps group messages beyond the room's memory (the database, in the coordinator).
 pub trait HistoryStore: Send + Sync + 'static {
-    /// Stores one message. Must not block: the room calls it on its hot path.
-    fn append(&self, session: Uuid, line: &ChatLine);
+    /// Stores one message, and marks `done` with its sequence number once it is written (or
+    /// could not be: then an error is logged). Must not block: the room calls it on its hot
+    /// path, and sends the line to members only when `done` says so, so that a line anyone has
+    /// seen is stored, whatever happens to this process after.
+    fn append(&self, session: Uuid, line: &ChatLine, done: &Committed);
     /// Up to `limit` messages with a sequence number below `before`, oldest first.
     fn before(&self, session: Uuid, before: u64, limit: usize)
     -> BoxFuture<'static, Vec<ChatLine>>;
+}
+
+/// How far a session's lines are written: the highest sequence number a store has finished
+/// with. Cheap to clone; the room waits on it, the store marks it after each batch.
+#[derive(Clone, Debug)]
+pub struct Committed(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Committed {
+    /// Starting at `seq` (the lines before it are already stored).
+    pub fn new(seq: u64) -> Committed {
+        Committed(Arc::new(tokio::sync::watch::Sender::new(seq)))
+    }
+
+    /// The lines up to `seq` are written.
+    pub fn mark(&self, seq: u64) {
+        self.0.send_if_modified(|done| {
+            let newer = seq > *done;
+            if newer {
+                *done = seq;
+            }
+            newer
+        });
+    }
+
+    /// The newest sequence number marked written.
+    pub fn written(&self) -> u64 {
+        *self.0.borrow()
+    }
+
+    /// A receiver that sees each new mark.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 /// How one session server behaves.

@@ -12,7 +12,7 @@
 //! however fast members churn). New members get their welcome at a flush, and their `hello` is
 //! answered only then, so everyone's picture of the roster changes at the same point in the order.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,7 @@ use super::history::{self, Page, Recent};
 use super::members::{MemberSlot, Members};
 use super::outbox::{Full, Line, Outbox, shared};
 use super::presence::{Notice, Presence};
-use super::{SessionConfig, Stop};
+use super::{Committed, SessionConfig, Stop};
 use crate::bucket::TokenBucket;
 
 /// A member admitted to the room but not yet welcomed.
@@ -50,6 +50,8 @@ const BATCH: usize = 512;
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 /// How often the room looks for members that have gone silent.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Longest shutdown waits for the store to write lines members have not been sent yet.
+const SHUTDOWN_WRITE_WAIT: Duration = Duration::from_secs(5);
 /// How long, and for how many lines, resent lines are recognised.
 const LINE_ID_TTL: Duration = Duration::from_secs(3600);
 const LINE_ID_CAP: usize = 100_000;
@@ -70,6 +72,14 @@ pub(crate) struct Room {
     self_tx: mpsc::WeakSender<RoomEvent>,
     /// Closed by members' queues past their mark; the room only reads it (see `gate.rs`).
     gate: Arc<Gate>,
+    /// How far the store has written this session's lines (none without a store).
+    committed: Option<Committed>,
+    /// Lines in the order but not yet written, oldest first: members get each once it is
+    /// stored, so that a line anyone has seen outlives a crash of this process.
+    unwritten: VecDeque<ChatLine>,
+    /// Members who said `leave` while lines were being written, and the newest of those lines:
+    /// their goodbye comes after the echo of everything they sent.
+    leaving: Vec<(ConnId, u64)>,
 }
 
 impl Room {
@@ -81,6 +91,7 @@ impl Room {
         gate: Arc<Gate>,
     ) -> Self {
         let config_recent = config.recent_messages;
+        let committed = config.history.is_some().then(|| Committed::new(seq));
         let mut line_ids = ExpiringMap::new(LINE_ID_TTL, LINE_ID_CAP);
         for line in &recent {
             if let Some(id) = line.id {
@@ -96,6 +107,9 @@ impl Room {
             recent: Recent::new(seq, recent, config_recent),
             pending_joined: Vec::new(),
             presence: Presence::default(),
+            committed,
+            unwritten: VecDeque::new(),
+            leaving: Vec::new(),
         }
     }
 
@@ -106,10 +120,15 @@ impl Room {
         count_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
         sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut written = self.committed.as_ref().map(Committed::subscribe);
         loop {
             let idle_sleep = idle_deadline(self.members.is_empty(), idle);
             let event = tokio::select! {
                 event = rx.recv() => event,
+                upto = wait_written(&mut written), if !self.unwritten.is_empty() => {
+                    self.release(upto);
+                    continue;
+                }
                 _ = count_tick.tick(), if self.presence.count_dirty() => {
                     self.flush_count();
                     continue;
@@ -132,6 +151,15 @@ impl Room {
                     while let Ok(event) = rx.try_recv() {
                         self.apply(event);
                     }
+                    // And sent, once written (a store that takes longer than this still
+                    // writes them; members get them when they come back).
+                    let _ = tokio::time::timeout(SHUTDOWN_WRITE_WAIT, async {
+                        while !self.unwritten.is_empty() {
+                            let upto = wait_written(&mut written).await;
+                            self.release(upto);
+                        }
+                    })
+                    .await;
                     self.flush_presence(true);
                     self.close_all(ByeReason::Shutdown, "the server is shutting down", None);
                     break;
@@ -169,7 +197,10 @@ impl Room {
                 limit,
             } => self.history(conn, before, limit),
             RoomEvent::HistoryRead { conn, messages } => self.answer_history(conn, messages),
-            RoomEvent::Leave { conn, reason } => self.leave(conn, reason),
+            RoomEvent::Leave { conn, reason } => match self.unwritten.back() {
+                Some(last) if reason == LeaveReason::Left => self.leaving.push((conn, last.seq)),
+                _ => self.leave(conn, reason),
+            },
             RoomEvent::Lookup { conn, user } => {
                 let member = self.members.named(&user).map(MemberSlot::member);
                 self.send_to(conn, shared(&ServerMsg::Member { user, member }));
@@ -334,12 +365,35 @@ impl Room {
         if let Some(id) = id {
             self.line_ids.insert((user.clone(), id), ());
         }
-        // Members not yet welcomed do not get it: their welcome's `seq` and history will.
-        let line = self.recent.push(user.to_string(), text, id);
-        let bytes = shared(&ServerMsg::Msg(line.clone()));
-        if let Some(store) = &self.config.history {
-            store.append(self.config.id, line);
+        let line = self.recent.assign(user.to_string(), text, id);
+        match (&self.config.history, &self.committed) {
+            // Sent once stored (see `release`).
+            (Some(store), Some(done)) => {
+                store.append(self.config.id, &line, done);
+                self.unwritten.push_back(line);
+            }
+            _ => self.send_line(line),
         }
+    }
+
+    /// Sends the lines the store has written, up to `upto`, in their order.
+    fn release(&mut self, upto: u64) {
+        while self.unwritten.front().is_some_and(|l| l.seq <= upto) {
+            let line = self.unwritten.pop_front().expect("just looked");
+            let seq = line.seq;
+            self.send_line(line);
+            while let Some(i) = self.leaving.iter().position(|(_, last)| *last <= seq) {
+                let (conn, _) = self.leaving.swap_remove(i);
+                self.leave(conn, LeaveReason::Left);
+            }
+        }
+    }
+
+    /// Puts a line in the room's memory and sends it to every member. Members not yet welcomed
+    /// do not get it: their welcome's `seq` and history will.
+    fn send_line(&mut self, line: ChatLine) {
+        let line = self.recent.keep(line);
+        let bytes = shared(&ServerMsg::Msg(line.clone()));
         self.broadcast(&bytes, |_| true);
     }
 
@@ -591,6 +645,20 @@ impl Room {
                 log.left(&label, &slot.user, why);
             }
         }
+    }
+}
+
+/// The newest sequence number the store has written, once it moves (never without a store).
+async fn wait_written(written: &mut Option<tokio::sync::watch::Receiver<u64>>) -> u64 {
+    match written {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                // The store is gone: nothing more will be written, so nothing is held back.
+                return u64::MAX;
+            }
+            *rx.borrow_and_update()
+        }
+        None => std::future::pending().await,
     }
 }
 

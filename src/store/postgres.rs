@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::storage::Storage;
 use super::{Result, SessionRecord, StoreError, StoredMessage, UserRecord, name_key};
+use crate::session::Committed;
 
 /// Calls and messages waiting for the connection; appends beyond this are dropped, logged.
 const QUEUE: usize = 100_000;
@@ -70,7 +71,7 @@ type Call = Box<dyn for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, ()> + Send>;
 
 enum Job {
     Call(Call),
-    Append(StoredMessage),
+    Append(StoredMessage, Option<Committed>),
 }
 
 /// Cheap to clone; the task ends when the last handle is dropped, after finishing its queue.
@@ -191,8 +192,8 @@ async fn work(url: String, mut client: Client, mut rx: mpsc::Receiver<Job>) {
         let mut next = Some(job);
         while let Some(job) = next.take() {
             match job {
-                Job::Append(m) => {
-                    batch.push(m);
+                Job::Append(m, done) => {
+                    batch.push((m, done));
                     if batch.len() < BATCH {
                         next = rx.try_recv().ok();
                     }
@@ -228,19 +229,20 @@ async fn reconnect_if_closed(url: &str, client: &mut Client) {
     }
 }
 
-async fn flush(client: &Client, batch: &mut Vec<StoredMessage>) {
+async fn flush(client: &Client, batch: &mut Vec<(StoredMessage, Option<Committed>)>) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = append_messages(client, batch).await {
+    let messages: Vec<&StoredMessage> = batch.iter().map(|(m, _)| m).collect();
+    if let Err(e) = append_messages(client, &messages).await {
         tracing::error!(error = %e, count = batch.len(), "could not store messages");
     }
-    batch.clear();
+    crate::db::mark_done(batch.drain(..));
 }
 
 /// One statement for the whole batch. As in SQLite: a message already stored is skipped (a
 /// batch written again after an error), and so is one whose session is gone.
-async fn append_messages(client: &Client, batch: &[StoredMessage]) -> Result<()> {
+async fn append_messages(client: &Client, batch: &[&StoredMessage]) -> Result<()> {
     let mut sessions = Vec::with_capacity(batch.len());
     let mut seqs = Vec::with_capacity(batch.len());
     let mut times = Vec::with_capacity(batch.len());
@@ -478,10 +480,13 @@ impl Storage for Postgres {
         })
     }
 
-    fn append(&self, message: StoredMessage) {
+    fn append(&self, message: StoredMessage, done: Option<Committed>) {
         let (session, seq) = (message.session, message.seq);
-        if let Err(e) = self.tx.try_send(Job::Append(message)) {
+        if let Err(e) = self.tx.try_send(Job::Append(message, done.clone())) {
             tracing::error!(%session, seq, error = %e, "history write queue full; message not stored");
+            if let Some(done) = done {
+                done.mark(seq);
+            }
         }
     }
 

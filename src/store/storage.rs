@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{Result, SessionRecord, StoredMessage, UserRecord};
 use crate::protocol::ChatLine;
-use crate::session::HistoryStore;
+use crate::session::{Committed, HistoryStore};
 
 /// Where the data lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,8 +74,10 @@ pub trait Storage: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(u64, Vec<StoredMessage>)>>;
     /// Deletes a session and its history; whether it existed.
     fn delete_session(&self, id: Uuid) -> BoxFuture<'static, Result<bool>>;
-    /// Queues one group message for writing, without waiting (a full queue drops it, logged).
-    fn append(&self, message: StoredMessage);
+    /// Queues one group message for writing, without waiting (a full queue drops it, logged);
+    /// `done` is marked with its sequence number after the batch it went in is committed (or
+    /// failed, logged).
+    fn append(&self, message: StoredMessage, done: Option<Committed>);
     /// The newest `limit` messages before `before` (or the newest), oldest first.
     fn history(
         &self,
@@ -101,15 +103,16 @@ pub trait Storage: Send + Sync + 'static {
 pub struct History(pub Arc<dyn Storage>);
 
 impl HistoryStore for History {
-    fn append(&self, session: Uuid, line: &ChatLine) {
-        self.0.append(StoredMessage {
+    fn append(&self, session: Uuid, line: &ChatLine, done: &Committed) {
+        let message = StoredMessage {
             session,
             seq: line.seq,
             time: line.time,
             sender: line.from.clone(),
             text: line.text.clone(),
             client_id: line.id,
-        });
+        };
+        self.0.append(message, Some(done.clone()));
     }
 
     fn before(
