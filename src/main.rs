@@ -92,7 +92,9 @@ enum Command {
         /// Your user name.
         #[arg(long, env = "CONFAB_USER")]
         user: String,
-        /// The coordinator: host name or IP address, with `:port` unless it is 7500.
+        /// The coordinator: host name or IP address, with `:port` unless it is 7500. Several,
+        /// comma-separated (or a name with several addresses), are a group sharing one
+        /// database: the next is asked when one stops answering.
         #[arg(long, default_value = "127.0.0.1:7500", env = "CONFAB_COORDINATOR")]
         coordinator: String,
         /// Local UDP address for private messages (default: any, port chosen by the OS).
@@ -284,7 +286,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             // Logs would garble the prompt; only warnings, and only if asked for with RUST_LOG.
             process::init_tracing("off");
-            let coordinator = cli::address::resolve(&coordinator).await?;
+            let mut coordinators = cli::address::resolve_all(&coordinator).await?.into_iter();
+            let coordinator = coordinators.next().expect("at least one address");
             let password = std::env::var("CONFAB_PASSWORD").ok();
             // The user's identity key and the peers' pinned keys live beside the known
             // coordinator keys (`$XDG_DATA_HOME/confab`).
@@ -295,6 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.known_peers = confab::dirs::data_dir().map(|d| d.join("known_peers"));
             config.bind = bind;
             config.advertise = advertise;
+            config.more_coordinators = coordinators.collect();
             let credentials = repl::Credentials { password, register };
             let start = repl::Start {
                 join,

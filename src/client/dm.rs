@@ -396,7 +396,7 @@ impl Hub {
                 _ = stop.cancelled() => break,
             };
             match received {
-                Ok((len, from)) if from == self.coord.addr() => {
+                Ok((len, from)) if self.coord.is_coordinator(from) => {
                     if let Some(Push::Relayed { from, data }) = self.coord.deliver(&buf[..len]) {
                         match base64::engine::general_purpose::STANDARD.decode(&data) {
                             Ok(datagram) => self.route(&datagram, Source::Relay(from)).await,

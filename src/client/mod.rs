@@ -66,6 +66,9 @@ pub struct ClientConfig {
     pub user: String,
     /// The coordinator's UDP address.
     pub coordinator: SocketAddr,
+    /// More coordinators of the same group (sharing its database, so its key and accounts),
+    /// tried in order when the one asked stops answering.
+    pub more_coordinators: Vec<SocketAddr>,
     /// Local UDP address; by default any interface, port chosen by the OS.
     pub bind: Option<SocketAddr>,
     /// Endpoint to announce to peers instead of the one the coordinator observed (a port forward,
@@ -108,6 +111,7 @@ impl ClientConfig {
         Self {
             user: user.into(),
             coordinator,
+            more_coordinators: Vec::new(),
             bind: None,
             advertise: None,
             coordinator_key: None,
@@ -209,7 +213,9 @@ impl Client {
         let (events, events_rx) = mpsc::channel(config.event_queue);
         let coord = Coord::new(
             udp.clone(),
-            config.coordinator,
+            std::iter::once(config.coordinator)
+                .chain(config.more_coordinators.iter().copied())
+                .collect(),
             config.request_retry,
             config.coordinator_key,
         );

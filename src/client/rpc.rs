@@ -74,7 +74,10 @@ impl<K: Hash + Eq, V> Waiters<K, V> {
 #[derive(Clone)]
 pub(super) struct Coord {
     udp: Arc<UdpSocket>,
-    addr: SocketAddr,
+    /// The coordinators of one group (sharing a database, so one key and one set of
+    /// accounts), in the order to try them; `current` is the one asked now.
+    addrs: Arc<[SocketAddr]>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     retry: Retry,
     next_id: Arc<AtomicU64>,
     requests: Waiters<u64, Response>,
@@ -93,15 +96,17 @@ pub(super) struct Coord {
 impl Coord {
     pub(super) fn new(
         udp: Arc<UdpSocket>,
-        addr: SocketAddr,
+        addrs: Vec<SocketAddr>,
         retry: Retry,
         key: Option<[u8; 32]>,
     ) -> Self {
+        assert!(!addrs.is_empty(), "at least one coordinator");
         // Random start: a restarted client on a reused port must not hit cached answers.
         let first_id = Uuid::new_v4().as_u64_pair().0 >> 12;
         Self {
             udp,
-            addr,
+            addrs: addrs.into(),
+            current: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             retry,
             next_id: Arc::new(AtomicU64::new(first_id)),
             requests: Waiters::new(),
@@ -125,7 +130,7 @@ impl Coord {
         match *key {
             Some(pinned) if pinned != given => Err(ClientError::Invalid(format!(
                 "the coordinator at {} has key {}, not the pinned {}",
-                self.addr,
+                self.addr(),
                 crate::identity::fingerprint(&given),
                 crate::identity::fingerprint(&pinned)
             ))),
@@ -137,9 +142,33 @@ impl Coord {
         }
     }
 
-    /// The coordinator's address: datagrams from it are answers, never private messages.
+    /// The coordinator asked now.
     pub(super) fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[self.current.load(Ordering::Relaxed) % self.addrs.len()]
+    }
+
+    /// Whether `from` is one of our coordinators: datagrams from them are answers (or relayed
+    /// datagrams), never private messages.
+    pub(super) fn is_coordinator(&self, from: SocketAddr) -> bool {
+        self.addrs.contains(&from)
+    }
+
+    /// After `FAILOVER_AFTER` unanswered tries to `from`, the next coordinator of the group
+    /// (unless another request moved on already).
+    fn fail_over(&self, from: SocketAddr) {
+        let n = self.addrs.len();
+        let Some(i) = self.addrs.iter().position(|a| *a == from) else {
+            return;
+        };
+        if n > 1
+            && self
+                .current
+                .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let to = self.addrs[(i + 1) % n];
+            tracing::info!(%from, %to, "the coordinator does not answer; trying the next");
+        }
     }
 
     /// The address the coordinator last saw our requests come from.
@@ -201,7 +230,7 @@ impl Coord {
             serde_json::to_vec(&Request { id, body }).expect("protocol types serialize");
         crate::protocol::pad_request(&mut bytes);
         let (sealed, _opener) = self.sealer_for(&key).seal(&bytes);
-        self.udp.try_send_to(&sealed, self.addr).is_ok()
+        self.udp.try_send_to(&sealed, self.addr()).is_ok()
     }
 
     /// Sends one request, retrying with backoff until the coordinator answers.
@@ -264,12 +293,18 @@ impl Coord {
         let mut delays = self.retry.delays();
         let mut delay = delays.next();
         let patience = tokio::time::Instant::now() + BUSY_PATIENCE;
+        let mut unanswered = 0;
         while let Some(wait) = delay {
-            if let Err(e) = self.udp.send_to(&bytes, self.addr).await {
+            let to = self.addr();
+            if let Err(e) = self.udp.send_to(&bytes, to).await {
                 tracing::debug!(error = %e, "request send failed");
             }
             let Ok(Ok(resp)) = tokio::time::timeout(wait, &mut answer).await else {
                 delay = delays.next();
+                unanswered += 1;
+                if unanswered % FAILOVER_AFTER == 0 {
+                    self.fail_over(to);
+                }
                 continue;
             };
             *self.observed.lock() = Some(resp.observed);
@@ -291,11 +326,15 @@ impl Coord {
         }
         self.requests.forget(&id);
         Err(ClientError::CoordinatorTimeout {
-            addr: self.addr,
+            addr: self.addr(),
             attempts: self.retry.attempts,
         })
     }
 }
+
+/// Unanswered tries (about 0.6 s of the retry schedule) before a request goes to the next
+/// coordinator of the group, and again after as many there.
+const FAILOVER_AFTER: usize = 2;
 
 /// Longest a request keeps coming back to a coordinator that answers `busy`; then the client
 /// reports the `busy` answer (its message says to try again in a moment).

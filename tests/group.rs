@@ -1,0 +1,107 @@
+//! Issue 14, a coordinator group: several coordinators on one PostgreSQL database, and clients
+//! that know them all and go to the next when one stops answering.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::postgres::TestPostgres;
+use common::*;
+use confab::client::Event;
+use confab::protocol::ChatLine;
+use confab::store::Database;
+
+fn cluster() -> Option<TestPostgres> {
+    match TestPostgres::start() {
+        Ok(pg) => Some(pg),
+        Err(why) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED (needs PostgreSQL's server binaries; CI has them): {why}");
+            None
+        }
+        Err(why) => panic!("PostgreSQL is needed in CI: {why}"),
+    }
+}
+
+/// Group lines with `prefix` from `events` until `n`, with the reconnects seen meanwhile.
+async fn lines(
+    events: &mut tokio::sync::mpsc::Receiver<Event>,
+    prefix: &str,
+    n: usize,
+) -> (Vec<ChatLine>, usize) {
+    let (mut got, mut reconnects) = (Vec::new(), 0);
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Message(l))) if l.text.starts_with(prefix) => got.push(l),
+            Ok(Some(Event::Reconnected { .. })) => reconnects += 1,
+            Ok(Some(_)) => {}
+            _ => panic!("only {} of {n} {prefix} lines arrived", got.len()),
+        }
+    }
+    (got, reconnects)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_coordinator_stops_its_clients_go_on_through_another_of_the_group() {
+    let Some(pg) = cluster() else { return };
+    let db = Database::Postgres(pg.database().await);
+    let config = || {
+        let mut c = test_config();
+        c.db = Some(db.clone());
+        c
+    };
+    let a = TestCoordinator::start_with(config()).await;
+    // B's port is known before it runs: clients are told the whole group up front.
+    let b_addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let a_addr = a.addr;
+    let group = |user: &str| {
+        let mut c = client_config(user, a_addr);
+        c.more_coordinators = vec![b_addr];
+        c
+    };
+    let (alice, _a) = logged_in(group("alice")).await;
+    let (bob, mut b_ev) = logged_in(group("bob")).await;
+    alice.start_session(Some("group")).await.unwrap();
+    bob.join("group").await.unwrap();
+    for i in 0..5 {
+        alice.say(&format!("g{i}")).await.unwrap();
+    }
+    let (first, _) = lines(&mut b_ev, "g", 5).await;
+
+    // B starts on the same database: the same identity (clients pin one key for the group),
+    // the same accounts and sessions. Then A goes away.
+    let b = TestCoordinator::start_on(b_addr, config()).await;
+    a.stop().await;
+
+    // The session comes back on B: the clients' rejoin goes to B once A stops answering, and
+    // what was said before is still in order, numbered on.
+    for i in 5..10 {
+        alice.say(&format!("g{i}")).await.unwrap();
+    }
+    let (after, reconnects) = lines(&mut b_ev, "g", 5).await;
+    assert!(reconnects >= 1, "bob reconnected");
+    let all: Vec<&ChatLine> = first.iter().chain(&after).collect();
+    let texts: Vec<&str> = all.iter().map(|l| l.text.as_str()).collect();
+    let want: Vec<String> = (0..10).map(|i| format!("g{i}")).collect();
+    assert_eq!(texts, want, "nothing lost, nothing twice, in order");
+    let seqs: HashSet<u64> = all.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs.len(), 10);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    // And every other request goes to B too.
+    let listed = alice.list().await.unwrap();
+    assert!(listed.iter().any(|s| s.name.as_deref() == Some("group")));
+    let (carol, mut c_ev) = logged_in(group("carol")).await;
+    carol.join("group").await.unwrap();
+    let history = expect(&mut c_ev, "history", |e| match e {
+        Event::History(l) => Some(l.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(history.len(), 10, "the whole history, from the shared database");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.stop().await;
+}
