@@ -14,7 +14,9 @@ use uuid::Uuid;
 use chrono::{DateTime, Utc};
 
 use crate::session::Committed;
-use crate::store::{Result, SessionRecord, Storage, Store, StoreError, StoredMessage, UserRecord};
+use crate::store::{
+    Opened, Result, Serve, SessionRecord, Storage, Store, StoreError, StoredMessage, UserRecord,
+};
 
 /// Jobs waiting for the database thread; appends beyond this are dropped with an error logged.
 const QUEUE: usize = 100_000;
@@ -32,6 +34,8 @@ enum Job {
 #[derive(Clone)]
 pub struct Db {
     tx: SyncSender<Job>,
+    /// This process as a host of session servers (see `Storage::host`).
+    host: Uuid,
 }
 
 impl Db {
@@ -39,10 +43,11 @@ impl Db {
     /// wait for the last writes.
     pub fn start(store: Store) -> std::io::Result<(Db, JoinHandle<()>)> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let host = Uuid::new_v4();
         let thread = std::thread::Builder::new()
             .name("confab-db".into())
-            .spawn(move || work(store, rx))?;
-        Ok((Db { tx }, thread))
+            .spawn(move || work(store, rx, host))?;
+        Ok((Db { tx, host }, thread))
     }
 
     /// Runs `f` on the database thread and returns its result; a thread that is gone is one more
@@ -102,18 +107,38 @@ impl Storage for Db {
         Box::pin(self.call(|s| s.sessions()))
     }
 
+    fn host(&self) -> Uuid {
+        self.host
+    }
+
     fn open_session(
         &self,
         id: Uuid,
         new: Option<SessionRecord>,
         recent: usize,
-    ) -> BoxFuture<'static, Result<(u64, Vec<StoredMessage>)>> {
+        serve: Serve,
+    ) -> BoxFuture<'static, Result<Opened>> {
+        let host = self.host;
         Box::pin(self.call(move |s| {
             if let Some(rec) = &new {
                 s.insert_session(rec)?;
             }
-            Ok((s.last_seq(id)?, s.history(id, None, recent)?))
+            let server = serve.server.to_string();
+            let claimed = s.claim_session(id, host, &server, &serve.server_key, serve.lease)?;
+            Opened::from_claim(claimed, || {
+                Ok((s.last_seq(id)?, s.history(id, None, recent)?))
+            })
         }))
+    }
+
+    fn renew(&self, lease: std::time::Duration) -> BoxFuture<'static, Result<usize>> {
+        let host = self.host;
+        Box::pin(self.call(move |s| s.renew_claims(host, lease)))
+    }
+
+    fn release_session(&self, id: Uuid) -> BoxFuture<'static, Result<()>> {
+        let host = self.host;
+        Box::pin(self.call(move |s| s.release_session(id, host)))
     }
 
     fn delete_session(&self, id: Uuid) -> BoxFuture<'static, Result<bool>> {
@@ -158,7 +183,7 @@ impl Storage for Db {
     }
 }
 
-fn work(store: Store, rx: Receiver<Job>) {
+fn work(store: Store, rx: Receiver<Job>, host: Uuid) {
     let mut batch = Vec::new();
     while let Ok(job) = rx.recv() {
         let mut next = Some(job);
@@ -172,19 +197,19 @@ fn work(store: Store, rx: Receiver<Job>) {
                 }
                 Job::Call(f) => {
                     // Earlier appends first, so a read sees every message queued before it.
-                    flush(&store, &mut batch);
+                    flush(&store, &mut batch, host);
                     f(&store);
                     next = rx.try_recv().ok();
                 }
             }
         }
-        flush(&store, &mut batch);
+        flush(&store, &mut batch, host);
     }
-    flush(&store, &mut batch);
+    flush(&store, &mut batch, host);
     tracing::debug!("database thread finished");
 }
 
-fn flush(store: &Store, batch: &mut Vec<(StoredMessage, Option<Committed>)>) {
+fn flush(store: &Store, batch: &mut Vec<(StoredMessage, Option<Committed>)>, host: Uuid) {
     if batch.is_empty() {
         return;
     }
@@ -193,7 +218,7 @@ fn flush(store: &Store, batch: &mut Vec<(StoredMessage, Option<Committed>)>) {
     if let Some(delay) = write_delay() {
         std::thread::sleep(delay);
     }
-    if let Err(e) = store.append_messages(&messages) {
+    if let Err(e) = store.append_messages(&messages, Some(host)) {
         tracing::error!(error = %e, count = batch.len(), "could not store messages");
     }
     mark_done(batch.drain(..));

@@ -47,6 +47,10 @@ enum Command {
         /// by its `postgres://user:password@host/dbname` URL; `:memory:` keeps nothing.
         #[arg(long, env = "CONFAB_DB")]
         db: Option<String>,
+        /// Seconds a session's claim lasts unrenewed: with several coordinators on one
+        /// PostgreSQL database, how soon another serves the sessions of one that died.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..))]
+        lease_secs: u64,
         /// Hours a login token stays valid.
         #[arg(long, default_value_t = 24)]
         token_hours: u64,
@@ -216,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             log_keep,
             session_host,
             db,
+            lease_secs,
             token_hours,
             print_addr,
             no_rate_limit,
@@ -259,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 session_host,
                 db,
                 token_ttl: Duration::from_secs(token_hours * 3600),
+                lease: Duration::from_secs(lease_secs),
                 member_budget: (member_budget_mib as usize) << 20,
                 ..CoordinatorConfig::default()
             };

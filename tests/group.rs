@@ -101,7 +101,109 @@ async fn when_a_coordinator_stops_its_clients_go_on_through_another_of_the_group
         _ => None,
     })
     .await;
-    assert_eq!(history.len(), 10, "the whole history, from the shared database");
+    assert_eq!(
+        history.len(),
+        10,
+        "the whole history, from the shared database"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_served_once_whichever_coordinator_of_the_group_is_asked() {
+    let Some(pg) = cluster() else { return };
+    let db = Database::Postgres(pg.database().await);
+    let config = || {
+        let mut c = test_config();
+        c.db = Some(db.clone());
+        c
+    };
+    let a = TestCoordinator::start_with(config()).await;
+    let (alice, mut a_ev) = client("alice", a.addr).await;
+    let first = alice.start_session(Some("once")).await.unwrap().session;
+    let b = TestCoordinator::start_with(config()).await;
+    // Bob asks B, which does not serve the session: A does, and B's answer says so.
+    let (bob, mut b_ev) = client("bob", b.addr).await;
+    let joined = bob.join("once").await.unwrap();
+    assert_eq!(joined.session.server, first.server, "sent to A's server");
+    assert_eq!(joined.session.server_key, first.server_key);
+    assert_eq!(joined.members.len(), 2, "one room, both in it");
+    alice.say("one room").await.unwrap();
+    assert_eq!(messages(&mut b_ev, 1).await[0].text, "one room");
+    bob.say("indeed").await.unwrap();
+    let texts: Vec<String> = messages(&mut a_ev, 2)
+        .await
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert_eq!(texts, ["one room", "indeed"]);
+    b.stop().await;
+    a.stop().await;
+}
+
+/// `confab coordinator` on the shared database, as a process that can be killed.
+fn coordinator_process(listen: std::net::SocketAddr, url: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["coordinator", "--listen", &listen.to_string(), "--db", url])
+        .args(["--lease-secs", "2", "--fast-passwords", "--no-rate-limit"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("confab coordinator starts")
+}
+
+fn free_udp_port() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_coordinator_is_killed_another_serves_its_session_once_the_lease_runs_out() {
+    let Some(pg) = cluster() else { return };
+    let url = pg.database().await;
+    let (a_addr, b_addr) = (free_udp_port(), free_udp_port());
+    let mut a = coordinator_process(a_addr, &url);
+    let group = |user: &str| {
+        let mut c = client_config(user, a_addr);
+        c.more_coordinators = vec![b_addr];
+        c
+    };
+    let (alice, _a) = logged_in(group("alice")).await;
+    let (bob, mut b_ev) = logged_in(group("bob")).await;
+    alice.start_session(Some("survivor")).await.unwrap();
+    bob.join("survivor").await.unwrap();
+    let mut b = coordinator_process(b_addr, &url);
+    for i in 0..5 {
+        alice.say(&format!("k{i}")).await.unwrap();
+    }
+    let (before, _) = lines(&mut b_ev, "k", 5).await;
+    // SIGKILL: no goodbye, no release; B must wait out A's lease (2 s) before serving.
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    let killed = tokio::time::Instant::now();
+    for i in 5..10 {
+        alice.say(&format!("k{i}")).await.unwrap();
+    }
+    let (after, reconnects) = lines(&mut b_ev, "k", 5).await;
+    let took = killed.elapsed();
+    assert!(reconnects >= 1);
+    assert!(
+        took < Duration::from_secs(15),
+        "the session came back after {took:?}"
+    );
+    let texts: Vec<&str> = before
+        .iter()
+        .chain(&after)
+        .map(|l| l.text.as_str())
+        .collect();
+    let want: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    assert_eq!(texts, want, "nothing lost, nothing twice, in order");
+    eprintln!("the session was served again {took:?} after the kill");
+    b.start_kill().unwrap();
+    let _ = b.wait().await;
 }

@@ -13,7 +13,9 @@ use common::postgres::TestPostgres;
 use common::*;
 use confab::client::Event;
 use confab::session::Committed;
-use confab::store::{self, Database, SessionRecord, Storage, StoreError, StoredMessage};
+use confab::store::{
+    self, Database, Opened, Serve, SessionRecord, Storage, StoreError, StoredMessage,
+};
 use futures::future::BoxFuture;
 use uuid::Uuid;
 
@@ -26,6 +28,30 @@ const CASES: &[(&str, Case)] = &[
     ("history", |s| Box::pin(history(s))),
     ("order", |s| Box::pin(order(s))),
 ];
+
+fn serve(lease: Duration) -> Serve {
+    Serve {
+        server: "127.0.0.1:4000".parse().unwrap(),
+        server_key: "key".into(),
+        lease,
+    }
+}
+
+/// Opens a session that this storage's host may serve (no one else claims it here).
+async fn here(
+    s: &Arc<dyn Storage>,
+    id: Uuid,
+    new: Option<SessionRecord>,
+    recent: usize,
+) -> Result<(u64, Vec<StoredMessage>), StoreError> {
+    match s
+        .open_session(id, new, recent, serve(Duration::from_secs(60)))
+        .await?
+    {
+        Opened::Here { seq, recent } => Ok((seq, recent)),
+        other => panic!("expected to serve it here, got {other:?}"),
+    }
+}
 
 fn session(name: Option<&str>, creator: &str) -> SessionRecord {
     SessionRecord {
@@ -83,30 +109,29 @@ async fn secrets(s: Arc<dyn Storage>) {
         "made once, then kept"
     );
     assert_eq!(s.identity_secret().await.unwrap(), identity);
-    assert_eq!(s.schema_version().await.unwrap(), 2);
+    assert_eq!(s.schema_version().await.unwrap(), 3);
 }
 
 async fn sessions(s: Arc<dyn Storage>) {
-    let lobby = session(Some("Lobby"), "alice");
-    let (seq, recent) = s
-        .open_session(lobby.id, Some(lobby.clone()), 50)
-        .await
-        .unwrap();
+    let mut lobby = session(Some("Lobby"), "alice");
+    // Listed by creation time: the first a second older than the rest, whatever the clock.
+    lobby.created -= chrono::Duration::seconds(1);
+    let (seq, recent) = here(&s, lobby.id, Some(lobby.clone()), 50).await.unwrap();
     assert_eq!((seq, recent.len()), (0, 0));
     let clash = session(Some("LOBBY"), "bob");
-    let taken = s.open_session(clash.id, Some(clash), 50).await;
+    let taken = here(&s, clash.id, Some(clash), 50).await;
     assert!(matches!(taken, Err(StoreError::NameTaken)), "{taken:?}");
     // Unnamed sessions do not clash with each other.
     let (a, b) = (session(None, "bob"), session(None, "bob"));
     for rec in [&a, &b] {
-        s.open_session(rec.id, Some(rec.clone()), 50).await.unwrap();
+        here(&s, rec.id, Some(rec.clone()), 50).await.unwrap();
     }
     let listed = s.sessions().await.unwrap();
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[0], lobby, "oldest first, as stored");
     // Reopening a known session stores nothing new and reads its history.
     s.append(message(lobby.id, 1), None);
-    let (seq, recent) = s.open_session(lobby.id, None, 50).await.unwrap();
+    let (seq, recent) = here(&s, lobby.id, None, 50).await.unwrap();
     assert_eq!((seq, recent.len()), (1, 1));
     assert!(s.delete_session(lobby.id).await.unwrap());
     assert!(!s.delete_session(lobby.id).await.unwrap(), "gone already");
@@ -118,12 +143,12 @@ async fn sessions(s: Arc<dyn Storage>) {
     assert_eq!(s.sessions().await.unwrap().len(), 2);
     // The name is free again.
     let reborn = session(Some("lobby"), "carol");
-    s.open_session(reborn.id, Some(reborn), 50).await.unwrap();
+    here(&s, reborn.id, Some(reborn), 50).await.unwrap();
 }
 
 async fn history(s: Arc<dyn Storage>) {
     let rec = session(Some("h"), "alice");
-    s.open_session(rec.id, Some(rec.clone()), 10).await.unwrap();
+    here(&s, rec.id, Some(rec.clone()), 10).await.unwrap();
     let id = rec.id;
     // More than one batch's worth, queued without waiting.
     let lines = 25_000u64;
@@ -162,7 +187,7 @@ async fn history(s: Arc<dyn Storage>) {
     );
     assert!(s.history(id, Some(1), 10).await.unwrap().is_empty());
     assert!(s.messages_after(id, u64::MAX, 10).await.unwrap().is_empty());
-    let (seq, recent) = s.open_session(id, None, 3).await.unwrap();
+    let (seq, recent) = here(&s, id, None, 3).await.unwrap();
     assert_eq!((seq, recent.len()), (lines + 1, 3));
 }
 
@@ -181,11 +206,113 @@ async fn order(s: Arc<dyn Storage>) {
     // Calls are done in the order they are made, whoever waits for them: a close asked right
     // after a create (neither awaited yet) finds the session.
     let rec = session(Some("quick"), "alice");
-    let created = s.open_session(rec.id, Some(rec.clone()), 10);
+    let created = s.open_session(
+        rec.id,
+        Some(rec.clone()),
+        10,
+        serve(Duration::from_secs(60)),
+    );
     let deleted = s.delete_session(rec.id);
     assert!(deleted.await.unwrap(), "the create went first");
     created.await.unwrap();
     assert!(s.sessions().await.unwrap().is_empty());
+}
+
+/// Two hosts on one database (two coordinators of a group): a session is served by one at a
+/// time; the other is sent there while the lease lives, takes over once it runs out, and the
+/// first, fenced off, writes nothing more.
+async fn claims(db: Database) {
+    let (a, a_done) = store::open(Some(&db)).await.unwrap();
+    let (b, b_done) = store::open(Some(&db)).await.unwrap();
+    assert_ne!(a.host(), b.host());
+    let rec = session(Some("shared"), "alice");
+    let lease = Duration::from_millis(1500);
+    let at_a = Serve {
+        server: "127.0.0.1:4001".parse().unwrap(),
+        server_key: "key-a".into(),
+        lease,
+    };
+    let at_b = Serve {
+        server: "127.0.0.1:4002".parse().unwrap(),
+        server_key: "key-b".into(),
+        lease,
+    };
+    let opened = a.open_session(rec.id, Some(rec.clone()), 10, at_a.clone());
+    assert!(matches!(opened.await.unwrap(), Opened::Here { seq: 0, .. }));
+    a.append(message(rec.id, 1), None);
+    // B is sent to A's server while A's lease lives, renewed or not yet run out.
+    match b
+        .open_session(rec.id, None, 10, at_b.clone())
+        .await
+        .unwrap()
+    {
+        Opened::Elsewhere { server, server_key } => {
+            assert_eq!((server, server_key.as_str()), (at_a.server, "key-a"));
+        }
+        other => panic!("expected A's server, got {other:?}"),
+    }
+    assert_eq!(a.renew(lease).await.unwrap(), 1);
+    tokio::time::sleep(lease / 2).await;
+    assert!(matches!(
+        b.open_session(rec.id, None, 10, at_b.clone())
+            .await
+            .unwrap(),
+        Opened::Elsewhere { .. }
+    ));
+    // A stops renewing (it died, or lost the database): after the lease, B serves it, from
+    // what A stored.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    match b
+        .open_session(rec.id, None, 10, at_b.clone())
+        .await
+        .unwrap()
+    {
+        Opened::Here { seq, recent } => assert_eq!((seq, recent.len()), (1, 1)),
+        other => panic!("expected to take over, got {other:?}"),
+    }
+    // A, fenced off, writes nothing more; B does.
+    a.append(message(rec.id, 2), None);
+    assert_eq!(
+        a.last_seq(rec.id).await.unwrap(),
+        1,
+        "A's line after the takeover is refused"
+    );
+    b.append(message(rec.id, 2), None);
+    assert_eq!(b.last_seq(rec.id).await.unwrap(), 2);
+    // A's release does not free B's claim; B's does, and then A may serve it again.
+    a.release_session(rec.id).await.unwrap();
+    assert!(matches!(
+        a.open_session(rec.id, None, 10, at_a.clone())
+            .await
+            .unwrap(),
+        Opened::Elsewhere { .. }
+    ));
+    b.release_session(rec.id).await.unwrap();
+    assert!(matches!(
+        a.open_session(rec.id, None, 10, at_a).await.unwrap(),
+        Opened::Here { seq: 2, .. }
+    ));
+    // A closed session is gone for everyone.
+    assert!(a.delete_session(rec.id).await.unwrap());
+    assert!(matches!(
+        b.open_session(rec.id, None, 10, at_b).await.unwrap(),
+        Opened::Gone
+    ));
+    drop((a, b));
+    a_done.wait().await;
+    b_done.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_at_a_time_serves_a_session_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    claims(Database::Sqlite(dir.path().join("claims.db"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_at_a_time_serves_a_session_on_postgresql() {
+    let Some(pg) = cluster() else { return };
+    claims(Database::Postgres(pg.database().await)).await;
 }
 
 async fn run_cases(open: impl AsyncFn(&str) -> Database) {
@@ -256,7 +383,7 @@ async fn postgresql_schema_is_made_once_by_coordinators_starting_together_and_ke
     match store::open(Some(&db)).await {
         Err(StoreError::TooNew {
             found: 99,
-            supported: 2,
+            supported: 3,
         }) => {}
         Err(e) => panic!("expected too new, got {e}"),
         Ok(_) => panic!("expected too new, it opened"),

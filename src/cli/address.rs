@@ -12,14 +12,21 @@ const COORDINATOR_PORT: u16 = 7500;
 /// them all (IPv4 first), the order written kept, each address once.
 pub async fn resolve_all(coordinators: &str) -> anyhow::Result<Vec<SocketAddr>> {
     let mut all = Vec::new();
-    for one in coordinators.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for one in coordinators
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         for addr in lookup(one).await? {
             if !all.contains(&addr) {
                 all.push(addr);
             }
         }
     }
-    anyhow::ensure!(!all.is_empty(), "no coordinator address in {coordinators:?}");
+    anyhow::ensure!(
+        !all.is_empty(),
+        "no coordinator address in {coordinators:?}"
+    );
     Ok(all)
 }
 

@@ -69,6 +69,10 @@ pub struct CoordinatorConfig {
     /// The database (a SQLite file, or PostgreSQL); `None` keeps everything in memory, gone at
     /// exit.
     pub db: Option<Database>,
+    /// How long a session's claim lasts unrenewed: a coordinator renews its claims every third
+    /// of it, and stops serving if it cannot renew them in time; after it, another coordinator
+    /// of the group may serve the session (members reconnect there).
+    pub lease: Duration,
     /// How long a login token is good for.
     pub token_ttl: Duration,
     /// Cost of new password hashes.
@@ -110,6 +114,7 @@ impl Default for CoordinatorConfig {
             full_roster_max: limits::FULL_ROSTER_MAX,
             recent_messages: 1000,
             db: None,
+            lease: Duration::from_secs(6),
             token_ttl: Duration::from_secs(24 * 3600),
             password_cost: PasswordCost::default(),
             hash_workers: hashing::default_workers(),

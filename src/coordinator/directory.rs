@@ -197,6 +197,21 @@ impl Directory {
         }
     }
 
+    /// Stops every running server at once, without a word to members (they reconnect through
+    /// the group): for a coordinator whose claims on them may have passed to another. Returns
+    /// how many ran.
+    pub fn drop_all_running(&self) -> usize {
+        let state = self.lock();
+        let mut n = 0;
+        for entry in state.by_id.values() {
+            if let Server::Running(running) = &entry.server {
+                running.stop.crash.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Fault injection: kills the running server of `id` as a panic would. Returns whether one ran.
     #[cfg(feature = "test-util")]
     pub fn crash(&self, id: Uuid) -> bool {

@@ -41,7 +41,7 @@ pub(super) enum Done {
         session: Uuid,
         /// By a `create`: the session was not stored before.
         created: bool,
-        result: Result<Started, ErrorBody>,
+        result: Result<Start, ErrorBody>,
     },
     /// A `close` was written to the database (or could not be).
     Closed {
@@ -50,6 +50,14 @@ pub(super) enum Done {
         by: String,
         result: Result<(), ErrorBody>,
     },
+}
+
+/// What a session's start found in the database.
+pub(super) enum Start {
+    /// The session is ours to serve.
+    Here(Started),
+    /// Another coordinator of the group serves it: the answer points there.
+    Elsewhere(crate::protocol::SessionInfo),
 }
 
 /// A session whose server can start: its listener, and the history it starts with.

@@ -164,6 +164,12 @@ pub async fn run(
     let (hashing, hash_workers) = HashPool::start(config.hash_workers, config.hash_queue)
         .map_err(CoordinatorError::Threads)?;
     let directory = config.directory.clone().unwrap_or_default();
+    tracker.spawn(keep_claims(
+        db.clone(),
+        directory.clone(),
+        config.lease,
+        shutdown.clone(),
+    ));
     let mut coordinator = Coordinator {
         hashing,
         unauthenticated: Buckets::new(config.abuse.requests),
@@ -610,6 +616,44 @@ fn encode(id: Option<u64>, observed: SocketAddr, body: ResponseBody) -> Bytes {
                 e.message.push('…');
             }
             _ => return Bytes::from(bytes),
+        }
+    }
+}
+
+/// Renews this coordinator's claims on the sessions it serves every third of the lease; when
+/// the database has not taken a renewal for a whole lease, stops serving them at once (another
+/// coordinator of the group may have taken them, and two servers of one session would split
+/// it): members reconnect through the group to whichever serves it then.
+async fn keep_claims(
+    db: Arc<dyn Storage>,
+    directory: Directory,
+    lease: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let attempt = tokio::time::Instant::now();
+        match tokio::time::timeout(lease / 3, db.renew(lease)).await {
+            Ok(Ok(_)) => renewed = attempt,
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the session claims"),
+            Err(_) => {
+                tracing::warn!("the database did not answer the renewal of the session claims")
+            }
+        }
+        if renewed.elapsed() >= lease {
+            let dropped = directory.drop_all_running();
+            if dropped > 0 {
+                tracing::error!(
+                    sessions = dropped,
+                    "session claims not renewed for a whole lease; stopped serving them"
+                );
+            }
         }
     }
 }

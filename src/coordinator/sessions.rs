@@ -18,12 +18,12 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::directory::{Listed, name_taken};
-use super::jobs::{Done, Reply, Started};
+use super::jobs::{Done, Reply, Start, Started};
 use super::{Coordinator, encode, err, fds, internal, quota};
 use crate::auth;
 use crate::protocol::{ErrorBody, ErrorCode, ResponseBody, SessionInfo};
 use crate::session::{self, SessionConfig, Stop};
-use crate::store::{History, SessionRecord, StoreError, to_line};
+use crate::store::{History, Opened, Serve, SessionRecord, StoreError, to_line};
 
 /// Backlog of session listeners: bursts of thousands of joins must not be reset.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -130,9 +130,16 @@ impl Coordinator {
         });
         let created = new.is_some();
         let recent = self.config.recent_messages;
+        let serve = Serve {
+            server: listener
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::new(self.session_host, 0)),
+            server_key: self.session_key.fingerprint(),
+            lease: self.config.lease,
+        };
         // Queued now, in the loop, so it reaches the database before anything asked after it
         // (a `close` of the new session above all).
-        let stored = self.db.open_session(id, new, recent);
+        let stored = self.db.open_session(id, new, recent, serve);
         self.directory.set_starting(id);
         self.replies.pending(reply.key);
         let span = tracing::info_span!("start", request = reply.id, %user, session = %id);
@@ -140,12 +147,27 @@ impl Coordinator {
         self.spawn_job(
             async move {
                 let result = match stored.await {
-                    Ok((seq, recent)) => Ok(Started {
+                    Ok(Opened::Here { seq, recent }) => Ok(Start::Here(Started {
                         listed,
                         listener,
                         seq,
                         recent,
-                    }),
+                    })),
+                    // Another coordinator of the group serves it: send the client there.
+                    Ok(Opened::Elsewhere { server, server_key }) => {
+                        Ok(Start::Elsewhere(SessionInfo {
+                            id,
+                            name: listed.name,
+                            server,
+                            server_key: Some(server_key),
+                            creator: listed.creator,
+                            created: listed.created,
+                        }))
+                    }
+                    Ok(Opened::Gone) => Err(err(
+                        ErrorCode::SessionNotFound,
+                        format!("session not found: {id}"),
+                    )),
                     Err(StoreError::NameTaken) => {
                         Err(name_taken(listed.name.as_deref().unwrap_or_default()))
                     }
@@ -166,13 +188,18 @@ impl Coordinator {
         &mut self,
         id: Uuid,
         created: bool,
-        result: Result<Started, ErrorBody>,
+        result: Result<Start, ErrorBody>,
     ) -> Vec<(Bytes, SocketAddr)> {
         let waiting = self.starting.remove(&id).unwrap_or_default();
         let body = match result {
-            Ok(started) if self.directory.is_starting(id) => self
+            Ok(Start::Here(started)) if self.directory.is_starting(id) => self
                 .spawn_server(started)
                 .map(|session| ResponseBody::Session { session }),
+            Ok(Start::Elsewhere(session)) if self.directory.is_starting(id) => {
+                tracing::info!(%id, server = %session.server, "served by another coordinator of the group");
+                self.directory.set_start_failed(id);
+                Ok(ResponseBody::Session { session })
+            }
             // Closed while it was starting.
             Ok(_) => Err(err(
                 ErrorCode::SessionNotFound,
@@ -301,10 +328,15 @@ impl Coordinator {
         self.directory
             .set_running(id, server, generation, stop.clone());
         let directory = self.directory.clone();
+        let db = self.db.clone();
         self.tracker.spawn(async move {
             let ended = session::run(listener, config, stop).await;
             tracing::info!(session = %id, ?ended, "session server stopped");
             directory.set_stopped(id, generation);
+            // Queued after the last of its lines: another coordinator may serve it now.
+            if let Err(e) = db.release_session(id).await {
+                tracing::warn!(session = %id, error = %e, "could not give up the session's claim");
+            }
         });
         Ok(SessionInfo {
             id,

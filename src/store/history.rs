@@ -12,7 +12,10 @@ impl Store {
     /// session that no longer exists are skipped as well: the session was
     /// deleted while they were in flight, and one stale message must not make
     /// the rest of the batch fail.
-    pub fn append_messages(&self, batch: &[StoredMessage]) -> Result<()> {
+    ///
+    /// With `host`, only messages of sessions that host serves (holds the claim of) are
+    /// written: a server that lost its claim to another host writes nothing more.
+    pub fn append_messages(&self, batch: &[StoredMessage], host: Option<Uuid>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -21,8 +24,9 @@ impl Store {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR IGNORE INTO messages (session_id, seq, time, sender, text, client_id)
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6
-                 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?1)",
+                 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?1 AND (?7 IS NULL OR host = ?7))",
             )?;
+            let host = host.map(|h| h.to_string());
             for m in batch {
                 stmt.execute(params![
                     m.session.to_string(),
@@ -31,6 +35,7 @@ impl Store {
                     m.sender,
                     m.text,
                     m.client_id.map(|id| id as i64),
+                    host,
                 ])?;
             }
         }

@@ -39,6 +39,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 2: the sender's own id for each line, so a line resent after a reconnect is recognised
     //    even by a restarted server.
     "ALTER TABLE messages ADD COLUMN client_id INTEGER;",
+    // 3: who serves each session, and until when (a lease the serving coordinator renews):
+    //    a coordinator group sharing one database serves each session once, and a server
+    //    whose lease ran out writes nothing more.
+    "ALTER TABLE sessions ADD COLUMN host TEXT;
+     ALTER TABLE sessions ADD COLUMN server TEXT;
+     ALTER TABLE sessions ADD COLUMN server_key TEXT;
+     ALTER TABLE sessions ADD COLUMN lease_until INTEGER;",
 ];
 
 /// Applies every migration step the database has not yet seen, each in its

@@ -30,7 +30,8 @@ use uuid::Uuid;
 
 pub use error::{Result, StoreError};
 use migrations::{migrate, read_version};
-pub use storage::{Database, History, Storage, open, to_line};
+pub use sessions::Claimed;
+pub use storage::{Database, History, Opened, Serve, Storage, open, to_line};
 
 mod error;
 mod history;

@@ -18,7 +18,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
-use super::storage::Storage;
+use super::Claimed;
+use super::storage::{Opened, Serve, Storage};
 use super::{Result, SessionRecord, StoreError, StoredMessage, UserRecord, name_key};
 use crate::session::Committed;
 
@@ -61,6 +62,9 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 2: the sender's own id for each line.
     "ALTER TABLE messages ADD COLUMN client_id BIGINT;",
+    // 3: who serves each session, and until when.
+    "ALTER TABLE sessions ADD COLUMN host UUID, ADD COLUMN server TEXT,
+                         ADD COLUMN server_key TEXT, ADD COLUMN lease_until TIMESTAMPTZ;",
 ];
 
 /// Any lock number of our own: taken for the whole of a migration, so coordinators starting
@@ -78,6 +82,8 @@ enum Job {
 #[derive(Clone)]
 pub struct Postgres {
     tx: mpsc::Sender<Job>,
+    /// This process as a host of session servers (see `Storage::host`).
+    host: Uuid,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -94,8 +100,9 @@ impl Postgres {
         let mut client = open(url).await?;
         migrate(&mut client).await?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(work(url.to_string(), client, rx));
-        Ok((Postgres { tx }, task))
+        let host = Uuid::new_v4();
+        let task = tokio::spawn(work(url.to_string(), client, rx, host));
+        Ok((Postgres { tx, host }, task))
     }
 
     /// Runs `f` on the connection, after everything queued before it.
@@ -186,7 +193,7 @@ async fn migrate(client: &mut Client) -> Result<()> {
     Ok(())
 }
 
-async fn work(url: String, mut client: Client, mut rx: mpsc::Receiver<Job>) {
+async fn work(url: String, mut client: Client, mut rx: mpsc::Receiver<Job>, host: Uuid) {
     let mut batch = Vec::new();
     while let Some(job) = rx.recv().await {
         let mut next = Some(job);
@@ -201,16 +208,16 @@ async fn work(url: String, mut client: Client, mut rx: mpsc::Receiver<Job>) {
                 Job::Call(f) => {
                     // Earlier appends first, so a read sees every message queued before it.
                     reconnect_if_closed(&url, &mut client).await;
-                    flush(&client, &mut batch).await;
+                    flush(&client, &mut batch, host).await;
                     f(&mut client).await;
                     next = rx.try_recv().ok();
                 }
             }
         }
         reconnect_if_closed(&url, &mut client).await;
-        flush(&client, &mut batch).await;
+        flush(&client, &mut batch, host).await;
     }
-    flush(&client, &mut batch).await;
+    flush(&client, &mut batch, host).await;
     tracing::debug!("PostgreSQL task finished");
 }
 
@@ -229,20 +236,21 @@ async fn reconnect_if_closed(url: &str, client: &mut Client) {
     }
 }
 
-async fn flush(client: &Client, batch: &mut Vec<(StoredMessage, Option<Committed>)>) {
+async fn flush(client: &Client, batch: &mut Vec<(StoredMessage, Option<Committed>)>, host: Uuid) {
     if batch.is_empty() {
         return;
     }
     let messages: Vec<&StoredMessage> = batch.iter().map(|(m, _)| m).collect();
-    if let Err(e) = append_messages(client, &messages).await {
+    if let Err(e) = append_messages(client, &messages, host).await {
         tracing::error!(error = %e, count = batch.len(), "could not store messages");
     }
     crate::db::mark_done(batch.drain(..));
 }
 
 /// One statement for the whole batch. As in SQLite: a message already stored is skipped (a
-/// batch written again after an error), and so is one whose session is gone.
-async fn append_messages(client: &Client, batch: &[&StoredMessage]) -> Result<()> {
+/// batch written again after an error), and so is one whose session is gone or served by
+/// another host now (this one lost its claim).
+async fn append_messages(client: &Client, batch: &[&StoredMessage], host: Uuid) -> Result<()> {
     let mut sessions = Vec::with_capacity(batch.len());
     let mut seqs = Vec::with_capacity(batch.len());
     let mut times = Vec::with_capacity(batch.len());
@@ -263,9 +271,9 @@ async fn append_messages(client: &Client, batch: &[&StoredMessage]) -> Result<()
              SELECT m.* FROM UNNEST($1::uuid[], $2::bigint[], $3::timestamptz[], $4::text[],
                                     $5::text[], $6::bigint[])
                   AS m(session_id, seq, time, sender, text, client_id)
-             WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.id = m.session_id)
+             WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.id = m.session_id AND s.host = $7)
              ON CONFLICT (session_id, seq) DO NOTHING",
-            &[&sessions, &seqs, &times, &senders, &texts, &ids],
+            &[&sessions, &seqs, &times, &senders, &texts, &ids, &host],
         )
         .await?;
     Ok(())
@@ -353,6 +361,41 @@ async fn last_seq(client: &Client, session: Uuid) -> Result<u64> {
         .await?
         .get(0);
     max.map_or(Ok(0), seq_from_sql)
+}
+
+/// Claims session `id` for `host` (see `Store::claim_session`); the lease is counted on the
+/// database's clock, so hosts on machines whose clocks differ agree on when it runs out.
+async fn claim(client: &Client, id: Uuid, host: Uuid, serve: &Serve) -> Result<Claimed> {
+    let taken = client
+        .execute(
+            "UPDATE sessions SET host = $2, server = $3, server_key = $4,
+                    lease_until = now() + $5 * interval '1 millisecond'
+             WHERE id = $1 AND (host IS NULL OR host = $2 OR lease_until < now())",
+            &[
+                &id,
+                &host,
+                &serve.server.to_string(),
+                &serve.server_key,
+                &(serve.lease.as_millis() as f64),
+            ],
+        )
+        .await?;
+    if taken > 0 {
+        return Ok(Claimed::Here);
+    }
+    let holder = client
+        .query_opt(
+            "SELECT server, server_key FROM sessions WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(match holder {
+        None => Claimed::Gone,
+        Some(row) => Claimed::Elsewhere {
+            server: row.get::<_, Option<String>>(0).unwrap_or_default(),
+            server_key: row.get::<_, Option<String>>(1).unwrap_or_default(),
+        },
+    })
 }
 
 async fn insert_session(client: &Client, rec: &SessionRecord) -> Result<()> {
@@ -449,18 +492,62 @@ impl Storage for Postgres {
         })
     }
 
+    fn host(&self) -> Uuid {
+        self.host
+    }
+
     fn open_session(
         &self,
         id: Uuid,
         new: Option<SessionRecord>,
         recent: usize,
-    ) -> BoxFuture<'static, Result<(u64, Vec<StoredMessage>)>> {
+        serve: Serve,
+    ) -> BoxFuture<'static, Result<Opened>> {
+        let host = self.host;
         self.call(move |c| {
             Box::pin(async move {
                 if let Some(rec) = &new {
                     insert_session(c, rec).await?;
                 }
-                Ok((last_seq(c, id).await?, history(c, id, None, recent).await?))
+                let claimed = claim(c, id, host, &serve).await?;
+                let read = match claimed {
+                    Claimed::Here => {
+                        Some((last_seq(c, id).await?, history(c, id, None, recent).await?))
+                    }
+                    _ => None,
+                };
+                Opened::from_claim(claimed, || Ok(read.expect("read when ours")))
+            })
+        })
+    }
+
+    fn renew(&self, lease: Duration) -> BoxFuture<'static, Result<usize>> {
+        let host = self.host;
+        self.call(move |c| {
+            Box::pin(async move {
+                let n = c
+                    .execute(
+                        "UPDATE sessions SET lease_until = now() + $2 * interval '1 millisecond'
+                         WHERE host = $1",
+                        &[&host, &(lease.as_millis() as f64)],
+                    )
+                    .await?;
+                Ok(n as usize)
+            })
+        })
+    }
+
+    fn release_session(&self, id: Uuid) -> BoxFuture<'static, Result<()>> {
+        let host = self.host;
+        self.call(move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "UPDATE sessions SET host = NULL, server = NULL, server_key = NULL,
+                     lease_until = NULL WHERE id = $1 AND host = $2",
+                    &[&id, &host],
+                )
+                .await?;
+                Ok(())
             })
         })
     }

@@ -1,6 +1,6 @@
 //! Sessions: created, listed at start, deleted.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::*;
 
@@ -65,5 +65,98 @@ impl Store {
             .execute([&id])?;
         tx.commit()?;
         Ok(n > 0)
+    }
+}
+
+/// Whether the claim went through, and if not, who serves the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// This host serves it now (until its lease runs out unrenewed).
+    Here,
+    /// Another host does, on a live lease, at this server with this key.
+    Elsewhere {
+        /// Its session server.
+        server: String,
+        /// That server's Noise key.
+        server_key: String,
+    },
+    /// No session has that id (it was closed).
+    Gone,
+}
+
+/// Milliseconds since the Unix epoch: SQLite keeps leases as plain numbers, compared with the
+/// clock of the one machine that uses the file.
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// Claims session `id` for `host`, serving at `server` with `server_key`, for `lease`:
+    /// taken only if nobody holds it, `host` does already, or the holder's lease ran out. One
+    /// statement, so two hosts racing for it cannot both win.
+    pub fn claim_session(
+        &self,
+        id: Uuid,
+        host: Uuid,
+        server: &str,
+        server_key: &str,
+        lease: std::time::Duration,
+    ) -> Result<Claimed> {
+        let now = now_ms();
+        let until = now + lease.as_millis() as i64;
+        let taken = self
+            .conn
+            .prepare_cached(
+                "UPDATE sessions SET host = ?2, server = ?3, server_key = ?4, lease_until = ?5
+                 WHERE id = ?1 AND (host IS NULL OR host = ?2 OR lease_until < ?6)",
+            )?
+            .execute(params![
+                id.to_string(),
+                host.to_string(),
+                server,
+                server_key,
+                until,
+                now
+            ])?;
+        if taken > 0 {
+            return Ok(Claimed::Here);
+        }
+        let holder = self
+            .conn
+            .prepare_cached("SELECT server, server_key FROM sessions WHERE id = ?1")?
+            .query_row([id.to_string()], |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                ))
+            })
+            .optional()?;
+        Ok(match holder {
+            None => Claimed::Gone,
+            Some((server, key)) => Claimed::Elsewhere {
+                server: server.unwrap_or_default(),
+                server_key: key.unwrap_or_default(),
+            },
+        })
+    }
+
+    /// Extends the lease of every session `host` serves; how many it serves.
+    pub fn renew_claims(&self, host: Uuid, lease: std::time::Duration) -> Result<usize> {
+        let until = now_ms() + lease.as_millis() as i64;
+        Ok(self
+            .conn
+            .prepare_cached("UPDATE sessions SET lease_until = ?2 WHERE host = ?1")?
+            .execute(params![host.to_string(), until])?)
+    }
+
+    /// Gives up `host`'s claim of session `id` (its server stopped).
+    pub fn release_session(&self, id: Uuid, host: Uuid) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE sessions SET host = NULL, server = NULL, server_key = NULL,
+                 lease_until = NULL WHERE id = ?1 AND host = ?2",
+            )?
+            .execute(params![id.to_string(), host.to_string()])?;
+        Ok(())
     }
 }

@@ -6,8 +6,10 @@
 //! stopping server queued before the `last_seq` its successor reads). Group messages are
 //! queued without waiting and written in batches.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -64,14 +66,22 @@ pub trait Storage: Send + Sync + 'static {
     fn identity_secret(&self) -> BoxFuture<'static, Result<[u8; 32]>>;
     /// Every session, oldest first.
     fn sessions(&self) -> BoxFuture<'static, Result<Vec<SessionRecord>>>;
+    /// This process's id as a host of session servers: what its claims name.
+    fn host(&self) -> Uuid;
     /// Before a session's server starts: stores the session if it is `new` (`NameTaken` if its
-    /// name is in use), then reads its last sequence number and its newest `recent` messages.
+    /// name is in use), claims it for this host (see [`Serve`]), and if the claim is ours reads
+    /// its last sequence number and its newest `recent` messages.
     fn open_session(
         &self,
         id: Uuid,
         new: Option<SessionRecord>,
         recent: usize,
-    ) -> BoxFuture<'static, Result<(u64, Vec<StoredMessage>)>>;
+        serve: Serve,
+    ) -> BoxFuture<'static, Result<Opened>>;
+    /// Extends the lease of every session this host serves; how many it serves.
+    fn renew(&self, lease: Duration) -> BoxFuture<'static, Result<usize>>;
+    /// Gives up this host's claim of a session whose server stopped.
+    fn release_session(&self, id: Uuid) -> BoxFuture<'static, Result<()>>;
     /// Deletes a session and its history; whether it existed.
     fn delete_session(&self, id: Uuid) -> BoxFuture<'static, Result<bool>>;
     /// Queues one group message for writing, without waiting (a full queue drops it, logged);
@@ -96,6 +106,60 @@ pub trait Storage: Send + Sync + 'static {
     fn last_seq(&self, session: Uuid) -> BoxFuture<'static, Result<u64>>;
     /// How many migration steps the database has had.
     fn schema_version(&self) -> BoxFuture<'static, Result<u32>>;
+}
+
+/// Where this host would serve a session, and for how long its claim lasts unrenewed.
+#[derive(Debug, Clone)]
+pub struct Serve {
+    /// The session server's address.
+    pub server: SocketAddr,
+    /// Its Noise key, for clients sent there by another coordinator of the group.
+    pub server_key: String,
+    /// How long the claim lasts without renewal: after it, another host may take the session.
+    pub lease: Duration,
+}
+
+/// What [`Storage::open_session`] found.
+#[derive(Debug)]
+pub enum Opened {
+    /// The session is ours to serve: its last sequence number and newest lines.
+    Here {
+        /// The newest stored line's number.
+        seq: u64,
+        /// The newest stored lines, oldest first.
+        recent: Vec<StoredMessage>,
+    },
+    /// Another host serves it, on a live lease.
+    Elsewhere {
+        /// Its session server.
+        server: SocketAddr,
+        /// That server's Noise key.
+        server_key: String,
+    },
+    /// No session has that id any more.
+    Gone,
+}
+
+impl Opened {
+    /// From a claim's outcome, reading the history only if the claim is ours.
+    pub(crate) fn from_claim(
+        claimed: super::Claimed,
+        read: impl FnOnce() -> Result<(u64, Vec<StoredMessage>)>,
+    ) -> Result<Opened> {
+        Ok(match claimed {
+            super::Claimed::Here => {
+                let (seq, recent) = read()?;
+                Opened::Here { seq, recent }
+            }
+            super::Claimed::Elsewhere { server, server_key } => Opened::Elsewhere {
+                server: server.parse().map_err(|e| {
+                    super::StoreError::Corrupt(format!("session server address {server:?}: {e}"))
+                })?,
+                server_key,
+            },
+            super::Claimed::Gone => Opened::Gone,
+        })
+    }
 }
 
 /// A session's history in a [`Storage`], as the session server uses it.

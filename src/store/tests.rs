@@ -145,7 +145,7 @@ fn delete_session_removes_messages_via_cascade() {
     let s = session(&store, "s", 0);
     let keep = session(&store, "keep", 0);
     store
-        .append_messages(&[msg(s.id, 1), msg(s.id, 2), msg(keep.id, 1)])
+        .append_messages(&[msg(s.id, 1), msg(s.id, 2), msg(keep.id, 1)], None)
         .unwrap();
     // Exercise the foreign-key cascade on its own.
     store
@@ -168,12 +168,12 @@ fn duplicate_seq_is_ignored() {
     let store = Store::open_in_memory().unwrap();
     let s = session(&store, "s", 0);
     store
-        .append_messages(&[msg(s.id, 1), msg(s.id, 2)])
+        .append_messages(&[msg(s.id, 1), msg(s.id, 2)], None)
         .unwrap();
     let mut changed = msg(s.id, 2);
     changed.text = "retry".to_owned();
     store
-        .append_messages(&[changed, msg(s.id, 3), msg(s.id, 3)])
+        .append_messages(&[changed, msg(s.id, 3), msg(s.id, 3)], None)
         .unwrap();
     let all = store.history(s.id, None, 100).unwrap();
     assert_eq!(seqs(&all), vec![1, 2, 3]);
@@ -186,7 +186,7 @@ fn messages_for_unknown_session_are_skipped() {
     let s = session(&store, "s", 0);
     let ghost = Uuid::new_v4();
     store
-        .append_messages(&[msg(s.id, 1), msg(ghost, 1), msg(s.id, 2)])
+        .append_messages(&[msg(s.id, 1), msg(ghost, 1), msg(s.id, 2)], None)
         .unwrap();
     assert_eq!(store.last_seq(s.id).unwrap(), 2);
     assert_eq!(store.last_seq(ghost).unwrap(), 0);
@@ -199,8 +199,8 @@ fn history_windows_and_ordering() {
     let other = session(&store, "other", 0);
     // Insert out of order to make sure ordering comes from the query.
     let batch: Vec<_> = (1..=20).rev().map(|i| msg(s.id, i)).collect();
-    store.append_messages(&batch).unwrap();
-    store.append_messages(&[msg(other.id, 99)]).unwrap();
+    store.append_messages(&batch, None).unwrap();
+    store.append_messages(&[msg(other.id, 99)], None).unwrap();
 
     assert_eq!(store.last_seq(s.id).unwrap(), 20);
     assert_eq!(
@@ -237,7 +237,7 @@ fn seq_out_of_range_is_rejected() {
     let store = Store::open_in_memory().unwrap();
     let s = session(&store, "s", 0);
     assert!(matches!(
-        store.append_messages(&[msg(s.id, u64::MAX)]),
+        store.append_messages(&[msg(s.id, u64::MAX)], None),
         Err(StoreError::SeqOutOfRange(u64::MAX))
     ));
 }
@@ -259,7 +259,7 @@ fn large_batch_append() {
     let store = Store::open(&dir.path().join("big.db")).unwrap();
     let s = session(&store, "busy", 0);
     let batch: Vec<_> = (1..=10_000).map(|i| msg(s.id, i)).collect();
-    store.append_messages(&batch).unwrap();
+    store.append_messages(&batch, None).unwrap();
     assert_eq!(store.last_seq(s.id).unwrap(), 10_000);
     let tail = store.history(s.id, None, 50).unwrap();
     assert_eq!(tail.len(), 50);

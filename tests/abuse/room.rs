@@ -49,7 +49,7 @@ fn seed_big_session(db: &std::path::Path) {
             client_id: None,
         })
         .collect();
-    store.append_messages(&lines).unwrap();
+    store.append_messages(&lines, None).unwrap();
 }
 
 /// A member that asks but never reads, with a small receive buffer, so that the server's
