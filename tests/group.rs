@@ -207,3 +207,40 @@ async fn when_a_coordinator_is_killed_another_serves_its_session_once_the_lease_
     b.start_kill().unwrap();
     let _ = b.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_created_and_closed_through_one_coordinator_are_known_to_the_others_at_once() {
+    let Some(pg) = cluster() else { return };
+    let db = Database::Postgres(pg.database().await);
+    let config = || {
+        let mut c = test_config();
+        c.db = Some(db.clone());
+        c
+    };
+    let a = TestCoordinator::start_with(config()).await;
+    let b = TestCoordinator::start_with(config()).await;
+    let (alice, _a) = client("alice", a.addr).await;
+    let (bob, mut b_ev) = client("bob", b.addr).await;
+    // Created through A after B started: B hears of it from the database (NOTIFY).
+    let late = alice.start_session(Some("late")).await.unwrap().session;
+    eventually("B lists the new session", || async {
+        bob.list().await.unwrap().iter().any(|s| s.id == late.id)
+    })
+    .await;
+    let joined = bob.join("late").await.unwrap();
+    assert_eq!(joined.session.server, late.server, "served once, by A");
+    // Closed through A: B forgets it, and bob is told who closed it.
+    alice.close_session("late").await.unwrap();
+    let by = expect(&mut b_ev, "the close", |e| match e {
+        Event::Closed { by, .. } => Some(by.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(by.as_deref(), Some("alice"));
+    eventually("B forgets the closed session", || async {
+        !bob.list().await.unwrap().iter().any(|s| s.id == late.id)
+    })
+    .await;
+    b.stop().await;
+    a.stop().await;
+}

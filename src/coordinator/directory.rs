@@ -137,9 +137,13 @@ impl Directory {
             .unwrap_or(0)
     }
 
-    /// Adds a session (with no server yet); refuses a name already in use.
+    /// Adds a session (with no server yet); refuses a name already in use. One already here
+    /// (the group's announcement of a session this coordinator created) is left as it is.
     pub fn insert(&self, listed: Listed) -> Result<(), ErrorBody> {
         let mut state = self.lock();
+        if state.by_id.contains_key(&listed.id) {
+            return Ok(());
+        }
         if let Some(name) = &listed.name {
             let key = name.to_lowercase();
             if state.by_name.contains_key(&key) {

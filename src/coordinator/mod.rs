@@ -59,7 +59,7 @@ use crate::identity::Identity;
 use crate::presence_log::PresenceLog;
 use crate::protocol::{ErrorBody, ErrorCode, Request, RequestBody, Response, ResponseBody, limits};
 use crate::seal::{self, Answerer};
-use crate::store::{Database, Storage};
+use crate::store::{Change, Database, Storage};
 use crate::transport::StaticKey;
 use hashing::HashPool;
 use jobs::{Done, Reply};
@@ -221,6 +221,8 @@ pub async fn run(
             "INSECURE: --insecure takes plain requests and plaintext session connections too; passwords, tokens and chat sent that way cross the network readable. For debugging only."
         );
     }
+    // Sessions created and closed through the other coordinators of a group.
+    let mut changes = coordinator.db.changes();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut answers: Vec<(Bytes, SocketAddr)> = tokio::select! {
@@ -233,6 +235,10 @@ pub async fn run(
                 }
             },
             Some(done) = done_rx.recv() => coordinator.finish(done),
+            Some(change) = next_change(&mut changes) => {
+                coordinator.apply_change(change);
+                Vec::new()
+            }
             _ = shutdown.cancelled() => break,
         };
         answers.append(&mut coordinator.pushes);
@@ -488,6 +494,32 @@ impl Coordinator {
         Some(answer)
     }
 
+    /// Brings the directory up to date with a session another coordinator of the group created
+    /// or closed (this one's own come back too, and change nothing).
+    fn apply_change(&mut self, change: Change) {
+        match change {
+            Change::Created(rec) => {
+                let listed = Listed {
+                    id: rec.id,
+                    name: rec.name,
+                    creator: rec.creator,
+                    created: rec.created,
+                    server: None,
+                };
+                if let Err(e) = self.directory.insert(listed) {
+                    tracing::warn!(session = %rec.id, error = %e, "session from the group not listed");
+                }
+            }
+            Change::Closed(id) => {
+                if let Ok(listed) = self.directory.find(&id.to_string())
+                    && self.directory.remove(id, &listed.creator).is_some()
+                {
+                    tracing::info!(session = %id, "session closed through another coordinator");
+                }
+            }
+        }
+    }
+
     /// Applies a job's result and encodes its answers (a session start answers every request
     /// that waited for it).
     fn finish(&mut self, done: Done) -> Vec<(Bytes, SocketAddr)> {
@@ -617,6 +649,14 @@ fn encode(id: Option<u64>, observed: SocketAddr, body: ResponseBody) -> Bytes {
             }
             _ => return Bytes::from(bytes),
         }
+    }
+}
+
+/// The next change the group's database announces; never, without one that does.
+async fn next_change(changes: &mut Option<mpsc::Receiver<Change>>) -> Option<Change> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -67,6 +67,10 @@ const MIGRATIONS: &[&str] = &[
                          ADD COLUMN server_key TEXT, ADD COLUMN lease_until TIMESTAMPTZ;",
 ];
 
+/// The channel sessions' creation and closing are announced on, to every coordinator of the
+/// group.
+const CHANNEL: &str = "confab_sessions";
+
 /// Any lock number of our own: taken for the whole of a migration, so coordinators starting
 /// together on a fresh database run each step once.
 const MIGRATION_LOCK: i64 = 0x636f_6e66_6162; // "confab"
@@ -84,6 +88,7 @@ pub struct Postgres {
     tx: mpsc::Sender<Job>,
     /// This process as a host of session servers (see `Storage::host`).
     host: Uuid,
+    url: String,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -102,7 +107,14 @@ impl Postgres {
         let (tx, rx) = mpsc::channel(QUEUE);
         let host = Uuid::new_v4();
         let task = tokio::spawn(work(url.to_string(), client, rx, host));
-        Ok((Postgres { tx, host }, task))
+        Ok((
+            Postgres {
+                tx,
+                host,
+                url: url.to_string(),
+            },
+            task,
+        ))
     }
 
     /// Runs `f` on the connection, after everything queued before it.
@@ -398,22 +410,108 @@ async fn claim(client: &Client, id: Uuid, host: Uuid, serve: &Serve) -> Result<C
     })
 }
 
-async fn insert_session(client: &Client, rec: &SessionRecord) -> Result<()> {
-    client
-        .execute(
-            "INSERT INTO sessions (id, name, name_key, creator, created)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &rec.id,
-                &rec.name,
-                &rec.name.as_deref().map(name_key),
-                &rec.creator,
-                &rec.created,
-            ],
-        )
-        .await
-        .map_err(unique)?;
+async fn insert_session(client: &mut Client, rec: &SessionRecord) -> Result<()> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO sessions (id, name, name_key, creator, created)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &rec.id,
+            &rec.name,
+            &rec.name.as_deref().map(name_key),
+            &rec.creator,
+            &rec.created,
+        ],
+    )
+    .await
+    .map_err(unique)?;
+    let payload = serde_json::json!({
+        "id": rec.id,
+        "name": rec.name,
+        "creator": rec.creator,
+        "created": rec.created,
+    });
+    // Delivered to the listeners when the transaction commits, not before.
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANNEL, &format!("created {payload}")],
+    )
+    .await?;
+    tx.commit().await?;
     Ok(())
+}
+
+/// Forwards the group's session changes from a connection of its own that `LISTEN`s, opened
+/// again (after a second) whenever it breaks, until nobody reads the changes.
+async fn listen(url: String, tx: mpsc::Sender<super::Change>) {
+    use futures::StreamExt;
+    use tokio_postgres::AsyncMessage;
+    loop {
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(&url, NoTls));
+        if let Ok(Ok((client, mut connection))) = connected.await {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            // The connection only moves while its messages are read: ask, then read.
+            let statement = format!("LISTEN {CHANNEL}");
+            let listening = client.batch_execute(&statement);
+            tokio::pin!(listening);
+            let mut listened = false;
+            loop {
+                tokio::select! {
+                    done = &mut listening, if !listened => {
+                        listened = true;
+                        if let Err(e) = done {
+                            tracing::warn!(error = %e, "cannot listen for the group's session changes");
+                            break;
+                        }
+                    }
+                    message = messages.next() => match message {
+                        Some(Ok(AsyncMessage::Notification(n))) => {
+                            if let Some(change) = parse_change(n.payload())
+                                && tx.send(change).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "the listening connection broke");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// A notification's payload: `created {json}` or `closed <id>`.
+fn parse_change(payload: &str) -> Option<super::Change> {
+    #[derive(serde::Deserialize)]
+    struct Created {
+        id: Uuid,
+        name: Option<String>,
+        creator: String,
+        created: DateTime<Utc>,
+    }
+    match payload.split_once(' ')? {
+        ("created", json) => {
+            let c: Created = serde_json::from_str(json).ok()?;
+            Some(super::Change::Created(SessionRecord {
+                id: c.id,
+                name: c.name,
+                creator: c.creator,
+                created: c.created,
+            }))
+        }
+        ("closed", id) => Some(super::Change::Closed(id.parse().ok()?)),
+        _ => None,
+    }
 }
 
 impl Storage for Postgres {
@@ -521,6 +619,12 @@ impl Storage for Postgres {
         })
     }
 
+    fn changes(&self) -> Option<mpsc::Receiver<super::Change>> {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(listen(self.url.clone(), tx));
+        Some(rx)
+    }
+
     fn renew(&self, lease: Duration) -> BoxFuture<'static, Result<usize>> {
         let host = self.host;
         self.call(move |c| {
@@ -561,6 +665,11 @@ impl Storage for Postgres {
                 let n = tx
                     .execute("DELETE FROM sessions WHERE id = $1", &[&id])
                     .await?;
+                tx.execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&CHANNEL, &format!("closed {id}")],
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(n > 0)
             })

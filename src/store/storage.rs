@@ -82,6 +82,11 @@ pub trait Storage: Send + Sync + 'static {
     fn renew(&self, lease: Duration) -> BoxFuture<'static, Result<usize>>;
     /// Gives up this host's claim of a session whose server stopped.
     fn release_session(&self, id: Uuid) -> BoxFuture<'static, Result<()>>;
+    /// Sessions created and closed through other processes on the same database, as they
+    /// happen (PostgreSQL's `LISTEN`/`NOTIFY`); `None` for an engine one process owns.
+    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+        None
+    }
     /// Deletes a session and its history; whether it existed.
     fn delete_session(&self, id: Uuid) -> BoxFuture<'static, Result<bool>>;
     /// Queues one group message for writing, without waiting (a full queue drops it, logged);
@@ -106,6 +111,15 @@ pub trait Storage: Send + Sync + 'static {
     fn last_seq(&self, session: Uuid) -> BoxFuture<'static, Result<u64>>;
     /// How many migration steps the database has had.
     fn schema_version(&self) -> BoxFuture<'static, Result<u32>>;
+}
+
+/// A change to the sessions that another process of the group made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A session was created.
+    Created(SessionRecord),
+    /// A session was closed for good (by its creator, the only one who may).
+    Closed(Uuid),
 }
 
 /// Where this host would serve a session, and for how long its claim lasts unrenewed.
