@@ -147,13 +147,8 @@ impl Storage for Db {
 
     fn append(&self, message: StoredMessage, done: Option<Committed>) {
         let (session, seq) = (message.session, message.seq);
-        if let Err(e) = self.tx.try_send(Job::Append(message, done.clone())) {
-            tracing::error!(%session, seq, error = %e, "history write queue full; message not stored");
-            // Not stored, and never will be: the room must not wait for it.
-            if let Some(done) = done {
-                done.mark(seq);
-            }
-        }
+        let sent = self.tx.try_send(Job::Append(message, done.clone()));
+        crate::store::storage::queued(sent, session, seq, done);
     }
 
     fn history(

@@ -303,3 +303,36 @@ fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[tokio::test]
+async fn a_peer_outside_the_session_who_comes_back_with_a_new_key_is_looked_up_again() {
+    let coord = TestCoordinator::start().await;
+    let (alice, mut a_ev) = client("alice", coord.addr).await;
+    let (dave, _d) = client("dave", coord.addr).await;
+    alice.start_session(Some("one")).await.unwrap();
+    // Alice learns dave's card (and pins his key) from a first message.
+    dave.dm("alice", "first").await.unwrap();
+    assert_eq!(
+        privates(&mut a_ev, Duration::from_millis(200)).await,
+        ["first"]
+    );
+    drop(dave);
+    // Dave again, from a fresh client with a new identity key (each run makes one unless the
+    // application keeps it): alice's card of him is stale; she asks the coordinator again.
+    let (dave, _d) = client("dave", coord.addr).await;
+    dave.dm("alice", "new key, same dave").await.unwrap();
+    let mut warned = false;
+    let mut shown = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(e) = a_ev.recv().await {
+            match e {
+                Event::PeerKeyChanged { user, .. } if user == "dave" => warned = true,
+                Event::Private { text, .. } => shown.push(text),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(warned, "the changed key is said before the message");
+    assert_eq!(shown, ["new key, same dave"]);
+}

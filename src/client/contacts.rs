@@ -71,6 +71,11 @@ impl Contacts {
             .or_else(|| self.cards.lock().get(&user.to_lowercase()).cloned())
     }
 
+    /// Drops the card the coordinator gave for `user` (it named a key the user no longer has).
+    pub(super) fn forget(&self, user: &str) {
+        self.cards.lock().remove(&user.to_lowercase());
+    }
+
     /// `user`'s card: a member of our session (looked up with the server in a large one), else
     /// anyone online, as the coordinator knows them.
     pub(super) async fn find(&self, user: &str) -> Result<Member, ClientError> {

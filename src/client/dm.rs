@@ -322,6 +322,7 @@ impl Dms {
             pins: self.pins.clone(),
             warned: ExpiringMap::new(SEEN_TTL, 1000),
             dropped: 0,
+            looked_up: false,
             paths: self.paths.clone(),
         };
         tokio::spawn(hub.run(inbox, held, stop));
@@ -365,6 +366,8 @@ struct Hub {
     warned: ExpiringMap<(String, PeerKey), ()>,
     /// Datagrams dropped as forged, altered, replayed, unsealed or misaddressed.
     dropped: u64,
+    /// The datagram being routed was held for a lookup that has been done: it is not held again.
+    looked_up: bool,
     paths: Paths,
 }
 
@@ -390,7 +393,10 @@ impl Hub {
                     continue;
                 }
                 Some((from, datagram)) = held.recv() => {
+                    // Looked up once: whatever the card says now is final for this datagram.
+                    self.looked_up = true;
                     self.route(&datagram, from).await;
+                    self.looked_up = false;
                     continue;
                 }
                 _ = stop.cancelled() => break,
@@ -471,14 +477,9 @@ impl Hub {
                 if !to.eq_ignore_ascii_case(&self.user) {
                     return self.reject(from, "for someone else");
                 }
-                let Some(member) = self.contacts.card(&sender) else {
-                    // A member of a large session we were not told about, or someone outside
-                    // our session: look them up, and route this again once they are known.
-                    return self.hold(datagram, from, &sender);
+                let Some(member) = self.known_sender(datagram, &from, &sender, &sender_key) else {
+                    return;
                 };
-                if member.public_key() != Some(sender_key) {
-                    return self.reject(from, "sealed with a key that is not the sender's");
-                }
                 // Which endpoint it came from proves nothing (a NAT may change the port); the
                 // key does. Relayed, the server's word on who passed it must agree.
                 if let Source::Relay(passed_by) = &from
@@ -532,12 +533,9 @@ impl Hub {
                 if !to.eq_ignore_ascii_case(&self.user) {
                     return self.reject(from, "for someone else");
                 }
-                let Some(member) = self.contacts.card(&sender) else {
-                    return self.hold(datagram, from, &sender);
+                let Some(member) = self.known_sender(datagram, &from, &sender, &sender_key) else {
+                    return;
                 };
-                if member.public_key() != Some(sender_key) {
-                    return self.reject(from, "sealed with a key that is not the sender's");
-                }
                 match &from {
                     Source::Udp(addr) => {
                         tracing::debug!(peer = %sender, %addr, "direct path opened by a probe");
@@ -553,6 +551,40 @@ impl Hub {
                 }
             }
             Err(_) => self.reject(from, "sealed, but not a private message"),
+        }
+    }
+
+    /// The card of `sender`, if its key is the one that sealed the datagram. A sender we do not
+    /// know (a member of a large session we were not told about, or someone outside our
+    /// session), or whose card from the coordinator names another key (it may have changed
+    /// since we asked), is looked up and the datagram routed again then, once; `None` means
+    /// the datagram was held or dropped.
+    fn known_sender(
+        &mut self,
+        datagram: &[u8],
+        from: &Source,
+        sender: &str,
+        key: &PeerKey,
+    ) -> Option<Member> {
+        match self.contacts.card(sender) {
+            Some(member) if member.public_key() == Some(*key) => Some(member),
+            Some(_) if self.looked_up || self.contacts.roster().get(sender).is_some() => {
+                self.reject(from.clone(), "sealed with a key that is not the sender's");
+                None
+            }
+            Some(_) => {
+                self.contacts.forget(sender);
+                self.hold(datagram, from.clone(), sender);
+                None
+            }
+            None if self.looked_up => {
+                self.reject(from.clone(), "from someone the coordinator does not know");
+                None
+            }
+            None => {
+                self.hold(datagram, from.clone(), sender);
+                None
+            }
         }
     }
 

@@ -37,6 +37,19 @@ pub struct Listed {
     pub server: Option<SocketAddr>,
 }
 
+impl From<crate::store::SessionRecord> for Listed {
+    /// A stored session, with no server (yet).
+    fn from(rec: crate::store::SessionRecord) -> Listed {
+        Listed {
+            id: rec.id,
+            name: rec.name,
+            creator: rec.creator,
+            created: rec.created,
+            server: None,
+        }
+    }
+}
+
 impl Listed {
     /// The join answer for a running session, whose server has the public key `server_key`.
     pub fn info(&self, server_key: &str) -> Option<SessionInfo> {

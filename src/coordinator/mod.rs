@@ -198,15 +198,9 @@ pub async fn run(
         generation: 0,
     };
     for rec in stored {
-        let listed = Listed {
-            id: rec.id,
-            name: rec.name,
-            creator: rec.creator,
-            created: rec.created,
-            server: None,
-        };
-        if let Err(e) = coordinator.directory.insert(listed) {
-            tracing::warn!(session = %rec.id, error = %e, "stored session skipped");
+        let id = rec.id;
+        if let Err(e) = coordinator.directory.insert(rec.into()) {
+            tracing::warn!(session = %id, error = %e, "stored session skipped");
         }
     }
     tracing::info!(
@@ -499,15 +493,9 @@ impl Coordinator {
     fn apply_change(&mut self, change: Change) {
         match change {
             Change::Created(rec) => {
-                let listed = Listed {
-                    id: rec.id,
-                    name: rec.name,
-                    creator: rec.creator,
-                    created: rec.created,
-                    server: None,
-                };
-                if let Err(e) = self.directory.insert(listed) {
-                    tracing::warn!(session = %rec.id, error = %e, "session from the group not listed");
+                let id = rec.id;
+                if let Err(e) = self.directory.insert(rec.into()) {
+                    tracing::warn!(session = %id, error = %e, "session from the group not listed");
                 }
             }
             Change::Closed(id) => {

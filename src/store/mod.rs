@@ -38,7 +38,7 @@ mod history;
 mod migrations;
 pub mod postgres;
 mod sessions;
-mod storage;
+pub(crate) mod storage;
 #[cfg(test)]
 mod tests;
 mod users;

@@ -678,12 +678,8 @@ impl Storage for Postgres {
 
     fn append(&self, message: StoredMessage, done: Option<Committed>) {
         let (session, seq) = (message.session, message.seq);
-        if let Err(e) = self.tx.try_send(Job::Append(message, done.clone())) {
-            tracing::error!(%session, seq, error = %e, "history write queue full; message not stored");
-            if let Some(done) = done {
-                done.mark(seq);
-            }
-        }
+        let sent = self.tx.try_send(Job::Append(message, done.clone()));
+        super::storage::queued(sent, session, seq, done);
     }
 
     fn history(

@@ -176,6 +176,22 @@ impl Opened {
     }
 }
 
+/// After an append was handed to an engine's queue: a message the queue refused is never
+/// written, so its room is told at once rather than left waiting for it.
+pub(crate) fn queued<E: std::fmt::Display>(
+    sent: std::result::Result<(), E>,
+    session: Uuid,
+    seq: u64,
+    done: Option<Committed>,
+) {
+    if let Err(e) = sent {
+        tracing::error!(%session, seq, error = %e, "history write queue full; message not stored");
+        if let Some(done) = done {
+            done.mark(seq);
+        }
+    }
+}
+
 /// A session's history in a [`Storage`], as the session server uses it.
 #[derive(Clone)]
 pub struct History(pub Arc<dyn Storage>);
