@@ -267,7 +267,8 @@ async fn log_in(client: &Client, credentials: Credentials) -> Result<String, Cli
 /// so when it is met for the first time.
 async fn trust_coordinator(client: &Client, pinned: Option<&[u8; 32]>) -> Result<(), ClientError> {
     let key = patiently(client, client.coordinator_key()).await?;
-    let addr = client.config().coordinator.to_string();
+    // A group's coordinators share one key: it is remembered under the whole list.
+    let addr = coordinators(client);
     let Some(file) = known::path() else {
         // Nowhere to remember it: only a pin can be checked.
         return match pinned {
@@ -282,7 +283,12 @@ async fn trust_coordinator(client: &Client, pinned: Option<&[u8; 32]>) -> Result
         Ok(known::Trust::Known) => Ok(()),
         Ok(known::Trust::New) => {
             println!(
-                "* first contact with the coordinator at {addr}: its key {} is now remembered in {}",
+                "* first contact with the coordinator{} {addr}: its key {} is now remembered in {}",
+                if client.config().more_coordinators.is_empty() {
+                    " at"
+                } else {
+                    " group"
+                },
                 confab::identity::fingerprint(&key),
                 file.display()
             );
@@ -302,11 +308,18 @@ async fn patiently<T>(client: &Client, request: impl std::future::Future<Output 
         out = &mut request => return out,
         () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
     }
-    eprintln!(
-        "* contacting the coordinator at {}…",
-        client.config().coordinator
-    );
+    eprintln!("* contacting the coordinator at {}…", coordinators(client));
     request.await
+}
+
+/// The coordinator, or the coordinators of its group, as `--coordinator` names them.
+fn coordinators(client: &Client) -> String {
+    let config = client.config();
+    std::iter::once(&config.coordinator)
+        .chain(&config.more_coordinators)
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 async fn ask_password(prompt: &str) -> Result<String, ClientError> {
