@@ -87,8 +87,20 @@ impl Storage for Db {
         name: String,
         password_hash: String,
         created: DateTime<Utc>,
+        once: Option<[u8; 32]>,
     ) -> BoxFuture<'static, Result<UserRecord>> {
-        Box::pin(self.call(move |s| s.create_user(&name, &password_hash, created)))
+        Box::pin(self.call(move |s| {
+            if let Some(digest) = &once
+                && s.done_before(digest)?
+            {
+                return s.user(&name)?.ok_or(StoreError::NameTaken);
+            }
+            let rec = s.create_user(&name, &password_hash, created)?;
+            if let Some(digest) = &once {
+                s.mark_done(digest, &name)?;
+            }
+            Ok(rec)
+        }))
     }
 
     fn user(&self, name: String) -> BoxFuture<'static, Result<Option<UserRecord>>> {
@@ -131,9 +143,16 @@ impl Storage for Db {
         }))
     }
 
+    fn done_result(&self, digest: [u8; 32]) -> BoxFuture<'static, Result<Option<String>>> {
+        Box::pin(self.call(move |s| s.done_result(&digest)))
+    }
+
     fn renew(&self, lease: std::time::Duration) -> BoxFuture<'static, Result<usize>> {
         let host = self.host;
-        Box::pin(self.call(move |s| s.renew_claims(host, lease)))
+        Box::pin(self.call(move |s| {
+            s.forget_done()?;
+            s.renew_claims(host, lease)
+        }))
     }
 
     fn release_session(&self, id: Uuid) -> BoxFuture<'static, Result<()>> {
@@ -141,8 +160,19 @@ impl Storage for Db {
         Box::pin(self.call(move |s| s.release_session(id, host)))
     }
 
-    fn delete_session(&self, id: Uuid) -> BoxFuture<'static, Result<bool>> {
-        Box::pin(self.call(move |s| s.delete_session(id)))
+    fn delete_session(&self, id: Uuid, once: Option<[u8; 32]>) -> BoxFuture<'static, Result<bool>> {
+        Box::pin(self.call(move |s| {
+            if let Some(digest) = &once
+                && s.done_before(digest)?
+            {
+                return Ok(true);
+            }
+            let existed = s.delete_session(id)?;
+            if let Some(digest) = &once {
+                s.mark_done(digest, &id.to_string())?;
+            }
+            Ok(existed)
+        }))
     }
 
     fn append(&self, message: StoredMessage, done: Option<Committed>) {

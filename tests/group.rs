@@ -245,3 +245,58 @@ async fn sessions_created_and_closed_through_one_coordinator_are_known_to_the_ot
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_retried_to_another_coordinator_is_done_once() {
+    let Some(pg) = cluster() else { return };
+    let db = Database::Postgres(pg.database().await);
+    let config = || {
+        let mut c = test_config();
+        c.db = Some(db.clone());
+        c
+    };
+    let a = TestCoordinator::start_with(config()).await;
+    let b = TestCoordinator::start_with(config()).await;
+    let raw = SealedRaw::login("quinn", a.addr).await;
+    // A registration whose answer from A was lost, retried (the same bytes) to B.
+    let register = format!(
+        r#"{{"id":40,"op":"register","user":"yara","password":"{}"}}"#,
+        password("yara")
+    );
+    let (sealed, opener) = raw.seal(&register);
+    let first = raw.send_sealed(a.addr, &sealed, &opener).await;
+    assert_eq!(first["type"], "registered", "{first}");
+    let retried = raw.send_sealed(b.addr, &sealed, &opener).await;
+    assert_eq!(
+        retried["type"], "registered",
+        "done once, answered again: {retried}"
+    );
+    // The same for a close, after B has heard the session is gone.
+    let create = format!(
+        r#"{{"id":41,"op":"create","name":"brief","token":"{}"}}"#,
+        raw.token
+    );
+    let created = raw.request(&create).await;
+    assert_eq!(created["type"], "session", "{created}");
+    let close = format!(
+        r#"{{"id":42,"op":"close","session":"brief","token":"{}"}}"#,
+        raw.token
+    );
+    let (sealed, opener) = raw.seal(&close);
+    let first = raw.send_sealed(a.addr, &sealed, &opener).await;
+    assert_eq!(first["type"], "closed", "{first}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let retried = raw.send_sealed(b.addr, &sealed, &opener).await;
+    assert_eq!(retried["type"], "closed", "{retried}");
+    assert_eq!(retried["session"], first["session"]);
+    // A new close of the same name is not found, as ever.
+    let again = format!(
+        r#"{{"id":43,"op":"close","session":"brief","token":"{}"}}"#,
+        raw.token
+    );
+    let (sealed, opener) = raw.seal(&again);
+    let answer = raw.send_sealed(b.addr, &sealed, &opener).await;
+    assert_eq!(answer["code"], "session_not_found", "{answer}");
+    b.stop().await;
+    a.stop().await;
+}

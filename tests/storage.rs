@@ -27,7 +27,37 @@ const CASES: &[(&str, Case)] = &[
     ("sessions", |s| Box::pin(sessions(s))),
     ("history", |s| Box::pin(history(s))),
     ("order", |s| Box::pin(order(s))),
+    ("once", |s| Box::pin(once(s))),
 ];
+
+/// A request retried to another coordinator of the group (the same bytes, so the same digest)
+/// is done once: the second time gives what the first made.
+async fn once(s: Arc<dyn Storage>) {
+    let created = Utc::now().trunc_subsecs(3);
+    let digest = Some([7u8; 32]);
+    let first = s
+        .create_user("zed".into(), "h".into(), created, digest)
+        .await
+        .unwrap();
+    let again = s
+        .create_user("zed".into(), "h".into(), created, digest)
+        .await
+        .unwrap();
+    assert_eq!(again, first, "done once, answered twice");
+    // Another request for the same name is a clash, as ever.
+    let other = s
+        .create_user("ZED".into(), "h".into(), created, Some([8u8; 32]))
+        .await;
+    assert!(matches!(other, Err(StoreError::NameTaken)), "{other:?}");
+    let rec = session(Some("brief"), "zed");
+    here(&s, rec.id, Some(rec.clone()), 10).await.unwrap();
+    assert!(s.delete_session(rec.id, Some([9u8; 32])).await.unwrap());
+    assert!(
+        s.delete_session(rec.id, Some([9u8; 32])).await.unwrap(),
+        "the retried close is answered as done"
+    );
+    assert!(!s.delete_session(rec.id, Some([10u8; 32])).await.unwrap());
+}
 
 fn serve(lease: Duration) -> Serve {
     Serve {
@@ -76,12 +106,12 @@ fn message(session: Uuid, seq: u64) -> StoredMessage {
 async fn users(s: Arc<dyn Storage>) {
     let created = Utc::now().trunc_subsecs(3);
     let alice = s
-        .create_user("Alice".into(), "hash-a".into(), created)
+        .create_user("Alice".into(), "hash-a".into(), created, None)
         .await
         .unwrap();
     assert_eq!(alice.name, "Alice");
     let again = s
-        .create_user("aLICE".into(), "hash-b".into(), created)
+        .create_user("aLICE".into(), "hash-b".into(), created, None)
         .await;
     assert!(matches!(again, Err(StoreError::NameTaken)), "{again:?}");
     let found = s
@@ -92,7 +122,7 @@ async fn users(s: Arc<dyn Storage>) {
     assert_eq!(found, alice);
     assert_eq!(s.user("bob".into()).await.unwrap(), None);
     let bob = s
-        .create_user("bob".into(), "hash-b".into(), created)
+        .create_user("bob".into(), "hash-b".into(), created, None)
         .await
         .unwrap();
     assert_ne!(bob.id, alice.id);
@@ -109,7 +139,7 @@ async fn secrets(s: Arc<dyn Storage>) {
         "made once, then kept"
     );
     assert_eq!(s.identity_secret().await.unwrap(), identity);
-    assert_eq!(s.schema_version().await.unwrap(), 3);
+    assert_eq!(s.schema_version().await.unwrap(), 4);
 }
 
 async fn sessions(s: Arc<dyn Storage>) {
@@ -133,8 +163,11 @@ async fn sessions(s: Arc<dyn Storage>) {
     s.append(message(lobby.id, 1), None);
     let (seq, recent) = here(&s, lobby.id, None, 50).await.unwrap();
     assert_eq!((seq, recent.len()), (1, 1));
-    assert!(s.delete_session(lobby.id).await.unwrap());
-    assert!(!s.delete_session(lobby.id).await.unwrap(), "gone already");
+    assert!(s.delete_session(lobby.id, None).await.unwrap());
+    assert!(
+        !s.delete_session(lobby.id, None).await.unwrap(),
+        "gone already"
+    );
     assert_eq!(
         s.last_seq(lobby.id).await.unwrap(),
         0,
@@ -212,7 +245,7 @@ async fn order(s: Arc<dyn Storage>) {
         10,
         serve(Duration::from_secs(60)),
     );
-    let deleted = s.delete_session(rec.id);
+    let deleted = s.delete_session(rec.id, None);
     assert!(deleted.await.unwrap(), "the create went first");
     created.await.unwrap();
     assert!(s.sessions().await.unwrap().is_empty());
@@ -293,7 +326,7 @@ async fn claims(db: Database) {
         Opened::Here { seq: 2, .. }
     ));
     // A closed session is gone for everyone.
-    assert!(a.delete_session(rec.id).await.unwrap());
+    assert!(a.delete_session(rec.id, None).await.unwrap());
     assert!(matches!(
         b.open_session(rec.id, None, 10, at_b).await.unwrap(),
         Opened::Gone
@@ -383,7 +416,7 @@ async fn postgresql_schema_is_made_once_by_coordinators_starting_together_and_ke
     match store::open(Some(&db)).await {
         Err(StoreError::TooNew {
             found: 99,
-            supported: 3,
+            supported: 4,
         }) => {}
         Err(e) => panic!("expected too new, got {e}"),
         Ok(_) => panic!("expected too new, it opened"),

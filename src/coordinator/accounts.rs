@@ -54,6 +54,7 @@ impl Coordinator {
             return Some(refuse(&reply, e));
         }
         let (db, cost) = (self.db.clone(), self.config.password_cost);
+        let once = reply.once();
         let span = tracing::info_span!("register", request = reply.id, %user);
         self.replies.pending(reply.key);
         self.spawn_job(
@@ -65,7 +66,7 @@ impl Coordinator {
                         .ok_or_else(|| internal("hashing thread failed"))?
                         .map_err(internal)?;
                     let name = user.clone();
-                    match db.create_user(name, hash, Utc::now()).await {
+                    match db.create_user(name, hash, Utc::now(), once).await {
                         Ok(rec) => {
                             tracing::info!(user = %rec.name, "registered");
                             Ok(ResponseBody::Registered { user: rec.name })

@@ -25,6 +25,16 @@ pub(super) struct Reply {
     pub(super) seal: Option<Answerer>,
 }
 
+impl Reply {
+    /// What identifies the request across a coordinator group, so that a retry to another
+    /// coordinator is not done twice: the digest of its bytes, for a sealed request only (its
+    /// bytes are the client's alone: a fresh ephemeral key and nonce each; two people can send
+    /// the same plain bytes).
+    pub(super) fn once(&self) -> Option<[u8; 32]> {
+        self.seal.as_ref().map(|_| self.key.digest())
+    }
+}
+
 /// A job that finished, for the loop to apply and answer.
 pub(super) enum Done {
     /// `register` or `login`.

@@ -21,6 +21,12 @@ pub(super) struct RequestKey {
 }
 
 impl RequestKey {
+    /// The digest of the request's bytes alone (a retry to another coordinator of the group
+    /// comes from the same client with the same bytes).
+    pub(super) fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
     /// The key of `datagram` received from `from`.
     pub(super) fn new(from: SocketAddr, datagram: &[u8]) -> Self {
         Self {

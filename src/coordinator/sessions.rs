@@ -224,7 +224,32 @@ impl Coordinator {
 
     pub(super) fn close(&mut self, reply: Reply, key: &str, token: &str) -> Now {
         let claims = self.verify(token, reply.seal.as_ref())?;
-        let listed = self.directory.find(key)?;
+        let listed = match (self.directory.find(key), reply.once()) {
+            (Ok(listed), _) => listed,
+            // Perhaps closed by this very request, through another coordinator of the group
+            // whose answer was lost: then it is answered as done.
+            (Err(e), Some(digest)) if e.code == ErrorCode::SessionNotFound => {
+                self.room_for_job()?;
+                let done = self.db.done_result(digest);
+                self.replies.pending(reply.key);
+                self.spawn_job(async move {
+                    let result = match done.await {
+                        Ok(Some(id)) => id.parse().map_err(internal),
+                        Ok(None) => Err(e),
+                        Err(failed) => Err(internal(failed)),
+                    };
+                    let session = result.as_ref().copied().unwrap_or_default();
+                    Done::Closed {
+                        reply,
+                        session,
+                        by: claims.user,
+                        result: result.map(drop),
+                    }
+                });
+                return Ok(None);
+            }
+            (Err(e), _) => return Err(e),
+        };
         if !listed.creator.eq_ignore_ascii_case(&claims.user) {
             return Err(err(
                 ErrorCode::Forbidden,
@@ -233,7 +258,7 @@ impl Coordinator {
         }
         self.room_for_job()?;
         let id = listed.id;
-        let deleted = self.db.delete_session(id);
+        let deleted = self.db.delete_session(id, reply.once());
         self.replies.pending(reply.key);
         let span =
             tracing::info_span!("close", request = reply.id, user = %claims.user, session = %id);

@@ -46,6 +46,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
      ALTER TABLE sessions ADD COLUMN server TEXT;
      ALTER TABLE sessions ADD COLUMN server_key TEXT;
      ALTER TABLE sessions ADD COLUMN lease_until INTEGER;",
+    // 4: requests that changed something, by the digest of their bytes, for a few minutes: a
+    //    client that retries one to another coordinator of the group (its answer was lost)
+    //    gets it done once.
+    "CREATE TABLE done_requests (
+         digest BLOB PRIMARY KEY NOT NULL,
+         at     INTEGER NOT NULL,
+         result TEXT NOT NULL
+     );",
 ];
 
 /// Applies every migration step the database has not yet seen, each in its

@@ -65,6 +65,12 @@ const MIGRATIONS: &[&str] = &[
     // 3: who serves each session, and until when.
     "ALTER TABLE sessions ADD COLUMN host UUID, ADD COLUMN server TEXT,
                          ADD COLUMN server_key TEXT, ADD COLUMN lease_until TIMESTAMPTZ;",
+    // 4: requests done, by digest (see SQLite's step 4).
+    "CREATE TABLE done_requests (
+         digest BYTEA PRIMARY KEY,
+         at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+         result TEXT NOT NULL
+     );",
 ];
 
 /// The channel sessions' creation and closing are announced on, to every coordinator of the
@@ -375,6 +381,35 @@ async fn last_seq(client: &Client, session: Uuid) -> Result<u64> {
     max.map_or(Ok(0), seq_from_sql)
 }
 
+async fn done_result(
+    c: &impl tokio_postgres::GenericClient,
+    digest: &[u8; 32],
+) -> Result<Option<String>> {
+    Ok(c.query_opt(
+        "SELECT result FROM done_requests WHERE digest = $1",
+        &[&&digest[..]],
+    )
+    .await?
+    .map(|r| r.get(0)))
+}
+
+async fn done_before(tx: &tokio_postgres::Transaction<'_>, digest: &[u8; 32]) -> Result<bool> {
+    Ok(done_result(tx, digest).await?.is_some())
+}
+
+async fn mark_done(
+    tx: &tokio_postgres::Transaction<'_>,
+    digest: &[u8; 32],
+    result: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO done_requests (digest, result) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&&digest[..], &result],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Claims session `id` for `host` (see `Store::claim_session`); the lease is counted on the
 /// database's clock, so hosts on machines whose clocks differ agree on when it runs out.
 async fn claim(client: &Client, id: Uuid, host: Uuid, serve: &Serve) -> Result<Claimed> {
@@ -520,10 +555,30 @@ impl Storage for Postgres {
         name: String,
         password_hash: String,
         created: DateTime<Utc>,
+        once: Option<[u8; 32]>,
     ) -> BoxFuture<'static, Result<UserRecord>> {
         self.call(move |c| {
             Box::pin(async move {
-                let row = c
+                let tx = c.transaction().await?;
+                if let Some(digest) = &once
+                    && done_before(&tx, digest).await?
+                {
+                    let row = tx
+                        .query_opt(
+                            "SELECT id, name, password_hash, created FROM users
+                             WHERE name_key = $1",
+                            &[&name_key(&name)],
+                        )
+                        .await?
+                        .ok_or(StoreError::NameTaken)?;
+                    return Ok(UserRecord {
+                        id: row.get(0),
+                        name: row.get(1),
+                        password_hash: row.get(2),
+                        created: row.get(3),
+                    });
+                }
+                let row = tx
                     .query_one(
                         "INSERT INTO users (name, name_key, password_hash, created)
                          VALUES ($1, $2, $3, $4) RETURNING id",
@@ -531,6 +586,10 @@ impl Storage for Postgres {
                     )
                     .await
                     .map_err(unique)?;
+                if let Some(digest) = &once {
+                    mark_done(&tx, digest, &name).await?;
+                }
+                tx.commit().await?;
                 Ok(UserRecord {
                     id: row.get(0),
                     name,
@@ -619,6 +678,10 @@ impl Storage for Postgres {
         })
     }
 
+    fn done_result(&self, digest: [u8; 32]) -> BoxFuture<'static, Result<Option<String>>> {
+        self.call(move |c| Box::pin(async move { done_result(&*c, &digest).await }))
+    }
+
     fn changes(&self) -> Option<mpsc::Receiver<super::Change>> {
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(listen(self.url.clone(), tx));
@@ -629,6 +692,11 @@ impl Storage for Postgres {
         let host = self.host;
         self.call(move |c| {
             Box::pin(async move {
+                c.execute(
+                    "DELETE FROM done_requests WHERE at < now() - $1 * interval '1 millisecond'",
+                    &[&(super::sessions::DONE_TTL.as_millis() as f64)],
+                )
+                .await?;
                 let n = c
                     .execute(
                         "UPDATE sessions SET lease_until = now() + $2 * interval '1 millisecond'
@@ -656,10 +724,16 @@ impl Storage for Postgres {
         })
     }
 
-    fn delete_session(&self, id: Uuid) -> BoxFuture<'static, Result<bool>> {
+    fn delete_session(&self, id: Uuid, once: Option<[u8; 32]>) -> BoxFuture<'static, Result<bool>> {
         self.call(move |c| {
             Box::pin(async move {
                 let tx = c.transaction().await?;
+                if let Some(digest) = &once {
+                    if done_before(&tx, digest).await? {
+                        return Ok(true);
+                    }
+                    mark_done(&tx, digest, &id.to_string()).await?;
+                }
                 tx.execute("DELETE FROM messages WHERE session_id = $1", &[&id])
                     .await?;
                 let n = tx

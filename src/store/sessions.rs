@@ -160,3 +160,43 @@ impl Store {
         Ok(())
     }
 }
+
+/// How long a done request is remembered for retries to another coordinator: longer than any
+/// client retries (15 tries, at most 17 s) with room to spare.
+pub(crate) const DONE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Store {
+    /// What the request whose bytes have this digest did (a user's name, a session's id), if
+    /// any coordinator sharing this database did it already.
+    pub fn done_result(&self, digest: &[u8; 32]) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT result FROM done_requests WHERE digest = ?1")?
+            .query_row([&digest[..]], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Whether the request with this digest was done already.
+    pub fn done_before(&self, digest: &[u8; 32]) -> Result<bool> {
+        Ok(self.done_result(digest)?.is_some())
+    }
+
+    /// Records that the request with this digest is done, and what it did.
+    pub fn mark_done(&self, digest: &[u8; 32], result: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO done_requests (digest, at, result) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![&digest[..], now_ms(), result])?;
+        Ok(())
+    }
+
+    /// Forgets requests done longer ago than `DONE_TTL`.
+    pub fn forget_done(&self) -> Result<()> {
+        let before = now_ms() - DONE_TTL.as_millis() as i64;
+        self.conn
+            .prepare_cached("DELETE FROM done_requests WHERE at < ?1")?
+            .execute([before])?;
+        Ok(())
+    }
+}

@@ -51,12 +51,15 @@ impl Database {
 /// What the coordinator and its sessions keep: accounts, sessions, group history, and the
 /// coordinator's two secrets.
 pub trait Storage: Send + Sync + 'static {
-    /// Registers a user; `NameTaken` if the name exists in any case.
+    /// Registers a user; `NameTaken` if the name exists in any case. With `once` (the digest
+    /// of the request's bytes), a request already done (by any coordinator sharing the
+    /// database: the client retried it elsewhere) gives the user it made instead.
     fn create_user(
         &self,
         name: String,
         password_hash: String,
         created: DateTime<Utc>,
+        once: Option<[u8; 32]>,
     ) -> BoxFuture<'static, Result<UserRecord>>;
     /// A user by name, in any case.
     fn user(&self, name: String) -> BoxFuture<'static, Result<Option<UserRecord>>>;
@@ -78,7 +81,11 @@ pub trait Storage: Send + Sync + 'static {
         recent: usize,
         serve: Serve,
     ) -> BoxFuture<'static, Result<Opened>>;
-    /// Extends the lease of every session this host serves; how many it serves.
+    /// What the request with this digest did, if it was done already (see
+    /// [`Storage::create_user`]): a user's name, a closed session's id.
+    fn done_result(&self, digest: [u8; 32]) -> BoxFuture<'static, Result<Option<String>>>;
+    /// Extends the lease of every session this host serves; how many it serves. (Also forgets
+    /// done requests past their time: it runs every few seconds anyway.)
     fn renew(&self, lease: Duration) -> BoxFuture<'static, Result<usize>>;
     /// Gives up this host's claim of a session whose server stopped.
     fn release_session(&self, id: Uuid) -> BoxFuture<'static, Result<()>>;
@@ -87,8 +94,9 @@ pub trait Storage: Send + Sync + 'static {
     fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
         None
     }
-    /// Deletes a session and its history; whether it existed.
-    fn delete_session(&self, id: Uuid) -> BoxFuture<'static, Result<bool>>;
+    /// Deletes a session and its history; whether it existed (or, with `once`, whether the
+    /// request was done already, as for [`Storage::create_user`]).
+    fn delete_session(&self, id: Uuid, once: Option<[u8; 32]>) -> BoxFuture<'static, Result<bool>>;
     /// Queues one group message for writing, without waiting (a full queue drops it, logged);
     /// `done` is marked with its sequence number after the batch it went in is committed (or
     /// failed, logged).

@@ -183,11 +183,19 @@ impl SealedRaw {
     /// Sends `body` sealed and returns its answer, opened (retrying on loss).
     pub async fn request(&self, body: &str) -> serde_json::Value {
         let (sealed, opener) = self.seal(body);
+        self.send_sealed(self.coordinator, &sealed, &opener).await
+    }
+
+    /// Sends bytes sealed earlier to `to` (one coordinator of a group, say) and returns the
+    /// answer, opened (retrying on loss).
+    pub async fn send_sealed(
+        &self,
+        to: SocketAddr,
+        sealed: &[u8],
+        opener: &confab::seal::Opener,
+    ) -> serde_json::Value {
         for _ in 0..50 {
-            self.socket
-                .send_to(&sealed, self.coordinator)
-                .await
-                .unwrap();
+            self.socket.send_to(sealed, to).await.unwrap();
             let mut buf = vec![0u8; 4096];
             if let Ok(Ok((n, _))) =
                 tokio::time::timeout(Duration::from_millis(500), self.socket.recv_from(&mut buf))
@@ -197,7 +205,7 @@ impl SealedRaw {
                 return serde_json::from_slice(&answer).unwrap();
             }
         }
-        panic!("no answer to {body}");
+        panic!("no answer from {to}");
     }
 }
 
