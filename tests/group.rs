@@ -6,22 +6,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::postgres::TestPostgres;
+use common::postgres::{cluster, config_on};
 use common::*;
 use confab::client::Event;
 use confab::protocol::ChatLine;
 use confab::store::Database;
-
-fn cluster() -> Option<TestPostgres> {
-    match TestPostgres::start() {
-        Ok(pg) => Some(pg),
-        Err(why) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED (needs PostgreSQL's server binaries; CI has them): {why}");
-            None
-        }
-        Err(why) => panic!("PostgreSQL is needed in CI: {why}"),
-    }
-}
 
 /// Group lines with `prefix` from `events` until `n`, with the reconnects seen meanwhile.
 async fn lines(
@@ -46,11 +35,7 @@ async fn lines(
 async fn when_a_coordinator_stops_its_clients_go_on_through_another_of_the_group() {
     let Some(pg) = cluster() else { return };
     let db = Database::Postgres(pg.database().await);
-    let config = || {
-        let mut c = test_config();
-        c.db = Some(db.clone());
-        c
-    };
+    let config = || config_on(&db);
     let a = TestCoordinator::start_with(config()).await;
     // B's port is known before it runs: clients are told the whole group up front.
     let b_addr = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -114,11 +99,7 @@ async fn when_a_coordinator_stops_its_clients_go_on_through_another_of_the_group
 async fn a_session_is_served_once_whichever_coordinator_of_the_group_is_asked() {
     let Some(pg) = cluster() else { return };
     let db = Database::Postgres(pg.database().await);
-    let config = || {
-        let mut c = test_config();
-        c.db = Some(db.clone());
-        c
-    };
+    let config = || config_on(&db);
     let a = TestCoordinator::start_with(config()).await;
     let (alice, mut a_ev) = client("alice", a.addr).await;
     let first = alice.start_session(Some("once")).await.unwrap().session;
@@ -213,11 +194,7 @@ async fn when_a_coordinator_is_killed_another_serves_its_session_once_the_lease_
 async fn sessions_created_and_closed_through_one_coordinator_are_known_to_the_others_at_once() {
     let Some(pg) = cluster() else { return };
     let db = Database::Postgres(pg.database().await);
-    let config = || {
-        let mut c = test_config();
-        c.db = Some(db.clone());
-        c
-    };
+    let config = || config_on(&db);
     let a = TestCoordinator::start_with(config()).await;
     let b = TestCoordinator::start_with(config()).await;
     let (alice, _a) = client("alice", a.addr).await;
@@ -250,11 +227,7 @@ async fn sessions_created_and_closed_through_one_coordinator_are_known_to_the_ot
 async fn a_request_retried_to_another_coordinator_is_done_once() {
     let Some(pg) = cluster() else { return };
     let db = Database::Postgres(pg.database().await);
-    let config = || {
-        let mut c = test_config();
-        c.db = Some(db.clone());
-        c
-    };
+    let config = || config_on(&db);
     let a = TestCoordinator::start_with(config()).await;
     let b = TestCoordinator::start_with(config()).await;
     let raw = SealedRaw::login("quinn", a.addr).await;
@@ -298,5 +271,33 @@ async fn a_request_retried_to_another_coordinator_is_done_once() {
     let answer = raw.send_sealed(b.addr, &sealed, &opener).await;
     assert_eq!(answer["code"], "session_not_found", "{answer}");
     b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_cannot_renew_its_claims_stops_serving_within_a_lease() {
+    let Some(pg) = cluster() else { return };
+    let db = Database::Postgres(pg.database().await);
+    let mut config = config_on(&db);
+    config.lease = Duration::from_secs(2);
+    let a = TestCoordinator::start_with(config).await;
+    let (alice, mut events) = client("alice", a.addr).await;
+    alice.start_session(Some("cut-off")).await.unwrap();
+    // The database goes away: another coordinator could take the session once the lease runs
+    // out, so this one must stop serving it by then.
+    pg.kill();
+    let cut = tokio::time::Instant::now();
+    expect(&mut events, "the server dropping alice", |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    let took = cut.elapsed();
+    // Before the lease (2 s) can run out, with a little for the client to notice.
+    assert!(
+        took <= Duration::from_millis(2000 + 300),
+        "stopped {took:?} after the database went away"
+    );
+    eprintln!("stopped serving {took:?} after the database went away");
+    drop(alice);
     a.stop().await;
 }

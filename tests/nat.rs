@@ -336,3 +336,28 @@ async fn a_peer_outside_the_session_who_comes_back_with_a_new_key_is_looked_up_a
     assert!(warned, "the changed key is said before the message");
     assert_eq!(shown, ["new key, same dave"]);
 }
+
+#[tokio::test]
+async fn an_announcement_with_a_bad_key_or_too_many_addresses_is_refused() {
+    let coord = TestCoordinator::start().await;
+    let raw = SealedRaw::login("uma", coord.addr).await;
+    let bad_key = format!(
+        r#"{{"id":2,"op":"announce","token":"{}","key":"not a key"}}"#,
+        raw.token
+    );
+    let answer = raw.request(&bad_key).await;
+    assert_eq!(answer["code"], "invalid_key", "{answer}");
+    let five = format!(
+        r#"{{"id":3,"op":"announce","token":"{}","key":"{RAW_IDENTITY_PUBLIC}","local":["10.0.0.1:1","10.0.0.2:1","10.0.0.3:1","10.0.0.4:1","10.0.0.5:1"]}}"#,
+        raw.token
+    );
+    let answer = raw.request(&five).await;
+    assert_eq!(answer["code"], "malformed", "{answer}");
+    // Neither made uma online.
+    let peer = format!(
+        r#"{{"id":4,"op":"peer","user":"uma","token":"{}"}}"#,
+        raw.token
+    );
+    let answer = raw.request(&peer).await;
+    assert_eq!(answer["code"], "not_online", "{answer}");
+}

@@ -297,7 +297,8 @@ async fn two_behind_nats(topo: &Topology) -> (Program, Program, Program) {
     two_in(topo, "cb").await
 }
 
-async fn two_in(topo: &Topology, bob_ns: &str) -> (Program, Program, Program) {
+/// The coordinator, in the public namespace, listening.
+async fn coordinator(topo: &Topology) -> Program {
     let mut coordinator = Program::start(
         topo.ns("pub"),
         &[
@@ -312,6 +313,11 @@ async fn two_in(topo: &Topology, bob_ns: &str) -> (Program, Program, Program) {
     );
     // The coordinator logs to stderr; give it a moment to bind.
     let _ = coordinator.drain(Duration::from_millis(500)).await;
+    coordinator
+}
+
+async fn two_in(topo: &Topology, bob_ns: &str) -> (Program, Program, Program) {
+    let coordinator = coordinator(topo).await;
     let mut alice = Program::client(topo.ns("ca"), "alice");
     alice.wait_for("logged in as alice").await;
     alice.type_line("/start room").await;
@@ -434,19 +440,7 @@ async fn two_clients_behind_the_same_nat_reach_each_other_directly_on_their_loca
 /// Alice in session `room` behind router A, bob behind router B in no session at all: only
 /// the coordinator knows them both.
 async fn two_apart(topo: &Topology) -> (Program, Program, Program) {
-    let mut coordinator = Program::start(
-        topo.ns("pub"),
-        &[
-            "coordinator",
-            "--listen",
-            "203.0.113.1:7500",
-            "--db",
-            ":memory:",
-            "--fast-passwords",
-        ],
-        None,
-    );
-    let _ = coordinator.drain(Duration::from_millis(500)).await;
+    let coordinator = coordinator(topo).await;
     let mut alice = Program::client(topo.ns("ca"), "alice");
     alice.wait_for("logged in as alice").await;
     alice.type_line("/start room").await;

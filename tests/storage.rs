@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
-use common::postgres::TestPostgres;
+use common::postgres::{cluster, config_on};
 use common::*;
 use confab::client::Event;
 use confab::session::Committed;
@@ -365,18 +365,6 @@ async fn every_storage_case_on_sqlite() {
     run_cases(async |name| Database::Sqlite(dir.path().join(format!("{name}.db")))).await;
 }
 
-/// The PostgreSQL cluster, or a loud skip where there are no server binaries.
-fn cluster() -> Option<TestPostgres> {
-    match TestPostgres::start() {
-        Ok(pg) => Some(pg),
-        Err(why) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED (needs PostgreSQL's server binaries; CI has them): {why}");
-            None
-        }
-        Err(why) => panic!("PostgreSQL is needed in CI: {why}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_storage_case_on_postgresql() {
     let Some(pg) = cluster() else { return };
@@ -427,11 +415,7 @@ async fn postgresql_schema_is_made_once_by_coordinators_starting_together_and_ke
 async fn a_coordinator_on_postgresql_keeps_accounts_sessions_and_history_across_a_restart() {
     let Some(pg) = cluster() else { return };
     let db = Database::Postgres(pg.database().await);
-    let config = || {
-        let mut c = test_config();
-        c.db = Some(db.clone());
-        c
-    };
+    let config = || config_on(&db);
     let coord = TestCoordinator::start_with(config()).await;
     let addr = coord.addr;
     let (alice, mut events) = client("alice", addr).await;

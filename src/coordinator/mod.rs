@@ -649,9 +649,11 @@ async fn next_change(changes: &mut Option<mpsc::Receiver<Change>>) -> Option<Cha
 }
 
 /// Renews this coordinator's claims on the sessions it serves every third of the lease; when
-/// the database has not taken a renewal for a whole lease, stops serving them at once (another
-/// coordinator of the group may have taken them, and two servers of one session would split
-/// it): members reconnect through the group to whichever serves it then.
+/// the database has not taken a renewal for half a lease, stops serving them at once, so that
+/// they are stopped before the lease can run out (then another coordinator of the group may
+/// take them, and two servers of one session would split it): members reconnect through the
+/// group to whichever serves it then. Half a lease, plus a tick and a renewal's timeout (a
+/// sixth), is the whole lease at worst.
 async fn keep_claims(
     db: Arc<dyn Storage>,
     directory: Directory,
@@ -667,19 +669,19 @@ async fn keep_claims(
             _ = shutdown.cancelled() => return,
         }
         let attempt = tokio::time::Instant::now();
-        match tokio::time::timeout(lease / 3, db.renew(lease)).await {
+        match tokio::time::timeout(lease / 6, db.renew(lease)).await {
             Ok(Ok(_)) => renewed = attempt,
             Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the session claims"),
             Err(_) => {
                 tracing::warn!("the database did not answer the renewal of the session claims")
             }
         }
-        if renewed.elapsed() >= lease {
+        if renewed.elapsed() >= lease / 2 {
             let dropped = directory.drop_all_running();
             if dropped > 0 {
                 tracing::error!(
                     sessions = dropped,
-                    "session claims not renewed for a whole lease; stopped serving them"
+                    "session claims not renewed for half a lease; stopped serving them"
                 );
             }
         }

@@ -9,6 +9,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// A cluster for a test, or a loud skip where there are no server binaries (`None`); under
+/// `CI` they are required, and their absence fails the test.
+pub fn cluster() -> Option<TestPostgres> {
+    match TestPostgres::start() {
+        Ok(pg) => Some(pg),
+        Err(why) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED (needs PostgreSQL's server binaries; CI has them): {why}");
+            None
+        }
+        Err(why) => panic!("PostgreSQL is needed in CI: {why}"),
+    }
+}
+
+/// The test coordinator's configuration, on database `db`.
+pub fn config_on(db: &confab::store::Database) -> confab::coordinator::CoordinatorConfig {
+    let mut c = super::test_config();
+    c.db = Some(db.clone());
+    c
+}
+
 /// A running cluster. Each test takes its own database from it ([`TestPostgres::database`]).
 pub struct TestPostgres {
     dir: tempfile::TempDir,
@@ -159,6 +179,12 @@ impl TestPostgres {
         drop(client);
         let _ = conn.await;
         self.url(&name)
+    }
+
+    /// Stops the server at once, as a crash or a lost network would look to its clients.
+    pub fn kill(&self) {
+        let data = self.data();
+        let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
     }
 
     /// The folder the cluster lives in.
