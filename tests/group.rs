@@ -301,3 +301,35 @@ async fn a_coordinator_that_cannot_renew_its_claims_stops_serving_within_a_lease
     drop(alice);
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_rides_out_a_database_restart_and_stores_again() {
+    let Some(pg) = cluster() else { return };
+    let db = Database::Postgres(pg.database().await);
+    let mut config = config_on(&db);
+    config.lease = Duration::from_secs(2);
+    let a = TestCoordinator::start_with(config).await;
+    let (alice, mut a_ev) = client("alice", a.addr).await;
+    alice.start_session(Some("durable")).await.unwrap();
+    alice.say("before").await.unwrap();
+    assert_eq!(messages(&mut a_ev, 1).await[0].text, "before");
+    // Down long enough that the coordinator gives the session up, then back.
+    pg.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pg.start_again();
+    // The client rejoins on its own; the coordinator connects again, claims the session
+    // anew and stores what is said after.
+    alice.say("after").await.unwrap();
+    let (after, _) = lines(&mut a_ev, "after", 1).await;
+    assert_eq!(after[0].seq, 2, "numbered on from what was stored");
+    let (bob, mut b_ev) = client("bob", a.addr).await;
+    bob.join("durable").await.unwrap();
+    let history = expect(&mut b_ev, "history", |e| match e {
+        Event::History(l) => Some(l.clone()),
+        _ => None,
+    })
+    .await;
+    let texts: Vec<&str> = history.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts, ["before", "after"]);
+    a.stop().await;
+}

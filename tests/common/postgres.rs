@@ -107,24 +107,34 @@ impl TestPostgres {
         let mut last = String::new();
         for _ in 0..5 {
             pg.port = free_port();
-            let options = format!(
-                "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off -c max_connections=200",
-                pg.port
-            );
-            let log = format!("{data}/server.log");
-            match pg.run(
-                "pg_ctl",
-                &[
-                    "-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60", "start",
-                ],
-            ) {
+            match pg.run_server() {
                 Ok(()) => return Ok(pg),
-                Err(e) => {
-                    last = format!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
-                }
+                Err(e) => last = e,
             }
         }
         Err(format!("pg_ctl start failed: {last}"))
+    }
+
+    /// `pg_ctl start` on the cluster's port.
+    fn run_server(&self) -> Result<(), String> {
+        let data = self.data();
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off -c max_connections=200",
+            self.port
+        );
+        let log = format!("{data}/server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60", "start",
+            ],
+        )
+        .map_err(|e| format!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+    }
+
+    /// Starts the server again after [`TestPostgres::kill`], on the same port.
+    pub fn start_again(&self) {
+        self.run_server().expect("the cluster starts again");
     }
 
     fn data(&self) -> String {
