@@ -129,11 +129,15 @@ impl Storage for Db {
         new: Option<SessionRecord>,
         recent: usize,
         serve: Serve,
+        once: Option<[u8; 32]>,
     ) -> BoxFuture<'static, Result<Opened>> {
         let host = self.host;
         Box::pin(self.call(move |s| {
             if let Some(rec) = &new {
                 s.insert_session(rec)?;
+                if let Some(digest) = &once {
+                    s.mark_done(digest, &rec.id.to_string())?;
+                }
             }
             let server = serve.server.to_string();
             let claimed = s.claim_session(id, host, &server, &serve.server_key, serve.lease)?;

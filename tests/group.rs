@@ -244,13 +244,28 @@ async fn a_request_retried_to_another_coordinator_is_done_once() {
         retried["type"], "registered",
         "done once, answered again: {retried}"
     );
-    // The same for a close, after B has heard the session is gone.
+    // A create: the retry at B gives the session A made, not name_taken.
     let create = format!(
         r#"{{"id":41,"op":"create","name":"brief","token":"{}"}}"#,
         raw.token
     );
-    let created = raw.request(&create).await;
+    let (sealed, opener) = raw.seal(&create);
+    let created = raw.send_sealed(a.addr, &sealed, &opener).await;
     assert_eq!(created["type"], "session", "{created}");
+    let retried = raw.send_sealed(b.addr, &sealed, &opener).await;
+    assert_eq!(retried["type"], "session", "{retried}");
+    assert_eq!(retried["session"]["id"], created["session"]["id"]);
+    assert_eq!(retried["session"]["server"], created["session"]["server"]);
+    // An unnamed one too: one session, however many coordinators were asked.
+    let unnamed = format!(r#"{{"id":44,"op":"create","token":"{}"}}"#, raw.token);
+    let (sealed, opener) = raw.seal(&unnamed);
+    let first = raw.send_sealed(a.addr, &sealed, &opener).await;
+    let retried = raw.send_sealed(b.addr, &sealed, &opener).await;
+    assert_eq!(
+        retried["session"]["id"], first["session"]["id"],
+        "{retried}"
+    );
+    // And a close, after B has heard the session is gone.
     let close = format!(
         r#"{{"id":42,"op":"close","session":"brief","token":"{}"}}"#,
         raw.token

@@ -75,7 +75,7 @@ async fn here(
     recent: usize,
 ) -> Result<(u64, Vec<StoredMessage>), StoreError> {
     match s
-        .open_session(id, new, recent, serve(Duration::from_secs(60)))
+        .open_session(id, new, recent, serve(Duration::from_secs(60)), None)
         .await?
     {
         Opened::Here { seq, recent } => Ok((seq, recent)),
@@ -244,6 +244,7 @@ async fn order(s: Arc<dyn Storage>) {
         Some(rec.clone()),
         10,
         serve(Duration::from_secs(60)),
+        None,
     );
     let deleted = s.delete_session(rec.id, None);
     assert!(deleted.await.unwrap(), "the create went first");
@@ -270,12 +271,12 @@ async fn claims(db: Database) {
         server_key: "key-b".into(),
         lease,
     };
-    let opened = a.open_session(rec.id, Some(rec.clone()), 10, at_a.clone());
+    let opened = a.open_session(rec.id, Some(rec.clone()), 10, at_a.clone(), None);
     assert!(matches!(opened.await.unwrap(), Opened::Here { seq: 0, .. }));
     a.append(message(rec.id, 1), None);
     // B is sent to A's server while A's lease lives, renewed or not yet run out.
     match b
-        .open_session(rec.id, None, 10, at_b.clone())
+        .open_session(rec.id, None, 10, at_b.clone(), None)
         .await
         .unwrap()
     {
@@ -287,7 +288,7 @@ async fn claims(db: Database) {
     assert_eq!(a.renew(lease).await.unwrap(), 1);
     tokio::time::sleep(lease / 2).await;
     assert!(matches!(
-        b.open_session(rec.id, None, 10, at_b.clone())
+        b.open_session(rec.id, None, 10, at_b.clone(), None)
             .await
             .unwrap(),
         Opened::Elsewhere { .. }
@@ -296,7 +297,7 @@ async fn claims(db: Database) {
     // what A stored.
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
     match b
-        .open_session(rec.id, None, 10, at_b.clone())
+        .open_session(rec.id, None, 10, at_b.clone(), None)
         .await
         .unwrap()
     {
@@ -315,20 +316,20 @@ async fn claims(db: Database) {
     // A's release does not free B's claim; B's does, and then A may serve it again.
     a.release_session(rec.id).await.unwrap();
     assert!(matches!(
-        a.open_session(rec.id, None, 10, at_a.clone())
+        a.open_session(rec.id, None, 10, at_a.clone(), None)
             .await
             .unwrap(),
         Opened::Elsewhere { .. }
     ));
     b.release_session(rec.id).await.unwrap();
     assert!(matches!(
-        a.open_session(rec.id, None, 10, at_a).await.unwrap(),
+        a.open_session(rec.id, None, 10, at_a, None).await.unwrap(),
         Opened::Here { seq: 2, .. }
     ));
     // A closed session is gone for everyone.
     assert!(a.delete_session(rec.id, None).await.unwrap());
     assert!(matches!(
-        b.open_session(rec.id, None, 10, at_b).await.unwrap(),
+        b.open_session(rec.id, None, 10, at_b, None).await.unwrap(),
         Opened::Gone
     ));
     drop((a, b));

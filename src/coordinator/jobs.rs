@@ -53,6 +53,14 @@ pub(super) enum Done {
         created: bool,
         result: Result<Start, ErrorBody>,
     },
+    /// A sealed `create` was looked up among the requests the group did: `found` is the
+    /// session it made, if another coordinator did it.
+    CreateChecked {
+        reply: Reply,
+        name: Option<String>,
+        token: String,
+        found: Result<Option<uuid::Uuid>, ErrorBody>,
+    },
     /// A `close` was written to the database (or could not be).
     Closed {
         reply: Reply,

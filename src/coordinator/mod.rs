@@ -519,6 +519,26 @@ impl Coordinator {
                 created,
                 result,
             } => self.launch(session, created, result),
+            Done::CreateChecked {
+                reply,
+                name,
+                token,
+                found,
+            } => {
+                let now = match found {
+                    // Done already: the answer is that session, as a join would give it.
+                    Ok(Some(id)) => self.join(reply.clone(), &id.to_string(), &token),
+                    Ok(None) => self
+                        .verify(&token, reply.seal.as_ref())
+                        .and_then(|claims| self.create_now(reply.clone(), name, claims)),
+                    Err(e) => Err(e),
+                };
+                match now {
+                    Ok(Some(body)) => vec![self.settle(reply, Ok(body), true)],
+                    Ok(None) => Vec::new(), // a job answers it
+                    Err(e) => vec![self.settle(reply, Err(e), false)],
+                }
+            }
             Done::Closed {
                 reply,
                 session,

@@ -35,6 +35,37 @@ impl Coordinator {
     pub(super) fn create(&mut self, reply: Reply, name: Option<String>, token: &str) -> Now {
         let claims = self.verify(token, reply.seal.as_ref())?;
         self.room_for_job()?;
+        // A sealed create may be a retry of one another coordinator of the group did (its
+        // answer lost): the database is asked first, and the answer is then that session.
+        if let Some(digest) = reply.once() {
+            let done = self.db.done_result(digest);
+            self.replies.pending(reply.key);
+            let token = token.to_string();
+            self.spawn_job(async move {
+                let found = match done.await {
+                    Ok(found) => Ok(found.and_then(|id| id.parse().ok())),
+                    Err(e) => Err(internal(e)),
+                };
+                Done::CreateChecked {
+                    reply,
+                    name,
+                    token,
+                    found,
+                }
+            });
+            return Ok(None);
+        }
+        self.create_now(reply, name, claims)
+    }
+
+    /// What a `create` asked for, once the group has not done it already: the session made and
+    /// its server started.
+    pub(super) fn create_now(
+        &mut self,
+        reply: Reply,
+        name: Option<String>,
+        claims: auth::Claims,
+    ) -> Now {
         if let Some(name) = &name {
             auth::validate_session_name(name)
                 .map_err(|e| err(ErrorCode::InvalidName, e.to_string()))?;
@@ -129,6 +160,7 @@ impl Coordinator {
             created: listed.created,
         });
         let created = new.is_some();
+        let once = if created { reply.once() } else { None };
         let recent = self.config.recent_messages;
         let serve = Serve {
             server: listener
@@ -139,7 +171,7 @@ impl Coordinator {
         };
         // Queued now, in the loop, so it reaches the database before anything asked after it
         // (a `close` of the new session above all).
-        let stored = self.db.open_session(id, new, recent, serve);
+        let stored = self.db.open_session(id, new, recent, serve, once);
         self.directory.set_starting(id);
         self.replies.pending(reply.key);
         let span = tracing::info_span!("start", request = reply.id, %user, session = %id);

@@ -445,7 +445,11 @@ async fn claim(client: &Client, id: Uuid, host: Uuid, serve: &Serve) -> Result<C
     })
 }
 
-async fn insert_session(client: &mut Client, rec: &SessionRecord) -> Result<()> {
+async fn insert_session(
+    client: &mut Client,
+    rec: &SessionRecord,
+    once: Option<[u8; 32]>,
+) -> Result<()> {
     let tx = client.transaction().await?;
     tx.execute(
         "INSERT INTO sessions (id, name, name_key, creator, created)
@@ -466,6 +470,9 @@ async fn insert_session(client: &mut Client, rec: &SessionRecord) -> Result<()> 
         "creator": rec.creator,
         "created": rec.created,
     });
+    if let Some(digest) = &once {
+        mark_done(&tx, digest, &rec.id.to_string()).await?;
+    }
     // Delivered to the listeners when the transaction commits, not before.
     tx.execute(
         "SELECT pg_notify($1, $2)",
@@ -659,12 +666,13 @@ impl Storage for Postgres {
         new: Option<SessionRecord>,
         recent: usize,
         serve: Serve,
+        once: Option<[u8; 32]>,
     ) -> BoxFuture<'static, Result<Opened>> {
         let host = self.host;
         self.call(move |c| {
             Box::pin(async move {
                 if let Some(rec) = &new {
-                    insert_session(c, rec).await?;
+                    insert_session(c, rec, once).await?;
                 }
                 let claimed = claim(c, id, host, &serve).await?;
                 let read = match claimed {

@@ -72,14 +72,17 @@ pub trait Storage: Send + Sync + 'static {
     /// This process's id as a host of session servers: what its claims name.
     fn host(&self) -> Uuid;
     /// Before a session's server starts: stores the session if it is `new` (`NameTaken` if its
-    /// name is in use), claims it for this host (see [`Serve`]), and if the claim is ours reads
-    /// its last sequence number and its newest `recent` messages.
+    /// name is in use; with `once`, the digest of the `create`, recorded as done with the
+    /// session's id, see [`Storage::create_user`]), claims it for this host (see [`Serve`]),
+    /// and if the claim is ours reads its last sequence number and its newest `recent`
+    /// messages.
     fn open_session(
         &self,
         id: Uuid,
         new: Option<SessionRecord>,
         recent: usize,
         serve: Serve,
+        once: Option<[u8; 32]>,
     ) -> BoxFuture<'static, Result<Opened>>;
     /// What the request with this digest did, if it was done already (see
     /// [`Storage::create_user`]): a user's name, a closed session's id.
