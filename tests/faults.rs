@@ -83,15 +83,7 @@ async fn chatting_clients_ride_out_a_coordinator_restart_without_loss_or_duplica
 
     // Alice keeps typing the whole time.
     let n = 150;
-    let typist = {
-        let alice = alice.clone();
-        tokio::spawn(async move {
-            for i in 0..n {
-                alice.say(&format!("m{i}")).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(4)).await;
-            }
-        })
-    };
+    let typist = typist(&alice, "m", n, Duration::from_millis(4));
     tokio::time::sleep(Duration::from_millis(200)).await;
     coord.stop().await;
     let coord = TestCoordinator::start_on(addr, config()).await;
@@ -115,15 +107,40 @@ fn free_udp_port() -> SocketAddr {
 }
 
 fn coordinator_process(listen: SocketAddr, db: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args(["coordinator", "--listen", &listen.to_string()])
+    coordinator_process_with(listen, db, |_| {})
+}
+
+/// `confab coordinator` as a process, with what `more` adds to its command line.
+fn coordinator_process_with(
+    listen: SocketAddr,
+    db: &std::path::Path,
+    more: impl FnOnce(&mut Command),
+) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
+    cmd.args(["coordinator", "--listen", &listen.to_string()])
         .args(["--db", db.to_str().unwrap()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("confab coordinator starts")
+        .kill_on_drop(true);
+    more(&mut cmd);
+    cmd.spawn().expect("confab coordinator starts")
+}
+
+/// Alice says `prefix0` … `prefix{n-1}`, one every `pause`, in a task of her own.
+fn typist(
+    alice: &confab::client::Client,
+    prefix: &'static str,
+    n: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let alice = alice.clone();
+    tokio::spawn(async move {
+        for i in 0..n {
+            alice.say(&format!("{prefix}{i}")).await.unwrap();
+            tokio::time::sleep(pause).await;
+        }
+    })
 }
 
 #[tokio::test]
@@ -174,23 +191,12 @@ async fn every_line_anyone_saw_is_stored_when_the_coordinator_is_killed_mid_stre
     let db = dir.path().join("confab.db");
     let listen = free_udp_port();
     let start = || {
-        Command::new(env!("CARGO_BIN_EXE_confab"))
-            .args(["coordinator", "--listen", &listen.to_string()])
-            .args([
-                "--db",
-                db.to_str().unwrap(),
-                "--no-rate-limit",
-                "--fast-passwords",
-            ])
-            // A slow disk: each batch of history takes 30 ms longer to write, so lines wait
-            // for it long enough that a kill always finds some on their way to the disk.
-            .env("CONFAB_FAULT_WRITE_DELAY_MS", "30")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("confab coordinator starts")
+        coordinator_process_with(listen, &db, |cmd| {
+            cmd.args(["--no-rate-limit", "--fast-passwords"])
+                // A slow disk: each batch of history takes 30 ms longer to write, so lines wait
+                // for it long enough that a kill always finds some on their way to the disk.
+                .env("CONFAB_FAULT_WRITE_DELAY_MS", "30");
+        })
     };
     let mut process = start();
     let (alice, _a) = client("alice", listen).await;
@@ -198,15 +204,7 @@ async fn every_line_anyone_saw_is_stored_when_the_coordinator_is_killed_mid_stre
     alice.start_session(Some("room")).await.unwrap();
     bob.join("room").await.unwrap();
     let n = 400;
-    let typist = {
-        let alice = alice.clone();
-        tokio::spawn(async move {
-            for i in 0..n {
-                alice.say(&format!("s{i}")).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-    };
+    let typist = typist(&alice, "s", n, Duration::from_millis(1));
     // Killed the moment bob has seen 100 lines, with alice still typing: no grace for writes.
     let mut seen = Vec::new();
     while seen.len() < 100 {
