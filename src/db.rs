@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 
 use crate::session::Committed;
 use crate::store::{
-    Opened, Result, Serve, SessionRecord, Storage, Store, StoreError, StoredMessage, UserRecord,
+    Opened, Placement, Result, Serve, SessionRecord, Storage, Store, StoreError, StoredMessage,
+    UserRecord,
 };
 
 /// Jobs waiting for the database thread; appends beyond this are dropped with an error logged.
@@ -133,6 +134,10 @@ impl Storage for Db {
     ) -> BoxFuture<'static, Result<Opened>> {
         let host = self.host;
         Box::pin(self.call(move |s| {
+            // One process owns the file: there are no other hosts to place a session on.
+            if serve.placement == (Placement::Spread { local: false }) {
+                return Ok(Opened::NoHost);
+            }
             if let Some(rec) = &new {
                 s.insert_session(rec)?;
                 if let Some(digest) = &once {

@@ -4,6 +4,8 @@
 //!
 //! - [`coordinator`]: the UDP front door. Clients create, find and list sessions here; it starts
 //!   one [`session`] server per session and keeps the directory true.
+//! - [`host`]: `confab host`, which runs session servers for a group of coordinators on other
+//!   machines, meeting them only in the PostgreSQL database they share.
 //! - [`session`]: one TCP server per session. A single room task orders every message and presence
 //!   change; each member has a reader and a writer with a bounded queue.
 //! - [`client`]: the async client API (used by the terminal program, the tests, the benchmark and
@@ -26,6 +28,7 @@ pub mod coordinator;
 pub(crate) mod db;
 pub mod dirs;
 pub(crate) mod expiring;
+pub mod host;
 pub mod identity;
 pub mod presence_log;
 pub mod private_file;

@@ -88,6 +88,38 @@ enum Command {
         /// passwords and tokens sent that way cross the network readable.
         #[arg(long)]
         insecure: bool,
+        /// Run no session servers here: place every session on a `confab host` of the group
+        /// (needs a PostgreSQL --db shared with the hosts).
+        #[arg(long)]
+        no_local_sessions: bool,
+    },
+    /// Run session servers for a coordinator group, on another machine, sharing its PostgreSQL
+    /// database: coordinators place new sessions on the least-loaded live host.
+    Host {
+        /// The group's database: `postgres://user:password@host/dbname`.
+        #[arg(long, env = "CONFAB_DB")]
+        db: String,
+        /// Where session servers listen, and clients are sent: `IP`, `IP:PORT` or
+        /// `IP:FIRST-LAST` (the ports a firewall lets through).
+        #[arg(long, value_parser = parse_listen)]
+        listen: (std::net::IpAddr, Option<std::ops::RangeInclusive<u16>>),
+        /// Seconds this host's heartbeat and claims last unrenewed: how soon its sessions are
+        /// served elsewhere if it dies. The same as the coordinators' --lease-secs.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..))]
+        lease_secs: u64,
+        /// Seconds an empty session stays open before its server stops.
+        #[arg(long, default_value_t = 300)]
+        idle_timeout: u64,
+        /// Most session servers at once.
+        #[arg(long, default_value_t = 10_000)]
+        max_sessions: usize,
+        /// Let members send as fast as they like: benchmarks at full speed need this.
+        #[arg(long)]
+        no_rate_limit: bool,
+        /// Take plaintext session connections too (a group whose coordinators run
+        /// --insecure). For debugging only.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Measure the server: throughput, latency, joins, private messages, coordinator requests.
     Bench(cli::bench::BenchArgs),
@@ -206,6 +238,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn parse_listen(
+    text: &str,
+) -> Result<(std::net::IpAddr, Option<std::ops::RangeInclusive<u16>>), String> {
+    confab::host::parse_listen(text)
+}
+
 fn parse_key(text: &str) -> Result<[u8; 32], confab::identity::BadFingerprint> {
     confab::identity::parse_fingerprint(text)
 }
@@ -230,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             drain_secs,
             print_key,
             insecure,
+            no_local_sessions,
         } => {
             let db = match db.as_deref() {
                 Some(":memory:") => None,
@@ -270,6 +309,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             config.member_limits.drain_timeout = Duration::from_secs(drain_secs);
             config.insecure = insecure;
+            config.local_sessions = !no_local_sessions;
+            if no_local_sessions && !matches!(config.db, Some(Database::Postgres(_))) {
+                anyhow::bail!(
+                    "--no-local-sessions places sessions on `confab host` processes, which share a PostgreSQL --db with the coordinator"
+                );
+            }
             if no_rate_limit {
                 config.member_limits.rate = None;
             }
@@ -311,6 +356,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 coordinator_key,
             };
             repl::run(config, credentials, start).await?;
+        }
+        Command::Host {
+            db,
+            listen: (ip, ports),
+            lease_secs,
+            idle_timeout,
+            max_sessions,
+            no_rate_limit,
+            insecure,
+        } => {
+            process::init_tracing("info");
+            if let Err(e) = coordinator::raise_fd_limit() {
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+            }
+            let mut config = confab::host::HostConfig::new(Database::parse(&db), ip);
+            config.ports = ports;
+            config.lease = Duration::from_secs(lease_secs);
+            config.idle_timeout = Duration::from_secs(idle_timeout);
+            config.max_sessions = max_sessions;
+            config.insecure = insecure;
+            config.unlimited_rate = no_rate_limit;
+            let shutdown = CancellationToken::new();
+            process::stop_on_signals(shutdown.clone())?;
+            confab::host::run(config, shutdown).await?;
         }
         Command::Bench(args) => {
             process::init_tracing("warn");

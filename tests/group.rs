@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::postgres::{cluster, config_on};
+use common::postgres::{cluster, config_on, coordinator_process, free_udp_port};
 use common::*;
 use confab::client::Event;
 use confab::protocol::ChatLine;
@@ -123,33 +123,12 @@ async fn a_session_is_served_once_whichever_coordinator_of_the_group_is_asked() 
     a.stop().await;
 }
 
-/// `confab coordinator` on the shared database, as a process that can be killed.
-fn coordinator_process(listen: std::net::SocketAddr, url: &str) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args(["coordinator", "--listen", &listen.to_string(), "--db", url])
-        // The default lease (6 s): what the 15 s promise is made with.
-        .args(["--fast-passwords", "--no-rate-limit"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("confab coordinator starts")
-}
-
-fn free_udp_port() -> std::net::SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_a_coordinator_is_killed_another_serves_its_session_once_the_lease_runs_out() {
     let Some(pg) = cluster() else { return };
     let url = pg.database().await;
     let (a_addr, b_addr) = (free_udp_port(), free_udp_port());
-    let mut a = coordinator_process(a_addr, &url);
+    let mut a = coordinator_process(a_addr, &url, &[]);
     let group = |user: &str| {
         let mut c = client_config(user, a_addr);
         c.more_coordinators = vec![b_addr];
@@ -159,7 +138,7 @@ async fn when_a_coordinator_is_killed_another_serves_its_session_once_the_lease_
     let (bob, mut b_ev) = logged_in(group("bob")).await;
     alice.start_session(Some("survivor")).await.unwrap();
     bob.join("survivor").await.unwrap();
-    let mut b = coordinator_process(b_addr, &url);
+    let mut b = coordinator_process(b_addr, &url, &[]);
     for i in 0..5 {
         alice.say(&format!("k{i}")).await.unwrap();
     }

@@ -14,7 +14,7 @@ use common::*;
 use confab::client::Event;
 use confab::session::Committed;
 use confab::store::{
-    self, Database, Opened, Serve, SessionRecord, Storage, StoreError, StoredMessage,
+    self, Database, Opened, Placement, Serve, SessionRecord, Storage, StoreError, StoredMessage,
 };
 use futures::future::BoxFuture;
 use uuid::Uuid;
@@ -64,6 +64,7 @@ fn serve(lease: Duration) -> Serve {
         server: "127.0.0.1:4000".parse().unwrap(),
         server_key: "key".into(),
         lease,
+        placement: Placement::Here,
     }
 }
 
@@ -139,7 +140,7 @@ async fn secrets(s: Arc<dyn Storage>) {
         "made once, then kept"
     );
     assert_eq!(s.identity_secret().await.unwrap(), identity);
-    assert_eq!(s.schema_version().await.unwrap(), 4);
+    assert_eq!(s.schema_version().await.unwrap(), 5);
 }
 
 async fn sessions(s: Arc<dyn Storage>) {
@@ -265,11 +266,13 @@ async fn claims(db: Database) {
         server: "127.0.0.1:4001".parse().unwrap(),
         server_key: "key-a".into(),
         lease,
+        placement: Placement::Here,
     };
     let at_b = Serve {
         server: "127.0.0.1:4002".parse().unwrap(),
         server_key: "key-b".into(),
         lease,
+        placement: Placement::Here,
     };
     let opened = a.open_session(rec.id, Some(rec.clone()), 10, at_a.clone(), None);
     assert!(matches!(opened.await.unwrap(), Opened::Here { seq: 0, .. }));
@@ -405,7 +408,7 @@ async fn postgresql_schema_is_made_once_by_coordinators_starting_together_and_ke
     match store::open(Some(&db)).await {
         Err(StoreError::TooNew {
             found: 99,
-            supported: 4,
+            supported: 5,
         }) => {}
         Err(e) => panic!("expected too new, got {e}"),
         Ok(_) => panic!("expected too new, it opened"),

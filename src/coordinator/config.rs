@@ -73,6 +73,9 @@ pub struct CoordinatorConfig {
     /// of it, and stops serving if it cannot renew them in time; after it, another coordinator
     /// of the group may serve the session (members reconnect there).
     pub lease: Duration,
+    /// This process runs session servers itself (the one-process default). Without, it only
+    /// directs: every session is placed on a `confab host` of the group (`--no-local-sessions`).
+    pub local_sessions: bool,
     /// How long a login token is good for.
     pub token_ttl: Duration,
     /// Cost of new password hashes.
@@ -115,6 +118,7 @@ impl Default for CoordinatorConfig {
             recent_messages: 1000,
             db: None,
             lease: Duration::from_secs(6),
+            local_sessions: true,
             token_ttl: Duration::from_secs(24 * 3600),
             password_cost: PasswordCost::default(),
             hash_workers: hashing::default_workers(),

@@ -136,6 +136,19 @@ impl Directory {
             .count()
     }
 
+    /// What this process serves: members connected to its running sessions, and how many
+    /// sessions run (for its heartbeat as a host of the group).
+    pub fn load(&self) -> (usize, usize) {
+        let state = self.lock();
+        state
+            .by_id
+            .values()
+            .filter(|e| !matches!(e.server, Server::Stopped))
+            .fold((0, 0), |(members, sessions), e| {
+                (members + e.members.len(), sessions + 1)
+            })
+    }
+
     /// Whether a session of this name exists (names compare without regard to case).
     pub fn name_taken(&self, name: &str) -> bool {
         self.lock().by_name.contains_key(&name.to_lowercase())

@@ -59,7 +59,7 @@ use crate::identity::Identity;
 use crate::presence_log::PresenceLog;
 use crate::protocol::{ErrorBody, ErrorCode, Request, RequestBody, Response, ResponseBody, limits};
 use crate::seal::{self, Answerer};
-use crate::store::{Change, Database, Storage};
+use crate::store::{Change, Database, HostKind, HostLoad, Storage};
 use crate::transport::StaticKey;
 use hashing::HashPool;
 use jobs::{Done, Reply};
@@ -164,10 +164,13 @@ pub async fn run(
     let (hashing, hash_workers) = HashPool::start(config.hash_workers, config.hash_queue)
         .map_err(CoordinatorError::Threads)?;
     let directory = config.directory.clone().unwrap_or_default();
+    // A coordinator that serves sessions is a host of the group too, for its own placements.
+    let hosting = config.local_sessions.then(|| session_host.to_string());
     tracker.spawn(keep_claims(
         db.clone(),
         directory.clone(),
         config.lease,
+        hosting,
         shutdown.clone(),
     ));
     let mut coordinator = Coordinator {
@@ -195,6 +198,7 @@ pub async fn run(
         done: done_tx,
         starting: HashMap::new(),
         jobs: 0,
+        served: tokio::sync::broadcast::channel(1024).0,
         generation: 0,
     };
     for rec in stored {
@@ -298,6 +302,8 @@ struct Coordinator {
     starting: HashMap<Uuid, Vec<(Reply, bool)>>,
     /// Jobs spawned whose result the loop has not applied yet.
     jobs: usize,
+    /// Hosts' word that they serve a session, for the starts waiting on a placement.
+    served: tokio::sync::broadcast::Sender<sessions::Served>,
     generation: u64,
 }
 
@@ -505,6 +511,21 @@ impl Coordinator {
                     tracing::info!(session = %id, "session closed through another coordinator");
                 }
             }
+            // For the start waiting on it, if this coordinator placed the session (nobody
+            // listening is no error).
+            Change::Served {
+                session,
+                server,
+                server_key,
+            } => {
+                let _ = self.served.send(sessions::Served {
+                    session,
+                    server,
+                    server_key,
+                });
+            }
+            // For session hosts.
+            Change::Placed { .. } => {}
         }
     }
 
@@ -678,6 +699,7 @@ async fn keep_claims(
     db: Arc<dyn Storage>,
     directory: Directory,
     lease: Duration,
+    hosting: Option<String>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(lease / 3);
@@ -686,10 +708,28 @@ async fn keep_claims(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                if hosting.is_some() && let Err(e) = db.retire().await {
+                    tracing::warn!(error = %e, "could not leave the group's hosts");
+                }
+                return;
+            }
         }
         let attempt = tokio::time::Instant::now();
-        match tokio::time::timeout(lease / 6, db.renew(lease)).await {
+        let renewal = async {
+            if let Some(address) = &hosting {
+                let (members, sessions) = directory.load();
+                let load = HostLoad {
+                    kind: HostKind::Coordinator,
+                    address: address.clone(),
+                    members: members.try_into().unwrap_or(u32::MAX),
+                    sessions: sessions.try_into().unwrap_or(u32::MAX),
+                };
+                db.heartbeat(load, lease).await?;
+            }
+            db.renew(lease).await
+        };
+        match tokio::time::timeout(lease / 6, renewal).await {
             Ok(Ok(_)) => renewed = attempt,
             Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the session claims"),
             Err(_) => {

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{SubsecRound, Utc};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -23,10 +23,7 @@ use super::{Coordinator, encode, err, fds, internal, quota};
 use crate::auth;
 use crate::protocol::{ErrorBody, ErrorCode, ResponseBody, SessionInfo};
 use crate::session::{self, SessionConfig, Stop};
-use crate::store::{History, Opened, Serve, SessionRecord, StoreError, to_line};
-
-/// Backlog of session listeners: bursts of thousands of joins must not be reset.
-const LISTEN_BACKLOG: u32 = 4096;
+use crate::store::{History, Opened, Placement, Serve, SessionRecord, StoreError, to_line};
 
 /// What a request for the loop leads to: an answer now (`Some`), or later, from a job (`None`).
 type Now = Result<Option<ResponseBody>, ErrorBody>;
@@ -75,7 +72,7 @@ impl Coordinator {
         }
         self.check_session_quotas(reply.from, &claims.user)?;
         // The server's port first: a session whose server cannot start is never listed.
-        let listener = self.open_listener()?;
+        let listener = self.local_listener()?;
         let listed = Listed {
             id: Uuid::new_v4(),
             name,
@@ -137,7 +134,7 @@ impl Coordinator {
             return Ok(None);
         }
         self.room_for_job()?;
-        let listener = self.open_listener()?;
+        let listener = self.local_listener()?;
         self.start(reply, &claims.user, false, listed, listener);
         Ok(None)
     }
@@ -150,7 +147,7 @@ impl Coordinator {
         user: &str,
         keep: bool,
         listed: Listed,
-        listener: TcpListener,
+        listener: Option<TcpListener>,
     ) {
         let id = listed.id;
         let new = keep.then(|| SessionRecord {
@@ -164,11 +161,18 @@ impl Coordinator {
         let recent = self.config.recent_messages;
         let serve = Serve {
             server: listener
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::new(self.session_host, 0)),
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .unwrap_or_else(|| SocketAddr::new(self.session_host, 0)),
             server_key: self.session_key.fingerprint(),
             lease: self.config.lease,
+            placement: Placement::Spread {
+                local: listener.is_some(),
+            },
         };
+        // Subscribed before the placement is asked for, so the host's answer cannot be missed.
+        let mut served = self.served.subscribe();
+        let db = self.db.clone();
         // Queued now, in the loop, so it reaches the database before anything asked after it
         // (a `close` of the new session above all).
         let stored = self.db.open_session(id, new, recent, serve, once);
@@ -178,13 +182,49 @@ impl Coordinator {
         self.starting.insert(id, vec![(reply, keep)]);
         self.spawn_job(
             async move {
+                let mut created = created;
                 let result = match stored.await {
-                    Ok(Opened::Here { seq, recent }) => Ok(Start::Here(Started {
-                        listed,
-                        listener,
-                        seq,
-                        recent,
-                    })),
+                    Ok(Opened::Here { seq, recent }) => match listener {
+                        Some(listener) => Ok(Start::Here(Started {
+                            listed,
+                            listener,
+                            seq,
+                            recent,
+                        })),
+                        None => Err(internal("a session claimed with no local listener")),
+                    },
+                    Ok(Opened::Placed { host }) => {
+                        // Stored whatever happens next: never taken out of the directory.
+                        created = false;
+                        match wait_served(&mut served, id).await {
+                            Some((server, server_key)) => Ok(Start::Elsewhere(SessionInfo {
+                                id,
+                                name: listed.name,
+                                server,
+                                server_key: Some(server_key),
+                                creator: listed.creator,
+                                created: listed.created,
+                            })),
+                            None => {
+                                tracing::warn!(%host, "the session host did not start the session in time");
+                                if let Err(e) = db.unplace(id, host).await {
+                                    tracing::warn!(error = %e, "could not undo the placement");
+                                }
+                                Err(ErrorBody::busy(
+                                    "the session's host did not start it; try again",
+                                    PLACE_RETRY,
+                                ))
+                            }
+                        }
+                    }
+                    Ok(Opened::Starting) => Err(ErrorBody::busy(
+                        "the session is starting on a host of the group; try again",
+                        PLACE_RETRY,
+                    )),
+                    Ok(Opened::NoHost) => Err(err(
+                        ErrorCode::Full,
+                        "no session host of the group is running; try again later",
+                    )),
                     // Another coordinator of the group serves it: send the client there.
                     Ok(Opened::Elsewhere { server, server_key }) => {
                         Ok(Start::Elsewhere(SessionInfo {
@@ -228,7 +268,7 @@ impl Coordinator {
                 .spawn_server(started)
                 .map(|session| ResponseBody::Session { session }),
             Ok(Start::Elsewhere(session)) if self.directory.is_starting(id) => {
-                tracing::info!(%id, server = %session.server, "served by another coordinator of the group");
+                tracing::info!(%id, server = %session.server, "served elsewhere in the group");
                 self.directory.set_start_failed(id);
                 Ok(ResponseBody::Session { session })
             }
@@ -308,6 +348,16 @@ impl Coordinator {
         Ok(None)
     }
 
+    /// A listener for one more session server of this process, or `None` when it serves no
+    /// sessions itself (`--no-local-sessions`: they are placed on the group's hosts).
+    fn local_listener(&self) -> Result<Option<TcpListener>, ErrorBody> {
+        if self.config.local_sessions {
+            self.open_listener().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// A listener for one more session server, unless that would leave too few descriptors for
     /// the members of the sessions already running (or the server limit is reached).
     fn open_listener(&self) -> Result<TcpListener, ErrorBody> {
@@ -338,7 +388,7 @@ impl Coordinator {
                 ));
             }
         }
-        bind_listener(SocketAddr::new(self.session_host, 0)).map_err(|e| {
+        session::bind(SocketAddr::new(self.session_host, 0)).map_err(|e| {
             tracing::warn!(error = %e, "cannot bind a session server");
             err(
                 ErrorCode::Full,
@@ -436,14 +486,39 @@ impl Coordinator {
     }
 }
 
-/// A listener with a backlog deep enough for thousands of simultaneous joins.
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+/// How long a coordinator waits for the host it placed a session on to serve it: starting a
+/// server takes the host one database call, so this is a host that died or is overloaded.
+const PLACE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// The wait a client is asked for when a placement did not work out (or is under way).
+const PLACE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The server and key of session `id` once a host says it serves it, or `None` after
+/// `PLACE_WAIT`.
+async fn wait_served(
+    served: &mut tokio::sync::broadcast::Receiver<Served>,
+    id: Uuid,
+) -> Option<(SocketAddr, String)> {
+    let waiting = async {
+        loop {
+            match served.recv().await {
+                Ok(s) if s.session == id => return Some((s.server, s.server_key)),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
     };
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    tokio::time::timeout(PLACE_WAIT, waiting)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A host's word that it serves a session (from the group's `served` notifications).
+#[derive(Debug, Clone)]
+pub(super) struct Served {
+    pub(super) session: Uuid,
+    pub(super) server: SocketAddr,
+    pub(super) server_key: String,
 }
 
 /// Bytes left in one answer datagram beside `empty`, a page answer without items and with the

@@ -179,6 +179,19 @@ pub enum Ended {
     Failed,
 }
 
+/// Backlog of session listeners: bursts of thousands of joins must not be reset.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A session server's listener, with a backlog deep enough for thousands of simultaneous joins.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// How a session server is told to stop, and what its members are told.
 #[derive(Clone, Default)]
 pub struct Stop {

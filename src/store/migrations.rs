@@ -54,6 +54,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
          at     INTEGER NOT NULL,
          result TEXT NOT NULL
      );",
+    // 5: the processes that serve sessions for a group, with their load, each until its
+    //    lease runs out (PostgreSQL only uses it; kept here so both count the same steps).
+    "CREATE TABLE hosts (
+         id          TEXT PRIMARY KEY NOT NULL,
+         kind        TEXT NOT NULL,
+         address     TEXT NOT NULL,
+         members     INTEGER NOT NULL,
+         sessions    INTEGER NOT NULL,
+         lease_until INTEGER NOT NULL
+     );",
 ];
 
 /// Applies every migration step the database has not yet seen, each in its

@@ -31,7 +31,10 @@ use uuid::Uuid;
 pub use error::{Result, StoreError};
 use migrations::{migrate, read_version};
 pub use sessions::Claimed;
-pub use storage::{Change, Database, History, Opened, Serve, Storage, open, to_line};
+pub use storage::{
+    Change, Database, History, HostKind, HostLoad, HostRecord, Opened, PlacedHere, Placement,
+    Serve, Storage, open, to_line,
+};
 
 mod error;
 mod history;

@@ -19,7 +19,9 @@ use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
 use super::Claimed;
-use super::storage::{Opened, Serve, Storage};
+use super::storage::{
+    HostKind, HostLoad, HostRecord, Opened, PlacedHere, Placement, Serve, Storage,
+};
 use super::{Result, SessionRecord, StoreError, StoredMessage, UserRecord, name_key};
 use crate::session::Committed;
 
@@ -70,6 +72,15 @@ const MIGRATIONS: &[&str] = &[
          digest BYTEA PRIMARY KEY,
          at     TIMESTAMPTZ NOT NULL DEFAULT now(),
          result TEXT NOT NULL
+     );",
+    // 5: session hosts and their load (see SQLite's step 5).
+    "CREATE TABLE hosts (
+         id          UUID PRIMARY KEY,
+         kind        TEXT NOT NULL,
+         address     TEXT NOT NULL,
+         members     INTEGER NOT NULL,
+         sessions    INTEGER NOT NULL,
+         lease_until TIMESTAMPTZ NOT NULL
      );",
 ];
 
@@ -411,25 +422,42 @@ async fn mark_done(
 }
 
 /// Claims session `id` for `host` (see `Store::claim_session`); the lease is counted on the
-/// database's clock, so hosts on machines whose clocks differ agree on when it runs out.
+/// database's clock, so hosts on machines whose clocks differ agree on when it runs out. A
+/// claim taken is announced (`served`), for a coordinator waiting on a host it placed the
+/// session on.
 async fn claim(client: &Client, id: Uuid, host: Uuid, serve: &Serve) -> Result<Claimed> {
+    let served = serde_json::json!({
+        "id": id,
+        "server": serve.server.to_string(),
+        "server_key": serve.server_key,
+    });
     let taken = client
-        .execute(
-            "UPDATE sessions SET host = $2, server = $3, server_key = $4,
-                    lease_until = now() + $5 * interval '1 millisecond'
-             WHERE id = $1 AND (host IS NULL OR host = $2 OR lease_until < now())",
+        .query(
+            "WITH taken AS (
+                 UPDATE sessions SET host = $2, server = $3, server_key = $4,
+                        lease_until = now() + $5 * interval '1 millisecond'
+                 WHERE id = $1 AND (host IS NULL OR host = $2 OR lease_until < now())
+                 RETURNING id)
+             SELECT pg_notify($6, $7) FROM taken",
             &[
                 &id,
                 &host,
                 &serve.server.to_string(),
                 &serve.server_key,
                 &(serve.lease.as_millis() as f64),
+                &CHANNEL,
+                &format!("served {served}"),
             ],
         )
         .await?;
-    if taken > 0 {
+    if !taken.is_empty() {
         return Ok(Claimed::Here);
     }
+    holder(client, id).await
+}
+
+/// Who serves session `id` now, as far as the table says.
+async fn holder(client: &Client, id: Uuid) -> Result<Claimed> {
     let holder = client
         .query_opt(
             "SELECT server, server_key FROM sessions WHERE id = $1",
@@ -443,6 +471,97 @@ async fn claim(client: &Client, id: Uuid, host: Uuid, serve: &Serve) -> Result<C
             server_key: row.get::<_, Option<String>>(1).unwrap_or_default(),
         },
     })
+}
+
+/// The least-loaded live host that `me` may place a session on: a dedicated host, or `me`.
+async fn least_loaded(client: &Client, me: Uuid) -> Result<Option<Uuid>> {
+    Ok(client
+        .query_opt(
+            "SELECT id FROM hosts WHERE lease_until > now() AND (kind = 'host' OR id = $1)
+             ORDER BY members, sessions, random() LIMIT 1",
+            &[&me],
+        )
+        .await?
+        .map(|row| row.get(0)))
+}
+
+/// Places session `id`, which nobody serves on a live lease, on `host` for `lease` (the host
+/// claims it when it starts the server; a placement it never takes up runs out like a
+/// claim), counts it in the host's load at once (so a burst of sessions spreads before the
+/// next heartbeat), and tells the host. `None` if someone serves (or was placed) already.
+async fn place(client: &Client, id: Uuid, host: Uuid, lease: Duration) -> Result<Option<()>> {
+    let placed = client
+        .query(
+            "WITH placed AS (
+                 UPDATE sessions SET host = $2, server = NULL, server_key = NULL,
+                        lease_until = now() + $3 * interval '1 millisecond'
+                 WHERE id = $1 AND (host IS NULL OR lease_until < now())
+                 RETURNING id, name),
+             counted AS (
+                 UPDATE hosts SET sessions = sessions + 1
+                 WHERE id = $2 AND EXISTS (SELECT 1 FROM placed))
+             SELECT pg_notify($4, 'placed ' || json_build_object(
+                        'host', $2::uuid, 'id', placed.id, 'name', placed.name)::text)
+             FROM placed",
+            &[&id, &host, &(lease.as_millis() as f64), &CHANNEL],
+        )
+        .await?;
+    Ok((!placed.is_empty()).then_some(()))
+}
+
+/// What a holder found by [`holder`] means (never this host: it did not claim).
+fn elsewhere(claimed: Claimed) -> Result<Opened> {
+    Opened::from_claim(claimed, || {
+        Err(StoreError::Corrupt(
+            "a session's holder read as this host".into(),
+        ))
+    })
+}
+
+/// Opens session `id` for `me` to serve, or places it on the least-loaded host (see
+/// `Storage::open_session`).
+async fn open_session(
+    c: &mut Client,
+    id: Uuid,
+    new: Option<SessionRecord>,
+    recent: usize,
+    serve: Serve,
+    once: Option<[u8; 32]>,
+    me: Uuid,
+) -> Result<Opened> {
+    let target = match serve.placement {
+        Placement::Here => me,
+        Placement::Spread { local } => match least_loaded(c, me).await? {
+            Some(host) => host,
+            None if local => me,
+            // A session served already is served, host or no host.
+            None if new.is_none() => {
+                return Ok(match holder(c, id).await? {
+                    Claimed::Gone => Opened::Gone,
+                    Claimed::Elsewhere { server, server_key } if !server.is_empty() => {
+                        elsewhere(Claimed::Elsewhere { server, server_key })?
+                    }
+                    _ => Opened::NoHost,
+                });
+            }
+            None => return Ok(Opened::NoHost),
+        },
+    };
+    if let Some(rec) = &new {
+        insert_session(c, rec, once).await?;
+    }
+    if target != me {
+        if place(c, id, target, serve.lease).await?.is_some() {
+            return Ok(Opened::Placed { host: target });
+        }
+        return elsewhere(holder(c, id).await?);
+    }
+    let claimed = claim(c, id, me, &serve).await?;
+    let read = match claimed {
+        Claimed::Here => Some((last_seq(c, id).await?, history(c, id, None, recent).await?)),
+        _ => None,
+    };
+    Opened::from_claim(claimed, || Ok(read.expect("read when ours")))
 }
 
 async fn insert_session(
@@ -532,7 +651,8 @@ async fn listen(url: String, tx: mpsc::Sender<super::Change>) {
     }
 }
 
-/// A notification's payload: `created {json}` or `closed <id>`.
+/// A notification's payload: `created {json}`, `closed <id>`, `placed {json}` or
+/// `served {json}`.
 fn parse_change(payload: &str) -> Option<super::Change> {
     #[derive(serde::Deserialize)]
     struct Created {
@@ -552,6 +672,34 @@ fn parse_change(payload: &str) -> Option<super::Change> {
             }))
         }
         ("closed", id) => Some(super::Change::Closed(id.parse().ok()?)),
+        ("placed", json) => {
+            #[derive(serde::Deserialize)]
+            struct Placed {
+                host: Uuid,
+                id: Uuid,
+                name: Option<String>,
+            }
+            let p: Placed = serde_json::from_str(json).ok()?;
+            Some(super::Change::Placed {
+                host: p.host,
+                session: p.id,
+                name: p.name,
+            })
+        }
+        ("served", json) => {
+            #[derive(serde::Deserialize)]
+            struct Served {
+                id: Uuid,
+                server: String,
+                server_key: String,
+            }
+            let s: Served = serde_json::from_str(json).ok()?;
+            Some(super::Change::Served {
+                session: s.id,
+                server: s.server.parse().ok()?,
+                server_key: s.server_key,
+            })
+        }
         _ => None,
     }
 }
@@ -669,21 +817,7 @@ impl Storage for Postgres {
         once: Option<[u8; 32]>,
     ) -> BoxFuture<'static, Result<Opened>> {
         let host = self.host;
-        self.call(move |c| {
-            Box::pin(async move {
-                if let Some(rec) = &new {
-                    insert_session(c, rec, once).await?;
-                }
-                let claimed = claim(c, id, host, &serve).await?;
-                let read = match claimed {
-                    Claimed::Here => {
-                        Some((last_seq(c, id).await?, history(c, id, None, recent).await?))
-                    }
-                    _ => None,
-                };
-                Opened::from_claim(claimed, || Ok(read.expect("read when ours")))
-            })
-        })
+        self.call(move |c| Box::pin(open_session(c, id, new, recent, serve, once, host)))
     }
 
     fn done_result(&self, digest: [u8; 32]) -> BoxFuture<'static, Result<Option<String>>> {
@@ -809,6 +943,113 @@ impl Storage for Postgres {
                     .await?
                     .get(0);
                 Ok(v as u32)
+            })
+        })
+    }
+
+    fn heartbeat(&self, load: HostLoad, lease: Duration) -> BoxFuture<'static, Result<()>> {
+        let host = self.host;
+        self.call(move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "INSERT INTO hosts (id, kind, address, members, sessions, lease_until)
+                     VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond')
+                     ON CONFLICT (id) DO UPDATE SET kind = $2, address = $3, members = $4,
+                         sessions = $5, lease_until = now() + $6 * interval '1 millisecond'",
+                    &[
+                        &host,
+                        &load.kind.as_str(),
+                        &load.address,
+                        &(load.members.min(i32::MAX as u32) as i32),
+                        &(load.sessions.min(i32::MAX as u32) as i32),
+                        &(lease.as_millis() as f64),
+                    ],
+                )
+                .await?;
+                // Hosts dead for a while are only clutter (a dead one is never picked anyway).
+                c.execute(
+                    "DELETE FROM hosts WHERE lease_until < now() - interval '1 hour'",
+                    &[],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn retire(&self) -> BoxFuture<'static, Result<()>> {
+        let host = self.host;
+        self.call(move |c| {
+            Box::pin(async move {
+                c.execute("DELETE FROM hosts WHERE id = $1", &[&host])
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn unplace(&self, id: Uuid, host: Uuid) -> BoxFuture<'static, Result<()>> {
+        self.call(move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "UPDATE sessions SET host = NULL, lease_until = NULL
+                     WHERE id = $1 AND host = $2 AND server IS NULL",
+                    &[&id, &host],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn placed_here(&self) -> BoxFuture<'static, Result<Vec<PlacedHere>>> {
+        let host = self.host;
+        self.call(move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT id, name FROM sessions
+                         WHERE host = $1 AND server IS NULL AND lease_until > now()",
+                        &[&host],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| PlacedHere {
+                        id: r.get(0),
+                        name: r.get(1),
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn hosts(&self) -> BoxFuture<'static, Result<Vec<HostRecord>>> {
+        self.call(move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT id, kind, address, members, sessions FROM hosts
+                         WHERE lease_until > now() ORDER BY members, sessions, id",
+                        &[],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| HostRecord {
+                        id: r.get(0),
+                        load: HostLoad {
+                            kind: if r.get::<_, &str>(1) == "host" {
+                                HostKind::Host
+                            } else {
+                                HostKind::Coordinator
+                            },
+                            address: r.get(2),
+                            members: r.get::<_, i32>(3).max(0) as u32,
+                            sessions: r.get::<_, i32>(4).max(0) as u32,
+                        },
+                    })
+                    .collect())
             })
         })
     }

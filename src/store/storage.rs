@@ -122,6 +122,81 @@ pub trait Storage: Send + Sync + 'static {
     fn last_seq(&self, session: Uuid) -> BoxFuture<'static, Result<u64>>;
     /// How many migration steps the database has had.
     fn schema_version(&self) -> BoxFuture<'static, Result<u32>>;
+    /// Says this process can serve sessions for the group, with its load, until `lease` from
+    /// now (a session host's heartbeat, or a coordinator's that serves sessions itself). An
+    /// engine one process owns has nobody to tell.
+    fn heartbeat(&self, _load: HostLoad, _lease: Duration) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Takes this process out of the hosts at shutdown, so nothing is placed on it meanwhile.
+    fn retire(&self) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Undoes a placement on `host` that the host never took up (it died, or is too slow), so
+    /// the session can be placed again at once rather than after the lease.
+    fn unplace(&self, _id: Uuid, _host: Uuid) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Sessions placed on this process and not yet served: what a host takes up even if it
+    /// missed the notification (its listening connection broke a moment).
+    fn placed_here(&self) -> BoxFuture<'static, Result<Vec<PlacedHere>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// The live hosts, least loaded first.
+    fn hosts(&self) -> BoxFuture<'static, Result<Vec<HostRecord>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// What a host of session servers says of itself in its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLoad {
+    /// A dedicated session host (`confab host`) any coordinator places sessions on, or a
+    /// coordinator that serves its own sessions (only it places on itself).
+    pub kind: HostKind,
+    /// Where its session servers listen, for people reading the table.
+    pub address: String,
+    /// Members connected to its sessions.
+    pub members: u32,
+    /// Session servers it runs.
+    pub sessions: u32,
+}
+
+/// See [`HostLoad::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// `confab host`.
+    Host,
+    /// A coordinator with local sessions.
+    Coordinator,
+}
+
+impl HostKind {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostKind::Host => "host",
+            HostKind::Coordinator => "coordinator",
+        }
+    }
+}
+
+/// A session placed on this host, to be taken up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedHere {
+    /// The session.
+    pub id: Uuid,
+    /// Its name, for the server's greeting.
+    pub name: Option<String>,
+}
+
+/// A live host, as the hosts table has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    /// Its id (what its claims name).
+    pub id: Uuid,
+    /// Its heartbeat.
+    pub load: HostLoad,
 }
 
 /// A change to the sessions that another process of the group made.
@@ -131,6 +206,24 @@ pub enum Change {
     Created(SessionRecord),
     /// A session was closed for good (by its creator, the only one who may).
     Closed(Uuid),
+    /// A coordinator placed a session on a host: that host is to start its server.
+    Placed {
+        /// The host.
+        host: Uuid,
+        /// The session.
+        session: Uuid,
+        /// Its name, for the server's greeting.
+        name: Option<String>,
+    },
+    /// A host claimed a session and serves it there now.
+    Served {
+        /// The session.
+        session: Uuid,
+        /// Its server.
+        server: SocketAddr,
+        /// That server's Noise key.
+        server_key: String,
+    },
 }
 
 /// Where this host would serve a session, and for how long its claim lasts unrenewed.
@@ -142,6 +235,21 @@ pub struct Serve {
     pub server_key: String,
     /// How long the claim lasts without renewal: after it, another host may take the session.
     pub lease: Duration,
+    /// Who may serve it.
+    pub placement: Placement,
+}
+
+/// Who may serve a session that nobody serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// This process (a host taking up what was placed on it).
+    Here,
+    /// The least-loaded live host of the group (by members, then sessions), this process
+    /// among them when `local`.
+    Spread {
+        /// This process serves sessions too.
+        local: bool,
+    },
 }
 
 /// What [`Storage::open_session`] found.
@@ -163,6 +271,15 @@ pub enum Opened {
     },
     /// No session has that id any more.
     Gone,
+    /// Placed on another host, which is to start it (and say so, [`Change::Served`]).
+    Placed {
+        /// The host.
+        host: Uuid,
+    },
+    /// Placed on another host a moment ago, not yet served.
+    Starting,
+    /// Nobody serves it and no live host could take it.
+    NoHost,
 }
 
 impl Opened {
@@ -176,6 +293,7 @@ impl Opened {
                 let (seq, recent) = read()?;
                 Opened::Here { seq, recent }
             }
+            super::Claimed::Elsewhere { server, .. } if server.is_empty() => Opened::Starting,
             super::Claimed::Elsewhere { server, server_key } => Opened::Elsewhere {
                 server: server.parse().map_err(|e| {
                     super::StoreError::Corrupt(format!("session server address {server:?}: {e}"))

@@ -29,6 +29,54 @@ pub fn config_on(db: &confab::store::Database) -> confab::coordinator::Coordinat
     c
 }
 
+/// Where a test's processes write their logs: inherited with `CONFAB_TEST_LOGS` set (to see
+/// why a test failed), else nowhere.
+fn logs() -> Stdio {
+    if std::env::var_os("CONFAB_TEST_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
+/// `confab coordinator` on the shared database, as a process that can be killed, with the
+/// default lease (6 s: what the 15 s promise is made with).
+pub fn coordinator_process(
+    listen: std::net::SocketAddr,
+    url: &str,
+    more: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["coordinator", "--listen", &listen.to_string(), "--db", url])
+        .args(["--fast-passwords", "--no-rate-limit"])
+        .args(more)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logs())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("confab coordinator starts")
+}
+
+/// `confab host` on the shared database, its session servers on `ip`.
+pub fn host_process(url: &str, ip: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["host", "--db", url, "--listen", ip, "--no-rate-limit"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logs())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("confab host starts")
+}
+
+pub fn free_udp_port() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// A running cluster. Each test takes its own database from it ([`TestPostgres::database`]).
 pub struct TestPostgres {
     dir: tempfile::TempDir,

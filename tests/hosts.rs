@@ -1,0 +1,218 @@
+//! Issue 14, session hosts: coordinators that only direct (`--no-local-sessions`) place every
+//! session on the least-loaded `confab host` of the group, all on one PostgreSQL database; a
+//! host or a coordinator that dies loses nothing.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::postgres::{cluster, coordinator_process, free_udp_port, host_process};
+use common::*;
+use confab::client::{Client, Event};
+use confab::protocol::ChatLine;
+use confab::store::{Database, HostKind};
+use tokio::sync::mpsc::Receiver;
+use uuid::Uuid;
+
+/// The session hosts' addresses: one loopback address each, so a server's address says which
+/// host serves it.
+const HOSTS: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+
+/// Waits until `n` hosts have a live heartbeat in the database.
+async fn hosts_live(url: &str, n: usize) {
+    let (db, _finished) = confab::store::open(Some(&Database::parse(url)))
+        .await
+        .unwrap();
+    eventually(&format!("{n} hosts live"), || {
+        let db = db.clone();
+        async move {
+            let hosts = db.hosts().await.unwrap();
+            hosts
+                .iter()
+                .filter(|h| h.load.kind == HostKind::Host)
+                .count()
+                == n
+        }
+    })
+    .await;
+}
+
+/// Where session `id` is served now, as the database has it.
+async fn served_at(url: &str, id: Uuid) -> Option<String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(connection);
+    let row = client
+        .query_one("SELECT server FROM sessions WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    drop(client);
+    let _ = conn.await;
+    row.get(0)
+}
+
+/// Every stored line of session `id`, in order.
+async fn stored(url: &str, id: Uuid) -> Vec<(u64, String)> {
+    let (db, finished) = confab::store::open(Some(&Database::parse(url)))
+        .await
+        .unwrap();
+    let lines = db.messages_after(id, 0, 10_000).await.unwrap();
+    drop(db);
+    finished.wait().await;
+    lines.into_iter().map(|m| (m.seq, m.text)).collect()
+}
+
+/// Group lines with `prefix` from `events` until `n`, with whether the client reconnected
+/// meanwhile.
+async fn lines(events: &mut Receiver<Event>, prefix: &str, n: usize) -> (Vec<ChatLine>, bool) {
+    let (mut got, mut reconnected) = (Vec::new(), false);
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Message(l))) if l.text.starts_with(prefix) => got.push(l),
+            Ok(Some(Event::Reconnected { .. })) => reconnected = true,
+            Ok(Some(_)) => {}
+            _ => panic!("only {} of {n} {prefix} lines arrived", got.len()),
+        }
+    }
+    (got, reconnected)
+}
+
+struct Room {
+    id: Uuid,
+    host: IpAddr,
+    speaker: Client,
+    listener: Client,
+    heard: Receiver<Event>,
+    /// Kept: a client whose events nobody takes ends its link.
+    _said: Receiver<Event>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_spread_over_hosts_and_come_back_when_a_host_and_a_coordinator_die() {
+    let Some(pg) = cluster() else { return };
+    let url = pg.database().await;
+    let (a_addr, b_addr) = (free_udp_port(), free_udp_port());
+    let directing = ["--no-local-sessions", "--no-abuse-limits"];
+    let mut a = coordinator_process(a_addr, &url, &directing);
+    let mut b = coordinator_process(b_addr, &url, &directing);
+    let mut hosts: Vec<_> = HOSTS.iter().map(|ip| host_process(&url, ip)).collect();
+    hosts_live(&url, 3).await;
+
+    // Six sessions, made and joined half through each coordinator; each client knows both.
+    let group = |user: &str, first: bool| {
+        let (one, other) = if first {
+            (a_addr, b_addr)
+        } else {
+            (b_addr, a_addr)
+        };
+        let mut c = client_config(user, one);
+        c.more_coordinators = vec![other];
+        c
+    };
+    let mut rooms = Vec::new();
+    for i in 0..6 {
+        let (speaker, said) = logged_in(group(&format!("speaker{i}"), i % 2 == 0)).await;
+        let (listener, heard) = logged_in(group(&format!("listener{i}"), i % 2 == 1)).await;
+        let name = format!("room{i}");
+        let made = speaker.start_session(Some(&name)).await.unwrap();
+        let joined = listener.join(&name).await.unwrap();
+        assert_eq!(
+            made.session.server, joined.session.server,
+            "one server per session"
+        );
+        rooms.push(Room {
+            id: made.session.id,
+            host: made.session.server.ip(),
+            speaker,
+            listener,
+            heard,
+            _said: said,
+        });
+    }
+    let per_host: HashMap<IpAddr, usize> = rooms.iter().fold(HashMap::new(), |mut m, r| {
+        *m.entry(r.host).or_default() += 1;
+        m
+    });
+    assert_eq!(
+        per_host.len(),
+        3,
+        "six sessions on three idle hosts use all three: {per_host:?}"
+    );
+    assert!(
+        per_host.values().all(|n| *n == 2),
+        "least loaded first: {per_host:?}"
+    );
+
+    for (i, room) in rooms.iter_mut().enumerate() {
+        for k in 0..5 {
+            room.speaker.say(&format!("r{i}-{k}")).await.unwrap();
+        }
+        let (seen, _) = lines(&mut room.heard, &format!("r{i}-"), 5).await;
+        assert_eq!(seen.len(), 5);
+    }
+
+    // SIGKILL one host and one coordinator: no goodbyes, no releases.
+    let doomed: IpAddr = HOSTS[1].parse().unwrap();
+    hosts[1].start_kill().unwrap();
+    hosts[1].wait().await.unwrap();
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    let killed = tokio::time::Instant::now();
+
+    for (i, room) in rooms.iter().enumerate() {
+        for k in 5..10 {
+            room.speaker.say(&format!("r{i}-{k}")).await.unwrap();
+        }
+    }
+    let mut back_after = Vec::new();
+    for (i, room) in rooms.iter_mut().enumerate() {
+        let (seen, reconnected) = lines(&mut room.heard, &format!("r{i}-"), 5).await;
+        let texts: Vec<String> = seen.iter().map(|l| l.text.clone()).collect();
+        let want: Vec<String> = (5..10).map(|k| format!("r{i}-{k}")).collect();
+        assert_eq!(texts, want, "room {i}: once each, in order");
+        if room.host == doomed {
+            assert!(reconnected, "room {i}'s listener reconnected");
+            back_after.push(killed.elapsed());
+            let now = served_at(&url, room.id).await.expect("served again");
+            let ip: IpAddr = now.parse::<std::net::SocketAddr>().unwrap().ip();
+            assert_ne!(ip, doomed, "room {i} is served by a live host now");
+        }
+    }
+    assert_eq!(back_after.len(), 2);
+    for took in &back_after {
+        assert!(
+            *took < Duration::from_secs(15),
+            "a session came back {took:?} after its host died"
+        );
+    }
+    eprintln!("sessions of the killed host were served again after {back_after:?}");
+
+    // Everything any member saw is stored, once, in order, numbered without gaps.
+    for (i, room) in rooms.iter().enumerate() {
+        let lines = stored(&url, room.id).await;
+        let want: Vec<(u64, String)> = (0..10).map(|k| (k + 1, format!("r{i}-{k}"))).collect();
+        assert_eq!(lines, want, "room {i}'s history");
+    }
+    // Every client is still in its session (both members of each room in one roster).
+    for room in &rooms {
+        let seen: HashSet<String> = room
+            .listener
+            .members()
+            .into_iter()
+            .map(|m| m.user)
+            .collect();
+        assert_eq!(seen.len(), 2, "both members back: {seen:?}");
+        assert!(room.speaker.session().is_some());
+    }
+
+    b.start_kill().unwrap();
+    let _ = b.wait().await;
+    for mut h in hosts {
+        let _ = h.start_kill();
+        let _ = h.wait().await;
+    }
+}
