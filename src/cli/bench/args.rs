@@ -20,6 +20,20 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Run the coordinator on PostgreSQL: a throwaway database made on the server this URL
+    /// names (`postgres://user@host:port/postgres`), dropped afterwards.
+    #[arg(long, global = true, value_name = "URL", conflicts_with_all = ["in_process", "coordinator"])]
+    db: Option<String>,
+    /// Run N `confab host` processes (on 127.0.0.2, .3, …) beside a coordinator that only
+    /// directs; needs --db.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0,
+        value_name = "N",
+        requires = "db"
+    )]
+    hosts: usize,
     /// Seconds any one phase may take before it is reported as failed.
     #[arg(long, global = true, default_value_t = 120)]
     timeout: u64,
@@ -54,7 +68,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         server: match (args.coordinator, args.in_process) {
             (Some(addr), _) => super::ServerChoice::External(addr),
             (None, true) => super::ServerChoice::InProcess,
-            (None, false) => super::ServerChoice::Child,
+            (None, false) => super::ServerChoice::Child(super::Layout {
+                db: args.db,
+                hosts: args.hosts,
+            }),
         },
         timeout: Duration::from_secs(args.timeout),
         progress: true,

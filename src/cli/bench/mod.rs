@@ -55,7 +55,7 @@ pub use join::{JoinOpts, JoinReport, join};
 pub use logins::{LoginsOpts, LoginsReport, logins};
 pub use report::render;
 pub use requests::{RequestsOpts, RequestsReport, requests};
-pub use server::{ProcUsage, Server, ServerChoice, raise_fd_limit};
+pub use server::{Layout, ProcUsage, Server, ServerChoice, raise_fd_limit};
 
 /// What every scenario needs besides its own options.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub struct BenchEnv {
 impl Default for BenchEnv {
     fn default() -> Self {
         Self {
-            server: ServerChoice::Child,
+            server: ServerChoice::Child(Layout::default()),
             timeout: Duration::from_secs(120),
             progress: false,
         }

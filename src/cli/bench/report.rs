@@ -163,6 +163,16 @@ impl Render for FanoutReport {
             }
         }
         usage_rows(&mut rows, self.server_usage.as_ref(), self.bench_cpu_secs);
+        for share in &self.spread {
+            let load = match (share.sessions, share.members) {
+                (Some(s), Some(m)) => format!("{s} sessions, {m} members, "),
+                _ => String::new(),
+            };
+            rows.push(row(
+                &share.process,
+                format!("{load}{:.2} s CPU", share.cpu_seconds),
+            ));
+        }
         rows.push(row("result", if self.is_clean() { "OK" } else { "FAILED" }));
         rows
     }

@@ -11,7 +11,7 @@
 mod member;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -104,6 +104,20 @@ impl Default for FanoutOpts {
     }
 }
 
+/// One server process's part of a run: its CPU over the sending phase and, for a host, the
+/// sessions and members its heartbeat reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Share {
+    /// `coordinator` or `host <ip>`.
+    pub process: String,
+    /// CPU seconds spent during the sending phase.
+    pub cpu_seconds: f64,
+    /// Sessions it served (hosts only).
+    pub sessions: Option<u32>,
+    /// Members connected to it (hosts only).
+    pub members: Option<u32>,
+}
+
 /// One sender's messages as all receivers together saw them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SenderStats {
@@ -164,6 +178,8 @@ pub struct FanoutReport {
     pub server_usage: Option<ProcUsage>,
     /// CPU seconds of the benchmark process during the sending phase.
     pub bench_cpu_secs: Option<f64>,
+    /// With session hosts: each server process's part of the work.
+    pub spread: Vec<Share>,
 }
 
 impl FanoutReport {
@@ -199,6 +215,37 @@ async fn run(scenario: &str, env: &BenchEnv, opts: &FanoutOpts) -> Result<Fanout
     .await
 }
 
+/// How the work went over the server's processes, when there are hosts (the members are still
+/// connected, so the hosts' last heartbeats count them).
+async fn spread(server: &Server, before: &[(String, ProcUsage)]) -> Vec<Share> {
+    if server.host_loads().await.is_empty() {
+        return Vec::new();
+    }
+    let after = server.usage_each();
+    // A heartbeat from every host after the members all joined (they renew every third of
+    // the default 6 s lease): the counts are then the run's, not the setup's.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let loads = server.host_loads().await;
+    after
+        .into_iter()
+        .map(|(process, after)| {
+            let was = before
+                .iter()
+                .find(|(p, _)| *p == process)
+                .map_or(0.0, |(_, u)| u.cpu_seconds);
+            let load = loads
+                .iter()
+                .find(|(address, _, _)| process == format!("host {address}"));
+            Share {
+                cpu_seconds: after.cpu_seconds - was,
+                sessions: load.map(|l| l.2),
+                members: load.map(|l| l.1),
+                process,
+            }
+        })
+        .collect()
+}
+
 async fn run_on(
     scenario: &str,
     env: &BenchEnv,
@@ -219,6 +266,7 @@ async fn run_on(
 
     let progress = Progress::with_counter(env.progress, scenario, total, shared.delivered.clone());
     let server_before = server.usage();
+    let each_before = server.usage_each();
     let bench_before = ProcUsage::own();
     let start = Instant::now();
     shared.go.cancel();
@@ -231,6 +279,7 @@ async fn run_on(
         outcomes.push(task.await.expect("member task does not panic"));
     }
     progress.finish().await;
+    let spread = spread(server, &each_before).await;
     let server_usage = match (server_before, server.usage()) {
         (Some(before), Some(after)) => Some(ProcUsage {
             cpu_seconds: after.cpu_seconds - before.cpu_seconds,
@@ -297,5 +346,6 @@ async fn run_on(
         per_sender,
         server_usage,
         bench_cpu_secs,
+        spread,
     })
 }
