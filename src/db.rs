@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 
 use crate::session::Committed;
 use crate::store::{
-    Opened, Placement, Result, Serve, SessionRecord, Storage, Store, StoreError, StoredMessage,
-    UserRecord,
+    Opened, Placement, Result, Serve, SessionRecord, Stalled, Storage, Store, StoreError,
+    StoredMessage, UserRecord,
 };
 
 /// Jobs waiting for the database thread; appends beyond this are dropped with an error logged.
@@ -184,10 +184,26 @@ impl Storage for Db {
         }))
     }
 
-    fn append(&self, message: StoredMessage, done: Option<Committed>) {
-        let (session, seq) = (message.session, message.seq);
-        let sent = self.tx.try_send(Job::Append(message, done.clone()));
-        crate::store::storage::queued(sent, session, seq, done);
+    fn append(&self, message: StoredMessage, done: Option<Committed>) -> Option<Stalled> {
+        match self.tx.try_send(Job::Append(message, done)) {
+            Ok(()) => None,
+            Err(TrySendError::Full(job)) => {
+                let tx = self.tx.clone();
+                Some(Box::pin(async move {
+                    // The thread's queue is a std one: wait for room off the runtime.
+                    let sent = tokio::task::spawn_blocking(move || tx.send(job)).await;
+                    if let Ok(Err(mpsc::SendError(Job::Append(m, done)))) = sent {
+                        crate::store::storage::unstored(&m, done);
+                    }
+                }))
+            }
+            Err(TrySendError::Disconnected(job)) => {
+                if let Job::Append(m, done) = job {
+                    crate::store::storage::unstored(&m, done);
+                }
+                None
+            }
+        }
     }
 
     fn history(

@@ -161,7 +161,7 @@ async fn sessions(s: Arc<dyn Storage>) {
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[0], lobby, "oldest first, as stored");
     // Reopening a known session stores nothing new and reads its history.
-    s.append(message(lobby.id, 1), None);
+    append(&s, message(lobby.id, 1), None).await;
     let (seq, recent) = here(&s, lobby.id, None, 50).await.unwrap();
     assert_eq!((seq, recent.len()), (1, 1));
     assert!(s.delete_session(lobby.id, None).await.unwrap());
@@ -180,22 +180,36 @@ async fn sessions(s: Arc<dyn Storage>) {
     here(&s, reborn.id, Some(reborn), 50).await.unwrap();
 }
 
+/// Appends as a room does: at once, or (returning true) after waiting for room in the queue.
+async fn append(s: &Arc<dyn Storage>, m: StoredMessage, done: Option<Committed>) -> bool {
+    match s.append(m, done) {
+        Some(stalled) => {
+            stalled.await;
+            true
+        }
+        None => false,
+    }
+}
+
 async fn history(s: Arc<dyn Storage>) {
     let rec = session(Some("h"), "alice");
     here(&s, rec.id, Some(rec.clone()), 10).await.unwrap();
     let id = rec.id;
-    // More than one batch's worth, queued without waiting.
-    let lines = 25_000u64;
+    // More than a full queue's worth (100,000), queued as fast as a room could: beyond the
+    // queue's room the appender is held back, and nothing is lost.
+    let lines = 150_000u64;
     // The room is told how far its lines are written, batch by batch.
     let done = Committed::new(0);
+    let mut stalls = 0;
     for seq in 1..=lines {
-        s.append(message(id, seq), Some(done.clone()));
+        stalls += append(&s, message(id, seq), Some(done.clone())).await as usize;
     }
+    eprintln!("{stalls} appends waited for room in the queue");
     // A message already stored, and one for a session that does not exist, are skipped
     // without failing the batch around them.
-    s.append(message(id, 7), None);
-    s.append(message(Uuid::new_v4(), 1), None);
-    s.append(message(id, lines + 1), Some(done.clone()));
+    append(&s, message(id, 7), None).await;
+    append(&s, message(Uuid::new_v4(), 1), None).await;
+    append(&s, message(id, lines + 1), Some(done.clone())).await;
     assert_eq!(s.last_seq(id).await.unwrap(), lines + 1);
     assert_eq!(done.written(), lines + 1, "marked once written");
     let newest = s.history(id, None, 10).await.unwrap();
@@ -276,7 +290,7 @@ async fn claims(db: Database) {
     };
     let opened = a.open_session(rec.id, Some(rec.clone()), 10, at_a.clone(), None);
     assert!(matches!(opened.await.unwrap(), Opened::Here { seq: 0, .. }));
-    a.append(message(rec.id, 1), None);
+    append(&a, message(rec.id, 1), None).await;
     // B is sent to A's server while A's lease lives, renewed or not yet run out.
     match b
         .open_session(rec.id, None, 10, at_b.clone(), None)
@@ -308,13 +322,13 @@ async fn claims(db: Database) {
         other => panic!("expected to take over, got {other:?}"),
     }
     // A, fenced off, writes nothing more; B does.
-    a.append(message(rec.id, 2), None);
+    append(&a, message(rec.id, 2), None).await;
     assert_eq!(
         a.last_seq(rec.id).await.unwrap(),
         1,
         "A's line after the takeover is refused"
     );
-    b.append(message(rec.id, 2), None);
+    append(&b, message(rec.id, 2), None).await;
     assert_eq!(b.last_seq(rec.id).await.unwrap(), 2);
     // A's release does not free B's claim; B's does, and then A may serve it again.
     a.release_session(rec.id).await.unwrap();

@@ -166,8 +166,8 @@ impl HistoryTap {
     }
 
     /// Queues `lines` group messages of `session` for writing, without waiting for them (those
-    /// beyond the queue's room are dropped, as a session's would be); returns 0 when the
-    /// coordinator is not running, else `lines`.
+    /// beyond the queue's room are dropped, where a session would wait for room); returns 0
+    /// when the coordinator is not running, else `lines`.
     pub fn flood(&self, session: uuid::Uuid, lines: u64) -> u64 {
         let Some(db) = self.db.lock().clone() else {
             return 0;
@@ -181,7 +181,8 @@ impl HistoryTap {
                 text: format!("line {seq}"),
                 client_id: None,
             };
-            db.append(message, None);
+            // Beyond the queue's room the stalled append is dropped, not waited for.
+            drop(db.append(message, None));
         }
         lines
     }

@@ -51,8 +51,16 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Stores one message, and marks `done` with its sequence number once it is written (or
     /// could not be: then an error is logged). Must not block: the room calls it on its hot
     /// path, and sends the line to members only when `done` says so, so that a line anyone has
-    /// seen is stored, whatever happens to this process after.
-    fn append(&self, session: Uuid, line: &ChatLine, done: &Committed);
+    /// seen is stored, whatever happens to this process after. A store with no room for it
+    /// now gives it back as a future that stores it once there is room: the room then waits
+    /// for that before it takes anything else, holding its senders back.
+    #[must_use = "a stalled append is stored only when awaited"]
+    fn append(
+        &self,
+        session: Uuid,
+        line: &ChatLine,
+        done: &Committed,
+    ) -> Option<BoxFuture<'static, ()>>;
     /// Up to `limit` messages with a sequence number below `before`, oldest first.
     fn before(&self, session: Uuid, before: u64, limit: usize)
     -> BoxFuture<'static, Vec<ChatLine>>;
@@ -202,10 +210,10 @@ pub struct Stop {
     /// Who removed it, set before `close` is cancelled (see [`Stop::close_by`]): members are
     /// told by whom, not only that it happened.
     pub closed_by: Arc<std::sync::OnceLock<String>>,
-    /// Fault injection: kills the room task mid-flight, as a panic would, without a word to
-    /// anyone. The fault-injection tests use it (through [`Stop::crash`], with the `test-util`
-    /// feature) to prove that the coordinator and the clients recover from a session server that
-    /// dies.
+    /// Kills the room task mid-flight, as a panic would, without a word to anyone: what a
+    /// server whose claim on the session lapsed does (fencing). The fault-injection tests use
+    /// it (through [`Stop::crash`], with the `test-util` feature) to prove that the coordinator
+    /// and the clients recover from a session server that dies.
     pub(crate) crash: CancellationToken,
 }
 
@@ -263,7 +271,7 @@ pub async fn run(listener: TcpListener, mut config: SessionConfig, stop: Stop) -
                 }
             },
             _ = stop.crash.cancelled() => {
-                tracing::warn!(session = %config.id, "fault injection: killing the room task");
+                tracing::warn!(session = %config.id, "stopping the room at once (its claim is lost, or fault injection)");
                 room_task.abort();
                 let _ = (&mut room_task).await;
                 break Ended::Failed;

@@ -12,6 +12,7 @@
 //! however fast members churn). New members get their welcome at a flush, and their `hello` is
 //! answered only then, so everyone's picture of the roster changes at the same point in the order.
 
+use futures::future::BoxFuture;
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,6 +81,10 @@ pub(crate) struct Room {
     /// Members who said `leave` while lines were being written, and the newest of those lines:
     /// their goodbye comes after the echo of everything they sent.
     leaving: Vec<(ConnId, u64)>,
+    /// A line the store had no room for yet: the room takes nothing more until it is queued
+    /// (see `HistoryStore::append`), so the lines go to the store in order and a store that
+    /// falls behind holds the senders back instead of losing lines.
+    stalled: Option<BoxFuture<'static, ()>>,
 }
 
 impl Room {
@@ -110,6 +115,7 @@ impl Room {
             committed,
             unwritten: VecDeque::new(),
             leaving: Vec::new(),
+            stalled: None,
         }
     }
 
@@ -121,10 +127,16 @@ impl Room {
         let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
         sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut written = self.committed.as_ref().map(Committed::subscribe);
+        // The stalled append (see `Room::stalled`), moved here for the select to wait on.
+        let mut stalled: Option<BoxFuture<'static, ()>> = None;
         loop {
             let idle_sleep = idle_deadline(self.members.is_empty(), idle);
             let event = tokio::select! {
-                event = rx.recv() => event,
+                () = async { stalled.as_mut().expect("checked").await }, if stalled.is_some() => {
+                    stalled = None;
+                    continue;
+                }
+                event = rx.recv(), if stalled.is_none() => event,
                 upto = wait_written(&mut written), if !self.unwritten.is_empty() => {
                     self.release(upto);
                     continue;
@@ -148,9 +160,18 @@ impl Room {
                 }
                 _ = stop.shutdown.cancelled() => {
                     // What members already sent is still applied (and stored) before goodbye.
-                    while let Ok(event) = rx.try_recv() {
-                        self.apply(event);
-                    }
+                    let _ = tokio::time::timeout(SHUTDOWN_WRITE_WAIT, async {
+                        if let Some(wait) = stalled.take() {
+                            wait.await;
+                        }
+                        while let Ok(event) = rx.try_recv() {
+                            self.apply(event);
+                            if let Some(wait) = self.stalled.take() {
+                                wait.await;
+                            }
+                        }
+                    })
+                    .await;
                     // And sent, once written (a store that takes longer than this still
                     // writes them; members get them when they come back).
                     let _ = tokio::time::timeout(SHUTDOWN_WRITE_WAIT, async {
@@ -177,11 +198,15 @@ impl Room {
             let Some(event) = event else { break };
             self.apply(event);
             for _ in 1..BATCH {
+                if self.stalled.is_some() {
+                    break;
+                }
                 match rx.try_recv() {
                     Ok(event) => self.apply(event),
                     Err(_) => break,
                 }
             }
+            stalled = self.stalled.take();
             self.flush_presence(false);
         }
     }
@@ -369,7 +394,7 @@ impl Room {
         match (&self.config.history, &self.committed) {
             // Sent once stored (see `release`).
             (Some(store), Some(done)) => {
-                store.append(self.config.id, &line, done);
+                self.stalled = store.append(self.config.id, &line, done);
                 self.unwritten.push_back(line);
             }
             _ => self.send_line(line),

@@ -33,7 +33,7 @@ use migrations::{migrate, read_version};
 pub use sessions::Claimed;
 pub use storage::{
     Change, Database, History, HostKind, HostLoad, HostRecord, Opened, PlacedHere, Placement,
-    Serve, Storage, open, to_line,
+    Serve, Stalled, Storage, open, to_line,
 };
 
 mod error;

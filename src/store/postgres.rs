@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::Claimed;
 use super::storage::{
-    HostKind, HostLoad, HostRecord, Opened, PlacedHere, Placement, Serve, Storage,
+    HostKind, HostLoad, HostRecord, Opened, PlacedHere, Placement, Serve, Stalled, Storage,
 };
 use super::{Result, SessionRecord, StoreError, StoredMessage, UserRecord, name_key};
 use crate::session::Committed;
@@ -103,6 +103,10 @@ enum Job {
 #[derive(Clone)]
 pub struct Postgres {
     tx: mpsc::Sender<Job>,
+    /// A second connection for the heartbeat and the claims' renewal: behind a backlog of
+    /// history writes on the first, they would be late, and a host that is only busy would
+    /// give up its sessions (see fencing).
+    control: mpsc::Sender<Job>,
     /// This process as a host of session servers (see `Storage::host`).
     host: Uuid,
     url: String,
@@ -124,9 +128,12 @@ impl Postgres {
         let (tx, rx) = mpsc::channel(QUEUE);
         let host = Uuid::new_v4();
         let task = tokio::spawn(work(url.to_string(), client, rx, host));
+        let (control, control_rx) = mpsc::channel(64);
+        tokio::spawn(work(url.to_string(), open(url).await?, control_rx, host));
         Ok((
             Postgres {
                 tx,
+                control,
                 host,
                 url: url.to_string(),
             },
@@ -139,26 +146,43 @@ impl Postgres {
         &self,
         f: impl for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, Result<T>> + Send + 'static,
     ) -> BoxFuture<'static, Result<T>> {
-        let (reply, result) = oneshot::channel();
-        let job = Job::Call(Box::new(move |client| {
-            Box::pin(async move {
-                let _ = reply.send(f(client).await);
-            })
-        }));
-        let tx = self.tx.clone();
-        // Queued now, so calls keep the order they were made in (unless the queue is full).
-        let queued = tx.try_send(job);
-        Box::pin(async move {
-            match queued {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(job)) => {
-                    tx.send(job).await.map_err(|_| StoreError::Gone)?
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::Gone),
-            }
-            result.await.map_err(|_| StoreError::Gone)?
-        })
+        queue_on(&self.tx, f)
     }
+
+    /// Runs `f` on the control connection (heartbeats, renewals, the hosts table), which no
+    /// history write waits in front of.
+    fn control<T: Send + 'static>(
+        &self,
+        f: impl for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, Result<T>> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T>> {
+        queue_on(&self.control, f)
+    }
+}
+
+/// Queues `f` for the connection task behind `tx`.
+fn queue_on<T: Send + 'static>(
+    tx: &mpsc::Sender<Job>,
+    f: impl for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, Result<T>> + Send + 'static,
+) -> BoxFuture<'static, Result<T>> {
+    let (reply, result) = oneshot::channel();
+    let job = Job::Call(Box::new(move |client| {
+        Box::pin(async move {
+            let _ = reply.send(f(client).await);
+        })
+    }));
+    let tx = tx.clone();
+    // Queued now, so calls keep the order they were made in (unless the queue is full).
+    let queued = tx.try_send(job);
+    Box::pin(async move {
+        match queued {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                tx.send(job).await.map_err(|_| StoreError::Gone)?
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::Gone),
+        }
+        result.await.map_err(|_| StoreError::Gone)?
+    })
 }
 
 /// `url` with its password replaced, for logs.
@@ -832,7 +856,7 @@ impl Storage for Postgres {
 
     fn renew(&self, lease: Duration) -> BoxFuture<'static, Result<usize>> {
         let host = self.host;
-        self.call(move |c| {
+        self.control(move |c| {
             Box::pin(async move {
                 c.execute(
                     "DELETE FROM done_requests WHERE at < now() - $1 * interval '1 millisecond'",
@@ -892,10 +916,24 @@ impl Storage for Postgres {
         })
     }
 
-    fn append(&self, message: StoredMessage, done: Option<Committed>) {
-        let (session, seq) = (message.session, message.seq);
-        let sent = self.tx.try_send(Job::Append(message, done.clone()));
-        super::storage::queued(sent, session, seq, done);
+    fn append(&self, message: StoredMessage, done: Option<Committed>) -> Option<Stalled> {
+        match self.tx.try_send(Job::Append(message, done)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                let tx = self.tx.clone();
+                Some(Box::pin(async move {
+                    if let Err(mpsc::error::SendError(Job::Append(m, done))) = tx.send(job).await {
+                        super::storage::unstored(&m, done);
+                    }
+                }))
+            }
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                if let Job::Append(m, done) = job {
+                    super::storage::unstored(&m, done);
+                }
+                None
+            }
+        }
     }
 
     fn history(
@@ -949,7 +987,7 @@ impl Storage for Postgres {
 
     fn heartbeat(&self, load: HostLoad, lease: Duration) -> BoxFuture<'static, Result<()>> {
         let host = self.host;
-        self.call(move |c| {
+        self.control(move |c| {
             Box::pin(async move {
                 c.execute(
                     "INSERT INTO hosts (id, kind, address, members, sessions, lease_until)
@@ -979,7 +1017,7 @@ impl Storage for Postgres {
 
     fn retire(&self) -> BoxFuture<'static, Result<()>> {
         let host = self.host;
-        self.call(move |c| {
+        self.control(move |c| {
             Box::pin(async move {
                 c.execute("DELETE FROM hosts WHERE id = $1", &[&host])
                     .await?;
@@ -989,7 +1027,7 @@ impl Storage for Postgres {
     }
 
     fn unplace(&self, id: Uuid, host: Uuid) -> BoxFuture<'static, Result<()>> {
-        self.call(move |c| {
+        self.control(move |c| {
             Box::pin(async move {
                 c.execute(
                     "UPDATE sessions SET host = NULL, lease_until = NULL
@@ -1004,7 +1042,7 @@ impl Storage for Postgres {
 
     fn placed_here(&self) -> BoxFuture<'static, Result<Vec<PlacedHere>>> {
         let host = self.host;
-        self.call(move |c| {
+        self.control(move |c| {
             Box::pin(async move {
                 let rows = c
                     .query(
@@ -1025,7 +1063,7 @@ impl Storage for Postgres {
     }
 
     fn hosts(&self) -> BoxFuture<'static, Result<Vec<HostRecord>>> {
-        self.call(move |c| {
+        self.control(move |c| {
             Box::pin(async move {
                 let rows = c
                     .query(

@@ -100,10 +100,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes a session and its history; whether it existed (or, with `once`, whether the
     /// request was done already, as for [`Storage::create_user`]).
     fn delete_session(&self, id: Uuid, once: Option<[u8; 32]>) -> BoxFuture<'static, Result<bool>>;
-    /// Queues one group message for writing, without waiting (a full queue drops it, logged);
-    /// `done` is marked with its sequence number after the batch it went in is committed (or
-    /// failed, logged).
-    fn append(&self, message: StoredMessage, done: Option<Committed>);
+    /// Queues one group message for writing, without waiting; `done` is marked with its
+    /// sequence number after the batch it went in is committed (or failed, logged). When the
+    /// queue is full the message comes back as a [`Stalled`] append, which queues it once
+    /// there is room: the caller waits for it before it appends anything more, so a store
+    /// that falls behind slows the senders down instead of losing lines.
+    #[must_use = "a stalled append is queued only when awaited"]
+    fn append(&self, message: StoredMessage, done: Option<Committed>) -> Option<Stalled>;
     /// The newest `limit` messages before `before` (or the newest), oldest first.
     fn history(
         &self,
@@ -305,19 +308,19 @@ impl Opened {
     }
 }
 
-/// After an append was handed to an engine's queue: a message the queue refused is never
-/// written, so its room is told at once rather than left waiting for it.
-pub(crate) fn queued<E: std::fmt::Display>(
-    sent: std::result::Result<(), E>,
-    session: Uuid,
-    seq: u64,
-    done: Option<Committed>,
-) {
-    if let Err(e) = sent {
-        tracing::error!(%session, seq, error = %e, "history write queue full; message not stored");
-        if let Some(done) = done {
-            done.mark(seq);
-        }
+/// An append waiting for room in its engine's queue (see [`Storage::append`]).
+pub type Stalled = BoxFuture<'static, ()>;
+
+/// A message whose engine is gone (its thread or task ended): it is never written, so its
+/// room is told at once rather than left waiting for it.
+pub(crate) fn unstored(message: &StoredMessage, done: Option<Committed>) {
+    tracing::error!(
+        session = %message.session,
+        seq = message.seq,
+        "the history store has stopped; message not stored"
+    );
+    if let Some(done) = done {
+        done.mark(message.seq);
     }
 }
 
@@ -326,7 +329,7 @@ pub(crate) fn queued<E: std::fmt::Display>(
 pub struct History(pub Arc<dyn Storage>);
 
 impl HistoryStore for History {
-    fn append(&self, session: Uuid, line: &ChatLine, done: &Committed) {
+    fn append(&self, session: Uuid, line: &ChatLine, done: &Committed) -> Option<Stalled> {
         let message = StoredMessage {
             session,
             seq: line.seq,
@@ -335,7 +338,7 @@ impl HistoryStore for History {
             text: line.text.clone(),
             client_id: line.id,
         };
-        self.0.append(message, Some(done.clone()));
+        self.0.append(message, Some(done.clone()))
     }
 
     fn before(
