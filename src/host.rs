@@ -13,7 +13,7 @@
 //! over; a host that cannot renew for half a lease stops serving at once, so two hosts never
 //! both serve a session.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::auth::TokenKey;
 use crate::protocol::Member;
 use crate::session::{self, SessionConfig, SessionObserver, Stop};
+use crate::store::feed::MemberFeed;
 use crate::store::{
     Change, Database, History, HostKind, HostLoad, Opened, PlacedHere, Placement, Serve, Storage,
     StoreError, to_line,
@@ -127,17 +128,22 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> Result<(), 
         return Err(HostError::Unspecified(config.listen));
     }
     let (db, finished) = crate::store::open(Some(&config.db)).await?;
+    let tracker = TaskTracker::new();
+    let feed = MemberFeed::start(db.clone(), &tracker, shutdown.clone());
     let mut host = Host {
         keys: Arc::new(TokenKey::new(db.token_secret().await?)),
         key: Arc::new(StaticKey::generate()),
-        running: Running::default(),
-        tracker: TaskTracker::new(),
+        running: Running {
+            sessions: Default::default(),
+            feed,
+        },
+        tracker,
         shutdown: shutdown.clone(),
         config,
         db,
         generation: 0,
     };
-    let mut changes = host.db.changes().ok_or(HostError::NotShared)?;
+    let mut changes = host.db.changes(false).ok_or(HostError::NotShared)?;
     tracing::info!(
         host = %host.db.host(),
         listen = %host.config.listen,
@@ -178,6 +184,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> Result<(), 
                 Some(Change::Placed { host: on, session, name }) if on == host.db.host() => {
                     host.start(session, name);
                 }
+                Some(Change::Resend) => host.running.republish(),
                 Some(Change::Closed(session)) => {
                     if host.running.close(session) {
                         tracing::info!(%session, "session closed through a coordinator");
@@ -238,20 +245,13 @@ impl Host {
             tracing::warn!(session = %id, "at the session limit; placement left to run out");
             return;
         }
-        self.generation += 1;
-        let generation = self.generation;
-        let stop = Stop {
-            shutdown: self.shutdown.clone(),
-            ..Stop::default()
-        };
-        if !self.running.begin(id, generation, stop.clone()) {
+        if self.running.serves(id) {
             return;
         }
         let listener = match self.bind() {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::warn!(session = %id, error = %e, "cannot bind a session server");
-                self.running.end(id, generation);
                 return;
             }
         };
@@ -259,10 +259,16 @@ impl Host {
             Ok(server) => server,
             Err(e) => {
                 tracing::warn!(session = %id, error = %e, "session listener has no address");
-                self.running.end(id, generation);
                 return;
             }
         };
+        self.generation += 1;
+        let generation = self.generation;
+        let stop = Stop {
+            shutdown: self.shutdown.clone(),
+            ..Stop::default()
+        };
+        self.running.begin(id, generation, stop.clone(), server);
         let serve = Serve {
             server,
             server_key: self.key.fingerprint(),
@@ -322,37 +328,49 @@ impl Host {
 
 /// The sessions this host runs: started and closed by the loop, joined and left by their
 /// members, counted by the heartbeat.
-#[derive(Clone, Default)]
-struct Running(Arc<Mutex<HashMap<Uuid, Entry>>>);
+#[derive(Clone)]
+struct Running {
+    sessions: Arc<Mutex<HashMap<Uuid, Entry>>>,
+    /// Where who is in them is told to the group's coordinators.
+    feed: MemberFeed,
+}
 
 struct Entry {
     /// Tells one run of a session from the next, so a server that ended late does not take
     /// its successor out.
     generation: u64,
     stop: Stop,
-    members: HashSet<String>,
+    server: SocketAddr,
+    members: BTreeSet<String>,
 }
 
 impl Running {
-    /// Marks `id` as served here; false if it already is.
-    fn begin(&self, id: Uuid, generation: u64, stop: Stop) -> bool {
-        let mut map = self.0.lock();
-        if map.contains_key(&id) {
-            return false;
+    /// Whether `id` is served here (or starting).
+    fn serves(&self, id: Uuid) -> bool {
+        self.sessions.lock().contains_key(&id)
+    }
+
+    /// Marks `id` as served here, at `server`.
+    fn begin(&self, id: Uuid, generation: u64, stop: Stop, server: SocketAddr) {
+        let entry = Entry {
+            generation,
+            stop,
+            server,
+            members: BTreeSet::new(),
+        };
+        self.sessions.lock().insert(id, entry);
+    }
+
+    /// Tells the group again who is in each session served here.
+    fn republish(&self) {
+        for (id, entry) in self.sessions.lock().iter() {
+            self.feed
+                .changed(*id, entry.server, entry.members.len(), entry.members.iter());
         }
-        map.insert(
-            id,
-            Entry {
-                generation,
-                stop,
-                members: HashSet::new(),
-            },
-        );
-        true
     }
 
     fn end(&self, id: Uuid, generation: u64) {
-        let mut map = self.0.lock();
+        let mut map = self.sessions.lock();
         if map.get(&id).is_some_and(|e| e.generation == generation) {
             map.remove(&id);
         }
@@ -360,7 +378,7 @@ impl Running {
 
     /// Closes a session for good (its members are told); whether it ran here.
     fn close(&self, id: Uuid) -> bool {
-        match self.0.lock().get(&id) {
+        match self.sessions.lock().get(&id) {
             Some(entry) => {
                 entry.stop.close.cancel();
                 true
@@ -371,7 +389,7 @@ impl Running {
 
     /// Stops every session at once, without a word (the claims are lost: see fencing).
     fn crash_all(&self) -> usize {
-        let map = self.0.lock();
+        let map = self.sessions.lock();
         for entry in map.values() {
             entry.stop.crash.cancel();
         }
@@ -379,26 +397,40 @@ impl Running {
     }
 
     fn len(&self) -> usize {
-        self.0.lock().len()
+        self.sessions.lock().len()
     }
 
     /// Members connected, sessions run.
     fn load(&self) -> (usize, usize) {
-        let map = self.0.lock();
+        let map = self.sessions.lock();
         (map.values().map(|e| e.members.len()).sum(), map.len())
     }
 }
 
 impl SessionObserver for Running {
     fn member_joined(&self, session: Uuid, member: &Member) {
-        if let Some(entry) = self.0.lock().get_mut(&session) {
-            entry.members.insert(member.user.clone());
+        if let Some(entry) = self.sessions.lock().get_mut(&session)
+            && entry.members.insert(member.user.clone())
+        {
+            self.feed.changed(
+                session,
+                entry.server,
+                entry.members.len(),
+                entry.members.iter(),
+            );
         }
     }
 
     fn member_left(&self, session: Uuid, user: &str) {
-        if let Some(entry) = self.0.lock().get_mut(&session) {
-            entry.members.remove(user);
+        if let Some(entry) = self.sessions.lock().get_mut(&session)
+            && entry.members.remove(user)
+        {
+            self.feed.changed(
+                session,
+                entry.server,
+                entry.members.len(),
+                entry.members.iter(),
+            );
         }
     }
 }

@@ -103,9 +103,23 @@ async fn a_session_is_served_once_whichever_coordinator_of_the_group_is_asked() 
     let a = TestCoordinator::start_with(config()).await;
     let (alice, mut a_ev) = client("alice", a.addr).await;
     let first = alice.start_session(Some("once")).await.unwrap().session;
+    // Long enough for A to have told the group who is in it: B, not yet started, missed it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let b = TestCoordinator::start_with(config()).await;
     // Bob asks B, which does not serve the session: A does, and B's answer says so.
     let (bob, mut b_ev) = client("bob", b.addr).await;
+    // B, started after A served the session, asked the group to say again who is where.
+    eventually(
+        "B lists A's session with its server and alice in it",
+        || async {
+            bob.list().await.is_ok_and(|l| {
+                l.iter().any(|e| {
+                    e.id == first.id && e.server == Some(first.server) && e.members == ["alice"]
+                })
+            })
+        },
+    )
+    .await;
     let joined = bob.join("once").await.unwrap();
     assert_eq!(joined.session.server, first.server, "sent to A's server");
     assert_eq!(joined.session.server_key, first.server_key);
@@ -119,6 +133,21 @@ async fn a_session_is_served_once_whichever_coordinator_of_the_group_is_asked() 
         .map(|l| l.text)
         .collect();
     assert_eq!(texts, ["one room", "indeed"]);
+    // B, started after A served the session, lists it where A serves it, with both in it.
+    eventually(
+        "B lists A's session with its server and members",
+        || async {
+            bob.list().await.is_ok_and(|l| {
+                l.iter().any(|e| {
+                    e.id == first.id
+                        && e.server == Some(first.server)
+                        && e.member_count == 2
+                        && e.members.len() == 2
+                })
+            })
+        },
+    )
+    .await;
     b.stop().await;
     a.stop().await;
 }

@@ -81,6 +81,27 @@ async fn lines(events: &mut Receiver<Event>, prefix: &str, n: usize) -> (Vec<Cha
     (got, reconnected)
 }
 
+/// Waits until `client`'s `list` shows every room served on its host with both its members.
+async fn listed_as_served(client: &Client, rooms: &[Room]) {
+    eventually(
+        "the directory shows where each session is served and who is in it",
+        || async {
+            let Ok(listed) = client.list().await else {
+                return false;
+            };
+            rooms.iter().all(|room| {
+                listed.iter().any(|e| {
+                    e.id == room.id
+                        && e.server.map(|s| s.ip()) == Some(room.host)
+                        && e.member_count == 2
+                        && e.members.len() == 2
+                })
+            })
+        },
+    )
+    .await;
+}
+
 struct Room {
     id: Uuid,
     host: IpAddr,
@@ -147,6 +168,10 @@ async fn sessions_spread_over_hosts_and_come_back_when_a_host_and_a_coordinator_
         "least loaded first: {per_host:?}"
     );
 
+    // Either coordinator lists every session where it is served, with its members, though
+    // neither serves any.
+    listed_as_served(&rooms[0].listener, &rooms).await;
+
     for (i, room) in rooms.iter_mut().enumerate() {
         for k in 0..5 {
             room.speaker.say(&format!("r{i}-{k}")).await.unwrap();
@@ -190,6 +215,17 @@ async fn sessions_spread_over_hosts_and_come_back_when_a_host_and_a_coordinator_
         );
     }
     eprintln!("sessions of the killed host were served again after {back_after:?}");
+
+    // The listing follows the sessions to their new hosts (asked of the coordinator left).
+    for room in rooms.iter_mut() {
+        room.host = served_at(&url, room.id)
+            .await
+            .expect("served")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .ip();
+    }
+    listed_as_served(&rooms[1].speaker, &rooms).await;
 
     // Everything any member saw is stored, once, in order, numbered without gaps.
     for (i, room) in rooms.iter().enumerate() {

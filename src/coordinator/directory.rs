@@ -16,6 +16,8 @@ use uuid::Uuid;
 use super::online::{Online, Reachable};
 use crate::protocol::{DirectoryEntry, ErrorBody, ErrorCode, Member, SessionInfo};
 use crate::session::{SessionObserver, Stop};
+use crate::store::Members;
+use crate::store::feed::MemberFeed;
 
 /// Names shown per session in a listing; `member_count` tells the rest.
 const MEMBERS_PER_ENTRY: usize = 8;
@@ -88,12 +90,25 @@ struct State {
     by_creator: HashMap<String, usize>,
     /// Who is online (in a running session, or announced) and how to reach them.
     online: Online,
+    /// Where the members of this coordinator's own sessions are told to the group.
+    feed: Option<MemberFeed>,
 }
 
 struct Entry {
     listed: Listed,
     server: Server,
     members: BTreeSet<String>,
+    /// Where another process of the group serves it, and who is in it there, as that process
+    /// said (for `list`; a join still asks the database).
+    remote: Option<Remote>,
+}
+
+#[derive(Default)]
+struct Remote {
+    host: Option<Uuid>,
+    server: Option<SocketAddr>,
+    count: usize,
+    names: Vec<String>,
 }
 
 /// Where a session's server is in its life.
@@ -149,6 +164,71 @@ impl Directory {
             })
     }
 
+    /// Tells the group who is in this coordinator's own sessions from now on.
+    pub(super) fn publish_to(&self, feed: MemberFeed) {
+        self.lock().feed = Some(feed);
+    }
+
+    /// Another process of the group (`host`) serves session `id` at `server`.
+    pub(super) fn served_elsewhere(&self, id: Uuid, host: Uuid, server: SocketAddr) {
+        if let Some(entry) = self.lock().by_id.get_mut(&id) {
+            let remote = entry.remote.get_or_insert_with(Remote::default);
+            if remote.host != Some(host) {
+                // A new server: the old one's members are not this one's.
+                *remote = Remote::default();
+            }
+            remote.host = Some(host);
+            remote.server = Some(server);
+        }
+    }
+
+    /// Who is in a session another process of the group serves, and where.
+    pub(super) fn members_elsewhere(&self, members: Members) {
+        if let Some(entry) = self.lock().by_id.get_mut(&members.id)
+            && !matches!(entry.server, Server::Running(_))
+        {
+            entry.remote = Some(Remote {
+                host: Some(members.host),
+                server: Some(members.server),
+                count: members.count,
+                names: members.names,
+            });
+        }
+    }
+
+    /// Tells the group again who is in each session this coordinator serves (another process
+    /// started listening and heard nothing before).
+    pub(super) fn republish(&self) {
+        let state = self.lock();
+        let Some(feed) = &state.feed else { return };
+        for (id, entry) in &state.by_id {
+            if let (Server::Running(_), Some(server)) = (&entry.server, entry.listed.server) {
+                feed.changed(*id, server, entry.members.len(), entry.members.iter());
+            }
+        }
+    }
+
+    /// Nobody serves session `id` any more (its server stopped elsewhere).
+    pub(super) fn released_elsewhere(&self, id: Uuid) {
+        if let Some(entry) = self.lock().by_id.get_mut(&id) {
+            entry.remote = None;
+        }
+    }
+
+    /// Forgets where sessions were served by processes no longer alive (their heartbeat ran
+    /// out: killed, or cut off), so `list` does not show their members.
+    pub(super) fn keep_served_by(&self, live: &std::collections::HashSet<Uuid>) {
+        for entry in self.lock().by_id.values_mut() {
+            if entry
+                .remote
+                .as_ref()
+                .is_some_and(|r| r.host.is_some_and(|h| !live.contains(&h)))
+            {
+                entry.remote = None;
+            }
+        }
+    }
+
     /// Whether a session of this name exists (names compare without regard to case).
     pub fn name_taken(&self, name: &str) -> bool {
         self.lock().by_name.contains_key(&name.to_lowercase())
@@ -188,6 +268,7 @@ impl Directory {
                 listed,
                 server: Server::Stopped,
                 members: BTreeSet::new(),
+                remote: None,
             },
         );
         Ok(())
@@ -363,19 +444,32 @@ impl Directory {
         for id in state.order.iter().skip(cursor) {
             let entry = &state.by_id[id];
             let l = &entry.listed;
+            let here = !matches!(entry.server, Server::Stopped);
+            let (server, member_count, members) = match &entry.remote {
+                Some(r) if !here => (
+                    r.server,
+                    r.count,
+                    r.names.iter().take(MEMBERS_PER_ENTRY).cloned().collect(),
+                ),
+                _ => (
+                    l.server,
+                    entry.members.len(),
+                    entry
+                        .members
+                        .iter()
+                        .take(MEMBERS_PER_ENTRY)
+                        .cloned()
+                        .collect(),
+                ),
+            };
             let item = DirectoryEntry {
                 id: l.id,
                 name: l.name.clone(),
-                server: l.server,
+                server,
                 creator: l.creator.clone(),
                 created: l.created,
-                member_count: entry.members.len(),
-                members: entry
-                    .members
-                    .iter()
-                    .take(MEMBERS_PER_ENTRY)
-                    .cloned()
-                    .collect(),
+                member_count,
+                members,
             };
             let size = serde_json::to_vec(&item).map(|v| v.len() + 1).unwrap_or(0);
             if used + size > budget && !page.is_empty() {
@@ -412,19 +506,27 @@ impl Directory {
 impl SessionObserver for Directory {
     fn member_joined(&self, session: Uuid, member: &Member) {
         let mut state = self.lock();
+        let state = &mut *state;
         if let Some(entry) = state.by_id.get_mut(&session)
             && entry.members.insert(member.user.clone())
         {
             state.online.joined(member);
+            if let (Some(feed), Some(server)) = (&state.feed, entry.listed.server) {
+                feed.changed(session, server, entry.members.len(), entry.members.iter());
+            }
         }
     }
 
     fn member_left(&self, session: Uuid, user: &str) {
         let mut state = self.lock();
+        let state = &mut *state;
         if let Some(entry) = state.by_id.get_mut(&session)
             && entry.members.remove(user)
         {
             state.online.left(user, Instant::now());
+            if let (Some(feed), Some(server)) = (&state.feed, entry.listed.server) {
+                feed.changed(session, server, entry.members.len(), entry.members.iter());
+            }
         }
     }
 }

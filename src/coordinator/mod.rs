@@ -59,6 +59,7 @@ use crate::identity::Identity;
 use crate::presence_log::PresenceLog;
 use crate::protocol::{ErrorBody, ErrorCode, Request, RequestBody, Response, ResponseBody, limits};
 use crate::seal::{self, Answerer};
+use crate::store::feed::MemberFeed;
 use crate::store::{Change, Database, HostKind, HostLoad, Storage};
 use crate::transport::StaticKey;
 use hashing::HashPool;
@@ -164,8 +165,12 @@ pub async fn run(
     let (hashing, hash_workers) = HashPool::start(config.hash_workers, config.hash_queue)
         .map_err(CoordinatorError::Threads)?;
     let directory = config.directory.clone().unwrap_or_default();
-    // A coordinator that serves sessions is a host of the group too, for its own placements.
+    // A coordinator that serves sessions is a host of the group too, for its own placements,
+    // and tells the group who is in them.
     let hosting = config.local_sessions.then(|| session_host.to_string());
+    if hosting.is_some() && matches!(config.db, Some(Database::Postgres(_))) {
+        directory.publish_to(MemberFeed::start(db.clone(), &tracker, shutdown.clone()));
+    }
     tracker.spawn(keep_claims(
         db.clone(),
         directory.clone(),
@@ -220,7 +225,7 @@ pub async fn run(
         );
     }
     // Sessions created and closed through the other coordinators of a group.
-    let mut changes = coordinator.db.changes();
+    let mut changes = coordinator.db.changes(true);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut answers: Vec<(Bytes, SocketAddr)> = tokio::select! {
@@ -515,15 +520,26 @@ impl Coordinator {
             // listening is no error).
             Change::Served {
                 session,
+                host,
                 server,
                 server_key,
             } => {
+                if host != self.db.host() {
+                    self.directory.served_elsewhere(session, host, server);
+                }
                 let _ = self.served.send(sessions::Served {
                     session,
                     server,
                     server_key,
                 });
             }
+            Change::Released(session) => self.directory.released_elsewhere(session),
+            Change::Members(members) => {
+                if members.host != self.db.host() {
+                    self.directory.members_elsewhere(members);
+                }
+            }
+            Change::Resend => self.directory.republish(),
             // For session hosts.
             Change::Placed { .. } => {}
         }
@@ -727,6 +743,9 @@ async fn keep_claims(
                 };
                 db.heartbeat(load, lease).await?;
             }
+            // Sessions served by processes whose heartbeat ran out are served nowhere now.
+            let live = db.hosts().await?.into_iter().map(|h| h.id).collect();
+            directory.keep_served_by(&live);
             db.renew(lease).await
         };
         match tokio::time::timeout(lease / 6, renewal).await {

@@ -32,11 +32,12 @@ pub use error::{Result, StoreError};
 use migrations::{migrate, read_version};
 pub use sessions::Claimed;
 pub use storage::{
-    Change, Database, History, HostKind, HostLoad, HostRecord, Opened, PlacedHere, Placement,
-    Serve, Stalled, Storage, open, to_line,
+    Change, Database, History, HostKind, HostLoad, HostRecord, Members, Opened, PlacedHere,
+    Placement, Serve, Stalled, Storage, open, to_line,
 };
 
 mod error;
+pub mod feed;
 mod history;
 mod migrations;
 pub mod postgres;

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::Claimed;
 use super::storage::{
-    HostKind, HostLoad, HostRecord, Opened, PlacedHere, Placement, Serve, Stalled, Storage,
+    HostKind, HostLoad, HostRecord, Members, Opened, PlacedHere, Placement, Serve, Stalled, Storage,
 };
 use super::{Result, SessionRecord, StoreError, StoredMessage, UserRecord, name_key};
 use crate::session::Committed;
@@ -452,6 +452,7 @@ async fn mark_done(
 async fn claim(client: &Client, id: Uuid, host: Uuid, serve: &Serve) -> Result<Claimed> {
     let served = serde_json::json!({
         "id": id,
+        "host": host,
         "server": serve.server.to_string(),
         "server_key": serve.server_key,
     });
@@ -628,7 +629,7 @@ async fn insert_session(
 
 /// Forwards the group's session changes from a connection of its own that `LISTEN`s, opened
 /// again (after a second) whenever it breaks, until nobody reads the changes.
-async fn listen(url: String, tx: mpsc::Sender<super::Change>) {
+async fn listen(url: String, tx: mpsc::Sender<super::Change>, catch_up: bool) {
     use futures::StreamExt;
     use tokio_postgres::AsyncMessage;
     loop {
@@ -636,7 +637,11 @@ async fn listen(url: String, tx: mpsc::Sender<super::Change>) {
         if let Ok(Ok((client, mut connection))) = connected.await {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             // The connection only moves while its messages are read: ask, then read.
-            let statement = format!("LISTEN {CHANNEL}");
+            let statement = if catch_up {
+                format!("LISTEN {CHANNEL}; NOTIFY {CHANNEL}, 'resend'")
+            } else {
+                format!("LISTEN {CHANNEL}")
+            };
             let listening = client.batch_execute(&statement);
             tokio::pin!(listening);
             let mut listened = false;
@@ -675,8 +680,8 @@ async fn listen(url: String, tx: mpsc::Sender<super::Change>) {
     }
 }
 
-/// A notification's payload: `created {json}`, `closed <id>`, `placed {json}` or
-/// `served {json}`.
+/// A notification's payload: `created {json}`, `closed <id>`, `placed {json}`,
+/// `served {json}`, `released <id>`, `members {json}` or `resend`.
 fn parse_change(payload: &str) -> Option<super::Change> {
     #[derive(serde::Deserialize)]
     struct Created {
@@ -684,6 +689,9 @@ fn parse_change(payload: &str) -> Option<super::Change> {
         name: Option<String>,
         creator: String,
         created: DateTime<Utc>,
+    }
+    if payload == "resend" {
+        return Some(super::Change::Resend);
     }
     match payload.split_once(' ')? {
         ("created", json) => {
@@ -696,6 +704,8 @@ fn parse_change(payload: &str) -> Option<super::Change> {
             }))
         }
         ("closed", id) => Some(super::Change::Closed(id.parse().ok()?)),
+        ("released", id) => Some(super::Change::Released(id.parse().ok()?)),
+        ("members", json) => Some(super::Change::Members(serde_json::from_str(json).ok()?)),
         ("placed", json) => {
             #[derive(serde::Deserialize)]
             struct Placed {
@@ -714,12 +724,14 @@ fn parse_change(payload: &str) -> Option<super::Change> {
             #[derive(serde::Deserialize)]
             struct Served {
                 id: Uuid,
+                host: Uuid,
                 server: String,
                 server_key: String,
             }
             let s: Served = serde_json::from_str(json).ok()?;
             Some(super::Change::Served {
                 session: s.id,
+                host: s.host,
                 server: s.server.parse().ok()?,
                 server_key: s.server_key,
             })
@@ -848,9 +860,9 @@ impl Storage for Postgres {
         self.call(move |c| Box::pin(async move { done_result(&*c, &digest).await }))
     }
 
-    fn changes(&self) -> Option<mpsc::Receiver<super::Change>> {
+    fn changes(&self, catch_up: bool) -> Option<mpsc::Receiver<super::Change>> {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(listen(self.url.clone(), tx));
+        tokio::spawn(listen(self.url.clone(), tx, catch_up));
         Some(rx)
     }
 
@@ -880,9 +892,12 @@ impl Storage for Postgres {
         self.call(move |c| {
             Box::pin(async move {
                 c.execute(
-                    "UPDATE sessions SET host = NULL, server = NULL, server_key = NULL,
-                     lease_until = NULL WHERE id = $1 AND host = $2",
-                    &[&id, &host],
+                    "WITH released AS (
+                         UPDATE sessions SET host = NULL, server = NULL, server_key = NULL,
+                                lease_until = NULL
+                         WHERE id = $1 AND host = $2 RETURNING id)
+                     SELECT pg_notify($3, 'released ' || id::text) FROM released",
+                    &[&id, &host, &CHANNEL],
                 )
                 .await?;
                 Ok(())
@@ -1033,6 +1048,24 @@ impl Storage for Postgres {
                     "UPDATE sessions SET host = NULL, lease_until = NULL
                      WHERE id = $1 AND host = $2 AND server IS NULL",
                     &[&id, &host],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn publish_members(&self, members: Vec<Members>) -> BoxFuture<'static, Result<()>> {
+        self.control(move |c| {
+            Box::pin(async move {
+                let payloads: Vec<String> = members
+                    .iter()
+                    .filter_map(|m| serde_json::to_string(m).ok())
+                    .map(|json| format!("members {json}"))
+                    .collect();
+                c.execute(
+                    "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                    &[&CHANNEL, &payloads],
                 )
                 .await?;
                 Ok(())

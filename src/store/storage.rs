@@ -93,8 +93,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Gives up this host's claim of a session whose server stopped.
     fn release_session(&self, id: Uuid) -> BoxFuture<'static, Result<()>>;
     /// Sessions created and closed through other processes on the same database, as they
-    /// happen (PostgreSQL's `LISTEN`/`NOTIFY`); `None` for an engine one process owns.
-    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+    /// happen (PostgreSQL's `LISTEN`/`NOTIFY`); `None` for an engine one process owns. With
+    /// `catch_up`, each time it starts listening (at first, and after its connection broke)
+    /// it asks the group to tell again who is in every session served ([`Change::Resend`]),
+    /// since what was said before was not heard.
+    fn changes(&self, _catch_up: bool) -> Option<tokio::sync::mpsc::Receiver<Change>> {
         None
     }
     /// Deletes a session and its history; whether it existed (or, with `once`, whether the
@@ -138,6 +141,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Undoes a placement on `host` that the host never took up (it died, or is too slow), so
     /// the session can be placed again at once rather than after the lease.
     fn unplace(&self, _id: Uuid, _host: Uuid) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Tells the group who is in the sessions this process serves (a `NOTIFY` each); an engine
+    /// one process owns has nobody to tell.
+    fn publish_members(&self, _members: Vec<Members>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async { Ok(()) })
     }
     /// Sessions placed on this process and not yet served: what a host takes up even if it
@@ -222,11 +230,36 @@ pub enum Change {
     Served {
         /// The session.
         session: Uuid,
+        /// The host (a `confab host`, or a coordinator serving it itself).
+        host: Uuid,
         /// Its server.
         server: SocketAddr,
         /// That server's Noise key.
         server_key: String,
     },
+    /// A session's server stopped (idle, or its process shutting down): nobody serves it.
+    Released(Uuid),
+    /// Who is in a session now, and where it is served, as the process serving it says.
+    Members(Members),
+    /// A process of the group started listening: every process says again who is in the
+    /// sessions it serves.
+    Resend,
+}
+
+/// Who is in a session, as its server's process tells the group (for the directory's
+/// `list`): the count, and the first few names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Members {
+    /// The session.
+    pub id: Uuid,
+    /// The process serving it.
+    pub host: Uuid,
+    /// Its server.
+    pub server: SocketAddr,
+    /// How many are in it.
+    pub count: usize,
+    /// The first few of them (a directory entry shows no more).
+    pub names: Vec<String>,
 }
 
 /// Where this host would serve a session, and for how long its claim lasts unrenewed.
