@@ -743,9 +743,6 @@ async fn keep_claims(
                 };
                 db.heartbeat(load, lease).await?;
             }
-            // Sessions served by processes whose heartbeat ran out are served nowhere now.
-            let live = db.hosts().await?.into_iter().map(|h| h.id).collect();
-            directory.keep_served_by(&live);
             db.renew(lease).await
         };
         match tokio::time::timeout(lease / 6, renewal).await {
@@ -754,6 +751,13 @@ async fn keep_claims(
             Err(_) => {
                 tracing::warn!("the database did not answer the renewal of the session claims")
             }
+        }
+        // Sessions served by processes whose heartbeat ran out are served nowhere now (no part
+        // of the renewal: a failure only leaves the listing stale a while).
+        match tokio::time::timeout(lease / 6, db.hosts()).await {
+            Ok(Ok(hosts)) => directory.keep_served_by(&hosts.into_iter().map(|h| h.id).collect()),
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the group's hosts"),
+            Err(_) => tracing::debug!("the database did not say which hosts live"),
         }
         if renewed.elapsed() >= lease / 2 {
             let dropped = directory.drop_all_running();
