@@ -356,3 +356,41 @@ async fn a_coordinator_rides_out_a_database_restart_and_stores_again() {
     assert_eq!(texts, ["before", "after"]);
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_message_reaches_someone_who_talks_to_another_coordinator_of_the_group() {
+    let Some(pg) = cluster() else { return };
+    let db = Database::Postgres(pg.database().await);
+    let a = TestCoordinator::start_with(config_on(&db)).await;
+    let b = TestCoordinator::start_with(config_on(&db)).await;
+    let group = |user: &str, first, second| {
+        let mut c = client_config(user, first);
+        c.more_coordinators = vec![second];
+        c
+    };
+    // Alice asks A, dave asks B; neither is in a session.
+    let (alice, mut a_ev) = logged_in(group("alice", a.addr, b.addr)).await;
+    let (dave, mut d_ev) = logged_in(group("dave", b.addr, a.addr)).await;
+    // A found dave though he announces himself to B first: to every coordinator of the group.
+    eventually("A knows dave", || async {
+        alice.member("dave").await.is_ok()
+    })
+    .await;
+    alice.dm("dave", "across the group").await.unwrap();
+    let got = first_private(&mut d_ev).await;
+    assert_eq!(got, "across the group");
+    dave.dm("alice", "and back").await.unwrap();
+    assert_eq!(first_private(&mut a_ev).await, "and back");
+    b.stop().await;
+    a.stop().await;
+}
+
+async fn first_private(events: &mut tokio::sync::mpsc::Receiver<Event>) -> String {
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(Event::Private { text, .. })) => return text,
+            Ok(Some(_)) => {}
+            other => panic!("no private message: {other:?}"),
+        }
+    }
+}

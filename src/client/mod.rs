@@ -322,8 +322,8 @@ impl Client {
         }
     }
 
-    /// Tells the coordinator we are online and where we are reached, and keeps telling it
-    /// (every third of the time an announcement counts) until the client stops, the next login,
+    /// Tells the coordinator (and the rest of its group) we are online and where we are
+    /// reached, and keeps telling it (every third of the time an announcement counts) until the client stops, the next login,
     /// or the token is refused. The first announcement is awaited, so that once `login`
     /// returns, others can find us.
     async fn announce(&self) -> Result<(), ClientError> {
@@ -342,6 +342,9 @@ impl Client {
             ResponseBody::Announced { ttl } => Duration::from_secs(ttl.max(3)),
             _ => return Err(ClientError::Unexpected),
         };
+        // The rest of the group hears it once each round, unanswered: three rounds fit in an
+        // announcement's time, so one lost datagram costs nothing.
+        inner.coord.post_to_others(&body);
         let stop = inner.stop.child_token();
         if let Some(earlier) = inner.announcing.lock().replace(stop.clone()) {
             earlier.cancel();
@@ -357,6 +360,7 @@ impl Client {
                     r = coord.request(body.clone()) => r,
                     _ = stop.cancelled() => return,
                 };
+                coord.post_to_others(&body);
                 match sent {
                     Ok(_) => {}
                     Err(ClientError::Refused(e)) => {

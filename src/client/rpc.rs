@@ -221,16 +221,33 @@ impl Coord {
     /// only when refused, and which stands for a datagram that may be lost anyway. False when
     /// it could not be sent (no coordinator key heard yet, or the socket's buffer is full).
     pub(super) fn post(&self, body: RequestBody) -> bool {
+        self.post_to(&body, self.addr())
+    }
+
+    /// [`Coord::post`] to every coordinator of the group but the one asked now: for
+    /// `announce`, so that each of them can find us (and relay to us: each sees the way through
+    /// our NAT that our announcements to it keep open), whichever one a peer asks.
+    pub(super) fn post_to_others(&self, body: &RequestBody) {
+        let asked = self.addr();
+        for to in self.addrs.iter().filter(|a| **a != asked) {
+            self.post_to(body, *to);
+        }
+    }
+
+    fn post_to(&self, body: &RequestBody, to: SocketAddr) -> bool {
         let key = match *self.key.lock() {
             Some(key) if self.heard_key.load(Ordering::Relaxed) => key,
             _ => return false,
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut bytes =
-            serde_json::to_vec(&Request { id, body }).expect("protocol types serialize");
+        let request = Request {
+            id,
+            body: body.clone(),
+        };
+        let mut bytes = serde_json::to_vec(&request).expect("protocol types serialize");
         crate::protocol::pad_request(&mut bytes);
         let (sealed, _opener) = self.sealer_for(&key).seal(&bytes);
-        self.udp.try_send_to(&sealed, self.addr()).is_ok()
+        self.udp.try_send_to(&sealed, to).is_ok()
     }
 
     /// Sends one request, retrying with backoff until the coordinator answers.
