@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::auth::TokenKey;
 use crate::protocol::Member;
-use crate::session::{self, SessionConfig, SessionObserver, Stop};
+use crate::session::{self, MemberLimits, SessionConfig, SessionObserver, Stop};
 use crate::store::feed::MemberFeed;
 use crate::store::{
     Change, Database, History, HostKind, HostLoad, Opened, PlacedHere, Placement, Serve, Storage,
@@ -53,8 +53,11 @@ pub struct HostConfig {
     pub max_sessions: usize,
     /// Take plaintext session connections too (a group whose coordinators run `--insecure`).
     pub insecure: bool,
-    /// Members may send as fast as they like (benchmarks; a coordinator's `--no-rate-limit`).
-    pub unlimited_rate: bool,
+    /// What each member may send (as a coordinator's sessions: keep the group's alike).
+    pub member_limits: MemberLimits,
+    /// Bytes held per member before it is dropped as too slow (see
+    /// `SessionConfig::member_budget`).
+    pub member_budget: usize,
 }
 
 impl HostConfig {
@@ -69,7 +72,8 @@ impl HostConfig {
             recent_messages: 1000,
             max_sessions: 10_000,
             insecure: false,
-            unlimited_rate: false,
+            member_limits: MemberLimits::default(),
+            member_budget: session::DEFAULT_MEMBER_BUDGET,
         }
     }
 }
@@ -286,9 +290,8 @@ impl Host {
         config.tokens = Some(self.keys.clone());
         config.noise = Some(self.key.clone());
         config.plain = self.config.insecure;
-        if self.config.unlimited_rate {
-            config.member_limits.rate = None;
-        }
+        config.member_limits = self.config.member_limits.clone();
+        config.member_budget = self.config.member_budget;
         let db = self.db.clone();
         let running = self.running.clone();
         self.tracker.spawn(async move {

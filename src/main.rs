@@ -31,9 +31,8 @@ enum Command {
         /// UDP address to listen on.
         #[arg(long, default_value = "127.0.0.1:7500", env = "CONFAB_LISTEN")]
         listen: SocketAddr,
-        /// Seconds an empty session stays open before it is closed.
-        #[arg(long, default_value_t = 300)]
-        idle_timeout: u64,
+        #[command(flatten)]
+        session: SessionArgs,
         /// File that gets one line per login, join and leave.
         #[arg(long)]
         log_file: Option<PathBuf>,
@@ -62,24 +61,12 @@ enum Command {
         /// asked for port 0 (the benchmark) learns where to send requests.
         #[arg(long)]
         print_addr: bool,
-        /// Let members send as fast as they like: benchmarks at full speed need this.
-        #[arg(long)]
-        no_rate_limit: bool,
         /// Hash new passwords at the cheapest argon2 cost. For benchmarks and tests that register
         /// thousands of accounts; never for real ones.
         #[arg(long)]
         fast_passwords: bool,
         #[command(flatten)]
         abuse: AbuseArgs,
-        /// MiB the server may hold for one member that is not reading (queued lines, a replay, a
-        /// history answer) before dropping it as too slow: bounds what a member that never reads
-        /// costs.
-        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
-        member_budget_mib: u64,
-        /// Seconds a member's queue may stay past its high-water mark (the room holds the
-        /// senders back meanwhile) before the member is dropped as too slow.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=60))]
-        drain_secs: u64,
         /// Print the coordinator's public key (its identity, kept in --db; made now if the
         /// database has none) and exit, so that it can be published for clients to pin.
         #[arg(long)]
@@ -107,15 +94,11 @@ enum Command {
         /// served elsewhere if it dies. The same as the coordinators' --lease-secs.
         #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..))]
         lease_secs: u64,
-        /// Seconds an empty session stays open before its server stops.
-        #[arg(long, default_value_t = 300)]
-        idle_timeout: u64,
+        #[command(flatten)]
+        session: SessionArgs,
         /// Most session servers at once.
         #[arg(long, default_value_t = 10_000)]
         max_sessions: usize,
-        /// Let members send as fast as they like: benchmarks at full speed need this.
-        #[arg(long)]
-        no_rate_limit: bool,
         /// Take plaintext session connections too (a group whose coordinators run
         /// --insecure). For debugging only.
         #[arg(long)]
@@ -150,6 +133,48 @@ enum Command {
         #[arg(long, value_name = "KEY", value_parser = parse_key)]
         coordinator_key: Option<[u8; 32]>,
     },
+}
+
+/// How session servers treat their members: the same flags for a coordinator and a host, so a
+/// group can serve its sessions alike wherever they run.
+#[derive(clap::Args)]
+struct SessionArgs {
+    /// Seconds an empty session stays open before its server stops.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Let members send as fast as they like: benchmarks at full speed need this.
+    #[arg(long)]
+    no_rate_limit: bool,
+    /// MiB the server may hold for one member that is not reading (queued lines, a replay, a
+    /// history answer) before dropping it as too slow: bounds what a member that never reads
+    /// costs.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    member_budget_mib: u64,
+    /// Seconds a member's queue may stay past its high-water mark (the room holds the
+    /// senders back meanwhile) before the member is dropped as too slow.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=60))]
+    drain_secs: u64,
+}
+
+impl SessionArgs {
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout)
+    }
+
+    fn member_budget(&self) -> usize {
+        (self.member_budget_mib as usize) << 20
+    }
+
+    fn member_limits(&self) -> confab::session::MemberLimits {
+        let mut limits = confab::session::MemberLimits {
+            drain_timeout: Duration::from_secs(self.drain_secs),
+            ..Default::default()
+        };
+        if self.no_rate_limit {
+            limits.rate = None;
+        }
+        limits
+    }
 }
 
 /// What strangers may ask of the coordinator (README, "Limits and abuse"). 0 turns a limit off.
@@ -252,7 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Coordinator {
             listen,
-            idle_timeout,
+            session,
             log_file,
             log_max_mib,
             log_keep,
@@ -261,11 +286,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             lease_secs,
             token_hours,
             print_addr,
-            no_rate_limit,
             fast_passwords,
             abuse,
-            member_budget_mib,
-            drain_secs,
             print_key,
             insecure,
             no_local_sessions,
@@ -294,7 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", socket.local_addr()?);
             }
             let mut config = CoordinatorConfig {
-                idle_timeout: Duration::from_secs(idle_timeout),
+                idle_timeout: session.idle_timeout(),
                 presence_log: log_file,
                 presence_log_rotation: confab::presence_log::Rotation {
                     max_bytes: log_max_mib << 20,
@@ -304,19 +326,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 db,
                 token_ttl: Duration::from_secs(token_hours * 3600),
                 lease: Duration::from_secs(lease_secs),
-                member_budget: (member_budget_mib as usize) << 20,
+                member_budget: session.member_budget(),
+                member_limits: session.member_limits(),
                 ..CoordinatorConfig::default()
             };
-            config.member_limits.drain_timeout = Duration::from_secs(drain_secs);
             config.insecure = insecure;
             config.local_sessions = !no_local_sessions;
             if no_local_sessions && !matches!(config.db, Some(Database::Postgres(_))) {
                 anyhow::bail!(
                     "--no-local-sessions places sessions on `confab host` processes, which share a PostgreSQL --db with the coordinator"
                 );
-            }
-            if no_rate_limit {
-                config.member_limits.rate = None;
             }
             if fast_passwords {
                 config.password_cost = confab::auth::PasswordCost::INSECURE_FAST;
@@ -361,9 +380,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db,
             listen: (ip, ports),
             lease_secs,
-            idle_timeout,
+            session,
             max_sessions,
-            no_rate_limit,
             insecure,
         } => {
             process::init_tracing("info");
@@ -373,10 +391,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = confab::host::HostConfig::new(Database::parse(&db), ip);
             config.ports = ports;
             config.lease = Duration::from_secs(lease_secs);
-            config.idle_timeout = Duration::from_secs(idle_timeout);
+            config.idle_timeout = session.idle_timeout();
+            config.member_limits = session.member_limits();
+            config.member_budget = session.member_budget();
             config.max_sessions = max_sessions;
             config.insecure = insecure;
-            config.unlimited_rate = no_rate_limit;
             let shutdown = CancellationToken::new();
             process::stop_on_signals(shutdown.clone())?;
             confab::host::run(config, shutdown).await?;

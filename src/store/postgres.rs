@@ -218,8 +218,12 @@ async fn migrate(client: &mut Client) -> Result<()> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS confab_schema (version INTEGER NOT NULL)")
-        .await?;
+    // Every start after the first would log PostgreSQL's notice that the table exists.
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS confab_schema (version INTEGER NOT NULL)",
+    )
+    .await?;
     let found: Option<i32> = tx
         .query_opt("SELECT version FROM confab_schema", &[])
         .await?
