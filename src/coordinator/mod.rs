@@ -759,7 +759,9 @@ async fn keep_claims(
             Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the group's hosts"),
             Err(_) => tracing::debug!("the database did not say which hosts live"),
         }
-        if renewed.elapsed() >= lease / 2 {
+        // Only where another process could take the sessions over: a coordinator alone on its
+        // SQLite file, whose writes are only slow, keeps serving.
+        if db.shared() && renewed.elapsed() >= lease / 2 {
             let dropped = directory.drop_all_running();
             if dropped > 0 {
                 tracing::error!(

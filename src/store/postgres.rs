@@ -864,6 +864,10 @@ impl Storage for Postgres {
         self.call(move |c| Box::pin(async move { done_result(&*c, &digest).await }))
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn changes(&self, catch_up: bool) -> Option<mpsc::Receiver<super::Change>> {
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(listen(self.url.clone(), tx, catch_up));

@@ -92,6 +92,11 @@ pub trait Storage: Send + Sync + 'static {
     fn renew(&self, lease: Duration) -> BoxFuture<'static, Result<usize>>;
     /// Gives up this host's claim of a session whose server stopped.
     fn release_session(&self, id: Uuid) -> BoxFuture<'static, Result<()>>;
+    /// Whether other processes may share this database (and so take over sessions whose
+    /// claims run out): a SQLite file belongs to its one coordinator.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Sessions created and closed through other processes on the same database, as they
     /// happen (PostgreSQL's `LISTEN`/`NOTIFY`); `None` for an engine one process owns. With
     /// `catch_up`, each time it starts listening (at first, and after its connection broke)
