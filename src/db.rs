@@ -19,7 +19,8 @@ use crate::store::{
     StoredMessage, UserRecord,
 };
 
-/// Jobs waiting for the database thread; appends beyond this are dropped with an error logged.
+/// Jobs waiting for the database thread; beyond this an append waits for room (see
+/// `Storage::append`).
 const QUEUE: usize = 100_000;
 /// Most messages written in one transaction.
 const BATCH: usize = 10_000;

@@ -462,3 +462,53 @@ async fn a_coordinator_on_postgresql_keeps_accounts_sessions_and_history_across_
     assert_eq!(texts.last(), Some(&"line 19"));
     coord.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_over_tls_checks_the_server_and_a_group_works_through_it() {
+    let Some(pg) = cluster() else { return };
+    let url = pg.database().await;
+    let ca = match pg.require_tls() {
+        Ok(ca) => ca,
+        Err(why) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED (needs openssl to make certificates): {why}");
+            return;
+        }
+        Err(why) => panic!("{why}"),
+    };
+    let plain = Database::parse(&url);
+    eventually("the cluster refuses plaintext", || async {
+        store::open(Some(&plain)).await.is_err()
+    })
+    .await;
+    // Checked against its CA: it works, as storage and for a group's notifications.
+    let tls = Database::parse(&format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        ca.display()
+    ));
+    let (s, finished) = store::open(Some(&tls)).await.unwrap();
+    users(s.clone()).await;
+    drop(s);
+    finished.wait().await;
+    let a = TestCoordinator::start_with(config_on(&tls)).await;
+    let b = TestCoordinator::start_with(config_on(&tls)).await;
+    let (ivy, _a) = client("ivy", a.addr).await;
+    let made = ivy.start_session(Some("sealed")).await.unwrap().session;
+    let (jay, _b) = client("jay", b.addr).await;
+    let joined = jay.join("sealed").await.unwrap();
+    assert_eq!(joined.session.server, made.server, "B heard of it over TLS");
+    // A server whose certificate another CA signed is refused, and the error says why.
+    let stranger = common::postgres::make_ca(pg.path(), "stranger").unwrap();
+    let wrong = Database::parse(&format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        stranger.display()
+    ));
+    match store::open(Some(&wrong)).await {
+        Err(e) => {
+            eprintln!("refused as it should be: {e}");
+            assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+        }
+        Ok(_) => panic!("a server certificate from another CA was taken"),
+    }
+    b.stop().await;
+    a.stop().await;
+}

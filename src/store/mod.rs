@@ -40,6 +40,7 @@ mod error;
 pub mod feed;
 mod history;
 mod migrations;
+mod pgconn;
 pub mod postgres;
 mod sessions;
 pub(crate) mod storage;

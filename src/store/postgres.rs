@@ -1,36 +1,35 @@
 //! The PostgreSQL engine: the same data and the same numbered schema steps as the SQLite one,
-//! in a database that several coordinators (and, later, session hosts) can share.
+//! in a database that several coordinators and session hosts share.
 //!
 //! One task owns one connection and runs the calls in the order they were made, as the SQLite
 //! thread does, batching queued group messages into one statement per batch (an `INSERT …
 //! SELECT FROM UNNEST(…)`: one round trip and one commit for up to 10,000 lines). A connection
 //! that breaks is opened again before the next call; the calls in between fail with the error.
-//!
-//! The connection is not encrypted (`NoTls`): run PostgreSQL on the same machine or a trusted
-//! network, or reach it through a tunnel.
+//! A second connection carries the heartbeat and the claims' renewal, and a third `LISTEN`s to
+//! the group. How they connect (TLS when the URL names a CA) is `pgconn.rs`.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
 use super::Claimed;
+use super::pgconn::Target;
 use super::storage::{
     HostKind, HostLoad, HostRecord, Members, Opened, PlacedHere, Placement, Serve, Stalled, Storage,
 };
 use super::{Result, SessionRecord, StoreError, StoredMessage, UserRecord, name_key};
 use crate::session::Committed;
 
-/// Calls and messages waiting for the connection; appends beyond this are dropped, logged.
+/// Calls and messages waiting for the connection; beyond this an append waits for room (see
+/// `Storage::append`).
 const QUEUE: usize = 100_000;
 /// Most messages written in one statement.
 const BATCH: usize = 10_000;
-/// How long opening a connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema steps, in the same numbering as SQLite's (`store::migrations`): step `i` brings the
 /// schema from version `i` to `i + 1`. Append, never edit.
@@ -109,7 +108,7 @@ pub struct Postgres {
     control: mpsc::Sender<Job>,
     /// This process as a host of session servers (see `Storage::host`).
     host: Uuid,
-    url: String,
+    target: Target,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -123,19 +122,21 @@ impl Postgres {
     /// connection; returns the handle and the task, so that shutdown can wait for the last
     /// writes.
     pub async fn connect(url: &str) -> Result<(Postgres, tokio::task::JoinHandle<()>)> {
-        let mut client = open(url).await?;
+        let target = Target::parse(url)?;
+        let mut client = open(&target).await?;
         migrate(&mut client).await?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let host = Uuid::new_v4();
-        let task = tokio::spawn(work(url.to_string(), client, rx, host));
+        let task = tokio::spawn(work(target.clone(), client, rx, host));
         let (control, control_rx) = mpsc::channel(64);
-        tokio::spawn(work(url.to_string(), open(url).await?, control_rx, host));
+        let control_client = open(&target).await?;
+        tokio::spawn(work(target.clone(), control_client, control_rx, host));
         Ok((
             Postgres {
                 tx,
                 control,
                 host,
-                url: url.to_string(),
+                target,
             },
             task,
         ))
@@ -199,18 +200,8 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-async fn open(url: &str) -> Result<Client> {
-    let connecting = tokio_postgres::connect(url, NoTls);
-    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| StoreError::Unreachable(format!("{} did not answer", redact(url))))?
-        .map_err(|e| StoreError::Unreachable(format!("{}: {e}", redact(url))))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL connection ended");
-        }
-    });
-    Ok(client)
+async fn open(target: &Target) -> Result<Client> {
+    Ok(target.connect().await?.0)
 }
 
 async fn migrate(client: &mut Client) -> Result<()> {
@@ -250,7 +241,7 @@ async fn migrate(client: &mut Client) -> Result<()> {
     Ok(())
 }
 
-async fn work(url: String, mut client: Client, mut rx: mpsc::Receiver<Job>, host: Uuid) {
+async fn work(target: Target, mut client: Client, mut rx: mpsc::Receiver<Job>, host: Uuid) {
     let mut batch = Vec::new();
     while let Some(job) = rx.recv().await {
         let mut next = Some(job);
@@ -264,14 +255,14 @@ async fn work(url: String, mut client: Client, mut rx: mpsc::Receiver<Job>, host
                 }
                 Job::Call(f) => {
                     // Earlier appends first, so a read sees every message queued before it.
-                    reconnect_if_closed(&url, &mut client).await;
+                    reconnect_if_closed(&target, &mut client).await;
                     flush(&client, &mut batch, host).await;
                     f(&mut client).await;
                     next = rx.try_recv().ok();
                 }
             }
         }
-        reconnect_if_closed(&url, &mut client).await;
+        reconnect_if_closed(&target, &mut client).await;
         flush(&client, &mut batch, host).await;
     }
     flush(&client, &mut batch, host).await;
@@ -280,11 +271,11 @@ async fn work(url: String, mut client: Client, mut rx: mpsc::Receiver<Job>, host
 
 /// Opens the connection again if it broke (the server restarted, the network failed): one try
 /// per call, so a database that is down costs each call one connect timeout at most.
-async fn reconnect_if_closed(url: &str, client: &mut Client) {
+async fn reconnect_if_closed(target: &Target, client: &mut Client) {
     if !client.is_closed() {
         return;
     }
-    match open(url).await {
+    match open(target).await {
         Ok(fresh) => {
             tracing::info!("PostgreSQL connection opened again");
             *client = fresh;
@@ -633,49 +624,46 @@ async fn insert_session(
 
 /// Forwards the group's session changes from a connection of its own that `LISTEN`s, opened
 /// again (after a second) whenever it breaks, until nobody reads the changes.
-async fn listen(url: String, tx: mpsc::Sender<super::Change>, catch_up: bool) {
-    use futures::StreamExt;
-    use tokio_postgres::AsyncMessage;
+async fn listen(target: Target, tx: mpsc::Sender<super::Change>, catch_up: bool) {
     loop {
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(&url, NoTls));
-        if let Ok(Ok((client, mut connection))) = connected.await {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            // The connection only moves while its messages are read: ask, then read.
-            let statement = if catch_up {
-                format!("LISTEN {CHANNEL}; NOTIFY {CHANNEL}, 'resend'")
-            } else {
-                format!("LISTEN {CHANNEL}")
-            };
-            let listening = client.batch_execute(&statement);
-            tokio::pin!(listening);
-            let mut listened = false;
-            loop {
-                tokio::select! {
-                    done = &mut listening, if !listened => {
-                        listened = true;
-                        if let Err(e) = done {
-                            tracing::warn!(error = %e, "cannot listen for the group's session changes");
-                            break;
-                        }
-                    }
-                    message = messages.next() => match message {
-                        Some(Ok(AsyncMessage::Notification(n))) => {
-                            if let Some(change) = parse_change(n.payload())
-                                && tx.send(change).await.is_err()
-                            {
-                                return;
+        match target.connect().await {
+            Ok((client, mut notes)) => {
+                // Notifications come while the statement runs, and after.
+                let statement = if catch_up {
+                    format!("LISTEN {CHANNEL}; NOTIFY {CHANNEL}, 'resend'")
+                } else {
+                    format!("LISTEN {CHANNEL}")
+                };
+                let listening = client.batch_execute(&statement);
+                tokio::pin!(listening);
+                let mut listened = false;
+                loop {
+                    tokio::select! {
+                        done = &mut listening, if !listened => {
+                            listened = true;
+                            if let Err(e) = done {
+                                tracing::warn!(error = %e, "cannot listen for the group's session changes");
+                                break;
                             }
                         }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "the listening connection broke");
-                            break;
-                        }
-                        None => break,
-                    },
-                    _ = tx.closed() => return,
+                        note = notes.recv() => match note {
+                            Some(n) => {
+                                if let Some(change) = parse_change(n.payload())
+                                    && tx.send(change).await.is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            None => {
+                                tracing::warn!("the listening connection broke");
+                                break;
+                            }
+                        },
+                        _ = tx.closed() => return,
+                    }
                 }
             }
+            Err(e) => tracing::warn!(error = %e, "cannot open the listening connection"),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -870,7 +858,7 @@ impl Storage for Postgres {
 
     fn changes(&self, catch_up: bool) -> Option<mpsc::Receiver<super::Change>> {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(listen(self.url.clone(), tx, catch_up));
+        tokio::spawn(listen(self.target.clone(), tx, catch_up));
         Some(rx)
     }
 

@@ -70,6 +70,36 @@ pub fn host_process(url: &str, ip: &str) -> tokio::process::Child {
         .expect("confab host starts")
 }
 
+/// A CA of its own (`NAME.pem`, `NAME.key`) in `dir`, by `openssl`; its certificate file.
+pub fn make_ca(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+        ])
+        .arg(format!("/CN=confab test {name}"))
+        .arg("-keyout")
+        .arg(format!("{name}.key"))
+        .arg("-out")
+        .arg(format!("{name}.pem"))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("openssl: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(dir.join(format!("{name}.pem")))
+}
+
 pub fn free_udp_port() -> std::net::SocketAddr {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -243,6 +273,89 @@ impl TestPostgres {
     pub fn kill(&self) {
         let data = self.data();
         let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+
+    /// From now on takes only TLS connections (plaintext ones are refused), with a server
+    /// certificate for 127.0.0.1 signed by a CA of its own; returns that CA's certificate
+    /// file. Needs `openssl`.
+    pub fn require_tls(&self) -> Result<PathBuf, String> {
+        let dir = self.dir.path();
+        let data = self.data();
+        let ca = make_ca(dir, "ca")?;
+        let openssl = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("openssl: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])?;
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")
+            .map_err(|e| e.to_string())?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ])?;
+        for (file, to) in [("server.crt", "server.crt"), ("server.key", "server.key")] {
+            let target = format!("{data}/{to}");
+            std::fs::copy(dir.join(file), &target).map_err(|e| e.to_string())?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+            if self.as_user.is_some() {
+                let meta = std::fs::metadata(&data).map_err(|e| e.to_string())?;
+                use std::os::unix::fs::MetadataExt;
+                std::os::unix::fs::chown(&target, Some(meta.uid()), None)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let conf = format!("{data}/postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+        std::fs::write(
+            format!("{data}/pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .map_err(|e| e.to_string())?;
+        self.run("pg_ctl", &["-D", &data, "-w", "reload"])?;
+        // The reload takes effect a moment later: the caller waits for plaintext to fail.
+        Ok(ca)
     }
 
     /// The folder the cluster lives in.
