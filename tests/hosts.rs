@@ -102,6 +102,20 @@ async fn listed_as_served(client: &Client, rooms: &[Room]) {
     .await;
 }
 
+/// Lines the speaker of one room types while its host is killed.
+const STREAM: usize = 300;
+
+/// `speaker` says `prefix0` … one every 2 ms, in a task of its own.
+fn typist(speaker: &Client, prefix: String, n: usize) -> tokio::task::JoinHandle<()> {
+    let speaker = speaker.clone();
+    tokio::spawn(async move {
+        for k in 0..n {
+            speaker.say(&format!("{prefix}{k}")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+}
+
 struct Room {
     id: Uuid,
     host: IpAddr,
@@ -180,13 +194,33 @@ async fn sessions_spread_over_hosts_and_come_back_when_a_host_and_a_coordinator_
         assert_eq!(seen.len(), 5);
     }
 
-    // SIGKILL one host and one coordinator: no goodbyes, no releases.
+    // SIGKILL one host and one coordinator mid-stream: no goodbyes, no releases, a speaker
+    // typing in one of the host's rooms all the while.
     let doomed: IpAddr = HOSTS[1].parse().unwrap();
+    let streamed = rooms.iter().position(|r| r.host == doomed).unwrap();
+    let typing = typist(&rooms[streamed].speaker, format!("s{streamed}-"), STREAM);
+    let mut seen = Vec::new();
+    while seen.len() < STREAM / 4 {
+        if let Some(Event::Message(l)) = rooms[streamed].heard.recv().await {
+            seen.push(l);
+        }
+    }
     hosts[1].start_kill().unwrap();
     hosts[1].wait().await.unwrap();
     a.start_kill().unwrap();
     a.wait().await.unwrap();
     let killed = tokio::time::Instant::now();
+    let prefix = format!("s{streamed}-");
+    let (rest, reconnected) = lines(&mut rooms[streamed].heard, &prefix, STREAM - seen.len()).await;
+    assert!(reconnected, "the streamed room's listener reconnected");
+    seen.extend(rest);
+    typing.await.unwrap();
+    let texts: Vec<String> = seen.iter().map(|l| l.text.clone()).collect();
+    let want: Vec<String> = (0..STREAM).map(|k| format!("{prefix}{k}")).collect();
+    assert_eq!(
+        texts, want,
+        "every streamed line once, in order, across the kill"
+    );
 
     for (i, room) in rooms.iter().enumerate() {
         for k in 5..10 {
@@ -200,7 +234,8 @@ async fn sessions_spread_over_hosts_and_come_back_when_a_host_and_a_coordinator_
         let want: Vec<String> = (5..10).map(|k| format!("r{i}-{k}")).collect();
         assert_eq!(texts, want, "room {i}: once each, in order");
         if room.host == doomed {
-            assert!(reconnected, "room {i}'s listener reconnected");
+            // (The streamed room's reconnect was seen, and checked, with its stream.)
+            assert!(reconnected || i == streamed, "room {i}'s listener reconnected");
             back_after.push(killed.elapsed());
             let now = served_at(&url, room.id).await.expect("served again");
             let ip: IpAddr = now.parse::<std::net::SocketAddr>().unwrap().ip();
@@ -227,10 +262,24 @@ async fn sessions_spread_over_hosts_and_come_back_when_a_host_and_a_coordinator_
     }
     listed_as_served(&rooms[1].speaker, &rooms).await;
 
-    // Everything any member saw is stored, once, in order, numbered without gaps.
+    // Everything any member saw is stored, once, in order, numbered without gaps, under the
+    // number it was seen with.
     for (i, room) in rooms.iter().enumerate() {
         let lines = stored(&url, room.id).await;
-        let want: Vec<(u64, String)> = (0..10).map(|k| (k + 1, format!("r{i}-{k}"))).collect();
+        let mut want: Vec<String> = (0..5).map(|k| format!("r{i}-{k}")).collect();
+        if i == streamed {
+            for l in &seen {
+                assert!(
+                    lines.contains(&(l.seq, l.text.clone())),
+                    "{} seen as {} is stored so",
+                    l.text,
+                    l.seq
+                );
+            }
+            want.extend((0..STREAM).map(|k| format!("s{i}-{k}")));
+        }
+        want.extend((5..10).map(|k| format!("r{i}-{k}")));
+        let want: Vec<(u64, String)> = (1..).zip(want).collect();
         assert_eq!(lines, want, "room {i}'s history");
     }
     // Every client is still in its session (both members of each room in one roster).
