@@ -235,7 +235,10 @@ async fn sessions_spread_over_hosts_and_come_back_when_a_host_and_a_coordinator_
         assert_eq!(texts, want, "room {i}: once each, in order");
         if room.host == doomed {
             // (The streamed room's reconnect was seen, and checked, with its stream.)
-            assert!(reconnected || i == streamed, "room {i}'s listener reconnected");
+            assert!(
+                reconnected || i == streamed,
+                "room {i}'s listener reconnected"
+            );
             back_after.push(killed.elapsed());
             let now = served_at(&url, room.id).await.expect("served again");
             let ip: IpAddr = now.parse::<std::net::SocketAddr>().unwrap().ip();

@@ -53,6 +53,18 @@ impl From<crate::store::SessionRecord> for Listed {
 }
 
 impl Listed {
+    /// The join answer for this session served (elsewhere in the group) at `server`.
+    pub fn served_at(self, server: SocketAddr, server_key: String) -> SessionInfo {
+        SessionInfo {
+            id: self.id,
+            name: self.name,
+            server,
+            server_key: Some(server_key),
+            creator: self.creator,
+            created: self.created,
+        }
+    }
+
     /// The join answer for a running session, whose server has the public key `server_key`.
     pub fn info(&self, server_key: &str) -> Option<SessionInfo> {
         Some(SessionInfo {

@@ -197,14 +197,9 @@ impl Coordinator {
                         // Stored whatever happens next: never taken out of the directory.
                         created = false;
                         match wait_served(&mut served, id).await {
-                            Some((server, server_key)) => Ok(Start::Elsewhere(SessionInfo {
-                                id,
-                                name: listed.name,
-                                server,
-                                server_key: Some(server_key),
-                                creator: listed.creator,
-                                created: listed.created,
-                            })),
+                            Some((server, server_key)) => {
+                                Ok(Start::Elsewhere(listed.served_at(server, server_key)))
+                            }
                             None => {
                                 tracing::warn!(%host, "the session host did not start the session in time");
                                 if let Err(e) = db.unplace(id, host).await {
@@ -227,14 +222,7 @@ impl Coordinator {
                     )),
                     // Another coordinator of the group serves it: send the client there.
                     Ok(Opened::Elsewhere { server, server_key }) => {
-                        Ok(Start::Elsewhere(SessionInfo {
-                            id,
-                            name: listed.name,
-                            server,
-                            server_key: Some(server_key),
-                            creator: listed.creator,
-                            created: listed.created,
-                        }))
+                        Ok(Start::Elsewhere(listed.served_at(server, server_key)))
                     }
                     Ok(Opened::Gone) => Err(err(
                         ErrorCode::SessionNotFound,

@@ -12,7 +12,8 @@ use std::time::Duration;
 use futures::future::poll_fn;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Notification};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Notification, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Result, StoreError};
@@ -82,31 +83,24 @@ impl Target {
     /// Opens a connection; its notifications (for a connection that `LISTEN`s) come out of the
     /// receiver, which may be dropped by one that does not.
     pub(super) async fn connect(&self) -> Result<(Client, mpsc::Receiver<Notification>)> {
-        let unreachable = |e: tokio_postgres::Error| {
-            StoreError::Unreachable(format!("{}: {}", self.shown, full(&e)))
-        };
-        let late = || StoreError::Unreachable(format!("{} did not answer", self.shown));
+        match &self.tls {
+            Some(tls) => self.connect_with(tls.clone()).await,
+            None => self.connect_with(NoTls).await,
+        }
+    }
+
+    async fn connect_with<T>(&self, tls: T) -> Result<(Client, mpsc::Receiver<Notification>)>
+    where
+        T: MakeTlsConnect<Socket>,
+        T::Stream: Send + 'static,
+    {
+        let connecting = tokio_postgres::connect(&self.url, tls);
+        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| StoreError::Unreachable(format!("{} did not answer", self.shown)))?
+            .map_err(|e| StoreError::Unreachable(format!("{}: {}", self.shown, full(&e))))?;
         let (tx, rx) = mpsc::channel(NOTES);
-        let client = match &self.tls {
-            Some(tls) => {
-                let connecting = tokio_postgres::connect(&self.url, tls.clone());
-                let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-                    .await
-                    .map_err(|_| late())?
-                    .map_err(unreachable)?;
-                drive(connection, tx);
-                client
-            }
-            None => {
-                let connecting = tokio_postgres::connect(&self.url, NoTls);
-                let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-                    .await
-                    .map_err(|_| late())?
-                    .map_err(unreachable)?;
-                drive(connection, tx);
-                client
-            }
-        };
+        drive(connection, tx);
         Ok((client, rx))
     }
 }
