@@ -22,7 +22,7 @@ use super::{Members, Storage};
 /// Names sent per session: as many as a directory entry shows.
 pub const NAMES: usize = 8;
 /// How long changes gather before they are sent.
-const GATHER: Duration = Duration::from_millis(100);
+const GATHER: Duration = Duration::from_millis(20);
 
 /// Cheap to clone; its task ends at shutdown.
 #[derive(Clone)]
