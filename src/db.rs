@@ -136,7 +136,7 @@ impl Storage for Db {
         let host = self.host;
         Box::pin(self.call(move |s| {
             // One process owns the file: there are no other hosts to place a session on.
-            if serve.placement == (Placement::Spread { local: false }) {
+            if matches!(serve.placement, Placement::Spread { local: false, .. }) {
                 return Ok(Opened::NoHost);
             }
             if let Some(rec) = &new {

@@ -8,12 +8,14 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::postgres::{cluster, coordinator_process, free_udp_port, host_process};
+use common::postgres::{cluster, config_on, coordinator_process, free_udp_port, host_process};
 use common::*;
-use confab::client::{Client, Event};
-use confab::protocol::ChatLine;
-use confab::store::{Database, HostKind};
+use confab::client::{Client, ClientError, Event};
+use confab::host::HostConfig;
+use confab::protocol::{ChatLine, ErrorCode};
+use confab::store::{Database, HostKind, HostLoad};
 use tokio::sync::mpsc::Receiver;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The session hosts' addresses: one loopback address each, so a server's address says which
@@ -303,4 +305,126 @@ async fn sessions_spread_over_hosts_and_come_back_when_a_host_and_a_coordinator_
         let _ = h.start_kill();
         let _ = h.wait().await;
     }
+}
+
+/// A session host in this process, stopped when the token is cancelled.
+fn host_task(
+    db: &Database,
+    ip: &str,
+    lease: Duration,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let mut config = HostConfig::new(db.clone(), ip.parse().unwrap());
+    config.lease = lease;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { confab::host::run(config, stop).await.unwrap() }
+    });
+    (stop, task)
+}
+
+/// A coordinator that only directs, on `db`.
+async fn directing(db: &Database) -> TestCoordinator {
+    let mut config = config_on(db);
+    config.local_sessions = false;
+    TestCoordinator::start_with(config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_live_host_a_create_says_so_and_a_host_that_does_not_serve_is_passed_over() {
+    let Some(pg) = cluster() else { return };
+    let url = pg.database().await;
+    let db = Database::parse(&url);
+    let coord = directing(&db).await;
+    let (alice, _a) = client("alice", coord.addr).await;
+    let refused = |r: Result<confab::client::Joined, ClientError>| match r {
+        Err(ClientError::Refused(e)) if e.code == ErrorCode::Full => e.message,
+        other => panic!("expected full, got {other:?}"),
+    };
+    let said = refused(alice.start_session(Some("nowhere")).await);
+    assert!(said.contains("no session host"), "{said}");
+
+    // A host that says it lives but never takes up what is placed on it (wedged, or deaf to
+    // the group): the create waits 3 s for it, then that host is passed over.
+    let (wedged, _w) = confab::store::open(Some(&db)).await.unwrap();
+    let load = HostLoad {
+        kind: HostKind::Host,
+        address: "127.0.0.9".into(),
+        members: 0,
+        sessions: 0,
+    };
+    wedged
+        .heartbeat(load, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let asked = tokio::time::Instant::now();
+    let said = refused(alice.start_session(Some("stuck")).await);
+    let took = asked.elapsed();
+    assert!(said.contains("no session host"), "{said}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "answered after {took:?}"
+    );
+    assert_eq!(
+        served_at(&url, session_id(&url, "stuck").await).await,
+        None,
+        "the placement was undone"
+    );
+
+    // A real host: the session made above is served there, and so is a new one.
+    let (stop, host) = host_task(&db, "127.0.0.5", Duration::from_secs(6));
+    hosts_live(&url, 2).await;
+    let joined = alice.join("stuck").await.unwrap();
+    assert_eq!(joined.session.server.ip().to_string(), "127.0.0.5");
+    let made = alice.start_session(Some("fresh")).await.unwrap();
+    assert_eq!(made.session.server.ip().to_string(), "127.0.0.5");
+    alice.leave().await;
+    stop.cancel();
+    host.await.unwrap();
+    coord.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_from_the_database_stops_serving_within_a_lease() {
+    let Some(pg) = cluster() else { return };
+    let url = pg.database().await;
+    let db = Database::parse(&url);
+    let coord = directing(&db).await;
+    let (stop, host) = host_task(&db, "127.0.0.6", Duration::from_secs(2));
+    hosts_live(&url, 1).await;
+    let (alice, mut events) = client("alice", coord.addr).await;
+    let made = alice.start_session(Some("cut-off")).await.unwrap();
+    assert_eq!(made.session.server.ip().to_string(), "127.0.0.6");
+    // Another host could take the session once the lease runs out: this one stops first.
+    pg.kill();
+    let cut = tokio::time::Instant::now();
+    expect(&mut events, "the host dropping alice", |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    let took = cut.elapsed();
+    assert!(
+        took <= Duration::from_millis(2000 + 300),
+        "stopped {took:?} after the database went away"
+    );
+    eprintln!("the host stopped serving {took:?} after the database went away");
+    drop(alice);
+    stop.cancel();
+    host.await.unwrap();
+    coord.stop().await;
+}
+
+/// The id of the session named `name`.
+async fn session_id(url: &str, name: &str) -> Uuid {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(connection);
+    let row = client
+        .query_one("SELECT id FROM sessions WHERE name = $1", &[&name])
+        .await
+        .unwrap();
+    drop(client);
+    let _ = conn.await;
+    row.get(0)
 }

@@ -52,6 +52,8 @@ pub(super) enum Done {
         /// By a `create`: the session was not stored before.
         created: bool,
         result: Result<Start, ErrorBody>,
+        /// A host the session was placed on that did not serve it in time.
+        unresponsive: Option<Uuid>,
     },
     /// A sealed `create` was looked up among the requests the group did: `found` is the
     /// session it made, if another coordinator did it.

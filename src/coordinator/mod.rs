@@ -204,6 +204,7 @@ pub async fn run(
         starting: HashMap::new(),
         jobs: 0,
         served: tokio::sync::broadcast::channel(1024).0,
+        passed_over: Default::default(),
         generation: 0,
     };
     for rec in stored {
@@ -309,6 +310,8 @@ struct Coordinator {
     jobs: usize,
     /// Hosts' word that they serve a session, for the starts waiting on a placement.
     served: tokio::sync::broadcast::Sender<sessions::Served>,
+    /// Hosts that did not serve a session placed on them, left out of placements a while.
+    passed_over: sessions::PassedOver,
     generation: u64,
 }
 
@@ -555,7 +558,13 @@ impl Coordinator {
                 session,
                 created,
                 result,
-            } => self.launch(session, created, result),
+                unresponsive,
+            } => {
+                if let Some(host) = unresponsive {
+                    self.passed_over.pass_over(host);
+                }
+                self.launch(session, created, result)
+            }
             Done::CreateChecked {
                 reply,
                 name,

@@ -168,6 +168,7 @@ impl Coordinator {
             lease: self.config.lease,
             placement: Placement::Spread {
                 local: listener.is_some(),
+                avoid: self.passed_over.now(),
             },
         };
         // Subscribed before the placement is asked for, so the host's answer cannot be missed.
@@ -183,6 +184,7 @@ impl Coordinator {
         self.spawn_job(
             async move {
                 let mut created = created;
+                let mut unresponsive = None;
                 let result = match stored.await {
                     Ok(Opened::Here { seq, recent }) => match listener {
                         Some(listener) => Ok(Start::Here(Started {
@@ -201,7 +203,8 @@ impl Coordinator {
                                 Ok(Start::Elsewhere(listed.served_at(server, server_key)))
                             }
                             None => {
-                                tracing::warn!(%host, "the session host did not start the session in time");
+                                tracing::warn!(%host, "the session host did not start the session in time; passed over a while");
+                                unresponsive = Some(host);
                                 if let Err(e) = db.unplace(id, host).await {
                                     tracing::warn!(error = %e, "could not undo the placement");
                                 }
@@ -237,6 +240,7 @@ impl Coordinator {
                     session: id,
                     created,
                     result,
+                    unresponsive,
                 }
             }
             .instrument(span),
@@ -499,6 +503,33 @@ async fn wait_served(
         .await
         .ok()
         .flatten()
+}
+
+/// How long a host that did not serve a placement is left out of this coordinator's
+/// placements: long enough not to send every session to a host that is wedged (or cannot hear
+/// the group), short enough to use it again soon after it recovers.
+const PASS_OVER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Hosts left out of placements for now (see `PASS_OVER`); as many as the group has hosts.
+#[derive(Default)]
+pub(super) struct PassedOver(std::collections::HashMap<Uuid, Instant>);
+
+impl PassedOver {
+    pub(super) fn pass_over(&mut self, host: Uuid) {
+        let now = Instant::now();
+        self.0.retain(|_, until| *until > now);
+        self.0.insert(host, now + PASS_OVER);
+    }
+
+    /// The hosts to leave out now.
+    fn now(&self) -> Vec<Uuid> {
+        let now = Instant::now();
+        self.0
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(host, _)| *host)
+            .collect()
+    }
 }
 
 /// A host's word that it serves a session (from the group's `served` notifications).

@@ -493,13 +493,15 @@ async fn holder(client: &Client, id: Uuid) -> Result<Claimed> {
     })
 }
 
-/// The least-loaded live host that `me` may place a session on: a dedicated host, or `me`.
-async fn least_loaded(client: &Client, me: Uuid) -> Result<Option<Uuid>> {
+/// The least-loaded live host that `me` may place a session on: a dedicated host, or `me`;
+/// none of `avoid`.
+async fn least_loaded(client: &Client, me: Uuid, avoid: &[Uuid]) -> Result<Option<Uuid>> {
     Ok(client
         .query_opt(
             "SELECT id FROM hosts WHERE lease_until > now() AND (kind = 'host' OR id = $1)
+                 AND id <> ALL($2)
              ORDER BY members, sessions, random() LIMIT 1",
-            &[&me],
+            &[&me, &avoid],
         )
         .await?
         .map(|row| row.get(0)))
@@ -549,11 +551,11 @@ async fn open_session(
     once: Option<[u8; 32]>,
     me: Uuid,
 ) -> Result<Opened> {
-    let target = match serve.placement {
+    let target = match &serve.placement {
         Placement::Here => me,
-        Placement::Spread { local } => match least_loaded(c, me).await? {
+        Placement::Spread { local, avoid } => match least_loaded(c, me, avoid).await? {
             Some(host) => host,
-            None if local => me,
+            None if *local => me,
             // A session served already is served, host or no host.
             None if new.is_none() => {
                 return Ok(match holder(c, id).await? {

@@ -281,15 +281,17 @@ pub struct Serve {
 }
 
 /// Who may serve a session that nobody serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
     /// This process (a host taking up what was placed on it).
     Here,
     /// The least-loaded live host of the group (by members, then sessions), this process
-    /// among them when `local`.
+    /// among them when `local`, but none of `avoid`.
     Spread {
         /// This process serves sessions too.
         local: bool,
+        /// Hosts that did not serve a session placed on them a moment ago.
+        avoid: Vec<Uuid>,
     },
 }
 
