@@ -255,3 +255,46 @@ async fn an_ordinary_error_is_one_line_even_with_rust_backtrace() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(!err.to_lowercase().contains("backtrace"), "{err}");
 }
+
+#[tokio::test]
+async fn a_host_or_a_directing_coordinator_without_postgresql_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("confab.db").display().to_string();
+    let pg = "postgres://confab@127.0.0.1:1/none";
+    for (args, says) in [
+        (
+            vec!["host", "--db", &file, "--listen", "127.0.0.1"],
+            "--db must be a postgres:// URL",
+        ),
+        (
+            vec!["host", "--db", pg, "--listen", "0.0.0.0"],
+            "must be the host's own",
+        ),
+        (
+            vec![
+                "coordinator",
+                "--db",
+                &file,
+                "--listen",
+                "127.0.0.1:0",
+                "--no-local-sessions",
+            ],
+            "share a PostgreSQL --db",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args(&args)
+            .env("RUST_LOG", "off")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("confab: ") && err.contains(says),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}
