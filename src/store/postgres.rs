@@ -186,6 +186,12 @@ fn queue_on<T: Send + 'static>(
     })
 }
 
+/// A plain client connection to `url`, as confab makes them (TLS when the URL names a CA), for
+/// tools beside the engine: the benchmark making and dropping its throwaway database.
+pub async fn connect_client(url: &str) -> Result<Client> {
+    open(&Target::parse(url)?).await
+}
+
 /// `url` with its password replaced, for logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

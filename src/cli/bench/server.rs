@@ -434,11 +434,9 @@ impl BenchDb {
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    confab::store::postgres::connect_client(url)
         .await
-        .map_err(|e| BenchError::Spawn(format!("cannot reach PostgreSQL: {e}")))?;
-    tokio::spawn(connection);
-    Ok(client)
+        .map_err(|e| BenchError::Spawn(e.to_string()))
 }
 
 /// `url` naming database `name` instead of its own.
