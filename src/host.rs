@@ -189,9 +189,9 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> Result<(), 
                     host.start(session, name);
                 }
                 Some(Change::Resend) => host.running.republish(),
-                Some(Change::Closed(session)) => {
-                    if host.running.close(session) {
-                        tracing::info!(%session, "session closed through a coordinator");
+                Some(Change::Closed { id, by }) => {
+                    if host.running.close(id, by.as_deref()) {
+                        tracing::info!(session = %id, "session closed through a coordinator");
                     }
                 }
                 Some(_) => {}
@@ -379,11 +379,15 @@ impl Running {
         }
     }
 
-    /// Closes a session for good (its members are told); whether it ran here.
-    fn close(&self, id: Uuid) -> bool {
+    /// Closes a session for good (its members are told, and by whom if known); whether it ran
+    /// here.
+    fn close(&self, id: Uuid, by: Option<&str>) -> bool {
         match self.sessions.lock().get(&id) {
             Some(entry) => {
-                entry.stop.close.cancel();
+                match by {
+                    Some(user) => entry.stop.close_by(user),
+                    None => entry.stop.close.cancel(),
+                }
                 true
             }
             None => false,

@@ -378,6 +378,16 @@ async fn with_no_live_host_a_create_says_so_and_a_host_that_does_not_serve_is_pa
     assert_eq!(joined.session.server.ip().to_string(), "127.0.0.5");
     let made = alice.start_session(Some("fresh")).await.unwrap();
     assert_eq!(made.session.server.ip().to_string(), "127.0.0.5");
+    // Closed through the coordinator, the session ends on its host, and its member is told.
+    let (bob, mut bob_ev) = client("bob", coord.addr).await;
+    bob.join("fresh").await.unwrap();
+    alice.close_session("fresh").await.unwrap();
+    let by = expect(&mut bob_ev, "the close, on the host", |e| match e {
+        Event::Closed { by, .. } => Some(by.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(by.as_deref(), Some("alice"), "the host says who closed it");
     alice.leave().await;
     stop.cancel();
     host.await.unwrap();

@@ -512,7 +512,7 @@ impl Coordinator {
                     tracing::warn!(session = %id, error = %e, "session from the group not listed");
                 }
             }
-            Change::Closed(id) => {
+            Change::Closed { id, .. } => {
                 if let Ok(listed) = self.directory.find(&id.to_string())
                     && self.directory.remove(id, &listed.creator).is_some()
                 {

@@ -680,7 +680,7 @@ async fn listen(target: Target, tx: mpsc::Sender<super::Change>, catch_up: bool)
     }
 }
 
-/// A notification's payload: `created {json}`, `closed <id>`, `placed {json}`,
+/// A notification's payload: `created {json}`, `closed <id> [<by>]`, `placed {json}`,
 /// `served {json}`, `released <id>`, `members {json}` or `resend`.
 fn parse_change(payload: &str) -> Option<super::Change> {
     #[derive(serde::Deserialize)]
@@ -703,7 +703,16 @@ fn parse_change(payload: &str) -> Option<super::Change> {
                 created: c.created,
             }))
         }
-        ("closed", id) => Some(super::Change::Closed(id.parse().ok()?)),
+        ("closed", rest) => {
+            let (id, by) = match rest.split_once(' ') {
+                Some((id, by)) => (id, Some(by.to_string())),
+                None => (rest, None),
+            };
+            Some(super::Change::Closed {
+                id: id.parse().ok()?,
+                by,
+            })
+        }
         ("released", id) => Some(super::Change::Released(id.parse().ok()?)),
         ("members", json) => Some(super::Change::Members(serde_json::from_str(json).ok()?)),
         ("placed", json) => {
@@ -921,16 +930,22 @@ impl Storage for Postgres {
                 }
                 tx.execute("DELETE FROM messages WHERE session_id = $1", &[&id])
                     .await?;
-                let n = tx
-                    .execute("DELETE FROM sessions WHERE id = $1", &[&id])
+                // Only its creator may close a session: who closed it, for the members' bye.
+                let gone = tx
+                    .query_opt(
+                        "DELETE FROM sessions WHERE id = $1 RETURNING creator",
+                        &[&id],
+                    )
                     .await?;
-                tx.execute(
-                    "SELECT pg_notify($1, $2)",
-                    &[&CHANNEL, &format!("closed {id}")],
-                )
-                .await?;
+                let by: Option<String> = gone.as_ref().map(|row| row.get(0));
+                let payload = match &by {
+                    Some(by) => format!("closed {id} {by}"),
+                    None => format!("closed {id}"),
+                };
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                    .await?;
                 tx.commit().await?;
-                Ok(n > 0)
+                Ok(by.is_some())
             })
         })
     }

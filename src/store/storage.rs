@@ -221,7 +221,12 @@ pub enum Change {
     /// A session was created.
     Created(SessionRecord),
     /// A session was closed for good (by its creator, the only one who may).
-    Closed(Uuid),
+    Closed {
+        /// The session.
+        id: Uuid,
+        /// Who closed it (its creator), when the notification says.
+        by: Option<String>,
+    },
     /// A coordinator placed a session on a host: that host is to start its server.
     Placed {
         /// The host.
