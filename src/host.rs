@@ -124,6 +124,26 @@ pub fn parse_listen(text: &str) -> Result<(IpAddr, Option<RangeInclusive<u16>>),
 
 /// Runs a host until `shutdown` is cancelled; then stops its sessions (members rejoin through a
 /// coordinator, to another host), leaves the hosts table, gives up its claims and returns.
+///
+/// # Examples
+///
+/// A host for the group on a shared database, its session servers on 10.0.0.21:
+///
+/// ```no_run
+/// use confab::host::{self, HostConfig};
+/// use confab::store::Database;
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let db = Database::parse("postgres://confab:secret@10.0.0.10/confab");
+/// let mut config = HostConfig::new(db, "10.0.0.21".parse()?);
+/// config.ports = Some(7600..=7699); // what the firewall lets through
+/// let shutdown = CancellationToken::new();
+/// host::run(config, shutdown).await?;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn run(config: HostConfig, shutdown: CancellationToken) -> Result<(), HostError> {
     if !matches!(config.db, Database::Postgres(_)) {
         return Err(HostError::NotShared);
