@@ -153,7 +153,9 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> Result<(), 
     }
     let (db, finished) = crate::store::open(Some(&config.db)).await?;
     let tracker = TaskTracker::new();
-    let feed = MemberFeed::start(db.clone(), &tracker, shutdown.clone());
+    // Everything this host runs stops with it, whyever its loop ends.
+    let stopping = shutdown.child_token();
+    let feed = MemberFeed::start(db.clone(), &tracker, stopping.clone());
     let mut host = Host {
         keys: Arc::new(TokenKey::new(db.token_secret().await?)),
         key: Arc::new(StaticKey::generate()),
@@ -162,7 +164,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> Result<(), 
             feed,
         },
         tracker,
-        shutdown: shutdown.clone(),
+        shutdown: stopping.clone(),
         config,
         db,
         generation: 0,
@@ -221,6 +223,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> Result<(), 
         }
     }
     tracing::info!("session host shutting down");
+    stopping.cancel();
     if let Err(e) = host.db.retire().await {
         tracing::warn!(error = %e, "could not leave the hosts table");
     }
