@@ -358,6 +358,28 @@ impl TestPostgres {
         Ok(ca)
     }
 
+    /// Kills the server, and asserts that the member whose `events` these are is dropped by
+    /// its session server before a `lease` could run out (another process could take the
+    /// session then: fencing), with a little for the client to notice.
+    pub async fn kill_and_expect_fenced(
+        &self,
+        events: &mut tokio::sync::mpsc::Receiver<confab::client::Event>,
+        lease: std::time::Duration,
+    ) {
+        self.kill();
+        let cut = tokio::time::Instant::now();
+        super::expect(events, "the server dropping its member", |e| {
+            matches!(e, confab::client::Event::Disconnected { .. }).then_some(())
+        })
+        .await;
+        let took = cut.elapsed();
+        assert!(
+            took <= lease + std::time::Duration::from_millis(300),
+            "stopped {took:?} after the database went away"
+        );
+        eprintln!("stopped serving {took:?} after the database went away");
+    }
+
     /// The folder the cluster lives in.
     pub fn path(&self) -> &Path {
         self.dir.path()
